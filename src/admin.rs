@@ -1,0 +1,195 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/config`, `POST /admin/reload`, and the
+//! sandbox control API. Never served on the shop listener.
+//!
+//! Write calls (every `POST`) need `Authorization: Bearer <token>` when `admin.token_env` (or
+//! `token_file`) is configured; the token is compared in constant time and read from the config
+//! generation in use, so a reload can rotate it.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::body::{full, ProxyBody};
+use crate::generation::Current;
+use crate::layers::BoxFuture;
+use crate::metrics::Metrics;
+use crate::sandbox::{self, Registry};
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// What the last reload did, for `/admin/config`.
+#[derive(Debug, Default, Clone)]
+pub struct ReloadStatus {
+    /// When a reload was last tried.
+    pub last_attempt_at: Option<SystemTime>,
+    /// Why the last reload failed; `None` when it succeeded.
+    pub last_error: Option<String>,
+    /// Changes on disk that only a restart applies.
+    pub restart_required: Vec<String>,
+}
+
+/// Something that reloads the config file and says which generation is in use after.
+pub trait Reload: Send + Sync {
+    /// Reloads; `Ok(generation)` or the error that kept the old config.
+    fn reload(&self) -> BoxFuture<Result<u64, String>>;
+}
+
+/// Everything the admin endpoints read.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The metric registry.
+    pub metrics: Metrics,
+    /// The generation in use.
+    pub current: Current,
+    /// The last reload's outcome.
+    pub status: Arc<Mutex<ReloadStatus>>,
+    /// True once listeners are up, false again while draining.
+    pub ready: Arc<AtomicBool>,
+    /// In-process sandbox providers.
+    pub sandboxes: Registry,
+    /// Reloads the config.
+    pub reloader: Arc<dyn Reload>,
+    /// The config file.
+    pub config_path: PathBuf,
+}
+
+impl AdminState {
+    /// Answers one admin request.
+    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let method = parts.method.clone();
+        if method == Method::POST {
+            if let Some(denied) = self.check_token(&parts.headers) {
+                return Ok(denied);
+            }
+        }
+        let body = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                return Ok(problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "admin request bodies are at most 64 KiB",
+                ))
+            }
+        };
+        let resp = match (&method, path.as_str()) {
+            (&Method::GET, "/metrics") => {
+                let mut r = Response::new(full(self.metrics.encode()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                if self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready (starting or draining)\n",
+                    )
+                }
+            }
+            (&Method::GET, "/admin/config") => json(StatusCode::OK, self.config_view()),
+            (&Method::POST, "/admin/reload") => match self.reloader.reload().await {
+                Ok(generation) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "result": "success", "generation": generation }),
+                ),
+                Err(error) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({ "result": "failure", "error": error,
+                        "generation": self.current.load().number }),
+                ),
+            },
+            _ => match sandbox::control_response(&self.sandboxes, &method, &path, &body) {
+                Some((status, value)) => json(status, value),
+                None => problem(StatusCode::NOT_FOUND, "no such admin endpoint"),
+            },
+        };
+        Ok(resp)
+    }
+
+    fn check_token(&self, headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {
+        let generation = self.current.load();
+        let token = generation.snapshot.admin.token.as_ref()?;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if given.is_some_and(|g| token.matches(g)) {
+            return None;
+        }
+        let mut resp = problem(
+            StatusCode::UNAUTHORIZED,
+            "admin write calls need Authorization: Bearer <token>",
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Some(resp)
+    }
+
+    fn config_view(&self) -> serde_json::Value {
+        let generation = self.current.load();
+        let status = self
+            .status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let snap = &generation.snapshot;
+        serde_json::json!({
+            "path": self.config_path.display().to_string(),
+            "generation": generation.number,
+            "sha256": generation.sha256,
+            "loaded_at": humantime::format_rfc3339_seconds(generation.loaded_at).to_string(),
+            "last_reload_attempt_at": status.last_attempt_at
+                .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+            "last_reload_error": status.last_error,
+            "restart_required": status.restart_required,
+            "routes": snap.routes.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
+            "providers": snap.providers.keys().map(|p| p.to_string()).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut r = Response::new(full(value.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response<ProxyBody> {
+    let mut r = json(
+        status,
+        serde_json::json!({ "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail }),
+    );
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
+}

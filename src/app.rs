@@ -1,0 +1,398 @@
+//! Wiring: load the config, start the sandboxes, build the upstreams and the request stack, bind the
+//! listeners, watch the file (and SIGHUP) for reloads, and drain on SIGTERM/SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::admin::{AdminState, Reload, ReloadStatus};
+use crate::config::{self, ConfigError, EnvAndFiles, Snapshot};
+use crate::generation::{Current, Generation};
+use crate::layers::{self, BoxFuture};
+use crate::metrics::Metrics;
+use crate::sandbox::{Registry, Sandbox};
+use crate::server::{Limits, Server};
+use crate::upstream::Upstreams;
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The config file.
+    pub config_path: PathBuf,
+    /// Reload when the file changes.
+    pub watch: bool,
+    /// Reload on SIGHUP.
+    pub sighup: bool,
+}
+
+impl Options {
+    /// Runs `path` with the file watch on and SIGHUP handled.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            config_path: path.into(),
+            watch: true,
+            sighup: true,
+        }
+    }
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is not valid.
+    #[error("{path}: invalid config:\n{source}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        #[source]
+        source: ConfigError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// What the listener is for.
+        what: String,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file watch could not be set up.
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        /// The file.
+        path: String,
+        /// The watch error.
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// A running sidecar.
+pub struct App {
+    shop: Server,
+    admin: Server,
+    sandboxes: Registry,
+    ready: Arc<AtomicBool>,
+    current: Current,
+    reloader: Arc<Reloader>,
+    metrics: Metrics,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: what.to_owned(),
+            addr,
+            source,
+        })
+}
+
+impl App {
+    /// Loads the config and starts everything. Returns once every listener is bound.
+    pub async fn start(options: Options) -> Result<Self, StartError> {
+        let path = options.config_path.clone();
+        let config_error = |source| StartError::Config {
+            path: path.display().to_string(),
+            source,
+        };
+        let (snapshot, text) = config::load_file(&path, &EnvAndFiles).map_err(config_error)?;
+        let upstreams = Upstreams::build(&snapshot, None)
+            .map_err(|problems| config_error(ConfigError::Invalid(problems)))?;
+
+        let mut sandboxes = Registry::default();
+        for s in &snapshot.sandbox {
+            let sandbox =
+                Sandbox::start(&s.name, s.listen)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        what: format!("sandbox {}", s.name),
+                        addr: s.listen,
+                        source,
+                    })?;
+            tracing::info!(sandbox = %s.name, addr = %sandbox.addr(), "sandbox provider listening");
+            sandboxes.insert(sandbox);
+        }
+
+        let metrics = Metrics::new();
+        let snapshot = Arc::new(snapshot);
+        let current: Current = Arc::new(ArcSwap::from_pointee(Generation {
+            number: 1,
+            snapshot: Arc::clone(&snapshot),
+            upstreams,
+            sha256: sha256_hex(&text),
+            loaded_at: SystemTime::now(),
+        }));
+        metrics.config_generation.set(1);
+        metrics
+            .config_last_reload_success_timestamp_seconds
+            .set(unix_now());
+
+        let limits = Limits {
+            max_header_bytes: snapshot.max_header_bytes,
+            header_read_timeout: Duration::from_secs(30),
+        };
+        let shop_listener = bind(snapshot.listen, "shop listener").await?;
+        let admin_listener = bind(snapshot.admin.listen, "admin listener").await?;
+
+        let status = Arc::new(Mutex::new(ReloadStatus::default()));
+        let reloader = Arc::new(Reloader {
+            path: path.clone(),
+            current: Arc::clone(&current),
+            metrics: metrics.clone(),
+            status: Arc::clone(&status),
+            lock: Mutex::new(()),
+        });
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_state = AdminState {
+            metrics: metrics.clone(),
+            current: Arc::clone(&current),
+            status,
+            ready: Arc::clone(&ready),
+            sandboxes: sandboxes.clone(),
+            reloader: Arc::clone(&reloader) as Arc<dyn Reload>,
+            config_path: path.clone(),
+        };
+        let admin_service = tower::service_fn(move |req| admin_state.clone().handle(req));
+        let admin = Server::spawn(admin_listener, admin_service, limits, "admin");
+        let shop_service = layers::stack(Arc::clone(&current), metrics.clone());
+        let shop = Server::spawn(shop_listener, shop_service, limits, "shop");
+
+        let mut background = Vec::new();
+        if options.watch {
+            let (watch, mut changes) =
+                config::reload::watch(&path).map_err(|source| StartError::Watch {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            let reloader = Arc::clone(&reloader);
+            background.push(tokio::spawn(async move {
+                let _watch = watch;
+                while changes.recv().await.is_some() {
+                    // Let a burst of writes settle, then reload once.
+                    tokio::time::sleep(config::reload::SETTLE).await;
+                    while changes.try_recv().is_ok() {}
+                    let _ = reloader.reload().await;
+                }
+            }));
+        }
+        if options.sighup {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{signal, SignalKind};
+                if let Ok(mut hup) = signal(SignalKind::hangup()) {
+                    let reloader = Arc::clone(&reloader);
+                    background.push(tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            tracing::info!("SIGHUP: reloading the config");
+                            let _ = reloader.reload().await;
+                        }
+                    }));
+                }
+            }
+        }
+
+        ready.store(true, Ordering::Release);
+        tracing::info!(
+            listen = %shop.local_addr(),
+            admin = %admin.local_addr(),
+            routes = snapshot.routes.len(),
+            providers = snapshot.providers.len(),
+            "switchyard is serving"
+        );
+        Ok(Self {
+            shop,
+            admin,
+            sandboxes,
+            ready,
+            current,
+            reloader,
+            metrics,
+            background,
+        })
+    }
+
+    /// The shop listener's address.
+    pub fn shop_addr(&self) -> std::net::SocketAddr {
+        self.shop.local_addr()
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// The in-process sandbox named `name`.
+    pub fn sandbox(&self, name: &str) -> Option<&Sandbox> {
+        self.sandboxes.get(name)
+    }
+
+    /// The generation in use.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Reloads the config file now.
+    pub async fn reload(&self) -> Result<u64, String> {
+        self.reloader.reload().await
+    }
+
+    /// Fails readiness, stops accepting, lets in-flight requests finish up to `drain_timeout`, then stops
+    /// the admin listener.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Release);
+        for task in &self.background {
+            task.abort();
+        }
+        let drain = self.current.load().snapshot.drain_timeout;
+        tracing::info!(?drain, "shutting down: draining in-flight requests");
+        self.shop.shutdown(drain).await;
+        self.admin.shutdown(Duration::from_secs(1)).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Reloads the file: parse, validate, build upstreams, swap. Reloads run one at a time.
+struct Reloader {
+    path: PathBuf,
+    current: Current,
+    metrics: Metrics,
+    status: Arc<Mutex<ReloadStatus>>,
+    lock: Mutex<()>,
+}
+
+impl Reload for Reloader {
+    fn reload(&self) -> BoxFuture<Result<u64, String>> {
+        // Config parsing is synchronous and small; run it here and hand back a ready future.
+        let result = self.reload_now();
+        Box::pin(std::future::ready(result))
+    }
+}
+
+impl Reloader {
+    fn reload_now(&self) -> Result<u64, String> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        let attempt = load_generation(&self.path, &old);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_attempt_at = Some(SystemTime::now());
+        match attempt {
+            Err(error) => {
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(path = %self.path.display(), %error, "config reload rejected; the previous config keeps serving");
+                status.last_error = Some(error.clone());
+                Err(error)
+            }
+            Ok(next) => {
+                let number = next.number;
+                status.restart_required = restart_required(&old.snapshot, &next.snapshot);
+                for change in &status.restart_required {
+                    tracing::warn!(change = %change, "config change needs a restart to apply");
+                }
+                status.last_error = None;
+                self.current.store(Arc::new(next));
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["success"])
+                    .inc();
+                self.metrics.config_generation.set(number as i64);
+                self.metrics
+                    .config_restart_required
+                    .set(i64::from(!status.restart_required.is_empty()));
+                self.metrics
+                    .config_last_reload_success_timestamp_seconds
+                    .set(unix_now());
+                tracing::info!(generation = number, "config reloaded");
+                Ok(number)
+            }
+        }
+    }
+}
+
+fn load_generation(path: &Path, old: &Generation) -> Result<Generation, String> {
+    let (snapshot, text) = config::load_file(path, &EnvAndFiles).map_err(|e| e.to_string())?;
+    let upstreams = Upstreams::build(&snapshot, Some(&old.upstreams))
+        .map_err(|problems| ConfigError::Invalid(problems).to_string())?;
+    Ok(Generation {
+        number: old.number + 1,
+        snapshot: Arc::new(snapshot),
+        upstreams,
+        sha256: sha256_hex(&text),
+        loaded_at: SystemTime::now(),
+    })
+}
+
+/// What changed between `old` and `new` that a reload cannot apply: listeners are never rebound.
+fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push(format!(
+            "listen changed from {} to {}; still listening on {}",
+            old.listen, new.listen, old.listen
+        ));
+    }
+    if old.admin.listen != new.admin.listen {
+        out.push(format!(
+            "admin.listen changed from {} to {}; still listening on {}",
+            old.admin.listen, new.admin.listen, old.admin.listen
+        ));
+    }
+    if old.max_header_bytes != new.max_header_bytes {
+        out.push("max_header_bytes changed".to_owned());
+    }
+    if old.sandbox != new.sandbox {
+        out.push("the sandbox section changed".to_owned());
+    }
+    out
+}
+
+/// Runs until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(options: Options) -> Result<(), StartError> {
+    let app = App::start(options).await?;
+    wait_for_stop_signal().await;
+    app.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

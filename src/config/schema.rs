@@ -1,0 +1,179 @@
+//! The serde mirror of `routes.yaml`: field names and nesting exactly as users write them.
+//!
+//! Every struct denies unknown fields, so a typo is an error that names the YAML path and line, never a
+//! silently ignored key. Values stay as written (strings for durations, sizes, URLs); `validate` turns
+//! them into typed values. Sections that later versions implement are accepted here as raw YAML so that
+//! `validate` can reject them with a "not supported yet" error instead of a generic unknown-field one.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// A YAML value kept as written, for sections this version does not implement yet.
+pub type Later = serde_yaml::Value;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Shop-facing listener address.
+    pub listen: Option<String>,
+    /// The admin listener.
+    pub admin: Option<RawAdmin>,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Option<String>,
+    /// Largest request head (request line and headers) the shop may send.
+    pub max_header_bytes: Option<String>,
+    /// Providers by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    /// Routes, matched in order.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// Simulated providers served by this process.
+    #[serde(default)]
+    pub sandbox: Vec<RawSandbox>,
+    /// (later) webhook ingress.
+    pub webhooks: Option<Later>,
+    /// (later) audit trail.
+    pub audit: Option<Later>,
+}
+
+/// `admin:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Admin listener address.
+    pub listen: Option<String>,
+    /// Environment variable holding the bearer token for admin write calls.
+    pub token_env: Option<String>,
+    /// File holding the bearer token for admin write calls.
+    pub token_file: Option<String>,
+}
+
+/// `providers.NAME:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Base URL, possibly with a base path.
+    pub url: String,
+    /// Credential injected by the sidecar.
+    pub auth: Option<RawAuth>,
+    /// TLS files.
+    pub tls: Option<RawTls>,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Option<String>,
+    /// Timeout of one attempt, until the response head.
+    pub timeout: Option<String>,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Option<String>,
+    /// Most idle pooled connections kept to this provider.
+    pub pool_max_idle: Option<usize>,
+    /// (later) how this provider names the idempotency key.
+    pub idempotency_header: Option<Later>,
+    /// (later) longest key this provider accepts.
+    pub idempotency_key_max_len: Option<Later>,
+    /// (later) circuit breaker.
+    pub breaker: Option<Later>,
+    /// (later) active health checks.
+    pub health_check: Option<Later>,
+    /// (later) the provider account's own rate limit.
+    pub quota: Option<Later>,
+    /// (later) slow start after recovery.
+    pub slow_start: Option<Later>,
+}
+
+/// `providers.NAME.auth:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Header to set (default `Authorization`).
+    pub header: Option<String>,
+    /// Environment variable holding the header value.
+    pub value_env: Option<String>,
+    /// File holding the header value.
+    pub value_file: Option<String>,
+}
+
+/// `providers.NAME.tls:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Extra CA certificates (PEM) trusted besides the webpki roots.
+    pub ca_file: Option<String>,
+    /// Client certificate chain (PEM) for mTLS.
+    pub client_cert_file: Option<String>,
+    /// Client private key (PEM) for mTLS.
+    pub client_key_file: Option<String>,
+    /// Server name to verify instead of the URL's host.
+    pub server_name: Option<String>,
+}
+
+/// `routes[N]:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Route name, unique.
+    pub name: String,
+    /// What the route matches.
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    /// Path prefix removed before forwarding.
+    pub strip_prefix: Option<String>,
+    /// Where the route sends requests.
+    pub targets: Vec<RawTarget>,
+    /// Overall time for the whole request, all attempts.
+    pub timeout: Option<String>,
+    /// Largest request body.
+    pub max_body: Option<String>,
+    /// (later) retries.
+    pub retry: Option<Later>,
+    /// (later) idempotency keys.
+    pub idempotency: Option<Later>,
+    /// (later) shop-side rate limit.
+    pub rate_limit: Option<Later>,
+    /// (later) failover policy.
+    pub failover: Option<Later>,
+}
+
+/// `routes[N].match:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Path prefix, on segment boundaries.
+    pub path_prefix: Option<String>,
+    /// Methods (any when absent).
+    pub methods: Option<Vec<String>>,
+    /// Host the shop addressed (without port).
+    pub host: Option<String>,
+    /// Headers that must have these exact values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `routes[N].targets[M]:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// Provider name.
+    pub provider: String,
+    /// Lower is preferred; higher priorities are the backup channel.
+    pub priority: Option<u32>,
+    /// Share within a priority.
+    pub weight: Option<u32>,
+}
+
+/// `sandbox[N]:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSandbox {
+    /// Name, used by the admin API.
+    pub name: String,
+    /// Address to listen on.
+    pub listen: String,
+}
+
+/// Parses YAML text into the raw mirror. The error names the path and line of the problem.
+pub fn from_yaml(text: &str) -> Result<RawConfig, serde_yaml::Error> {
+    serde_yaml::from_str(text)
+}

@@ -1,0 +1,882 @@
+//! Turns the raw mirror into a typed, checked [`Snapshot`]: every value parsed, every reference
+//! resolved, every secret read. Each problem is reported with the YAML path it comes from, and all
+//! problems of a file are reported at once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Method, Uri};
+
+use super::schema::{self, Later, RawConfig};
+use super::units::{parse_duration, parse_size};
+
+/// Default shop-facing listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Default provider connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default timeout of one attempt at a provider.
+pub const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default overall route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default largest request body.
+pub const DEFAULT_MAX_BODY: u64 = 1 << 20;
+/// Default largest request head.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 << 10;
+/// Default drain timeout on shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default idle time of a pooled provider connection.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default most idle pooled connections per provider.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 32;
+/// Default target weight.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// The validated config: what the proxy runs on. Immutable; a reload builds a new one.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Shop-facing listener.
+    pub listen: SocketAddr,
+    /// Admin listener and token.
+    pub admin: Admin,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Largest request head the shop may send.
+    pub max_header_bytes: usize,
+    /// Providers by name.
+    pub providers: BTreeMap<Arc<str>, Arc<Provider>>,
+    /// Routes in match order.
+    pub routes: Vec<Arc<Route>>,
+    /// Simulated providers to serve in this process.
+    pub sandbox: Vec<Sandbox>,
+    /// Every secret the config reads, where from (never the value).
+    pub secrets: Vec<SecretUse>,
+}
+
+/// The admin listener.
+#[derive(Debug)]
+pub struct Admin {
+    /// Address.
+    pub listen: SocketAddr,
+    /// Bearer token for write calls, if configured.
+    pub token: Option<Secret>,
+}
+
+/// A provider endpoint.
+#[derive(Debug)]
+pub struct Provider {
+    /// Config name.
+    pub name: Arc<str>,
+    /// `http` (loopback only) or `https`.
+    pub scheme: Scheme,
+    /// Host and port.
+    pub authority: Authority,
+    /// Base path prepended to every forwarded path, without a trailing slash (may be empty).
+    pub base_path: String,
+    /// Credential the sidecar injects.
+    pub auth: Option<Auth>,
+    /// TLS settings.
+    pub tls: Tls,
+    /// Connect timeout (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Timeout of one attempt until the response head.
+    pub timeout: Duration,
+    /// Idle time of a pooled connection.
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections.
+    pub pool_max_idle: usize,
+}
+
+/// A credential header.
+#[derive(Debug)]
+pub struct Auth {
+    /// Header name.
+    pub header: HeaderName,
+    /// Header value, marked sensitive.
+    pub value: Secret,
+}
+
+/// TLS settings of a provider; paths are resolved against the config file's folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Tls {
+    /// Extra trusted CA certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain and key (PEM) for mTLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Name to verify in the provider's certificate instead of the URL host.
+    pub server_name: Option<String>,
+}
+
+/// A route.
+#[derive(Debug)]
+pub struct Route {
+    /// Config name.
+    pub name: Arc<str>,
+    /// What it matches.
+    pub matcher: Match,
+    /// Prefix removed from the path before forwarding.
+    pub strip_prefix: Option<String>,
+    /// Targets in config order.
+    pub targets: Vec<Target>,
+    /// Overall time for the request, all attempts.
+    pub timeout: Duration,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+}
+
+/// A route's request matcher.
+#[derive(Debug)]
+pub struct Match {
+    /// Path prefix, matched on segment boundaries.
+    pub path_prefix: String,
+    /// Allowed methods; `None` means any.
+    pub methods: Option<Vec<Method>>,
+    /// Host (lowercase, without port); `None` means any.
+    pub host: Option<String>,
+    /// Headers with exact values.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// One target of a route.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Provider name (exists in the snapshot).
+    pub provider: Arc<str>,
+    /// Lower is preferred.
+    pub priority: u32,
+    /// Share within a priority.
+    pub weight: u32,
+}
+
+/// A simulated provider to run in-process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Name.
+    pub name: String,
+    /// Address.
+    pub listen: SocketAddr,
+}
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// An environment variable.
+    Env(String),
+    /// A file (its content, trailing newline removed).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Env(name) => write!(f, "environment variable {name}"),
+            Self::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
+}
+
+/// A secret the config reads: where it is used and where it comes from.
+#[derive(Debug, Clone)]
+pub struct SecretUse {
+    /// YAML path of the key that names it.
+    pub path: String,
+    /// Its source.
+    pub source: SecretRef,
+}
+
+/// A secret value. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(HeaderValue);
+
+impl Secret {
+    /// The value as a header value (marked sensitive, so HTTP/2 never indexes it).
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    /// Compares with `candidate` in time that does not depend on where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let mine = self.0.as_bytes();
+        if mine.len() != candidate.len() {
+            return false;
+        }
+        mine.iter()
+            .zip(candidate)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// YAML path, e.g. `routes[0].targets[1].provider`.
+    pub path: String,
+    /// Line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = if self.path.is_empty() {
+            "(top)"
+        } else {
+            &self.path
+        };
+        match self.line {
+            Some(line) => write!(f, "{path} (line {line}): {}", self.message),
+            None => write!(f, "{path}: {}", self.message),
+        }
+    }
+}
+
+/// What the validator needs from the outside world: secret values.
+pub trait SecretSource {
+    /// The value of `secret`, or why it cannot be read.
+    fn read(&self, secret: &SecretRef) -> Result<String, String>;
+}
+
+/// Reads secrets from the process environment and the file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EnvAndFiles;
+
+impl SecretSource for EnvAndFiles {
+    fn read(&self, secret: &SecretRef) -> Result<String, String> {
+        match secret {
+            SecretRef::Env(name) => {
+                std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+            }
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Accepts every secret with a placeholder value: for `check --allow-missing-secrets`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PlaceholderSecrets;
+
+impl SecretSource for PlaceholderSecrets {
+    fn read(&self, _: &SecretRef) -> Result<String, String> {
+        Ok("placeholder".to_owned())
+    }
+}
+
+/// Validates a raw config. `base_dir` is the folder relative file paths are resolved against.
+pub fn validate(
+    raw: RawConfig,
+    base_dir: &Path,
+    secrets: &dyn SecretSource,
+) -> Result<Snapshot, Vec<Problem>> {
+    let mut v = Validator {
+        problems: Vec::new(),
+        base_dir,
+        secrets,
+        secret_uses: Vec::new(),
+    };
+    let snapshot = v.config(raw);
+    if v.problems.is_empty() {
+        Ok(Snapshot {
+            secrets: v.secret_uses,
+            ..snapshot
+        })
+    } else {
+        Err(v.problems)
+    }
+}
+
+struct Validator<'a> {
+    problems: Vec<Problem>,
+    base_dir: &'a Path,
+    secrets: &'a dyn SecretSource,
+    secret_uses: Vec<SecretUse>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    fn later(&mut self, path: &str, value: &Option<Later>, issue: &str) {
+        if value.is_some() {
+            self.problem(
+                path,
+                format!("not supported yet ({issue} comes in a later version); remove this key"),
+            );
+        }
+    }
+
+    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+        let Some(text) = text else { return default };
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.problem(path, "must be greater than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(path, e);
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, path: &str, text: Option<&str>, default: u64, min: u64, max: u64) -> usize {
+        let Some(text) = text else {
+            return default as usize;
+        };
+        match parse_size(text) {
+            Ok(n) if n < min || n > max => {
+                self.problem(path, format!("must be between {min} and {max} bytes"));
+                default as usize
+            }
+            Ok(n) => n as usize,
+            Err(e) => {
+                self.problem(path, e);
+                default as usize
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, path: &str, text: Option<&str>, default: &str) -> SocketAddr {
+        let text = text.unwrap_or(default);
+        let parsed = match text.strip_prefix("localhost:") {
+            Some(port) => port
+                .parse::<u16>()
+                .map(|p| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), p))
+                .ok(),
+            None => text.parse::<SocketAddr>().ok(),
+        };
+        parsed.unwrap_or_else(|| {
+            self.problem(
+                path,
+                format!("\"{text}\" is not an address; write IP:PORT, e.g. 127.0.0.1:8080"),
+            );
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
+        })
+    }
+
+    fn file(&self, text: &str) -> PathBuf {
+        self.base_dir.join(text)
+    }
+
+    fn secret(
+        &mut self,
+        path: &str,
+        env: Option<&str>,
+        file: Option<&str>,
+        what: &str,
+    ) -> Option<Secret> {
+        let (key, source) = match (env, file) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    path,
+                    format!("give {what} in one of _env or _file, not both"),
+                );
+                return None;
+            }
+            (Some(name), None) if !name.is_empty() => ("env", SecretRef::Env(name.to_owned())),
+            (None, Some(f)) if !f.is_empty() => ("file", SecretRef::File(self.file(f))),
+            (None, None) => return None,
+            _ => {
+                self.problem(path, format!("the name of {what}'s source is empty"));
+                return None;
+            }
+        };
+        let key_path = format!("{path}_{key}");
+        self.secret_uses.push(SecretUse {
+            path: key_path.clone(),
+            source: source.clone(),
+        });
+        match self.secrets.read(&source) {
+            Ok(value) => {
+                let value = value.trim_end_matches(['\r', '\n']);
+                match HeaderValue::from_str(value) {
+                    Ok(mut v) => {
+                        v.set_sensitive(true);
+                        Some(Secret(v))
+                    }
+                    Err(_) => {
+                        self.problem(
+                            key_path,
+                            format!("{source} holds characters not allowed in an HTTP header"),
+                        );
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                self.problem(key_path, e);
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Snapshot {
+        let listen = self.socket_addr("listen", raw.listen.as_deref(), DEFAULT_LISTEN);
+        let admin = self.admin(raw.admin, listen);
+        let drain_timeout = self.duration(
+            "drain_timeout",
+            raw.drain_timeout.as_deref(),
+            DEFAULT_DRAIN_TIMEOUT,
+        );
+        let max_header_bytes = self.size(
+            "max_header_bytes",
+            raw.max_header_bytes.as_deref(),
+            DEFAULT_MAX_HEADER_BYTES,
+            8 << 10,
+            16 << 20,
+        );
+        self.later("webhooks", &raw.webhooks, "webhook ingress");
+        self.later("audit", &raw.audit, "the audit trail");
+
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw.providers {
+            let path = format!("providers.{name}");
+            if !valid_name(&name) {
+                self.problem(
+                    &path,
+                    "provider names use letters, digits, '-', '_' and '.' only",
+                );
+            }
+            if let Some(p) = self.provider(&path, &name, p) {
+                providers.insert(Arc::clone(&p.name), Arc::new(p));
+            }
+        }
+
+        if raw.routes.is_empty() {
+            self.problem("routes", "at least one route is needed");
+        }
+        let mut route_names = HashSet::new();
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if !route_names.insert(r.name.clone()) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!("duplicate route name \"{}\"", r.name),
+                );
+            }
+            routes.push(Arc::new(self.route(&path, r, &providers)));
+        }
+
+        let mut sandbox_names = HashSet::new();
+        let mut sandbox = Vec::new();
+        for (i, s) in raw.sandbox.into_iter().enumerate() {
+            let path = format!("sandbox[{i}]");
+            if !sandbox_names.insert(s.name.clone()) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!("duplicate sandbox name \"{}\"", s.name),
+                );
+            }
+            if !valid_name(&s.name) {
+                self.problem(
+                    format!("{path}.name"),
+                    "sandbox names use letters, digits, '-', '_' and '.' only",
+                );
+            }
+            let listen = self.socket_addr(&format!("{path}.listen"), Some(&s.listen), "");
+            sandbox.push(Sandbox {
+                name: s.name,
+                listen,
+            });
+        }
+
+        Snapshot {
+            listen,
+            admin,
+            drain_timeout,
+            max_header_bytes,
+            providers,
+            routes,
+            sandbox,
+            secrets: Vec::new(),
+        }
+    }
+
+    fn admin(&mut self, raw: Option<schema::RawAdmin>, shop: SocketAddr) -> Admin {
+        let raw = raw.unwrap_or(schema::RawAdmin {
+            listen: None,
+            token_env: None,
+            token_file: None,
+        });
+        let listen = self.socket_addr("admin.listen", raw.listen.as_deref(), DEFAULT_ADMIN_LISTEN);
+        if listen == shop && listen.port() != 0 {
+            self.problem(
+                "admin.listen",
+                "must differ from listen: the admin API is never served to the shop",
+            );
+        }
+        let token = self.secret(
+            "admin.token",
+            raw.token_env.as_deref(),
+            raw.token_file.as_deref(),
+            "the admin token",
+        );
+        if token.is_none() && !listen.ip().is_loopback() && raw.token_env.is_none() {
+            self.problem(
+                "admin.listen",
+                "an admin listener off loopback needs a token: set admin.token_env",
+            );
+        }
+        Admin { listen, token }
+    }
+
+    fn provider(&mut self, path: &str, name: &str, p: schema::RawProvider) -> Option<Provider> {
+        self.later(
+            &format!("{path}.idempotency_header"),
+            &p.idempotency_header,
+            "per-provider idempotency keys",
+        );
+        self.later(
+            &format!("{path}.idempotency_key_max_len"),
+            &p.idempotency_key_max_len,
+            "per-provider idempotency keys",
+        );
+        self.later(
+            &format!("{path}.breaker"),
+            &p.breaker,
+            "the circuit breaker",
+        );
+        self.later(
+            &format!("{path}.health_check"),
+            &p.health_check,
+            "active health checking",
+        );
+        self.later(&format!("{path}.quota"), &p.quota, "provider quotas");
+        self.later(&format!("{path}.slow_start"), &p.slow_start, "slow start");
+
+        let url_path = format!("{path}.url");
+        let url = self.url(&url_path, &p.url);
+        let connect_timeout = self.duration(
+            &format!("{path}.connect_timeout"),
+            p.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let timeout = self.duration(
+            &format!("{path}.timeout"),
+            p.timeout.as_deref(),
+            DEFAULT_PROVIDER_TIMEOUT,
+        );
+        let pool_idle_timeout = self.duration(
+            &format!("{path}.pool_idle_timeout"),
+            p.pool_idle_timeout.as_deref(),
+            DEFAULT_POOL_IDLE_TIMEOUT,
+        );
+        let auth = p.auth.and_then(|a| {
+            let apath = format!("{path}.auth");
+            let header = a.header.as_deref().unwrap_or("Authorization");
+            let header = match HeaderName::from_bytes(header.as_bytes()) {
+                Ok(h) => h,
+                Err(_) => {
+                    self.problem(
+                        format!("{apath}.header"),
+                        format!("\"{header}\" is not a header name"),
+                    );
+                    return None;
+                }
+            };
+            if a.value_env.is_none() && a.value_file.is_none() {
+                self.problem(&apath, "set value_env or value_file");
+                return None;
+            }
+            let value = self.secret(
+                &format!("{apath}.value"),
+                a.value_env.as_deref(),
+                a.value_file.as_deref(),
+                "the credential",
+            )?;
+            Some(Auth { header, value })
+        });
+        let tls = p.tls.map(|t| {
+            let tpath = format!("{path}.tls");
+            let client_cert = match (t.client_cert_file, t.client_key_file) {
+                (Some(c), Some(k)) => Some((self.file(&c), self.file(&k))),
+                (None, None) => None,
+                _ => {
+                    self.problem(
+                        &tpath,
+                        "client_cert_file and client_key_file go together: set both or neither",
+                    );
+                    None
+                }
+            };
+            Tls {
+                ca_file: t.ca_file.map(|f| self.file(&f)),
+                client_cert,
+                server_name: t.server_name,
+            }
+        });
+        let (scheme, authority, base_path) = url?;
+        if tls.is_some() && scheme == Scheme::HTTP {
+            self.problem(
+                format!("{path}.tls"),
+                "tls is set but the url is http://; use https://",
+            );
+        }
+        Some(Provider {
+            name: Arc::from(name),
+            scheme,
+            authority,
+            base_path,
+            auth,
+            tls: tls.unwrap_or_default(),
+            connect_timeout,
+            timeout,
+            pool_idle_timeout,
+            pool_max_idle: p.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
+        })
+    }
+
+    fn url(&mut self, path: &str, text: &str) -> Option<(Scheme, Authority, String)> {
+        let uri: Uri = match text.parse() {
+            Ok(u) => u,
+            Err(e) => {
+                self.problem(path, format!("\"{text}\" is not a URL: {e}"));
+                return None;
+            }
+        };
+        let scheme = match uri.scheme_str() {
+            Some("https") => Scheme::HTTPS,
+            Some("http") => Scheme::HTTP,
+            _ => {
+                self.problem(
+                    path,
+                    format!(
+                        "\"{text}\" must start with https:// (or http:// for a loopback address)"
+                    ),
+                );
+                return None;
+            }
+        };
+        let Some(authority) = uri.authority().cloned() else {
+            self.problem(path, format!("\"{text}\" has no host"));
+            return None;
+        };
+        if authority.as_str().contains('@') {
+            self.problem(
+                path,
+                "credentials in the URL are not allowed; use auth.value_env",
+            );
+            return None;
+        }
+        if uri.query().is_some() {
+            self.problem(path, "a provider URL may carry a base path but no query");
+            return None;
+        }
+        if scheme == Scheme::HTTP && !is_loopback_host(authority.host()) {
+            self.problem(
+                path,
+                "plain http:// is only allowed to a loopback address (sandbox, tests); provider traffic uses https://",
+            );
+            return None;
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Some((scheme, authority, base_path))
+    }
+
+    fn route(
+        &mut self,
+        path: &str,
+        r: schema::RawRoute,
+        providers: &BTreeMap<Arc<str>, Arc<Provider>>,
+    ) -> Route {
+        self.later(&format!("{path}.retry"), &r.retry, "retries");
+        self.later(
+            &format!("{path}.idempotency"),
+            &r.idempotency,
+            "idempotency keys",
+        );
+        self.later(
+            &format!("{path}.rate_limit"),
+            &r.rate_limit,
+            "rate limiting",
+        );
+        self.later(&format!("{path}.failover"), &r.failover, "failover");
+        if !valid_name(&r.name) {
+            self.problem(
+                format!("{path}.name"),
+                "route names use letters, digits, '-', '_' and '.' only",
+            );
+        }
+        let matcher = self.matcher(&format!("{path}.match"), r.matcher);
+        let strip_prefix = r.strip_prefix.filter(|s| {
+            let ok = s.starts_with('/');
+            if !ok {
+                self.problem(format!("{path}.strip_prefix"), "must start with '/'");
+            }
+            ok
+        });
+        if r.targets.is_empty() {
+            self.problem(
+                format!("{path}.targets"),
+                "a route needs at least one target",
+            );
+        }
+        let mut seen = HashSet::new();
+        let mut targets = Vec::new();
+        for (j, t) in r.targets.into_iter().enumerate() {
+            let tpath = format!("{path}.targets[{j}]");
+            let Some((name, _)) = providers.get_key_value(t.provider.as_str()) else {
+                self.problem(
+                    format!("{tpath}.provider"),
+                    unknown_provider(&t.provider, providers),
+                );
+                continue;
+            };
+            if !seen.insert(Arc::clone(name)) {
+                self.problem(
+                    format!("{tpath}.provider"),
+                    format!("provider \"{name}\" is already a target of this route"),
+                );
+            }
+            let weight = t.weight.unwrap_or(DEFAULT_WEIGHT);
+            if weight == 0 || weight > 10_000 {
+                self.problem(format!("{tpath}.weight"), "must be between 1 and 10000");
+            }
+            targets.push(Target {
+                provider: Arc::clone(name),
+                priority: t.priority.unwrap_or(0),
+                weight,
+            });
+        }
+        let timeout = self.duration(
+            &format!("{path}.timeout"),
+            r.timeout.as_deref(),
+            DEFAULT_ROUTE_TIMEOUT,
+        );
+        let max_body = self.size(
+            &format!("{path}.max_body"),
+            r.max_body.as_deref(),
+            DEFAULT_MAX_BODY,
+            0,
+            64 << 20,
+        );
+        Route {
+            name: Arc::from(r.name.as_str()),
+            matcher,
+            strip_prefix,
+            targets,
+            timeout,
+            max_body,
+        }
+    }
+
+    fn matcher(&mut self, path: &str, m: schema::RawMatch) -> Match {
+        let path_prefix = m.path_prefix.unwrap_or_else(|| "/".to_owned());
+        if !path_prefix.starts_with('/') {
+            self.problem(format!("{path}.path_prefix"), "must start with '/'");
+        }
+        let methods = m.methods.map(|ms| {
+            ms.iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let upper = s.to_ascii_uppercase();
+                    match Method::from_bytes(upper.as_bytes()) {
+                        Ok(method) if upper == *s => Some(method),
+                        _ => {
+                            self.problem(
+                                format!("{path}.methods[{i}]"),
+                                format!("\"{s}\" is not an HTTP method (write it in capitals, e.g. POST)"),
+                            );
+                            None
+                        }
+                    }
+                })
+                .collect()
+        });
+        let host = m.host.map(|h| h.to_ascii_lowercase());
+        let mut headers = Vec::new();
+        for (name, value) in m.headers {
+            let hpath = format!("{path}.headers.{name}");
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                (Ok(n), Ok(v)) => headers.push((n, v)),
+                (Err(_), _) => self.problem(hpath, format!("\"{name}\" is not a header name")),
+                (_, Err(_)) => self.problem(hpath, "not a valid header value"),
+            }
+        }
+        Match {
+            path_prefix,
+            methods,
+            host,
+            headers,
+        }
+    }
+}
+
+fn unknown_provider(name: &str, providers: &BTreeMap<Arc<str>, Arc<Provider>>) -> String {
+    let known: Vec<&str> = providers.keys().map(|k| &**k).collect();
+    if known.is_empty() {
+        format!("unknown provider \"{name}\" (no providers are defined)")
+    } else {
+        format!(
+            "unknown provider \"{name}\" (defined: {})",
+            known.join(", ")
+        )
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Match {
+    /// Whether a request with these parts matches.
+    pub fn matches(
+        &self,
+        method: &Method,
+        path: &str,
+        host: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        path_has_prefix(path, &self.path_prefix)
+            && self.methods.as_ref().is_none_or(|ms| ms.contains(method))
+            && self
+                .host
+                .as_ref()
+                .is_none_or(|h| host.is_some_and(|got| got.eq_ignore_ascii_case(h)))
+            && self
+                .headers
+                .iter()
+                .all(|(n, v)| headers.get_all(n).iter().any(|got| got == v))
+    }
+}
+
+/// Whether `path` starts with `prefix` on a segment boundary: `/v1` matches `/v1` and `/v1/x`, not `/v10`.
+pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}

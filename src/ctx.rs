@@ -1,0 +1,79 @@
+//! Small request-context types that layers share through request extensions.
+
+use std::sync::{Arc, Mutex};
+
+use http::HeaderValue;
+
+use crate::config::Route;
+use crate::error::ErrorKind;
+use crate::generation::Generation;
+
+/// What is learned about a request as it goes through the stack, read by the access log and metrics
+/// once the response is ready. Shared (`Arc`) so that an inner layer can fill it even when it answers
+/// with an error.
+#[derive(Debug, Default)]
+pub struct RequestInfo {
+    inner: Mutex<InfoFields>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct InfoFields {
+    route: Option<Arc<str>>,
+    provider: Option<Arc<str>>,
+    error: Option<ErrorKind>,
+}
+
+impl RequestInfo {
+    fn with<R>(&self, f: impl FnOnce(&mut InfoFields) -> R) -> R {
+        // A poisoned lock only means a panic elsewhere mid-update; the fields stay usable.
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Records the matched route.
+    pub fn set_route(&self, route: Arc<str>) {
+        self.with(|f| f.route = Some(route));
+    }
+
+    /// Records the provider that answered (or was last tried).
+    pub fn set_provider(&self, provider: Arc<str>) {
+        self.with(|f| f.provider = Some(provider));
+    }
+
+    /// Records that the proxy answered with an error of this kind.
+    pub fn set_error(&self, kind: ErrorKind) {
+        self.with(|f| f.error = Some(kind));
+    }
+
+    /// The matched route.
+    pub fn route(&self) -> Option<Arc<str>> {
+        self.with(|f| f.route.clone())
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> Option<Arc<str>> {
+        self.with(|f| f.provider.clone())
+    }
+
+    /// The error kind, when the proxy answered itself.
+    pub fn error(&self) -> Option<ErrorKind> {
+        self.with(|f| f.error)
+    }
+}
+
+/// The request id, as accepted from the shop or generated.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// The route a request matched, with the generation it matched in.
+#[derive(Debug, Clone)]
+pub struct RouteCtx {
+    /// The generation the request runs on, start to end.
+    pub generation: Arc<Generation>,
+    /// The matched route.
+    pub route: Arc<Route>,
+}
+
+/// The shop connection's peer address.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);

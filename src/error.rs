@@ -1,0 +1,202 @@
+//! `ProxyError`: every way the proxy itself can fail a request, as one closed enum.
+//!
+//! Each error knows its [`ErrorKind`] (a closed set: it feeds metric labels and the
+//! `x-switchyard-error` header), where it came from ([`Origin`]), and whether the request can have
+//! reached a provider. The mapping from kinds to HTTP answers lives in one place,
+//! `layers::rescue`.
+
+use std::time::Duration;
+
+use crate::body::BoxError;
+
+/// A request the proxy could not complete, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route in the current config matches the request.
+    #[error("no route matches {method} {path}")]
+    NoRoute {
+        /// The request method.
+        method: http::Method,
+        /// The request path (never the query string, which may carry identifiers).
+        path: String,
+    },
+    /// The request body is larger than the route's `max_body`.
+    #[error("request body exceeds the route's max_body of {limit} bytes")]
+    BodyTooLarge {
+        /// The route's limit in bytes.
+        limit: usize,
+    },
+    /// The shop's request could not be read or is not acceptable.
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What is wrong with it, in words safe to show.
+        reason: String,
+    },
+    /// No connection to the provider could be made (DNS, refused, connect timeout).
+    #[error("provider {provider} is unreachable: {source}")]
+    ProviderUnreachable {
+        /// The provider's config name.
+        provider: String,
+        /// The connect error.
+        #[source]
+        source: BoxError,
+    },
+    /// The TLS handshake with the provider failed (bad certificate, wrong CA, protocol).
+    #[error("TLS handshake with provider {provider} failed: {source}")]
+    ProviderTls {
+        /// The provider's config name.
+        provider: String,
+        /// The TLS error.
+        #[source]
+        source: BoxError,
+    },
+    /// The provider did not answer within its attempt `timeout`.
+    #[error("provider {provider} did not answer within {timeout:?}")]
+    ProviderTimeout {
+        /// The provider's config name.
+        provider: String,
+        /// The attempt timeout that ran out.
+        timeout: Duration,
+    },
+    /// The exchange with the provider failed after it was connected (reset, protocol error).
+    #[error("provider {provider} failed the exchange: {source}")]
+    ProviderFailed {
+        /// The provider's config name.
+        provider: String,
+        /// The transport error.
+        #[source]
+        source: BoxError,
+    },
+    /// The route's overall `timeout` ran out.
+    #[error("the route's timeout of {timeout:?} ran out")]
+    DeadlineExceeded {
+        /// The route timeout.
+        timeout: Duration,
+    },
+    /// The proxy itself failed (a bug); the detail is logged, not shown.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The closed set of error kinds, used as metric label values and in the `x-switchyard-error` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// See [`ProxyError::NoRoute`].
+    NoRoute,
+    /// See [`ProxyError::BodyTooLarge`].
+    BodyTooLarge,
+    /// See [`ProxyError::BadRequest`].
+    BadRequest,
+    /// See [`ProxyError::ProviderUnreachable`].
+    ProviderUnreachable,
+    /// See [`ProxyError::ProviderTls`].
+    ProviderTls,
+    /// See [`ProxyError::ProviderTimeout`].
+    ProviderTimeout,
+    /// See [`ProxyError::ProviderFailed`].
+    ProviderFailed,
+    /// See [`ProxyError::DeadlineExceeded`].
+    DeadlineExceeded,
+    /// See [`ProxyError::Internal`].
+    Internal,
+}
+
+/// Where an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The shop's request is at fault.
+    Shop,
+    /// The proxy (config, deadline, a bug).
+    Proxy,
+    /// The provider or the network to it.
+    Provider,
+}
+
+/// Whether the request may have reached the provider, as far as this one error tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// Nothing was sent to any provider.
+    No,
+    /// The request may have been sent and processed: its outcome is unknown.
+    Maybe,
+}
+
+impl ProxyError {
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NoRoute { .. } => ErrorKind::NoRoute,
+            Self::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
+            Self::BadRequest { .. } => ErrorKind::BadRequest,
+            Self::ProviderUnreachable { .. } => ErrorKind::ProviderUnreachable,
+            Self::ProviderTls { .. } => ErrorKind::ProviderTls,
+            Self::ProviderTimeout { .. } => ErrorKind::ProviderTimeout,
+            Self::ProviderFailed { .. } => ErrorKind::ProviderFailed,
+            Self::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
+            Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether the request may have reached a provider (unknown outcome) or certainly did not.
+    pub fn reached(&self) -> Reached {
+        match self.kind() {
+            ErrorKind::ProviderTimeout
+            | ErrorKind::ProviderFailed
+            | ErrorKind::DeadlineExceeded => Reached::Maybe,
+            ErrorKind::NoRoute
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::BadRequest
+            | ErrorKind::ProviderUnreachable
+            | ErrorKind::ProviderTls
+            | ErrorKind::Internal => Reached::No,
+        }
+    }
+}
+
+impl ErrorKind {
+    /// Every kind, for metrics that want a zero for each.
+    pub const ALL: [ErrorKind; 9] = [
+        Self::NoRoute,
+        Self::BodyTooLarge,
+        Self::BadRequest,
+        Self::ProviderUnreachable,
+        Self::ProviderTls,
+        Self::ProviderTimeout,
+        Self::ProviderFailed,
+        Self::DeadlineExceeded,
+        Self::Internal,
+    ];
+
+    /// The kind's stable name, as used in headers, metric labels and problem types.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BadRequest => "bad_request",
+            Self::ProviderUnreachable => "provider_unreachable",
+            Self::ProviderTls => "provider_tls",
+            Self::ProviderTimeout => "provider_timeout",
+            Self::ProviderFailed => "provider_failed",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Where errors of this kind come from.
+    pub fn origin(self) -> Origin {
+        match self {
+            Self::NoRoute | Self::BodyTooLarge | Self::BadRequest => Origin::Shop,
+            Self::DeadlineExceeded | Self::Internal => Origin::Proxy,
+            Self::ProviderUnreachable
+            | Self::ProviderTls
+            | Self::ProviderTimeout
+            | Self::ProviderFailed => Origin::Provider,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,85 @@
+//! Reads the request body in full, up to the route's `max_body`, so that it can be sent again.
+//!
+//! A `Content-Length` over the limit is refused before a byte is read; a body that grows past it while
+//! being read is refused as soon as it does. Either way the shop gets 413 and nothing reaches a provider.
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, Request};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower::{Layer, Service};
+
+use super::BoxFuture;
+use crate::body::BoxError;
+use crate::ctx::RouteCtx;
+use crate::error::ProxyError;
+
+/// Buffers request bodies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BufferBodyLayer;
+
+impl<S> Layer<S> for BufferBodyLayer {
+    type Service = BufferBody<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        BufferBody { inner }
+    }
+}
+
+/// See [`BufferBodyLayer`].
+#[derive(Debug, Clone)]
+pub struct BufferBody<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for BufferBody<S>
+where
+    S: Service<Request<Bytes>, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<S::Response, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The ready clone is the one we call later; the fresh clone stays behind (tower's idiom).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let limit = req
+                .extensions()
+                .get::<RouteCtx>()
+                .map(|c| c.route.max_body)
+                .ok_or_else(|| ProxyError::Internal("body read before routing".into()))?;
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit as u64) {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+            let (parts, body) = req.into_parts();
+            let bytes = match Limited::new(body, limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) if e.is::<LengthLimitError>() => {
+                    return Err(ProxyError::BodyTooLarge { limit })
+                }
+                Err(_) => {
+                    return Err(ProxyError::BadRequest {
+                        reason: "the request body could not be read to its end".into(),
+                    })
+                }
+            };
+            inner.call(Request::from_parts(parts, bytes)).await
+        })
+    }
+}

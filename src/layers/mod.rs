@@ -1,0 +1,71 @@
+//! The request path: one tower layer per policy. This file is the one place their order is written.
+//!
+//! ```text
+//! shop ─▶ Sensitive ─▶ RequestId ─▶ Observe ─▶ Rescue ─▶ Route ─▶ Deadline ─▶ BufferBody ─▶ Forward ─▶ provider
+//! ```
+//! - `Sensitive` (tower-http) marks the shop's credentials so no log or HPACK table ever keeps them.
+//! - `RequestId` accepts or makes the request id first, so every answer (errors included) carries it.
+//! - `Observe` writes the access log line and the request metrics for every answer, errors included.
+//! - `Rescue` turns every [`ProxyError`](crate::error::ProxyError) into a problem+json answer; below it,
+//!   layers return errors, above it, only responses; it also turns a panic (a bug) into a 500.
+//! - `Route` picks the route on the generation the request will run on to its end.
+//! - `Deadline` bounds the whole request, body read included, by the route's `timeout`.
+//! - `BufferBody` reads the body up to the route's `max_body`, so later policies can re-send it.
+//! - `Forward` sends it to the route's provider and streams the answer back.
+
+mod buffer_body;
+mod deadline;
+mod forward;
+mod observe;
+mod request_id;
+pub mod rescue;
+mod route;
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::{Service, ServiceBuilder};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+
+pub use buffer_body::{BufferBody, BufferBodyLayer};
+pub use deadline::{Deadline, DeadlineLayer};
+pub use forward::Forward;
+pub use observe::{Observe, ObserveLayer};
+pub use request_id::{RequestIdLayer, SetRequestId, X_REQUEST_ID};
+pub use rescue::{Rescue, RescueLayer};
+pub use route::{RouteLayer, Router};
+
+use crate::body::ProxyBody;
+use crate::generation::Current;
+use crate::metrics::Metrics;
+
+/// Builds the shop-facing service over the generation in use.
+pub fn stack(
+    current: Current,
+    metrics: Metrics,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            http::header::AUTHORIZATION,
+            http::header::PROXY_AUTHORIZATION,
+            http::header::COOKIE,
+        ]))
+        .layer(RequestIdLayer)
+        .layer(ObserveLayer::new(metrics.clone()))
+        .layer(RescueLayer::new(metrics.clone()))
+        .layer(RouteLayer::new(current))
+        .layer(DeadlineLayer)
+        .layer(BufferBodyLayer)
+        .service(Forward::new(metrics))
+}
+
+/// A boxed, sendable future, as the layers' `ResponseFuture`s are.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;

@@ -1,0 +1,185 @@
+//! The one place where proxy errors become answers to the shop.
+//!
+//! Every [`ProxyError`] becomes an `application/problem+json` response (RFC 9457) with the header
+//! `x-switchyard-error: <kind>`, so the shop can always tell an answer the proxy made from one a provider
+//! made. Panics below this layer become a 500 `internal` answer too. The match over [`ErrorKind`] is exhaustive: a new kind cannot be added without its answer.
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt;
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use super::BoxFuture;
+use crate::body::{full, ProxyBody};
+use crate::ctx::{RequestId, RequestInfo};
+use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::metrics::{Metrics, NONE};
+
+/// The header naming the kind of an answer the proxy made itself.
+pub const X_SWITCHYARD_ERROR: HeaderName = HeaderName::from_static("x-switchyard-error");
+/// The header naming the provider that answered (or was tried).
+pub const X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
+const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// The status and title of each error kind.
+pub fn status_and_title(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        ErrorKind::NoRoute => (StatusCode::NOT_FOUND, "No route matches this request"),
+        ErrorKind::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Request body too large"),
+        ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "Bad request"),
+        ErrorKind::ProviderUnreachable => (StatusCode::BAD_GATEWAY, "Provider unreachable"),
+        ErrorKind::ProviderTls => (StatusCode::BAD_GATEWAY, "TLS to the provider failed"),
+        ErrorKind::ProviderTimeout => (StatusCode::GATEWAY_TIMEOUT, "Provider timed out"),
+        ErrorKind::ProviderFailed => (StatusCode::BAD_GATEWAY, "Provider exchange failed"),
+        ErrorKind::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "Route timeout exceeded"),
+        ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal proxy error"),
+    }
+}
+
+/// A problem+json answer of `kind` with `detail`.
+pub fn problem(
+    kind: ErrorKind,
+    detail: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<ProxyBody> {
+    let (status, title) = status_and_title(kind);
+    let mut body = serde_json::json!({
+        "type": format!("urn:switchyard:error:{}", kind.as_str()),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+        body["request_id"] = id.into();
+    }
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, PROBLEM_JSON);
+    resp.headers_mut()
+        .insert(X_SWITCHYARD_ERROR, HeaderValue::from_static(kind.as_str()));
+    resp
+}
+
+/// The answer to a panic below this layer: a 500, the panic itself is logged, not shown.
+pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<ProxyBody> {
+    let what = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = what, "request handler panicked");
+    problem(
+        ErrorKind::Internal,
+        "the proxy failed to handle this request",
+        None,
+    )
+}
+
+/// Turns errors into answers.
+#[derive(Clone)]
+pub struct RescueLayer {
+    metrics: Metrics,
+}
+
+impl RescueLayer {
+    /// A layer counting the answers it makes in `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescue {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`RescueLayer`].
+#[derive(Clone)]
+pub struct Rescue<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, B> Service<Request<B>> for Rescue<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The inner services are always ready (they hold no capacity of their own).
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let info = req.extensions().get::<Arc<RequestInfo>>().cloned();
+        let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let metrics = self.metrics.clone();
+        // A panic below (a bug) becomes a 500 here instead of a dropped connection.
+        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(fut) => fut,
+            Err(panic) => return Box::pin(std::future::ready(Ok(panic_response(panic)))),
+        };
+        Box::pin(async move {
+            let err = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(e)) => e,
+                Err(panic) => {
+                    if let Some(info) = &info {
+                        info.set_error(ErrorKind::Internal);
+                    }
+                    return Ok(panic_response(panic));
+                }
+            };
+            let kind = err.kind();
+            let route = info.as_ref().and_then(|i| i.route());
+            metrics
+                .proxy_errors_total
+                .with_label_values(&[route.as_deref().unwrap_or(NONE), kind.as_str()])
+                .inc();
+            let request_id_text = request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            match kind.origin() {
+                Origin::Shop => {
+                    tracing::debug!(request_id = request_id_text, error = %err, "rejected")
+                }
+                Origin::Proxy | Origin::Provider => {
+                    tracing::warn!(request_id = request_id_text, error = %err, "request failed")
+                }
+            }
+            let detail = match kind {
+                ErrorKind::Internal => "the proxy failed to handle this request".to_owned(),
+                _ => err.to_string(),
+            };
+            let mut resp = problem(kind, &detail, request_id.as_ref());
+            if let Some(info) = &info {
+                info.set_error(kind);
+                if kind.origin() == Origin::Provider {
+                    if let Some(p) = info.provider().and_then(|p| HeaderValue::from_str(&p).ok()) {
+                        resp.headers_mut().insert(X_SWITCHYARD_PROVIDER, p);
+                    }
+                }
+            }
+            Ok(resp)
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! Picks the route for a request, on the config generation the request will run on to its end.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{header, Request};
+use tower::{Layer, Service};
+
+use crate::ctx::{RequestInfo, RouteCtx};
+use crate::error::ProxyError;
+use crate::generation::Current;
+
+/// Matches routes.
+#[derive(Clone)]
+pub struct RouteLayer {
+    current: Current,
+}
+
+impl RouteLayer {
+    /// A layer matching against the generation in `current` at the time of each request.
+    pub fn new(current: Current) -> Self {
+        Self { current }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Router<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Router {
+            inner,
+            current: Arc::clone(&self.current),
+        }
+    }
+}
+
+/// See [`RouteLayer`].
+#[derive(Clone)]
+pub struct Router<S> {
+    inner: S,
+    current: Current,
+}
+
+impl<S, B> Service<Request<B>> for Router<S>
+where
+    S: Service<Request<B>, Error = ProxyError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = ProxyError;
+    type Future = futures_util::future::Either<
+        S::Future,
+        std::future::Ready<Result<S::Response, ProxyError>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        let generation = self.current.load_full();
+        let host = request_host(&req);
+        let found = generation.snapshot.routes.iter().find(|r| {
+            r.matcher.matches(
+                req.method(),
+                req.uri().path(),
+                host.as_deref(),
+                req.headers(),
+            )
+        });
+        let Some(route) = found.cloned() else {
+            return Either::Right(std::future::ready(Err(ProxyError::NoRoute {
+                method: req.method().clone(),
+                path: req.uri().path().to_owned(),
+            })));
+        };
+        if let Some(info) = req.extensions().get::<Arc<RequestInfo>>() {
+            info.set_route(Arc::clone(&route.name));
+        }
+        req.extensions_mut().insert(RouteCtx { generation, route });
+        Either::Left(self.inner.call(req))
+    }
+}
+
+/// The host the shop addressed, lowercase and without port: the URI authority (HTTP/2) or `Host`.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().host() {
+        Some(h) => h.to_owned(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            let auth: http::uri::Authority = h.parse().ok()?;
+            auth.host().to_owned()
+        }
+    };
+    Some(raw.to_ascii_lowercase())
+}

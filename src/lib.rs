@@ -1,0 +1,22 @@
+//! switchyard: a payment-safe sidecar proxy between a shop and its payment providers.
+//!
+//! The shop sends its provider API calls to the sidecar on loopback; the sidecar routes each call to a
+//! provider named in `routes.yaml`. The crate is laid out as the architecture reads: `config` (parse,
+//! validate, reload), `upstream` (the pooled rustls client), `layers` (one tower layer per policy, stacked
+//! in one place), `admin` and `server` (listeners), `app` (wiring). `error` and `metrics` depend on
+//! nothing else in the crate.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod ctx;
+pub mod error;
+pub mod generation;
+pub mod layers;
+pub mod metrics;
+pub mod sandbox;
+pub mod server;
+pub mod upstream;

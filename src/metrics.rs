@@ -1,0 +1,155 @@
+//! Every Prometheus metric family of the proxy, in one explicit [`Registry`] (no global statics).
+//!
+//! Names follow Prometheus conventions (`_total`, `_seconds`, base units). Label values come only from
+//! config names (routes, providers) and closed enums (status codes, error kinds, results): never from a
+//! request's path, key, or any value the shop or a provider chose.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Label value used where no route or no provider was involved.
+pub const NONE: &str = "none";
+
+/// The proxy's metric families.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered to the shop, by route, provider and status code.
+    pub requests_total: IntCounterVec,
+    /// Time from the shop's request to the response head, by route and provider.
+    pub request_duration_seconds: HistogramVec,
+    /// Requests currently waiting on a provider, by provider.
+    pub upstream_requests_in_flight: IntGaugeVec,
+    /// Answers the proxy made itself, by route and error kind.
+    pub proxy_errors_total: IntCounterVec,
+    /// Config reload attempts by result (`success`, `failure`).
+    pub config_reloads_total: IntCounterVec,
+    /// Unix time of the last config load that was applied.
+    pub config_last_reload_success_timestamp_seconds: Gauge,
+    /// Generation number of the config in use (1 for the file loaded at start).
+    pub config_generation: IntGauge,
+    /// Config changes that were not applied because they need a restart (listen addresses, sandbox).
+    pub config_restart_required: IntGauge,
+    /// Always 1, with the version as a label.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates every family and registers it in a new registry.
+    pub fn new() -> Self {
+        Self::try_new().unwrap_or_else(|e| {
+            // Only a duplicate or malformed metric name can fail here: a bug caught by every test.
+            panic!("metric registration is static and cannot fail: {e}")
+        })
+    }
+
+    fn try_new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_requests_total",
+                "Requests answered to the shop, by route, provider and status code.",
+            ),
+            &["route", "provider", "code"],
+        )?;
+        let request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from the shop's request to the response head, by route and provider.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route", "provider"],
+        )?;
+        let upstream_requests_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_upstream_requests_in_flight",
+                "Requests currently waiting on a provider's answer, by provider.",
+            ),
+            &["provider"],
+        )?;
+        let proxy_errors_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_proxy_errors_total",
+                "Answers the proxy made itself (x-switchyard-error), by route and error kind.",
+            ),
+            &["route", "kind"],
+        )?;
+        let config_reloads_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Config reload attempts by result.",
+            ),
+            &["result"],
+        )?;
+        let config_last_reload_success_timestamp_seconds = Gauge::new(
+            "switchyard_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load that was applied.",
+        )?;
+        let config_generation = IntGauge::new(
+            "switchyard_config_generation",
+            "Generation of the config in use; 1 is the file loaded at start.",
+        )?;
+        let config_restart_required = IntGauge::new(
+            "switchyard_config_restart_required",
+            "1 when the file on disk changed something that only a restart applies.",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("switchyard_build_info", "Always 1; the version is a label."),
+            &["version"],
+        )?;
+        registry.register(Box::new(requests_total.clone()))?;
+        registry.register(Box::new(request_duration_seconds.clone()))?;
+        registry.register(Box::new(upstream_requests_in_flight.clone()))?;
+        registry.register(Box::new(proxy_errors_total.clone()))?;
+        registry.register(Box::new(config_reloads_total.clone()))?;
+        registry.register(Box::new(
+            config_last_reload_success_timestamp_seconds.clone(),
+        ))?;
+        registry.register(Box::new(config_generation.clone()))?;
+        registry.register(Box::new(config_restart_required.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for result in ["success", "failure"] {
+            config_reloads_total.with_label_values(&[result]);
+        }
+        Ok(Self {
+            registry,
+            requests_total,
+            request_duration_seconds,
+            upstream_requests_in_flight,
+            proxy_errors_total,
+            config_reloads_total,
+            config_last_reload_success_timestamp_seconds,
+            config_generation,
+            config_restart_required,
+            build_info,
+        })
+    }
+
+    /// The registry, for callers that add families of their own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Text encoding into a Vec only fails on a malformed family, which registration rejects.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

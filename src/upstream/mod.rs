@@ -1,0 +1,212 @@
+//! Connections to providers: one pooled hyper-util client per provider, over rustls.
+//!
+//! [`Upstreams`] holds a client per provider name. A config reload builds a new set, reusing the
+//! client (and its warm connection pool) of every provider whose transport settings and TLS files are
+//! unchanged; per-provider state that later policies keep is keyed the same way, by name.
+
+pub mod headers;
+mod tls;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::ServerName;
+
+use crate::config::validate::{Problem, Provider, Snapshot};
+use crate::error::ProxyError;
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One provider's endpoint and client.
+pub struct Upstream {
+    /// The provider's config.
+    pub config: Arc<Provider>,
+    client: HttpsClient,
+    transport_key: [u8; 32],
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("provider", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every provider's upstream, by name.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    by_name: HashMap<Arc<str>, Arc<Upstream>>,
+}
+
+impl Upstreams {
+    /// Builds an upstream for every provider of `snapshot`, reusing those of `previous` whose transport
+    /// is unchanged. Errors (an unreadable CA file, a key that does not fit its certificate) name the
+    /// provider's YAML path.
+    pub fn build(snapshot: &Snapshot, previous: Option<&Upstreams>) -> Result<Self, Vec<Problem>> {
+        let mut by_name = HashMap::new();
+        let mut problems = Vec::new();
+        for (name, provider) in &snapshot.providers {
+            let built = match tls::client_config(&provider.tls) {
+                Ok(b) => b,
+                Err(message) => {
+                    problems.push(Problem {
+                        path: format!("providers.{name}.tls"),
+                        line: None,
+                        message,
+                    });
+                    continue;
+                }
+            };
+            let key = transport_key(provider, &built.digest);
+            let reused = previous
+                .and_then(|p| p.by_name.get(name))
+                .filter(|old| old.transport_key == key)
+                .map(|old| old.client.clone());
+            let client = match reused {
+                Some(c) => c,
+                None => match new_client(provider, built.config) {
+                    Ok(c) => c,
+                    Err(message) => {
+                        problems.push(Problem {
+                            path: format!("providers.{name}.tls.server_name"),
+                            line: None,
+                            message,
+                        });
+                        continue;
+                    }
+                },
+            };
+            by_name.insert(
+                Arc::clone(name),
+                Arc::new(Upstream {
+                    config: Arc::clone(provider),
+                    client,
+                    transport_key: key,
+                }),
+            );
+        }
+        if problems.is_empty() {
+            Ok(Self { by_name })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The upstream of provider `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.by_name.get(name)
+    }
+}
+
+fn transport_key(p: &Provider, tls_digest: &[u8; 32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(tls_digest);
+    h.update(
+        format!(
+            "{:?}|{:?}|{:?}|{}",
+            p.scheme, p.connect_timeout, p.pool_idle_timeout, p.pool_max_idle
+        )
+        .as_bytes(),
+    );
+    h.finalize().into()
+}
+
+fn new_client(p: &Provider, tls: rustls::ClientConfig) -> Result<HttpsClient, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(p.connect_timeout));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let builder = match &p.tls.server_name {
+        Some(name) => {
+            let name = ServerName::try_from(name.clone())
+                .map_err(|e| format!("\"{name}\" is not a server name: {e}"))?;
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let connector = builder.enable_all_versions().wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(p.pool_idle_timeout)
+        .pool_max_idle_per_host(p.pool_max_idle)
+        .build(connector))
+}
+
+impl Upstream {
+    /// Sends one attempt and waits for the response head, within the provider's `timeout`.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ProxyError> {
+        let provider = &self.config.name;
+        match tokio::time::timeout(self.config.timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::ProviderTimeout {
+                provider: provider.to_string(),
+                timeout: self.config.timeout,
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(classify(provider, e)),
+        }
+    }
+}
+
+/// Maps a client error to the proxy's error: connect failures and TLS failures are told apart, since
+/// neither sent a byte of the request, unlike a failure of an established exchange.
+fn classify(provider: &str, e: hyper_util::client::legacy::Error) -> ProxyError {
+    let provider = provider.to_owned();
+    if is_tls(&e) {
+        return ProxyError::ProviderTls {
+            provider,
+            source: root_cause(&e).into(),
+        };
+    }
+    if e.is_connect() {
+        return ProxyError::ProviderUnreachable {
+            provider,
+            source: root_cause(&e).into(),
+        };
+    }
+    ProxyError::ProviderFailed {
+        provider,
+        source: root_cause(&e).into(),
+    }
+}
+
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The innermost cause's text: hyper-util's outer errors ("client error (Connect)") say little.
+fn root_cause(e: &hyper_util::client::legacy::Error) -> String {
+    let mut last: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
