@@ -17,6 +17,7 @@ pub mod error;
 pub mod generation;
 pub mod layers;
 pub mod metrics;
+pub mod redact;
 pub mod sandbox;
 pub mod server;
 pub mod upstream;

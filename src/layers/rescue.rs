@@ -19,6 +19,7 @@ use crate::body::{full, ProxyBody};
 use crate::ctx::{RequestId, RequestInfo};
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::metrics::{Metrics, NONE};
+use crate::redact::mask_pans;
 
 /// The header naming the kind of an answer the proxy made itself.
 pub const X_SWITCHYARD_ERROR: HeaderName = HeaderName::from_static("x-switchyard-error");
@@ -168,7 +169,7 @@ where
             }
             let detail = match kind {
                 ErrorKind::Internal => "the proxy failed to handle this request".to_owned(),
-                _ => err.to_string(),
+                _ => mask_pans(&err.to_string()).into_owned(),
             };
             let mut resp = problem(kind, &detail, request_id.as_ref());
             if let Some(info) = &info {

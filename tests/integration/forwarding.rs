@@ -456,3 +456,16 @@ async fn metric_labels_never_carry_request_values() {
     assert!(text.contains("switchyard_build_info{version="));
     assert!(text.contains("switchyard_upstream_requests_in_flight{provider=\"psp\"} 0"));
 }
+
+#[tokio::test]
+async fn card_numbers_are_masked_in_the_proxys_own_answers() {
+    let mock = MockProvider::start(echo()).await;
+    let yaml =
+        config(&[("psp", &mock.url())], "", "").replace("path_prefix: /", "path_prefix: /v1");
+    let proxy = TestProxy::start(&yaml).await;
+    let answer = get(&proxy.url("/cards/4242424242424242/x")).await;
+    assert_eq!(answer.status, 404);
+    let detail = answer.json()["detail"].as_str().unwrap().to_owned();
+    assert!(!detail.contains("4242424242424242"), "{detail}");
+    assert!(detail.contains("424242******4242"), "{detail}");
+}
