@@ -25,7 +25,7 @@ pub struct RawConfig {
     /// Largest request head (request line and headers) the shop may send.
     pub max_header_bytes: Option<String>,
     /// Providers by name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub providers: BTreeMap<String, RawProvider>,
     /// Routes, matched in order.
     #[serde(default)]
@@ -147,7 +147,7 @@ pub struct RawMatch {
     /// Host the shop addressed (without port).
     pub host: Option<String>,
     /// Headers that must have these exact values.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -171,6 +171,39 @@ pub struct RawSandbox {
     pub name: String,
     /// Address to listen on.
     pub listen: String,
+}
+
+/// A map that refuses a key written twice: serde's maps would silently keep the last one, so a second
+/// `psp:` block would quietly replace the first provider.
+fn unique_keys<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Visitor<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
+        type Value = BTreeMap<String, V>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping with unique keys")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "duplicate key \"{key}\": each name may appear once"
+                    )));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+    }
+    deserializer.deserialize_map(Visitor(std::marker::PhantomData))
 }
 
 /// Parses YAML text into the raw mirror. The error names the path and line of the problem.

@@ -1,1 +1,1197 @@
+//! Config parsing and validation, driven by inline YAML through [`super::load`].
+//!
+//! Secrets come from a map, never from the process environment or the file system, so these tests
+//! neither read nor change anything outside the process.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use super::validate::{path_has_prefix, Match};
+use super::{load, ConfigError, Problem, SecretRef, SecretSource, Snapshot};
+
+/// The folder relative file names are resolved against.
+const BASE: &str = "/etc/switchyard";
+
+/// Secret values by environment variable name or by file path.
+#[derive(Default)]
+struct Secrets(HashMap<String, String>);
+
+impl Secrets {
+    fn with(mut self, key: &str, value: &str) -> Self {
+        self.0.insert(key.to_owned(), value.to_owned());
+        self
+    }
+}
+
+impl SecretSource for Secrets {
+    fn read(&self, secret: &SecretRef) -> Result<String, String> {
+        let key = match secret {
+            SecretRef::Env(name) => name.clone(),
+            SecretRef::File(path) => path.display().to_string(),
+        };
+        self.0
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| format!("{secret} is not set"))
+    }
+}
+
+fn load_with(text: &str, secrets: &Secrets) -> Result<Snapshot, ConfigError> {
+    load(text, Path::new(BASE), secrets)
+}
+
+fn valid_with(text: &str, secrets: &Secrets) -> Snapshot {
+    match load_with(text, secrets) {
+        Ok(snapshot) => snapshot,
+        Err(e) => panic!("expected a valid config, got:\n{e}\n--- text ---\n{text}"),
+    }
+}
+
+fn valid(text: &str) -> Snapshot {
+    valid_with(text, &Secrets::default())
+}
+
+fn problems_with(text: &str, secrets: &Secrets) -> Vec<Problem> {
+    match load_with(text, secrets) {
+        Err(ConfigError::Invalid(problems)) => problems,
+        Err(other) => panic!("expected validation problems, got: {other}\n--- text ---\n{text}"),
+        Ok(snapshot) => {
+            panic!("expected validation problems, got {snapshot:?}\n--- text ---\n{text}")
+        }
+    }
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    problems_with(text, &Secrets::default())
+}
+
+/// The only problem of `text`; fails listing them all when there are more.
+fn only_problem_with(text: &str, secrets: &Secrets) -> Problem {
+    let mut all = problems_with(text, secrets);
+    assert_eq!(
+        all.len(),
+        1,
+        "expected exactly one problem, got {all:#?}\n--- text ---\n{text}"
+    );
+    all.remove(0)
+}
+
+fn only_problem(text: &str) -> Problem {
+    only_problem_with(text, &Secrets::default())
+}
+
+/// The Display text of the parse (serde) error of `text`.
+fn parse_error(text: &str) -> String {
+    match load_with(text, &Secrets::default()) {
+        Err(e @ ConfigError::Parse(_)) => e.to_string(),
+        Err(other) => panic!("expected a parse error, got: {other}\n--- text ---\n{text}"),
+        Ok(snapshot) => panic!("expected a parse error, got {snapshot:?}\n--- text ---\n{text}"),
+    }
+}
+
+/// The 1-based line of the first line of `text` that contains `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    match text.lines().position(|l| l.contains(needle)) {
+        Some(i) => i + 1,
+        None => panic!("{needle:?} is not in the text:\n{text}"),
+    }
+}
+
+/// Asserts `p` is at `path`, on the line of `text` holding `needle`, with `phrase` in its message.
+#[track_caller]
+fn assert_problem(p: &Problem, path: &str, text: &str, needle: &str, phrase: &str) {
+    assert_eq!(p.path, path, "{p:?}");
+    assert_eq!(p.line, Some(line_of(text, needle)), "{p:?}");
+    assert!(
+        p.message.contains(phrase),
+        "message of {p:?} lacks {phrase:?}"
+    );
+}
+
+/// A valid config with one provider `psp` and one route `pay`, plus extra lines (each ending in a
+/// newline, already indented) in the provider, in the route, and at the top level.
+fn config(provider: &str, route: &str, top: &str) -> String {
+    format!(
+        "providers:
+  psp:
+    url: https://api.psp.example
+{provider}routes:
+  - name: pay
+    match: {{}}
+    targets:
+      - provider: psp
+{route}{top}"
+    )
+}
+
+fn addr(text: &str) -> SocketAddr {
+    match text.parse() {
+        Ok(a) => a,
+        Err(e) => panic!("{text}: {e}"),
+    }
+}
+
+#[test]
+fn shipped_routes_yaml_is_valid() {
+    let s = valid(include_str!("../../routes.yaml"));
+
+    assert_eq!(s.listen, addr("127.0.0.1:8080"));
+    assert_eq!(s.admin.listen, addr("127.0.0.1:9901"));
+    assert!(s.admin.token.is_none());
+    assert_eq!(s.drain_timeout, Duration::from_secs(30));
+    assert_eq!(s.max_header_bytes, 64 * 1024);
+
+    let names: Vec<&str> = s.providers.keys().map(|k| &**k).collect();
+    assert_eq!(names, ["psp-backup", "psp-primary"]);
+    for (name, port) in [("psp-primary", 9101), ("psp-backup", 9102)] {
+        let p = &s.providers[name];
+        assert_eq!(&*p.name, name);
+        assert_eq!(p.scheme, http::uri::Scheme::HTTP);
+        assert_eq!(p.authority.as_str(), format!("127.0.0.1:{port}"));
+        assert_eq!(p.base_path, "");
+        assert!(p.auth.is_none());
+        assert_eq!(p.connect_timeout, Duration::from_secs(1));
+        assert_eq!(p.timeout, Duration::from_secs(10));
+    }
+
+    assert_eq!(s.routes.len(), 1);
+    let r = &s.routes[0];
+    assert_eq!(&*r.name, "payments");
+    assert_eq!(r.matcher.path_prefix, "/v1/");
+    assert_eq!(r.matcher.methods, Some(vec![Method::GET, Method::POST]));
+    assert_eq!(r.matcher.host, None);
+    assert!(r.matcher.headers.is_empty());
+    assert_eq!(r.strip_prefix, None);
+    let targets: Vec<(&str, u32, u32)> = r
+        .targets
+        .iter()
+        .map(|t| (&*t.provider, t.priority, t.weight))
+        .collect();
+    assert_eq!(targets, [("psp-primary", 0, 100), ("psp-backup", 1, 100)]);
+    assert_eq!(r.timeout, Duration::from_secs(30));
+    assert_eq!(r.max_body, 1 << 20);
+
+    let sandbox: Vec<(&str, SocketAddr)> = s
+        .sandbox
+        .iter()
+        .map(|b| (b.name.as_str(), b.listen))
+        .collect();
+    assert_eq!(
+        sandbox,
+        [
+            ("psp-primary", addr("127.0.0.1:9101")),
+            ("psp-backup", addr("127.0.0.1:9102")),
+        ]
+    );
+    assert!(s.secrets.is_empty());
+}
+
+#[test]
+fn omitted_keys_take_their_defaults() {
+    let s = valid(&config("", "", ""));
+
+    assert_eq!(s.listen, addr("127.0.0.1:8080"));
+    assert_eq!(s.admin.listen, addr("127.0.0.1:9901"));
+    assert!(s.admin.token.is_none());
+    assert_eq!(s.drain_timeout, Duration::from_secs(30));
+    assert_eq!(s.max_header_bytes, 64 * 1024);
+    assert!(s.sandbox.is_empty());
+    assert!(s.secrets.is_empty());
+
+    let p = &s.providers["psp"];
+    assert_eq!(p.scheme, http::uri::Scheme::HTTPS);
+    assert_eq!(p.authority.as_str(), "api.psp.example");
+    assert_eq!(p.base_path, "");
+    assert!(p.auth.is_none());
+    assert_eq!(p.tls, super::validate::Tls::default());
+    assert_eq!(p.connect_timeout, Duration::from_secs(1));
+    assert_eq!(p.timeout, Duration::from_secs(10));
+    assert_eq!(p.pool_idle_timeout, Duration::from_secs(90));
+    assert_eq!(p.pool_max_idle, 32);
+
+    let r = &s.routes[0];
+    assert_eq!(r.matcher.path_prefix, "/");
+    assert_eq!(r.matcher.methods, None);
+    assert_eq!(r.matcher.host, None);
+    assert!(r.matcher.headers.is_empty());
+    assert_eq!(r.strip_prefix, None);
+    assert_eq!(r.timeout, Duration::from_secs(30));
+    assert_eq!(r.max_body, 1 << 20);
+    assert_eq!(r.targets.len(), 1);
+    assert_eq!(&*r.targets[0].provider, "psp");
+    assert_eq!(r.targets[0].priority, 0);
+    assert_eq!(r.targets[0].weight, 100);
+}
+
+#[test]
+fn written_values_replace_the_defaults() {
+    let text = config(
+        "    connect_timeout: 250ms\n    timeout: 2s\n    pool_idle_timeout: 1m\n    pool_max_idle: 4\n",
+        "    strip_prefix: /psp\n    timeout: 1m30s\n    max_body: 10MB\n",
+        "listen: localhost:7000\nadmin: { listen: 127.0.0.1:7001 }\ndrain_timeout: 5s\nmax_header_bytes: 16KiB\n",
+    );
+    let s = valid(&text);
+    assert_eq!(s.listen, addr("127.0.0.1:7000"));
+    assert_eq!(s.admin.listen, addr("127.0.0.1:7001"));
+    assert_eq!(s.drain_timeout, Duration::from_secs(5));
+    assert_eq!(s.max_header_bytes, 16 * 1024);
+    let p = &s.providers["psp"];
+    assert_eq!(p.connect_timeout, Duration::from_millis(250));
+    assert_eq!(p.timeout, Duration::from_secs(2));
+    assert_eq!(p.pool_idle_timeout, Duration::from_secs(60));
+    assert_eq!(p.pool_max_idle, 4);
+    let r = &s.routes[0];
+    assert_eq!(r.strip_prefix.as_deref(), Some("/psp"));
+    assert_eq!(r.timeout, Duration::from_secs(90));
+    assert_eq!(r.max_body, 10_000_000);
+}
+
+#[test]
+fn malformed_yaml_is_a_parse_error_with_its_line() {
+    // The flow mapping opened on line 1 is never closed; the parser notices on line 2.
+    let text = "admin: { listen: 127.0.0.1:9901\nroutes: []\n";
+    let e = parse_error(text);
+    assert!(e.contains("line 2"), "{e}");
+    assert!(e.contains("flow mapping"), "{e}");
+
+    let text = "listen: 127.0.0.1:8080\nadmin:\n  listen: 127.0.0.1:9901\n    token_env: X\n";
+    let e = parse_error(text);
+    assert!(e.contains("line 4"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_parse_errors_naming_path_and_line() {
+    let cases = [
+        // (text, path in the message (empty at the top level), line of the bogus key)
+        (config("", "", "bogus: 1\n"), "", 9),
+        (config("    bogus: 1\n", "", ""), "providers.psp: ", 4),
+        (config("", "    bogus: 1\n", ""), "routes[0]: ", 9),
+        (
+            config("", "        bogus: 1\n", ""),
+            "routes[0].targets[0]: ",
+            9,
+        ),
+        (
+            config("", "", "").replace("match: {}", "match: { bogus: 1 }"),
+            "routes[0].match: ",
+            6,
+        ),
+        (
+            config("    tls: { bogus: x }\n", "", ""),
+            "providers.psp.tls: ",
+            4,
+        ),
+        (
+            config("    auth:\n      bogus: x\n", "", ""),
+            "providers.psp.auth: ",
+            5,
+        ),
+        (config("", "", "admin:\n  bogus: x\n"), "admin: ", 10),
+        (
+            config(
+                "",
+                "",
+                "sandbox:\n  - name: s\n    listen: 127.0.0.1:9101\n    bogus: x\n",
+            ),
+            "sandbox[0]: ",
+            12,
+        ),
+    ];
+    for (text, path, line) in cases {
+        assert_eq!(line_of(&text, "bogus"), line, "the case itself is wrong");
+        let e = parse_error(&text);
+        assert!(
+            e.starts_with(&format!("{path}unknown field `bogus`")),
+            "{e}"
+        );
+        assert!(e.contains(&format!("line {line} ")), "{e}");
+    }
+}
+
+#[test]
+fn values_of_the_wrong_type_are_parse_errors_naming_path_and_line() {
+    let text = config("", "        weight: heavy\n", "");
+    let e = parse_error(&text);
+    assert!(
+        e.starts_with("routes[0].targets[0].weight: invalid type"),
+        "{e}"
+    );
+    assert!(e.contains("line 9 "), "{e}");
+
+    let text = config("", "", "").replace("    match: {}\n", "");
+    let e = parse_error(&text);
+    assert!(e.contains("routes[0]: missing field `match`"), "{e}");
+}
+
+#[test]
+fn a_key_written_twice_at_the_top_is_a_parse_error() {
+    let e = parse_error(&config(
+        "",
+        "",
+        "listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n",
+    ));
+    assert!(e.contains("duplicate field `listen`"), "{e}");
+}
+
+#[test]
+fn duplicate_route_names_are_rejected() {
+    let text = config("", "", "").replace(
+        "routes:\n",
+        "routes:\n  - name: pay\n    match: {}\n    targets: [{ provider: psp }]\n",
+    );
+    let p = only_problem(&text);
+    assert_eq!(p.path, "routes[1].name");
+    assert_eq!(p.line, Some(8));
+    assert!(p.message.contains("duplicate route name \"pay\""), "{p:?}");
+}
+
+#[test]
+fn duplicate_provider_keys_are_rejected() {
+    let text = config("  psp:\n    url: https://other.psp.example\n", "", "");
+    let e = match load_with(&text, &Secrets::default()) {
+        Ok(s) => panic!(
+            "accepted; psp now points at {}",
+            s.providers["psp"].authority
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("psp"), "{e}");
+    assert!(e.contains("line"), "{e}");
+}
+
+#[test]
+fn a_route_naming_an_unknown_provider_is_reported_at_the_target() {
+    let text = "\
+providers:
+  psp-primary:
+    url: https://api.primary.example
+  psp-backup:
+    url: https://api.backup.example
+routes:
+  - name: payments
+    match: { path_prefix: /v1/ }
+    targets:
+      - { provider: psp-primary, priority: 0 }
+      - { provider: psp-bakup, priority: 1 }
+";
+    let e = match load_with(text, &Secrets::default()) {
+        Err(ConfigError::Invalid(problems)) => {
+            assert_eq!(problems.len(), 1, "{problems:#?}");
+            let p = &problems[0];
+            assert_eq!(p.path, "routes[0].targets[1].provider");
+            assert_eq!(p.line, Some(11));
+            assert!(
+                p.message.contains("unknown provider \"psp-bakup\""),
+                "{p:?}"
+            );
+            // The message helps to spot the typo.
+            assert!(p.message.contains("psp-backup, psp-primary"), "{p:?}");
+            ConfigError::Invalid(problems).to_string()
+        }
+        other => panic!("expected a problem, got {other:?}"),
+    };
+    assert!(
+        e.contains("routes[0].targets[1].provider (line 11): unknown provider \"psp-bakup\""),
+        "{e}"
+    );
+
+    // In block style the line is the one of the `provider` key, not of the list item.
+    let text = text.replace(
+        "      - { provider: psp-bakup, priority: 1 }\n",
+        "      - priority: 1\n        provider: psp-bakup\n",
+    );
+    let p = only_problem(&text);
+    assert_eq!(p.path, "routes[0].targets[1].provider");
+    assert_eq!(p.line, Some(12));
+}
+
+#[test]
+fn bad_durations_are_rejected() {
+    let cases = [
+        (
+            config("", "", "drain_timeout: 5\n"),
+            "drain_timeout",
+            "drain_timeout",
+            "has no unit",
+        ),
+        (
+            config("    timeout: fast\n", "", ""),
+            "providers.psp.timeout",
+            "fast",
+            "is not a duration",
+        ),
+        (
+            config("    connect_timeout: 0s\n", "", ""),
+            "providers.psp.connect_timeout",
+            "connect_timeout",
+            "greater than zero",
+        ),
+        (
+            config("", "    timeout: 0s\n", ""),
+            "routes[0].timeout",
+            "0s",
+            "greater than zero",
+        ),
+        (
+            config("    pool_idle_timeout: 5\n", "", ""),
+            "providers.psp.pool_idle_timeout",
+            "pool_idle_timeout",
+            "\"5s\"",
+        ),
+    ];
+    for (text, path, needle, phrase) in cases {
+        assert_problem(&only_problem(&text), path, &text, needle, phrase);
+    }
+}
+
+#[test]
+fn bad_sizes_are_rejected() {
+    let cases = [
+        (
+            config("", "    max_body: 1.5MiB\n", ""),
+            "routes[0].max_body",
+            "is not a size",
+        ),
+        (
+            config("", "    max_body: 10PB\n", ""),
+            "routes[0].max_body",
+            "is not a size",
+        ),
+        (
+            config("", "    max_body: 65MiB\n", ""),
+            "routes[0].max_body",
+            "must be between 0 and 67108864 bytes",
+        ),
+        (
+            config("", "", "max_header_bytes: 4KiB\n"),
+            "max_header_bytes",
+            "must be between 8192 and",
+        ),
+        (
+            config("", "", "max_header_bytes: 32MiB\n"),
+            "max_header_bytes",
+            "and 16777216 bytes",
+        ),
+    ];
+    for (text, path, phrase) in cases {
+        let key = path.rsplit('.').next().unwrap_or(path);
+        assert_problem(&only_problem(&text), path, &text, key, phrase);
+    }
+
+    // The limits themselves are allowed.
+    let s = valid(&config(
+        "",
+        "    max_body: 64MiB\n",
+        "max_header_bytes: 8KiB\n",
+    ));
+    assert_eq!(s.routes[0].max_body, 64 << 20);
+    assert_eq!(s.max_header_bytes, 8 << 10);
+}
+
+/// A config whose provider `psp` has `url` (quoted).
+fn with_url(url: &str) -> String {
+    config("", "", "").replace("url: https://api.psp.example", &format!("url: \"{url}\""))
+}
+
+#[test]
+fn bad_provider_urls_are_rejected_at_the_url() {
+    let cases = [
+        ("not a url", "is not a URL"),
+        ("ftp://files.psp.example", "must start with https://"),
+        ("api.psp.example", "must start with https://"),
+        ("https://", "\"https://\""),
+        ("https:///v1", "\"https:///v1\""),
+        ("https://api.psp.example/v1?mode=test", "no query"),
+        (
+            "https://user:pass@api.psp.example",
+            "credentials in the URL",
+        ),
+        (
+            "http://api.psp.example",
+            "only allowed to a loopback address",
+        ),
+        (
+            "http://localhost.psp.example",
+            "only allowed to a loopback address",
+        ),
+        ("http://10.0.0.1:8080", "only allowed to a loopback address"),
+    ];
+    for (url, phrase) in cases {
+        let text = with_url(url);
+        let p = only_problem(&text);
+        assert_problem(&p, "providers.psp.url", &text, "url:", phrase);
+        // The credentials never reach the log.
+        assert!(!p.message.contains("pass"), "{p:?}");
+    }
+}
+
+#[test]
+fn plain_http_is_allowed_to_loopback_only() {
+    for (url, authority) in [
+        ("http://127.0.0.1:9101", "127.0.0.1:9101"),
+        ("http://localhost:9101", "localhost:9101"),
+        ("http://[::1]:9101", "[::1]:9101"),
+    ] {
+        let s = valid(&with_url(url));
+        let p = &s.providers["psp"];
+        assert_eq!(p.scheme, http::uri::Scheme::HTTP, "{url}");
+        assert_eq!(p.authority.as_str(), authority, "{url}");
+    }
+}
+
+#[test]
+fn an_https_url_keeps_its_base_path_without_the_trailing_slash() {
+    let s = valid(&with_url("https://api.psp.example:8443/v2/"));
+    let p = &s.providers["psp"];
+    assert_eq!(p.scheme, http::uri::Scheme::HTTPS);
+    assert_eq!(p.authority.as_str(), "api.psp.example:8443");
+    assert_eq!(p.base_path, "/v2");
+
+    let s = valid(&with_url("https://api.psp.example/a/b"));
+    assert_eq!(s.providers["psp"].base_path, "/a/b");
+}
+
+#[test]
+fn provider_auth_reads_its_value_from_the_environment() {
+    let text = config(
+        "    auth: { header: X-Api-Key, value_env: PSP_API_KEY }\n",
+        "",
+        "",
+    );
+    let s = valid_with(&text, &Secrets::default().with("PSP_API_KEY", "sk_live_1"));
+    let auth = match &s.providers["psp"].auth {
+        Some(a) => a,
+        None => panic!("no auth"),
+    };
+    assert_eq!(auth.header, HeaderName::from_static("x-api-key"));
+    assert_eq!(auth.value.header_value(), "sk_live_1");
+    assert!(auth.value.header_value().is_sensitive());
+    assert!(auth.value.matches(b"sk_live_1"));
+    assert!(!auth.value.matches(b"sk_live_2"));
+    assert!(!auth.value.matches(b"sk_live_12"));
+
+    // `check` lists where each secret comes from.
+    assert_eq!(s.secrets.len(), 1);
+    assert_eq!(s.secrets[0].path, "providers.psp.auth.value_env");
+    assert_eq!(
+        s.secrets[0].source,
+        SecretRef::Env("PSP_API_KEY".to_owned())
+    );
+
+    // Without a header name the credential goes into Authorization.
+    let text = config("    auth: { value_env: PSP_API_KEY }\n", "", "");
+    let s = valid_with(&text, &Secrets::default().with("PSP_API_KEY", "Bearer x"));
+    let header = s.providers["psp"].auth.as_ref().map(|a| a.header.clone());
+    assert_eq!(header, Some(http::header::AUTHORIZATION));
+}
+
+#[test]
+fn a_missing_environment_variable_is_named() {
+    let text = config("    auth:\n      value_env: PSP_API_KEY\n", "", "");
+    let p = only_problem(&text);
+    assert_problem(
+        &p,
+        "providers.psp.auth.value_env",
+        &text,
+        "value_env",
+        "PSP_API_KEY",
+    );
+
+    let text = config("", "", "admin:\n  token_env: SWITCHYARD_ADMIN_TOKEN\n");
+    let p = only_problem(&text);
+    assert_problem(
+        &p,
+        "admin.token_env",
+        &text,
+        "token_env",
+        "SWITCHYARD_ADMIN_TOKEN",
+    );
+}
+
+#[test]
+fn a_secret_comes_from_exactly_one_source() {
+    let text = config(
+        "    auth:\n      value_env: PSP_API_KEY\n      value_file: psp.key\n",
+        "",
+        "",
+    );
+    let secrets = Secrets::default()
+        .with("PSP_API_KEY", "a")
+        .with("/etc/switchyard/psp.key", "b");
+    let p = only_problem_with(&text, &secrets);
+    assert_eq!(p.path, "providers.psp.auth.value");
+    assert_eq!(p.line, Some(line_of(&text, "auth:")));
+    assert!(p.message.contains("not both"), "{p:?}");
+
+    let text = config("    auth: { header: X-Api-Key }\n", "", "");
+    assert_problem(
+        &only_problem(&text),
+        "providers.psp.auth",
+        &text,
+        "auth:",
+        "set value_env or value_file",
+    );
+
+    let text = config(
+        "",
+        "",
+        "admin:\n  token_env: A\n  token_file: admin.token\n",
+    );
+    let secrets = Secrets::default()
+        .with("A", "a")
+        .with("/etc/switchyard/admin.token", "b");
+    let p = only_problem_with(&text, &secrets);
+    assert_eq!(p.path, "admin.token");
+    assert!(p.message.contains("not both"), "{p:?}");
+
+    let text = config("    auth: { value_env: \"\" }\n", "", "");
+    let p = only_problem(&text);
+    assert_eq!(p.path, "providers.psp.auth.value");
+    assert!(p.message.contains("empty"), "{p:?}");
+}
+
+#[test]
+fn a_secret_that_cannot_be_a_header_value_is_rejected_without_showing_it() {
+    let text = config("    auth: { value_env: PSP_API_KEY }\n", "", "");
+    let secrets = Secrets::default().with("PSP_API_KEY", "sk_live\nX-Evil: 1");
+    let p = only_problem_with(&text, &secrets);
+    assert_problem(
+        &p,
+        "providers.psp.auth.value_env",
+        &text,
+        "value_env",
+        "not allowed in an HTTP header",
+    );
+    assert!(p.message.contains("PSP_API_KEY"), "{p:?}");
+    assert!(!p.message.contains("sk_live"), "{p:?}");
+}
+
+#[test]
+fn a_file_secret_loses_its_trailing_newline_and_is_never_shown() {
+    let text = config(
+        "    auth: { value_file: secrets/psp.key }\n",
+        "",
+        "admin:\n  listen: 0.0.0.0:9901\n  token_file: /run/admin.token\n",
+    );
+    let secrets = Secrets::default()
+        .with("/etc/switchyard/secrets/psp.key", "sk_live_file\n")
+        .with("/run/admin.token", "adm1n-t0ken\r\n");
+    let s = valid_with(&text, &secrets);
+
+    let auth = match &s.providers["psp"].auth {
+        Some(a) => a,
+        None => panic!("no auth"),
+    };
+    assert_eq!(auth.value.header_value(), "sk_live_file");
+    let token = match &s.admin.token {
+        Some(t) => t,
+        None => panic!("no admin token"),
+    };
+    assert!(token.matches(b"adm1n-t0ken"));
+
+    let debug = format!("{s:?}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+    assert!(!debug.contains("sk_live_file"), "{debug}");
+    assert!(!debug.contains("adm1n-t0ken"), "{debug}");
+    assert_eq!(format!("{:?}", auth.value), "Secret(<redacted>)");
+
+    let uses: Vec<(&str, &SecretRef)> = s
+        .secrets
+        .iter()
+        .map(|u| (u.path.as_str(), &u.source))
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            (
+                "admin.token_file",
+                &SecretRef::File(PathBuf::from("/run/admin.token"))
+            ),
+            (
+                "providers.psp.auth.value_file",
+                &SecretRef::File(PathBuf::from("/etc/switchyard/secrets/psp.key"))
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_auth_header_name_must_be_valid() {
+    let text = config(
+        "    auth: { header: \"Api Key\", value_env: PSP_API_KEY }\n",
+        "",
+        "",
+    );
+    let secrets = Secrets::default().with("PSP_API_KEY", "k");
+    assert_problem(
+        &only_problem_with(&text, &secrets),
+        "providers.psp.auth.header",
+        &text,
+        "auth:",
+        "\"Api Key\" is not a header name",
+    );
+}
+
+#[test]
+fn tls_client_cert_and_key_go_together() {
+    let text = config("    tls:\n      client_cert_file: client.pem\n", "", "");
+    assert_problem(
+        &only_problem(&text),
+        "providers.psp.tls",
+        &text,
+        "tls:",
+        "client_cert_file and client_key_file go together",
+    );
+
+    let text = config("    tls: { client_key_file: client-key.pem }\n", "", "");
+    assert_eq!(only_problem(&text).path, "providers.psp.tls");
+}
+
+#[test]
+fn tls_needs_an_https_url() {
+    let text = with_url("http://127.0.0.1:9101")
+        .replace("routes:", "    tls: { server_name: psp.example }\nroutes:");
+    assert_problem(
+        &only_problem(&text),
+        "providers.psp.tls",
+        &text,
+        "tls:",
+        "use https://",
+    );
+}
+
+#[test]
+fn tls_files_are_resolved_against_the_config_folder() {
+    let text = config(
+        "    tls:\n      ca_file: ca.pem\n      client_cert_file: certs/client.pem\n      client_key_file: /keys/client-key.pem\n      server_name: api.psp.example\n",
+        "",
+        "",
+    );
+    let s = valid(&text);
+    let tls = &s.providers["psp"].tls;
+    assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/switchyard/ca.pem")));
+    assert_eq!(
+        tls.client_cert,
+        Some((
+            PathBuf::from("/etc/switchyard/certs/client.pem"),
+            PathBuf::from("/keys/client-key.pem"),
+        ))
+    );
+    assert_eq!(tls.server_name.as_deref(), Some("api.psp.example"));
+}
+
+#[test]
+fn the_admin_listener_is_never_the_shop_listener() {
+    let text = config(
+        "",
+        "",
+        "listen: 127.0.0.1:8080\nadmin:\n  listen: 127.0.0.1:8080\n",
+    );
+    assert_problem(
+        &only_problem(&text),
+        "admin.listen",
+        &text,
+        "  listen: 127.0.0.1:8080",
+        "must differ from listen",
+    );
+
+    // The default admin address against an explicit shop listener on it.
+    let text = config("", "", "listen: 127.0.0.1:9901\n");
+    let p = only_problem(&text);
+    assert_eq!(p.path, "admin.listen");
+    assert_eq!(p.line, None);
+}
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let text = config("", "", "admin:\n  listen: 0.0.0.0:9901\n");
+    assert_problem(
+        &only_problem(&text),
+        "admin.listen",
+        &text,
+        "listen: 0.0.0.0",
+        "needs a token",
+    );
+
+    let text = config(
+        "",
+        "",
+        "admin:\n  listen: 0.0.0.0:9901\n  token_env: SWITCHYARD_ADMIN_TOKEN\n",
+    );
+    let secrets = Secrets::default().with("SWITCHYARD_ADMIN_TOKEN", "t0ken");
+    let s = valid_with(&text, &secrets);
+    assert_eq!(s.admin.listen, addr("0.0.0.0:9901"));
+    assert!(s.admin.token.as_ref().is_some_and(|t| t.matches(b"t0ken")));
+    assert_eq!(s.secrets.len(), 1);
+    assert_eq!(s.secrets[0].path, "admin.token_env");
+    assert_eq!(
+        s.secrets[0].source,
+        SecretRef::Env("SWITCHYARD_ADMIN_TOKEN".to_owned())
+    );
+
+    // A token that cannot be read is one problem, at the key that names it.
+    let p = only_problem(&text);
+    assert_eq!(p.path, "admin.token_env");
+    let text = text.replace(
+        "token_env: SWITCHYARD_ADMIN_TOKEN",
+        "token_file: admin.token",
+    );
+    let p = only_problem(&text);
+    assert_eq!(p.path, "admin.token_file");
+    assert!(p.message.contains("/etc/switchyard/admin.token"), "{p:?}");
+}
+
+#[test]
+fn listen_addresses_must_be_ip_and_port() {
+    let text = config("", "", "listen: shop:8080\n");
+    assert_problem(
+        &only_problem(&text),
+        "listen",
+        &text,
+        "listen:",
+        "\"shop:8080\" is not an address",
+    );
+    let text = config("", "", "sandbox:\n  - { name: psp, listen: 127.0.0.1 }\n");
+    assert_problem(
+        &only_problem(&text),
+        "sandbox[0].listen",
+        &text,
+        "name: psp",
+        "is not an address",
+    );
+}
+
+#[test]
+fn sandbox_names_are_unique_and_plain() {
+    let text = config(
+        "",
+        "",
+        "sandbox:\n  - { name: psp, listen: 127.0.0.1:9101 }\n  - { name: psp, listen: 127.0.0.1:9102 }\n  - { name: my psp, listen: 127.0.0.1:9103 }\n",
+    );
+    let all = problems(&text);
+    let found: Vec<(&str, Option<usize>)> = all.iter().map(|p| (p.path.as_str(), p.line)).collect();
+    assert_eq!(
+        found,
+        [("sandbox[1].name", Some(11)), ("sandbox[2].name", Some(12))],
+        "{all:#?}"
+    );
+    assert!(all[0].message.contains("duplicate sandbox name \"psp\""));
+    assert!(all[1].message.contains("letters, digits"));
+}
+
+#[test]
+fn sections_of_later_versions_are_rejected_as_not_supported_yet() {
+    let provider_keys = [
+        "idempotency_header: Idempotency-Key",
+        "idempotency_key_max_len: 255",
+        "breaker: { failures: 5 }",
+        "health_check: { path: /health }",
+        "quota: { rps: 100 }",
+        "slow_start: 30s",
+    ];
+    for line in provider_keys {
+        let text = config(&format!("    {line}\n"), "", "");
+        let key = line.split(':').next().unwrap_or(line);
+        assert_problem(
+            &only_problem(&text),
+            &format!("providers.psp.{key}"),
+            &text,
+            line,
+            "not supported yet",
+        );
+    }
+    let route_keys = [
+        "retry: { attempts: 2 }",
+        "idempotency: { header: Idempotency-Key }",
+        "rate_limit: { rps: 10 }",
+        "failover: { on: [connect] }",
+    ];
+    for line in route_keys {
+        let text = config("", &format!("    {line}\n"), "");
+        let key = line.split(':').next().unwrap_or(line);
+        assert_problem(
+            &only_problem(&text),
+            &format!("routes[0].{key}"),
+            &text,
+            line,
+            "not supported yet",
+        );
+    }
+    for line in [
+        "webhooks: { listen: 127.0.0.1:9000 }",
+        "audit: { file: audit.log }",
+    ] {
+        let text = config("", "", &format!("{line}\n"));
+        let key = line.split(':').next().unwrap_or(line);
+        assert_problem(&only_problem(&text), key, &text, line, "not supported yet");
+    }
+}
+
+#[test]
+fn route_checks() {
+    let cases = [
+        // (text, path, needle for the line, phrase)
+        (
+            config("", "", "")
+                .replace("    targets:\n      - provider: psp\n", "    targets: []\n"),
+            "routes[0].targets",
+            "targets:",
+            "at least one target",
+        ),
+        (
+            config("", "        weight: 0\n", ""),
+            "routes[0].targets[0].weight",
+            "weight",
+            "between 1 and 10000",
+        ),
+        (
+            config("", "        weight: 10001\n", ""),
+            "routes[0].targets[0].weight",
+            "weight",
+            "between 1 and 10000",
+        ),
+        (
+            config("", "      - { provider: psp, priority: 1 }\n", ""),
+            "routes[0].targets[1].provider",
+            "priority: 1",
+            "provider \"psp\" is already a target of this route",
+        ),
+        (
+            config("", "", "").replace("match: {}", "match: { methods: [GET, post] }"),
+            "routes[0].match.methods[1]",
+            "match:",
+            "\"post\" is not an HTTP method",
+        ),
+        (
+            config("", "", "").replace("match: {}", "match:\n      path_prefix: v1/"),
+            "routes[0].match.path_prefix",
+            "path_prefix",
+            "must start with '/'",
+        ),
+        (
+            config("", "    strip_prefix: psp\n", ""),
+            "routes[0].strip_prefix",
+            "strip_prefix",
+            "must start with '/'",
+        ),
+        (
+            config("", "", "").replace(
+                "match: {}",
+                "match:\n      headers:\n        x-tenant: eu\n        \"x tenant\": eu",
+            ),
+            "routes[0].match.headers.x tenant",
+            "\"x tenant\"",
+            "\"x tenant\" is not a header name",
+        ),
+        (
+            config("", "", "").replace("name: pay", "name: card payments"),
+            "routes[0].name",
+            "name:",
+            "route names use letters",
+        ),
+        (
+            config("", "", "")
+                .replace("  psp:", "  psp one:")
+                .replace("provider: psp", "provider: psp one"),
+            "providers.psp one",
+            "psp one:",
+            "provider names use letters",
+        ),
+    ];
+    for (text, path, needle, phrase) in cases {
+        assert_problem(&only_problem(&text), path, &text, needle, phrase);
+    }
+}
+
+#[test]
+fn a_config_needs_a_route() {
+    let text = "providers:\n  psp:\n    url: https://api.psp.example\nroutes: []\n";
+    let p = only_problem(text);
+    assert_eq!(p.path, "routes");
+    assert_eq!(p.line, Some(4));
+    assert!(p.message.contains("at least one route"), "{p:?}");
+
+    let p = only_problem("listen: 127.0.0.1:8080\n");
+    assert_eq!(p.path, "routes");
+    assert_eq!(p.line, None);
+}
+
+#[test]
+fn match_values_are_kept_as_configured() {
+    let text = config("", "", "").replace(
+        "match: {}",
+        "match:\n      path_prefix: /v1\n      methods: [POST, PATCH]\n      host: Shop.Example\n      headers: { x-tenant: eu }",
+    );
+    let s = valid(&text);
+    let m = &s.routes[0].matcher;
+    assert_eq!(m.path_prefix, "/v1");
+    assert_eq!(m.methods, Some(vec![Method::POST, Method::PATCH]));
+    assert_eq!(m.host.as_deref(), Some("shop.example"));
+    assert_eq!(
+        m.headers,
+        [(
+            HeaderName::from_static("x-tenant"),
+            HeaderValue::from_static("eu")
+        )]
+    );
+    let headers = header_map(&[("x-tenant", "eu")]);
+    assert!(m.matches(&Method::POST, "/v1/charges", Some("SHOP.example"), &headers));
+    assert!(!m.matches(&Method::GET, "/v1/charges", Some("shop.example"), &headers));
+}
+
+#[test]
+fn every_problem_of_a_file_is_reported() {
+    let text = "\
+listen: nowhere
+drain_timeout: soon
+providers:
+  psp:
+    url: ftp://api.psp.example
+    breaker: { failures: 5 }
+routes:
+  - name: pay
+    match: { methods: [post] }
+    targets:
+      - provider: nobody
+";
+    let all = problems(text);
+    let found: Vec<(&str, Option<usize>)> = all.iter().map(|p| (p.path.as_str(), p.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("listen", Some(1)),
+            ("drain_timeout", Some(2)),
+            ("providers.psp.breaker", Some(6)),
+            ("providers.psp.url", Some(5)),
+            ("routes[0].match.methods[0]", Some(9)),
+            ("routes[0].targets[0].provider", Some(11)),
+        ],
+        "{all:#?}"
+    );
+    let shown = ConfigError::Invalid(all).to_string();
+    assert_eq!(shown.lines().count(), 6, "{shown}");
+    assert!(
+        shown.starts_with("listen (line 1): \"nowhere\" is not an address"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_provider_with_a_bad_url_is_not_also_reported_as_unknown() {
+    let text = with_url("ftp://api.psp.example");
+    let all = problems(&text);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].path, "providers.psp.url");
+}
+
+fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(*name, HeaderValue::from_static(value));
+    }
+    map
+}
+
+fn matcher(prefix: &str) -> Match {
+    Match {
+        path_prefix: prefix.to_owned(),
+        methods: None,
+        host: None,
+        headers: Vec::new(),
+    }
+}
+
+#[test]
+fn path_prefixes_match_on_segment_boundaries() {
+    let cases = [
+        ("/v1", "/v1", true),
+        ("/v1", "/v1/", true),
+        ("/v1", "/v1/charges", true),
+        ("/v1", "/v10", false),
+        ("/v1", "/v1charges", false),
+        ("/v1", "/v", false),
+        ("/v1", "/V1", false),
+        ("/v1/", "/v1/charges", true),
+        ("/v1/", "/v1/", true),
+        ("/v1/", "/v1", false),
+        ("/v1/", "/v10/x", false),
+        ("/", "/", true),
+        ("/", "/anything/at/all", true),
+    ];
+    for (prefix, path, expected) in cases {
+        assert_eq!(
+            path_has_prefix(path, prefix),
+            expected,
+            "path {path:?} with prefix {prefix:?}"
+        );
+        let none = HeaderMap::new();
+        assert_eq!(
+            matcher(prefix).matches(&Method::GET, path, None, &none),
+            expected,
+            "matcher: path {path:?} with prefix {prefix:?}"
+        );
+    }
+}
+
+#[test]
+fn a_matcher_checks_methods_host_and_headers() {
+    let none = HeaderMap::new();
+
+    let m = Match {
+        methods: Some(vec![Method::GET, Method::POST]),
+        ..matcher("/")
+    };
+    assert!(m.matches(&Method::GET, "/x", None, &none));
+    assert!(m.matches(&Method::POST, "/x", None, &none));
+    assert!(!m.matches(&Method::DELETE, "/x", None, &none));
+
+    let m = Match {
+        host: Some("shop.example".to_owned()),
+        ..matcher("/")
+    };
+    assert!(m.matches(&Method::GET, "/", Some("shop.example"), &none));
+    assert!(m.matches(&Method::GET, "/", Some("Shop.EXAMPLE"), &none));
+    assert!(!m.matches(&Method::GET, "/", Some("other.example"), &none));
+    assert!(!m.matches(&Method::GET, "/", Some("shop.example.evil"), &none));
+    assert!(!m.matches(&Method::GET, "/", None, &none));
+
+    let m = Match {
+        headers: vec![(
+            HeaderName::from_static("x-tenant"),
+            HeaderValue::from_static("eu"),
+        )],
+        ..matcher("/")
+    };
+    assert!(m.matches(&Method::GET, "/", None, &header_map(&[("x-tenant", "eu")])));
+    assert!(m.matches(
+        &Method::GET,
+        "/",
+        None,
+        &header_map(&[("x-tenant", "us"), ("x-tenant", "eu")])
+    ));
+    assert!(!m.matches(&Method::GET, "/", None, &header_map(&[("x-tenant", "EU")])));
+    assert!(!m.matches(&Method::GET, "/", None, &header_map(&[("x-tenant", "eu2")])));
+    assert!(!m.matches(&Method::GET, "/", None, &header_map(&[("x-other", "eu")])));
+    assert!(!m.matches(&Method::GET, "/", None, &none));
+
+    // All conditions must hold at once.
+    let m = Match {
+        path_prefix: "/v1".to_owned(),
+        methods: Some(vec![Method::POST]),
+        host: Some("shop.example".to_owned()),
+        headers: vec![(
+            HeaderName::from_static("x-tenant"),
+            HeaderValue::from_static("eu"),
+        )],
+    };
+    let eu = header_map(&[("x-tenant", "eu")]);
+    assert!(m.matches(&Method::POST, "/v1/charges", Some("shop.example"), &eu));
+    assert!(!m.matches(&Method::POST, "/v2/charges", Some("shop.example"), &eu));
+    assert!(!m.matches(&Method::GET, "/v1/charges", Some("shop.example"), &eu));
+    assert!(!m.matches(&Method::POST, "/v1/charges", Some("x.example"), &eu));
+    assert!(!m.matches(&Method::POST, "/v1/charges", Some("shop.example"), &none));
+}

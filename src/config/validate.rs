@@ -2,7 +2,7 @@
 //! resolved, every secret read. Each problem is reported with the YAML path it comes from, and all
 //! problems of a file are reported at once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -447,6 +447,9 @@ impl Validator<'_> {
         self.later("webhooks", &raw.webhooks, "webhook ingress");
         self.later("audit", &raw.audit, "the audit trail");
 
+        // Every name written, valid or not: a target naming a provider that has problems of its own
+        // is not also reported as unknown.
+        let defined: BTreeSet<String> = raw.providers.keys().cloned().collect();
         let mut providers = BTreeMap::new();
         for (name, p) in raw.providers {
             let path = format!("providers.{name}");
@@ -474,7 +477,7 @@ impl Validator<'_> {
                     format!("duplicate route name \"{}\"", r.name),
                 );
             }
-            routes.push(Arc::new(self.route(&path, r, &providers)));
+            routes.push(Arc::new(self.route(&path, r, &providers, &defined)));
         }
 
         let mut sandbox_names = HashSet::new();
@@ -531,10 +534,12 @@ impl Validator<'_> {
             raw.token_file.as_deref(),
             "the admin token",
         );
-        if token.is_none() && !listen.ip().is_loopback() && raw.token_env.is_none() {
+        // A token that is configured but unreadable is already reported at its key.
+        let configured = raw.token_env.is_some() || raw.token_file.is_some();
+        if token.is_none() && !listen.ip().is_loopback() && !configured {
             self.problem(
                 "admin.listen",
-                "an admin listener off loopback needs a token: set admin.token_env",
+                "an admin listener off loopback needs a token: set admin.token_env or admin.token_file",
             );
         }
         Admin { listen, token }
@@ -698,6 +703,7 @@ impl Validator<'_> {
         path: &str,
         r: schema::RawRoute,
         providers: &BTreeMap<Arc<str>, Arc<Provider>>,
+        defined: &BTreeSet<String>,
     ) -> Route {
         self.later(&format!("{path}.retry"), &r.retry, "retries");
         self.later(
@@ -736,10 +742,12 @@ impl Validator<'_> {
         for (j, t) in r.targets.into_iter().enumerate() {
             let tpath = format!("{path}.targets[{j}]");
             let Some((name, _)) = providers.get_key_value(t.provider.as_str()) else {
-                self.problem(
-                    format!("{tpath}.provider"),
-                    unknown_provider(&t.provider, providers),
-                );
+                if !defined.contains(&t.provider) {
+                    self.problem(
+                        format!("{tpath}.provider"),
+                        unknown_provider(&t.provider, defined),
+                    );
+                }
                 continue;
             };
             if !seen.insert(Arc::clone(name)) {
@@ -825,8 +833,8 @@ impl Validator<'_> {
     }
 }
 
-fn unknown_provider(name: &str, providers: &BTreeMap<Arc<str>, Arc<Provider>>) -> String {
-    let known: Vec<&str> = providers.keys().map(|k| &**k).collect();
+fn unknown_provider(name: &str, defined: &BTreeSet<String>) -> String {
+    let known: Vec<&str> = defined.iter().map(String::as_str).collect();
     if known.is_empty() {
         format!("unknown provider \"{name}\" (no providers are defined)")
     } else {
