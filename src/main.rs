@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use switchyard::app::{self, Options};
@@ -14,7 +13,7 @@ use switchyard::upstream::Upstreams;
 
 /// A payment-safe sidecar proxy between a shop and its payment providers.
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -112,7 +111,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -247,7 +246,7 @@ async fn run_sandbox(
 ) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::start(name, listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     // Printed on stdout so that a parent process (the loadtest) can read the port when it asked for 0.
     println!("sandbox {name} listening on {}", sandbox.addr());
     let mut registry = Registry::default();
@@ -255,7 +254,7 @@ async fn run_sandbox(
     if let Some(addr) = control {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("cannot listen on {addr} (control)"))?;
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (control): {e}"))?;
         println!("sandbox control on {}", listener.local_addr()?);
         tokio::spawn(sandbox::serve_control(listener, registry));
     }

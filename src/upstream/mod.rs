@@ -163,9 +163,17 @@ impl Upstream {
 
 /// Maps a client error to the proxy's error: connect failures and TLS failures are told apart, since
 /// neither sent a byte of the request, unlike a failure of an established exchange.
+///
+/// Under TLS 1.3 a provider that refuses the client certificate says so with an alert after the client
+/// finished its handshake, so the error arrives after the request was written; such handshake alerts
+/// still mean the request was never processed, and are reported as TLS failures too.
 fn classify(provider: &str, e: hyper_util::client::legacy::Error) -> ProxyError {
     let provider = provider.to_owned();
-    if is_tls(&e) {
+    let refused_handshake = match tls_error(&e) {
+        Some(t) => e.is_connect() || is_handshake_refusal(t),
+        None => is_handshake_refusal_text(&root_cause(&e)),
+    };
+    if refused_handshake {
         return ProxyError::ProviderTls {
             provider,
             source: root_cause(&e).into(),
@@ -183,23 +191,59 @@ fn classify(provider: &str, e: hyper_util::client::legacy::Error) -> ProxyError 
     }
 }
 
-fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The rustls error in `e`'s chain. hyper-rustls wraps it in an `io::Error` inside another `io::Error`,
+/// and `io::Error::source` skips the error it wraps, so wrapped errors are unwrapped by hand.
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<rustls::Error>() {
-            return true;
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return Some(t);
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            cur = Some(inner);
+            continue;
         }
         cur = err.source();
     }
-    false
+    None
+}
+
+/// Alerts a server only sends while refusing a handshake (certificate checks, mTLS).
+const HANDSHAKE_REFUSALS: [rustls::AlertDescription; 12] = {
+    use rustls::AlertDescription as A;
+    [
+        A::HandshakeFailure,
+        A::BadCertificate,
+        A::UnsupportedCertificate,
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::CertificateUnknown,
+        A::UnknownCA,
+        A::AccessDenied,
+        A::CertificateRequired,
+        A::ProtocolVersion,
+        A::InsufficientSecurity,
+        A::NoApplicationProtocol,
+    ]
+};
+
+fn is_handshake_refusal(e: &rustls::Error) -> bool {
+    match e {
+        rustls::Error::AlertReceived(alert) => HANDSHAKE_REFUSALS.contains(alert),
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => true,
+        _ => false,
+    }
+}
+
+/// The same check on text: h2 keeps only the message of an I/O error, not the rustls error itself, so
+/// over HTTP/2 the alert is recognised by rustls's own wording of it.
+fn is_handshake_refusal_text(text: &str) -> bool {
+    HANDSHAKE_REFUSALS
+        .iter()
+        .any(|a| rustls::Error::AlertReceived(*a).to_string() == text)
 }
 
 /// The innermost cause's text: hyper-util's outer errors ("client error (Connect)") say little.
