@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/config`, `POST /admin/reload`, and the
-//! sandbox control API. Never served on the shop listener.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/config`, `POST /admin/reload`,
+//! `GET /admin/providers` with `POST /admin/providers/{name}/{drain|undrain|reset}`, and the sandbox
+//! control API. Never served on the shop listener.
 //!
 //! Write calls (every `POST`) need `Authorization: Bearer <token>` when `admin.token_env` (or
 //! `token_file`) is configured; the token is compared in constant time and read from the config
@@ -9,7 +10,7 @@ use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -18,6 +19,7 @@ use hyper::body::Incoming;
 
 use crate::body::{full, ProxyBody};
 use crate::generation::Current;
+use crate::health;
 use crate::layers::BoxFuture;
 use crate::metrics::Metrics;
 use crate::sandbox::{self, Registry};
@@ -83,6 +85,13 @@ impl AdminState {
         };
         let resp = match (&method, path.as_str()) {
             (&Method::GET, "/metrics") => {
+                let generation = self.current.load();
+                health::publish(
+                    &generation.snapshot,
+                    &generation.health,
+                    &self.metrics,
+                    Instant::now(),
+                );
                 let mut r = Response::new(full(self.metrics.encode()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -102,6 +111,8 @@ impl AdminState {
                 }
             }
             (&Method::GET, "/admin/config") => json(StatusCode::OK, self.config_view()),
+            (&Method::GET, "/admin/providers") => json(StatusCode::OK, self.providers_view()),
+            (&Method::POST, p) if p.starts_with("/admin/providers/") => self.provider_action(p),
             (&Method::POST, "/admin/reload") => match self.reloader.reload().await {
                 Ok(generation) => json(
                     StatusCode::OK,
@@ -137,6 +148,67 @@ impl AdminState {
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         Some(resp)
+    }
+
+    fn providers_view(&self) -> serde_json::Value {
+        let generation = self.current.load();
+        let now = Instant::now();
+        let providers: serde_json::Map<String, serde_json::Value> = generation
+            .health
+            .iter()
+            .map(|s| (s.name().to_string(), s.view(now)))
+            .collect();
+        let routes: serde_json::Map<String, serde_json::Value> = generation
+            .snapshot
+            .routes
+            .iter()
+            .map(|r| {
+                let shares = health::route_shares(r, &generation.health, now);
+                let targets: Vec<serde_json::Value> = r
+                    .targets
+                    .iter()
+                    .zip(shares)
+                    .map(|(t, share)| {
+                        serde_json::json!({
+                            "provider": &*t.provider,
+                            "priority": t.priority,
+                            "weight": t.weight,
+                            "share": (share * 1000.0).round() / 1000.0,
+                        })
+                    })
+                    .collect();
+                (r.name.to_string(), serde_json::Value::Array(targets))
+            })
+            .collect();
+        serde_json::json!({ "providers": providers, "routes": routes })
+    }
+
+    /// `POST /admin/providers/{name}/{drain|undrain|reset}`.
+    fn provider_action(&self, path: &str) -> Response<ProxyBody> {
+        let rest = path.trim_start_matches("/admin/providers/");
+        let Some((name, action)) = rest.split_once('/') else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "use POST /admin/providers/{name}/drain, /undrain or /reset",
+            );
+        };
+        let generation = self.current.load();
+        let Some(state) = generation.health.get(name) else {
+            return problem(StatusCode::NOT_FOUND, "no provider of that name");
+        };
+        let now = Instant::now();
+        match action {
+            "drain" => state.set_drained(true, now),
+            "undrain" => state.set_drained(false, now),
+            "reset" => state.reset(now),
+            _ => {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    "unknown action: use drain, undrain or reset",
+                )
+            }
+        }
+        json(StatusCode::OK, state.view(now))
     }
 
     fn config_view(&self) -> serde_json::Value {

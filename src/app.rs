@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 use crate::admin::{AdminState, Reload, ReloadStatus};
 use crate::config::{self, ConfigError, EnvAndFiles, Snapshot};
 use crate::generation::{Current, Generation};
+use crate::health::States;
 use crate::layers::{self, BoxFuture};
+use crate::limits::RouteLimits;
 use crate::metrics::Metrics;
 use crate::sandbox::{Registry, Sandbox};
 use crate::server::{Limits, Server};
@@ -138,6 +140,8 @@ impl App {
         let snapshot = Arc::new(snapshot);
         let current: Current = Arc::new(ArcSwap::from_pointee(Generation {
             number: 1,
+            health: States::build(&snapshot, None, &metrics, Instant::now()),
+            route_limits: RouteLimits::build(&snapshot, None),
             snapshot: Arc::clone(&snapshot),
             upstreams,
             sha256: sha256_hex(&text),
@@ -162,7 +166,9 @@ impl App {
             metrics: metrics.clone(),
             status: Arc::clone(&status),
             lock: Mutex::new(()),
+            checks: Mutex::new(Vec::new()),
         });
+        reloader.restart_checks(&current.load());
         let ready = Arc::new(AtomicBool::new(false));
         let admin_state = AdminState {
             metrics: metrics.clone(),
@@ -269,6 +275,7 @@ impl App {
         for task in &self.background {
             task.abort();
         }
+        self.reloader.stop_checks();
         let drain = self.current.load().snapshot.drain_timeout;
         tracing::info!(?drain, "shutting down: draining in-flight requests");
         self.shop.shutdown(drain).await;
@@ -284,6 +291,7 @@ struct Reloader {
     metrics: Metrics,
     status: Arc<Mutex<ReloadStatus>>,
     lock: Mutex<()>,
+    checks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Reload for Reloader {
@@ -298,7 +306,7 @@ impl Reloader {
     fn reload_now(&self) -> Result<u64, String> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let attempt = load_generation(&self.path, &old);
+        let attempt = load_generation(&self.path, &old, &self.metrics);
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         status.last_attempt_at = Some(SystemTime::now());
         match attempt {
@@ -318,7 +326,9 @@ impl Reloader {
                     tracing::warn!(change = %change, "config change needs a restart to apply");
                 }
                 status.last_error = None;
-                self.current.store(Arc::new(next));
+                let next = Arc::new(next);
+                self.current.store(Arc::clone(&next));
+                self.restart_checks(&next);
                 self.metrics
                     .config_reloads_total
                     .with_label_values(&["success"])
@@ -337,12 +347,56 @@ impl Reloader {
     }
 }
 
-fn load_generation(path: &Path, old: &Generation) -> Result<Generation, String> {
+impl Reloader {
+    /// Runs active health checks for the providers of `generation` that some route uses and that
+    /// have checks configured; stops every check of the previous generation.
+    fn restart_checks(&self, generation: &Generation) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        for task in checks.drain(..) {
+            task.abort();
+        }
+        let used: std::collections::HashSet<&str> = generation
+            .snapshot
+            .routes
+            .iter()
+            .flat_map(|r| r.targets.iter().map(|t| &*t.provider))
+            .collect();
+        for (name, provider) in &generation.snapshot.providers {
+            let Some(cfg) = provider.health_check.clone() else {
+                continue;
+            };
+            if !used.contains(&**name) {
+                continue;
+            }
+            let (Some(upstream), Some(state)) =
+                (generation.upstreams.get(name), generation.health.get(name))
+            else {
+                continue;
+            };
+            checks.push(tokio::spawn(crate::health::checks::run(
+                Arc::clone(upstream),
+                Arc::clone(state),
+                cfg,
+            )));
+        }
+    }
+
+    fn stop_checks(&self) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        for task in checks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+fn load_generation(path: &Path, old: &Generation, metrics: &Metrics) -> Result<Generation, String> {
     let (snapshot, text) = config::load_file(path, &EnvAndFiles).map_err(|e| e.to_string())?;
     let upstreams = Upstreams::build(&snapshot, Some(&old.upstreams))
         .map_err(|problems| ConfigError::Invalid(problems).to_string())?;
     Ok(Generation {
         number: old.number + 1,
+        health: States::build(&snapshot, Some(&old.health), metrics, Instant::now()),
+        route_limits: RouteLimits::build(&snapshot, Some(&old.route_limits)),
         snapshot: Arc::new(snapshot),
         upstreams,
         sha256: sha256_hex(&text),

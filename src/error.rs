@@ -73,6 +73,27 @@ pub enum ProxyError {
         /// The route timeout.
         timeout: Duration,
     },
+    /// The route's rate limit refused the request.
+    #[error("the route's rate limit is exceeded; retry in {retry_after:?}")]
+    RateLimited {
+        /// When a request may be allowed again.
+        retry_after: Duration,
+    },
+    /// No target of the route can take the request now (breakers open, checks failing, drained,
+    /// throttled).
+    #[error("no provider of this route can take requests now; retry in {retry_after:?}")]
+    NoHealthyProvider {
+        /// When one may take requests again.
+        retry_after: Duration,
+    },
+    /// Every provider that could take the request is at its account quota.
+    #[error("provider {provider} is at its rate quota; retry in {retry_after:?}")]
+    ProviderQuotaExhausted {
+        /// The provider's config name.
+        provider: String,
+        /// When it has a slot again.
+        retry_after: Duration,
+    },
     /// The proxy itself failed (a bug); the detail is logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,6 +118,12 @@ pub enum ErrorKind {
     ProviderFailed,
     /// See [`ProxyError::DeadlineExceeded`].
     DeadlineExceeded,
+    /// See [`ProxyError::RateLimited`].
+    RateLimited,
+    /// See [`ProxyError::NoHealthyProvider`].
+    NoHealthyProvider,
+    /// See [`ProxyError::ProviderQuotaExhausted`].
+    ProviderQuotaExhausted,
     /// See [`ProxyError::Internal`].
     Internal,
 }
@@ -133,7 +160,20 @@ impl ProxyError {
             Self::ProviderTimeout { .. } => ErrorKind::ProviderTimeout,
             Self::ProviderFailed { .. } => ErrorKind::ProviderFailed,
             Self::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
+            Self::RateLimited { .. } => ErrorKind::RateLimited,
+            Self::NoHealthyProvider { .. } => ErrorKind::NoHealthyProvider,
+            Self::ProviderQuotaExhausted { .. } => ErrorKind::ProviderQuotaExhausted,
             Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// When the shop may try again, for the errors that know (sent as `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after }
+            | Self::NoHealthyProvider { retry_after }
+            | Self::ProviderQuotaExhausted { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 
@@ -148,6 +188,9 @@ impl ProxyError {
             | ErrorKind::BadRequest
             | ErrorKind::ProviderUnreachable
             | ErrorKind::ProviderTls
+            | ErrorKind::RateLimited
+            | ErrorKind::NoHealthyProvider
+            | ErrorKind::ProviderQuotaExhausted
             | ErrorKind::Internal => Reached::No,
         }
     }
@@ -155,7 +198,7 @@ impl ProxyError {
 
 impl ErrorKind {
     /// Every kind, for metrics that want a zero for each.
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 12] = [
         Self::NoRoute,
         Self::BodyTooLarge,
         Self::BadRequest,
@@ -164,6 +207,9 @@ impl ErrorKind {
         Self::ProviderTimeout,
         Self::ProviderFailed,
         Self::DeadlineExceeded,
+        Self::RateLimited,
+        Self::NoHealthyProvider,
+        Self::ProviderQuotaExhausted,
         Self::Internal,
     ];
 
@@ -178,6 +224,9 @@ impl ErrorKind {
             Self::ProviderTimeout => "provider_timeout",
             Self::ProviderFailed => "provider_failed",
             Self::DeadlineExceeded => "deadline_exceeded",
+            Self::RateLimited => "rate_limited",
+            Self::NoHealthyProvider => "no_healthy_provider",
+            Self::ProviderQuotaExhausted => "provider_quota_exhausted",
             Self::Internal => "internal",
         }
     }
@@ -185,8 +234,11 @@ impl ErrorKind {
     /// Where errors of this kind come from.
     pub fn origin(self) -> Origin {
         match self {
-            Self::NoRoute | Self::BodyTooLarge | Self::BadRequest => Origin::Shop,
+            Self::NoRoute | Self::BodyTooLarge | Self::BadRequest | Self::RateLimited => {
+                Origin::Shop
+            }
             Self::DeadlineExceeded | Self::Internal => Origin::Proxy,
+            Self::NoHealthyProvider | Self::ProviderQuotaExhausted => Origin::Provider,
             Self::ProviderUnreachable
             | Self::ProviderTls
             | Self::ProviderTimeout

@@ -9,6 +9,8 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::config::Snapshot;
+use crate::health::States;
+use crate::limits::RouteLimits;
 use crate::upstream::Upstreams;
 
 /// A config generation.
@@ -20,6 +22,10 @@ pub struct Generation {
     pub snapshot: Arc<Snapshot>,
     /// A client per provider.
     pub upstreams: Upstreams,
+    /// Each provider's health (kept across reloads by name).
+    pub health: States,
+    /// Each route's rate limiter (kept across reloads while unchanged).
+    pub route_limits: RouteLimits,
     /// SHA-256 of the file's bytes, hex.
     pub sha256: String,
     /// When it was loaded.

@@ -5,8 +5,8 @@
 //! request's path, key, or any value the shop or a provider chose.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Label value used where no route or no provider was involved.
@@ -34,6 +34,22 @@ pub struct Metrics {
     pub config_restart_required: IntGauge,
     /// Always 1, with the version as a label.
     pub build_info: IntGaugeVec,
+    /// 1 for each provider's current breaker state, 0 for the others.
+    pub breaker_state: IntGaugeVec,
+    /// Breaker state changes.
+    pub breaker_transitions_total: IntCounterVec,
+    /// Each provider's health score in [0, 1].
+    pub provider_health: GaugeVec,
+    /// Active health checks by result (`pass`, `fail`).
+    pub health_checks_total: IntCounterVec,
+    /// Requests refused or given up by a rate limit, by route and scope (`route`, `provider`).
+    pub rate_limited_total: IntCounterVec,
+    /// 1 while a provider's 429 Retry-After window lasts.
+    pub provider_throttled: IntGaugeVec,
+    /// The share of a route's traffic each target gets now, from the health scores.
+    pub route_target_share: GaugeVec,
+    /// 1 while a provider is drained by an operator.
+    pub provider_drained: IntGaugeVec,
 }
 
 impl Metrics {
@@ -112,6 +128,70 @@ impl Metrics {
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(config_restart_required.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_breaker_state",
+                "1 for each provider's current circuit breaker state, 0 for the others.",
+            ),
+            &["provider", "state"],
+        )?;
+        let breaker_transitions_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_breaker_transitions_total",
+                "Circuit breaker state changes.",
+            ),
+            &["provider", "from", "to"],
+        )?;
+        let provider_health = GaugeVec::new(
+            Opts::new(
+                "switchyard_provider_health",
+                "Each provider's health score in [0, 1].",
+            ),
+            &["provider"],
+        )?;
+        let health_checks_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_health_checks_total",
+                "Active health checks by result.",
+            ),
+            &["provider", "result"],
+        )?;
+        let rate_limited_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_rate_limited_total",
+                "Requests refused or given up by a rate limit, by route and scope (route, provider).",
+            ),
+            &["route", "scope"],
+        )?;
+        let provider_throttled = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_provider_throttled",
+                "1 while a provider's 429 Retry-After window lasts.",
+            ),
+            &["provider"],
+        )?;
+        let route_target_share = GaugeVec::new(
+            Opts::new(
+                "switchyard_route_target_share",
+                "Share of a route's traffic each target gets now, from the health scores.",
+            ),
+            &["route", "provider"],
+        )?;
+        let provider_drained = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_provider_drained",
+                "1 while a provider is drained by an operator.",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(breaker_state.clone()))?;
+        registry.register(Box::new(breaker_transitions_total.clone()))?;
+        registry.register(Box::new(provider_health.clone()))?;
+        registry.register(Box::new(health_checks_total.clone()))?;
+        registry.register(Box::new(rate_limited_total.clone()))?;
+        registry.register(Box::new(provider_throttled.clone()))?;
+        registry.register(Box::new(route_target_share.clone()))?;
+        registry.register(Box::new(provider_drained.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -129,6 +209,14 @@ impl Metrics {
             config_generation,
             config_restart_required,
             build_info,
+            breaker_state,
+            breaker_transitions_total,
+            provider_health,
+            health_checks_total,
+            rate_limited_total,
+            provider_throttled,
+            route_target_share,
+            provider_drained,
         })
     }
 

@@ -73,14 +73,84 @@ pub struct RawProvider {
     pub idempotency_header: Option<Later>,
     /// (later) longest key this provider accepts.
     pub idempotency_key_max_len: Option<Later>,
-    /// (later) circuit breaker.
-    pub breaker: Option<Later>,
-    /// (later) active health checks.
-    pub health_check: Option<Later>,
-    /// (later) the provider account's own rate limit.
-    pub quota: Option<Later>,
-    /// (later) slow start after recovery.
-    pub slow_start: Option<Later>,
+    /// Circuit breaker settings.
+    pub breaker: Option<RawBreaker>,
+    /// Active health checks.
+    pub health_check: Option<RawHealthCheck>,
+    /// The provider account's own rate limit.
+    pub quota: Option<RawQuota>,
+    /// Ramp back to full weight after recovery.
+    pub slow_start: Option<String>,
+    /// Longest throttle window a provider's 429 Retry-After may set.
+    pub max_throttle: Option<String>,
+}
+
+/// `providers.NAME.breaker:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    /// Failures in a row that open it.
+    pub consecutive_failures: Option<u32>,
+    /// Failure share over the window that opens it.
+    pub failure_rate: Option<f64>,
+    /// Sliding window length.
+    pub window: Option<String>,
+    /// Calls in the window before the rate triggers apply.
+    pub min_requests: Option<u32>,
+    /// Calls slower than this count as slow.
+    pub slow_call: Option<String>,
+    /// Slow share over the window that opens it.
+    pub slow_call_rate: Option<f64>,
+    /// First open period.
+    pub open_for: Option<String>,
+    /// Longest open period.
+    pub max_open_for: Option<String>,
+    /// Concurrent probes while HalfOpen.
+    pub half_open_probes: Option<u32>,
+    /// Relative jitter of the open period.
+    pub jitter: Option<f64>,
+}
+
+/// `providers.NAME.health_check:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path to GET, below the provider URL's base path.
+    pub path: Option<String>,
+    /// Time between checks.
+    pub interval: Option<String>,
+    /// Timeout of one check.
+    pub timeout: Option<String>,
+    /// Failed checks in a row that make it unhealthy.
+    pub unhealthy_after: Option<u32>,
+    /// Passed checks in a row that make it healthy again.
+    pub healthy_after: Option<u32>,
+}
+
+/// `providers.NAME.quota:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    /// Requests per second.
+    pub rps: u32,
+    /// Burst size.
+    pub burst: Option<u32>,
+    /// Longest wait for a slot before the attempt is given up.
+    pub max_wait: Option<String>,
+}
+
+/// `routes[N].rate_limit:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Requests per second.
+    pub rps: u32,
+    /// Burst size.
+    pub burst: Option<u32>,
+    /// `none`, `client_ip` or `header:NAME`.
+    pub by: Option<String>,
+    /// Most keys tracked at once.
+    pub max_keys: Option<usize>,
 }
 
 /// `providers.NAME.auth:`
@@ -130,8 +200,10 @@ pub struct RawRoute {
     pub retry: Option<Later>,
     /// (later) idempotency keys.
     pub idempotency: Option<Later>,
-    /// (later) shop-side rate limit.
-    pub rate_limit: Option<Later>,
+    /// Shop-side rate limit.
+    pub rate_limit: Option<RawRateLimit>,
+    /// How much a priority level's health is scaled before traffic spills to the next one.
+    pub overprovisioning: Option<f64>,
     /// (later) failover policy.
     pub failover: Option<Later>,
 }

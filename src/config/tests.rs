@@ -888,10 +888,6 @@ fn sections_of_later_versions_are_rejected_as_not_supported_yet() {
     let provider_keys = [
         "idempotency_header: Idempotency-Key",
         "idempotency_key_max_len: 255",
-        "breaker: { failures: 5 }",
-        "health_check: { path: /health }",
-        "quota: { rps: 100 }",
-        "slow_start: 30s",
     ];
     for line in provider_keys {
         let text = config(&format!("    {line}\n"), "", "");
@@ -907,7 +903,6 @@ fn sections_of_later_versions_are_rejected_as_not_supported_yet() {
     let route_keys = [
         "retry: { attempts: 2 }",
         "idempotency: { header: Idempotency-Key }",
-        "rate_limit: { rps: 10 }",
         "failover: { on: [connect] }",
     ];
     for line in route_keys {
@@ -1051,7 +1046,7 @@ drain_timeout: soon
 providers:
   psp:
     url: ftp://api.psp.example
-    breaker: { failures: 5 }
+    idempotency_header: Idempotency-Key
 routes:
   - name: pay
     match: { methods: [post] }
@@ -1065,7 +1060,7 @@ routes:
         [
             ("listen", Some(1)),
             ("drain_timeout", Some(2)),
-            ("providers.psp.breaker", Some(6)),
+            ("providers.psp.idempotency_header", Some(6)),
             ("providers.psp.url", Some(5)),
             ("routes[0].match.methods[0]", Some(9)),
             ("routes[0].targets[0].provider", Some(11)),
@@ -1194,4 +1189,151 @@ fn a_matcher_checks_methods_host_and_headers() {
     assert!(!m.matches(&Method::GET, "/v1/charges", Some("shop.example"), &eu));
     assert!(!m.matches(&Method::POST, "/v1/charges", Some("x.example"), &eu));
     assert!(!m.matches(&Method::POST, "/v1/charges", Some("shop.example"), &none));
+}
+
+#[test]
+fn provider_health_settings_parse_with_defaults() {
+    let text = config(
+        "    breaker: { consecutive_failures: 3, failure_rate: 0.25, window: 30s, min_requests: 5, slow_call: 2s, open_for: 1s, max_open_for: 10s, half_open_probes: 1 }\n    health_check: { path: /ping, interval: 2s }\n    quota: { rps: 100, max_wait: 0s }\n    slow_start: 0s\n    max_throttle: 5s\n",
+        "",
+        "",
+    );
+    let s = load_with(&text, &Secrets::default()).unwrap();
+    let p = &s.providers["psp"];
+    assert_eq!(p.breaker.consecutive_failures, 3);
+    assert_eq!(p.breaker.failure_rate, 0.25);
+    assert_eq!(p.breaker.window, Duration::from_secs(30));
+    assert_eq!(p.breaker.slow_call, Some(Duration::from_secs(2)));
+    assert_eq!(p.breaker.slow_call_rate, 0.8, "default kept");
+    assert_eq!(p.breaker.half_open_probes, 1);
+    let hc = p.health_check.as_ref().unwrap();
+    assert_eq!(hc.path, "/ping");
+    assert_eq!(hc.interval, Duration::from_secs(2));
+    assert_eq!(
+        (hc.timeout, hc.unhealthy_after, hc.healthy_after),
+        (Duration::from_secs(1), 3, 2)
+    );
+    let q = p.quota.unwrap();
+    assert_eq!((q.rps, q.burst, q.max_wait), (100, 100, Duration::ZERO));
+    assert_eq!(p.slow_start, Duration::ZERO);
+    assert_eq!(p.max_throttle, Duration::from_secs(5));
+
+    let plain = load_with(&config("", "", ""), &Secrets::default()).unwrap();
+    let p = &plain.providers["psp"];
+    assert_eq!(p.breaker, super::validate::BreakerConfig::default());
+    assert!(p.health_check.is_none() && p.quota.is_none());
+    assert_eq!(p.slow_start, Duration::from_secs(10));
+    assert_eq!(plain.routes[0].overprovisioning, 1.4);
+    assert!(plain.routes[0].rate_limit.is_none());
+}
+
+#[test]
+fn provider_health_settings_are_checked() {
+    let cases = [
+        (
+            "    breaker: { failure_rate: 1.5 }\n",
+            "providers.psp.breaker.failure_rate",
+            "between",
+        ),
+        (
+            "    breaker: { failure_rate: 0 }\n",
+            "providers.psp.breaker.failure_rate",
+            "greater than 0",
+        ),
+        (
+            "    breaker: { open_for: 10s, max_open_for: 1s }\n",
+            "providers.psp.breaker.max_open_for",
+            "at least open_for",
+        ),
+        (
+            "    breaker: { half_open_probes: 0 }\n",
+            "providers.psp.breaker.half_open_probes",
+            "at least 1",
+        ),
+        (
+            "    breaker: { jitter: 0.9 }\n",
+            "providers.psp.breaker.jitter",
+            "between",
+        ),
+        (
+            "    health_check: { path: ping }\n",
+            "providers.psp.health_check.path",
+            "start with '/'",
+        ),
+        (
+            "    health_check: { interval: 1s, timeout: 2s }\n",
+            "providers.psp.health_check.timeout",
+            "longer than interval",
+        ),
+        (
+            "    quota: { rps: 0 }\n",
+            "providers.psp.quota.rps",
+            "at least 1",
+        ),
+        (
+            "    slow_start: soon\n",
+            "providers.psp.slow_start",
+            "not a duration",
+        ),
+    ];
+    for (line, path, phrase) in cases {
+        let text = config(line, "", "");
+        let all = problems(&text);
+        assert!(
+            all.iter()
+                .any(|p| p.path == path && p.message.contains(phrase)),
+            "{path}: {all:#?}"
+        );
+    }
+}
+
+#[test]
+fn route_rate_limits_parse_and_are_checked() {
+    use super::validate::RateLimitKey;
+    let text = config("", "    rate_limit: { rps: 10, burst: 20, by: \"header:X-Shop-Id\" }\n    overprovisioning: 2.0\n", "");
+    let s = load_with(&text, &Secrets::default()).unwrap();
+    let r = &s.routes[0];
+    let l = r.rate_limit.as_ref().unwrap();
+    assert_eq!((l.rps, l.burst), (10, 20));
+    assert_eq!(
+        l.by,
+        RateLimitKey::Header(http::HeaderName::from_static("x-shop-id"))
+    );
+    assert_eq!(r.overprovisioning, 2.0);
+    let s = load_with(
+        &config("", "    rate_limit: { rps: 5, by: client_ip }\n", ""),
+        &Secrets::default(),
+    )
+    .unwrap();
+    let l = s.routes[0].rate_limit.as_ref().unwrap();
+    assert_eq!((l.burst, &l.by), (5, &RateLimitKey::ClientIp));
+    for (line, path, phrase) in [
+        (
+            "    rate_limit: { rps: 5, by: tenant }\n",
+            "routes[0].rate_limit.by",
+            "not one of",
+        ),
+        (
+            "    rate_limit: { rps: 5, by: \"header:bad header\" }\n",
+            "routes[0].rate_limit.by",
+            "not a header name",
+        ),
+        (
+            "    rate_limit: { rps: 0 }\n",
+            "routes[0].rate_limit.rps",
+            "at least 1",
+        ),
+        (
+            "    overprovisioning: 0.5\n",
+            "routes[0].overprovisioning",
+            "between 1.0 and 10.0",
+        ),
+    ] {
+        let all = problems(&config("", line, ""));
+        assert!(
+            all.iter()
+                .any(|p| p.path == path && p.message.contains(phrase)),
+            "{path}: {all:#?}"
+        );
+    }
 }

@@ -36,6 +36,14 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_POOL_MAX_IDLE: usize = 32;
 /// Default target weight.
 pub const DEFAULT_WEIGHT: u32 = 100;
+/// Default slow start after recovery.
+pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(10);
+/// Default cap on a provider's Retry-After.
+pub const DEFAULT_MAX_THROTTLE: Duration = Duration::from_secs(60);
+/// Default overprovisioning factor (Envoy's).
+pub const DEFAULT_OVERPROVISIONING: f64 = 1.4;
+/// Default most keys of a keyed route rate limit.
+pub const DEFAULT_RATE_LIMIT_MAX_KEYS: usize = 100_000;
 
 /// The validated config: what the proxy runs on. Immutable; a reload builds a new one.
 #[derive(Debug)]
@@ -90,6 +98,108 @@ pub struct Provider {
     pub pool_idle_timeout: Duration,
     /// Most idle pooled connections.
     pub pool_max_idle: usize,
+    /// Circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Active health checks, when configured.
+    pub health_check: Option<HealthCheck>,
+    /// The account's rate limit, when configured.
+    pub quota: Option<Quota>,
+    /// Ramp back to full weight after recovery (zero: none).
+    pub slow_start: Duration,
+    /// Longest throttle window a 429's Retry-After may set.
+    pub max_throttle: Duration,
+}
+
+/// Circuit breaker settings of a provider (see `health::breaker`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the breaker (0 turns this trigger off).
+    pub consecutive_failures: u32,
+    /// Failure share over the window that opens the breaker.
+    pub failure_rate: f64,
+    /// Length of the sliding window.
+    pub window: Duration,
+    /// Calls needed in the window before the rate triggers apply.
+    pub min_requests: u32,
+    /// Calls slower than this count as slow (`None`: the slow-call trigger is off).
+    pub slow_call: Option<Duration>,
+    /// Slow share over the window that opens the breaker.
+    pub slow_call_rate: f64,
+    /// First open period.
+    pub open_for: Duration,
+    /// Longest open period after repeated trips.
+    pub max_open_for: Duration,
+    /// Probe calls admitted at once while HalfOpen, and successes needed to close.
+    pub half_open_probes: u32,
+    /// Relative jitter of the open period, 0.0–0.5.
+    pub jitter: f64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 20,
+            slow_call: None,
+            slow_call_rate: 0.8,
+            open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(60),
+            half_open_probes: 3,
+            jitter: 0.1,
+        }
+    }
+}
+
+/// Active health checks of a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path (with the provider's base path) to GET; a 2xx passes.
+    pub path: String,
+    /// Time between checks (jittered by ±10 %).
+    pub interval: Duration,
+    /// Timeout of one check.
+    pub timeout: Duration,
+    /// Failed checks in a row that make the provider unhealthy.
+    pub unhealthy_after: u32,
+    /// Passed checks in a row that make it healthy again.
+    pub healthy_after: u32,
+}
+
+/// The provider account's own rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests per second.
+    pub rps: u32,
+    /// Burst size.
+    pub burst: u32,
+    /// Longest wait for a slot.
+    pub max_wait: Duration,
+}
+
+/// What a route's rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// One bucket for the whole route.
+    None,
+    /// One bucket per shop connection's IP address.
+    ClientIp,
+    /// One bucket per value of this header (requests without it share one bucket).
+    Header(HeaderName),
+}
+
+/// A route's rate limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests per second.
+    pub rps: u32,
+    /// Burst size.
+    pub burst: u32,
+    /// What it counts by.
+    pub by: RateLimitKey,
+    /// Most keys tracked at once.
+    pub max_keys: usize,
 }
 
 /// A credential header.
@@ -127,6 +237,10 @@ pub struct Route {
     pub timeout: Duration,
     /// Largest request body in bytes.
     pub max_body: usize,
+    /// Shop-side rate limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Envoy's overprovisioning factor for spilling traffic to the next priority.
+    pub overprovisioning: f64,
 }
 
 /// A route's request matcher.
@@ -556,18 +670,21 @@ impl Validator<'_> {
             &p.idempotency_key_max_len,
             "per-provider idempotency keys",
         );
-        self.later(
-            &format!("{path}.breaker"),
-            &p.breaker,
-            "the circuit breaker",
+        let breaker = self.breaker(&format!("{path}.breaker"), p.breaker);
+        let health_check = p
+            .health_check
+            .map(|h| self.health_check(&format!("{path}.health_check"), h));
+        let quota = p.quota.map(|q| self.quota(&format!("{path}.quota"), q));
+        let slow_start = self.duration_or_zero(
+            &format!("{path}.slow_start"),
+            p.slow_start.as_deref(),
+            DEFAULT_SLOW_START,
         );
-        self.later(
-            &format!("{path}.health_check"),
-            &p.health_check,
-            "active health checking",
+        let max_throttle = self.duration(
+            &format!("{path}.max_throttle"),
+            p.max_throttle.as_deref(),
+            DEFAULT_MAX_THROTTLE,
         );
-        self.later(&format!("{path}.quota"), &p.quota, "provider quotas");
-        self.later(&format!("{path}.slow_start"), &p.slow_start, "slow start");
 
         let url_path = format!("{path}.url");
         let url = self.url(&url_path, &p.url);
@@ -648,6 +765,11 @@ impl Validator<'_> {
             timeout,
             pool_idle_timeout,
             pool_max_idle: p.pool_max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
+            breaker,
+            health_check,
+            quota,
+            slow_start,
+            max_throttle,
         })
     }
 
@@ -711,11 +833,6 @@ impl Validator<'_> {
             &r.idempotency,
             "idempotency keys",
         );
-        self.later(
-            &format!("{path}.rate_limit"),
-            &r.rate_limit,
-            "rate limiting",
-        );
         self.later(&format!("{path}.failover"), &r.failover, "failover");
         if !valid_name(&r.name) {
             self.problem(
@@ -778,6 +895,16 @@ impl Validator<'_> {
             0,
             64 << 20,
         );
+        let rate_limit = r
+            .rate_limit
+            .map(|l| self.rate_limit(&format!("{path}.rate_limit"), l));
+        let overprovisioning = r.overprovisioning.unwrap_or(DEFAULT_OVERPROVISIONING);
+        if !(1.0..=10.0).contains(&overprovisioning) {
+            self.problem(
+                format!("{path}.overprovisioning"),
+                "must be between 1.0 and 10.0",
+            );
+        }
         Route {
             name: Arc::from(r.name.as_str()),
             matcher,
@@ -785,6 +912,180 @@ impl Validator<'_> {
             targets,
             timeout,
             max_body,
+            rate_limit,
+            overprovisioning,
+        }
+    }
+
+    /// Like `duration`, but "0s" is allowed and means off.
+    fn duration_or_zero(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+        match text.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.problem(path, e);
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, path: String, value: Option<u32>, default: u32, min: u32) -> u32 {
+        let v = value.unwrap_or(default);
+        if v < min {
+            self.problem(path, format!("must be at least {min}"));
+            return default;
+        }
+        v
+    }
+
+    fn ratio(&mut self, path: String, value: Option<f64>, default: f64, max: f64) -> f64 {
+        let v = value.unwrap_or(default);
+        if v.is_nan() || !(0.0..=max).contains(&v) {
+            self.problem(path, format!("must be between 0.0 and {max}"));
+            return default;
+        }
+        v
+    }
+
+    fn breaker(&mut self, path: &str, raw: Option<schema::RawBreaker>) -> BreakerConfig {
+        let d = BreakerConfig::default();
+        let Some(b) = raw else { return d };
+        let window = self.duration(&format!("{path}.window"), b.window.as_deref(), d.window);
+        let open_for = self.duration(
+            &format!("{path}.open_for"),
+            b.open_for.as_deref(),
+            d.open_for,
+        );
+        let max_open_for = self.duration(
+            &format!("{path}.max_open_for"),
+            b.max_open_for.as_deref(),
+            d.max_open_for.max(open_for),
+        );
+        if max_open_for < open_for {
+            self.problem(format!("{path}.max_open_for"), "must be at least open_for");
+        }
+        let failure_rate = self.ratio(
+            format!("{path}.failure_rate"),
+            b.failure_rate,
+            d.failure_rate,
+            1.0,
+        );
+        if failure_rate == 0.0 {
+            self.problem(format!("{path}.failure_rate"), "must be greater than 0");
+        }
+        let slow_call = b.slow_call.as_deref().map(|s| {
+            self.duration(
+                &format!("{path}.slow_call"),
+                Some(s),
+                Duration::from_secs(1),
+            )
+        });
+        BreakerConfig {
+            consecutive_failures: b.consecutive_failures.unwrap_or(d.consecutive_failures),
+            failure_rate,
+            window,
+            min_requests: self.count(
+                format!("{path}.min_requests"),
+                b.min_requests,
+                d.min_requests,
+                1,
+            ),
+            slow_call,
+            slow_call_rate: self.ratio(
+                format!("{path}.slow_call_rate"),
+                b.slow_call_rate,
+                d.slow_call_rate,
+                1.0,
+            ),
+            open_for,
+            max_open_for,
+            half_open_probes: self.count(
+                format!("{path}.half_open_probes"),
+                b.half_open_probes,
+                d.half_open_probes,
+                1,
+            ),
+            jitter: self.ratio(format!("{path}.jitter"), b.jitter, d.jitter, 0.5),
+        }
+    }
+
+    fn health_check(&mut self, path: &str, h: schema::RawHealthCheck) -> HealthCheck {
+        let check_path = h.path.unwrap_or_else(|| "/healthz".to_owned());
+        if !check_path.starts_with('/') {
+            self.problem(format!("{path}.path"), "must start with '/'");
+        }
+        let interval = self.duration(
+            &format!("{path}.interval"),
+            h.interval.as_deref(),
+            Duration::from_secs(5),
+        );
+        let timeout = self.duration(
+            &format!("{path}.timeout"),
+            h.timeout.as_deref(),
+            Duration::from_secs(1),
+        );
+        if timeout > interval {
+            self.problem(
+                format!("{path}.timeout"),
+                "must not be longer than interval",
+            );
+        }
+        HealthCheck {
+            path: check_path,
+            interval,
+            timeout,
+            unhealthy_after: self.count(format!("{path}.unhealthy_after"), h.unhealthy_after, 3, 1),
+            healthy_after: self.count(format!("{path}.healthy_after"), h.healthy_after, 2, 1),
+        }
+    }
+
+    fn quota(&mut self, path: &str, q: schema::RawQuota) -> Quota {
+        let rps = self.count(format!("{path}.rps"), Some(q.rps), 1, 1);
+        Quota {
+            rps,
+            burst: self.count(format!("{path}.burst"), q.burst, rps, 1),
+            max_wait: self.duration_or_zero(
+                &format!("{path}.max_wait"),
+                q.max_wait.as_deref(),
+                Duration::from_millis(50),
+            ),
+        }
+    }
+
+    fn rate_limit(&mut self, path: &str, l: schema::RawRateLimit) -> RateLimit {
+        let rps = self.count(format!("{path}.rps"), Some(l.rps), 1, 1);
+        let by = match l.by.as_deref() {
+            None | Some("none") => RateLimitKey::None,
+            Some("client_ip") => RateLimitKey::ClientIp,
+            Some(other) => match other.strip_prefix("header:").map(str::trim) {
+                Some(name) => match HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(h) => RateLimitKey::Header(h),
+                    Err(_) => {
+                        self.problem(
+                            format!("{path}.by"),
+                            format!("\"{name}\" is not a header name"),
+                        );
+                        RateLimitKey::None
+                    }
+                },
+                None => {
+                    self.problem(
+                        format!("{path}.by"),
+                        format!("\"{other}\" is not one of none, client_ip, header:NAME"),
+                    );
+                    RateLimitKey::None
+                }
+            },
+        };
+        let max_keys = l.max_keys.unwrap_or(DEFAULT_RATE_LIMIT_MAX_KEYS);
+        if max_keys == 0 {
+            self.problem(format!("{path}.max_keys"), "must be at least 1");
+        }
+        RateLimit {
+            rps,
+            burst: self.count(format!("{path}.burst"), l.burst, rps, 1),
+            by,
+            max_keys: max_keys.max(1),
         }
     }
 

@@ -13,47 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-/// Breaker settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
-    /// Failures in a row that open the breaker (0 turns this trigger off).
-    pub consecutive_failures: u32,
-    /// Failure share over the window that opens the breaker (above 1.0 turns this trigger off).
-    pub failure_rate: f64,
-    /// Length of the sliding window.
-    pub window: Duration,
-    /// Calls needed in the window before the rate triggers apply.
-    pub min_requests: u32,
-    /// Calls slower than this count as slow (`None`: the slow-call trigger is off).
-    pub slow_call: Option<Duration>,
-    /// Slow share over the window that opens the breaker.
-    pub slow_call_rate: f64,
-    /// First open period.
-    pub open_for: Duration,
-    /// Longest open period after repeated trips.
-    pub max_open_for: Duration,
-    /// Probe calls admitted at once while HalfOpen, and successes needed to close.
-    pub half_open_probes: u32,
-    /// Relative jitter of the open period, 0.0–0.5.
-    pub jitter: f64,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            failure_rate: 0.5,
-            window: Duration::from_secs(10),
-            min_requests: 20,
-            slow_call: None,
-            slow_call_rate: 0.8,
-            open_for: Duration::from_secs(5),
-            max_open_for: Duration::from_secs(60),
-            half_open_probes: 3,
-            jitter: 0.1,
-        }
-    }
-}
+pub use crate::config::validate::BreakerConfig;
 
 /// The standard breaker states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -171,7 +131,9 @@ impl Window {
         self.buckets
             .iter()
             .filter(|b| b.total > 0 && b.index + (BUCKETS as u64) > current && b.index <= current)
-            .fold((0, 0, 0), |(t, f, s), b| (t + b.total, f + b.failures, s + b.slow))
+            .fold((0, 0, 0), |(t, f, s), b| {
+                (t + b.total, f + b.failures, s + b.slow)
+            })
     }
 
     fn clear(&mut self) {
@@ -200,7 +162,7 @@ impl Breaker {
             window,
             consecutive: 0,
             trips: 0,
-            rng: seed | 1,
+            rng: splitmix(seed) | 1,
         }
     }
 
@@ -252,7 +214,13 @@ impl Breaker {
     }
 
     fn move_to(&mut self, inner: Inner, now: Instant) -> Option<Transition> {
-        let from = self.state(now);
+        // The stored state, not the one `state()` reads: an Open breaker whose period ended is still
+        // Open until a probe moves it, and that move is a transition worth counting.
+        let from = match self.inner {
+            Inner::Closed => BreakerState::Closed,
+            Inner::Open { .. } => BreakerState::Open,
+            Inner::HalfOpen { .. } => BreakerState::HalfOpen,
+        };
         self.inner = inner;
         let to = self.state(now);
         (from != to).then_some(Transition { from, to })
@@ -416,6 +384,14 @@ impl Breaker {
     }
 }
 
+/// Spreads a seed over all 64 bits, so that nearby seeds give unrelated jitter.
+fn splitmix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,9 +436,7 @@ mod tests {
         assert_eq!(b.state(t0), BreakerState::Open);
         assert_eq!(
             b.admit(t0 + 500 * MS).0,
-            Admission::Rejected {
-                retry_in: 500 * MS
-            }
+            Admission::Rejected { retry_in: 500 * MS }
         );
     }
 
@@ -550,7 +524,10 @@ mod tests {
         assert_eq!(b.record(after, true, CallResult::Success, MS), None);
         assert_eq!(b.state(after), BreakerState::HalfOpen);
         let t = b.record(after, true, CallResult::Success, MS).unwrap();
-        assert_eq!((t.from, t.to), (BreakerState::HalfOpen, BreakerState::Closed));
+        assert_eq!(
+            (t.from, t.to),
+            (BreakerState::HalfOpen, BreakerState::Closed)
+        );
         assert_eq!(b.admit(after).0, Admission::Allowed);
     }
 
@@ -589,7 +566,10 @@ mod tests {
             assert!(d >= 800 * MS && d <= 1200 * MS, "{d:?}");
             seen.insert(d.as_millis());
         }
-        assert!(seen.len() > 5, "jitter should differ between breakers: {seen:?}");
+        assert!(
+            seen.len() > 5,
+            "jitter should differ between breakers: {seen:?}"
+        );
     }
 
     #[test]

@@ -116,7 +116,10 @@ mod tests {
     #[test]
     fn a_primary_above_the_overprovisioning_point_keeps_all() {
         // 1.4 × 0.75 > 1: a little sickness does not move traffic.
-        close(&shares(&[t(0, 100, 0.75), t(1, 100, 1.0)], 1.4), &[1.0, 0.0]);
+        close(
+            &shares(&[t(0, 100, 0.75), t(1, 100, 1.0)], 1.4),
+            &[1.0, 0.0],
+        );
     }
 
     #[test]

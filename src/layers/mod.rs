@@ -1,7 +1,7 @@
 //! The request path: one tower layer per policy. This file is the one place their order is written.
 //!
 //! ```text
-//! shop ─▶ Sensitive ─▶ RequestId ─▶ Observe ─▶ Rescue ─▶ Route ─▶ Deadline ─▶ BufferBody ─▶ Forward ─▶ provider
+//! shop ─▶ Sensitive ─▶ RequestId ─▶ Observe ─▶ Rescue ─▶ Route ─▶ RateLimit ─▶ Deadline ─▶ BufferBody ─▶ Forward ─▶ provider
 //! ```
 //! - `Sensitive` (tower-http) marks the shop's credentials so no log or HPACK table ever keeps them.
 //! - `RequestId` accepts or makes the request id first, so every answer (errors included) carries it.
@@ -9,14 +9,17 @@
 //! - `Rescue` turns every [`ProxyError`](crate::error::ProxyError) into a problem+json answer; below it,
 //!   layers return errors, above it, only responses; it also turns a panic (a bug) into a 500.
 //! - `Route` picks the route on the generation the request will run on to its end.
+//! - `RateLimit` refuses requests over the route's limit before anything is read or sent.
 //! - `Deadline` bounds the whole request, body read included, by the route's `timeout`.
 //! - `BufferBody` reads the body up to the route's `max_body`, so later policies can re-send it.
-//! - `Forward` sends it to the route's provider and streams the answer back.
+//! - `Forward` picks the provider by health (breakers, checks, throttles, drains, quotas), sends the
+//!   request, feeds the outcome back into the provider's health, and streams the answer back.
 
 mod buffer_body;
 mod deadline;
 mod forward;
 mod observe;
+mod rate_limit;
 mod request_id;
 pub mod rescue;
 mod route;
@@ -32,6 +35,7 @@ pub use buffer_body::{BufferBody, BufferBodyLayer};
 pub use deadline::{Deadline, DeadlineLayer};
 pub use forward::Forward;
 pub use observe::{Observe, ObserveLayer};
+pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use request_id::{RequestIdLayer, SetRequestId, X_REQUEST_ID};
 pub use rescue::{Rescue, RescueLayer};
 pub use route::{RouteLayer, Router};
@@ -62,6 +66,7 @@ pub fn stack(
         .layer(ObserveLayer::new(metrics.clone()))
         .layer(RescueLayer::new(metrics.clone()))
         .layer(RouteLayer::new(current))
+        .layer(RateLimitLayer::new(metrics.clone()))
         .layer(DeadlineLayer)
         .layer(BufferBodyLayer)
         .service(Forward::new(metrics))

@@ -38,6 +38,14 @@ pub fn status_and_title(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::ProviderTimeout => (StatusCode::GATEWAY_TIMEOUT, "Provider timed out"),
         ErrorKind::ProviderFailed => (StatusCode::BAD_GATEWAY, "Provider exchange failed"),
         ErrorKind::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "Route timeout exceeded"),
+        ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded"),
+        ErrorKind::NoHealthyProvider => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No healthy provider for this route",
+        ),
+        ErrorKind::ProviderQuotaExhausted => {
+            (StatusCode::TOO_MANY_REQUESTS, "Provider quota exhausted")
+        }
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal proxy error"),
     }
 }
@@ -172,6 +180,12 @@ where
                 _ => mask_pans(&err.to_string()).into_owned(),
             };
             let mut resp = problem(kind, &detail, request_id.as_ref());
+            if let Some(wait) = err.retry_after() {
+                // Whole seconds, rounded up, never 0: a client must not retry at once in a loop.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
             if let Some(info) = &info {
                 info.set_error(kind);
                 if kind.origin() == Origin::Provider {

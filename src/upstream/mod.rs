@@ -147,6 +147,33 @@ fn new_client(p: &Provider, tls: rustls::ClientConfig) -> Result<HttpsClient, St
 }
 
 impl Upstream {
+    /// One active health check: GET `path` below the provider's base path; a 2xx passes.
+    pub async fn check(&self, path: &str, timeout: std::time::Duration) -> Result<(), String> {
+        let p = &self.config;
+        let uri = http::Uri::builder()
+            .scheme(p.scheme.clone())
+            .authority(p.authority.clone())
+            .path_and_query(format!("{}{path}", p.base_path))
+            .build()
+            .map_err(|e| format!("bad check URI: {e}"))?;
+        let mut req = Request::new(Full::new(Bytes::new()));
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("switchyard-health-check"),
+        );
+        if let Some(auth) = &p.auth {
+            req.headers_mut()
+                .insert(auth.header.clone(), auth.value.header_value().clone());
+        }
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(Err(e)) => Err(root_cause(&e)),
+            Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+            Ok(Ok(resp)) => Err(format!("status {}", resp.status().as_u16())),
+        }
+    }
+
     /// Sends one attempt and waits for the response head, within the provider's `timeout`.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ProxyError> {
         let provider = &self.config.name;

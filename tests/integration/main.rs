@@ -3,6 +3,7 @@
 mod support;
 
 mod forwarding;
+mod health;
 mod reload;
 mod sandbox;
 mod shutdown;

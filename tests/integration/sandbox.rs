@@ -16,13 +16,17 @@ const PAY: &str = "/v1/payment_intents";
 const FORM: &str = "amount=1000&currency=eur";
 
 /// A standalone sandbox named `name` and the proxy in front of it; `extra` is appended to the
-/// provider's YAML.
+/// provider's YAML. The proxy's breaker never trips and a 429 throttles for 1 ms only, so that every
+/// request shows the sandbox's own behaviour rather than the proxy's protection from it.
 async fn behind_proxy(name: &str, extra: &str) -> (Sandbox, TestProxy) {
     let sandbox = Sandbox::start(name, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let url = format!("http://{}", sandbox.addr());
-    let proxy = TestProxy::start(&config(&[(name, &url)], extra, "")).await;
+    let transparent = format!(
+        "breaker: {{ consecutive_failures: 0, failure_rate: 1.0, min_requests: 100000 }}\nmax_throttle: 1ms\n{extra}"
+    );
+    let proxy = TestProxy::start(&config(&[(name, &url)], &transparent, "")).await;
     (sandbox, proxy)
 }
 

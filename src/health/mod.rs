@@ -1,0 +1,482 @@
+//! Provider health: the circuit breaker, active checks, throttling by the provider, manual drain and
+//! slow start, folded into one health score per provider; and from those scores, where a route's
+//! traffic goes.
+//!
+//! [`ProviderState`] is kept by provider name across config reloads ([`States::build`]), so a reload
+//! neither closes an open breaker nor forgets a throttle or a drain. Decisions are pure functions of the
+//! state and `now` (`breaker`, `checks`, `score`); this module only keeps the state and the metrics.
+
+pub mod breaker;
+pub mod checks;
+pub mod score;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::validate::{HealthCheck, Provider, Route};
+use crate::config::Snapshot;
+use crate::limits::QuotaGate;
+use crate::metrics::Metrics;
+
+use breaker::{Admission, Breaker, BreakerState, CallResult, Transition};
+use checks::CheckTracker;
+use score::TargetInput;
+
+/// The floor of the slow-start ramp: a provider just back gets at least this share of its weight.
+const SLOW_START_FLOOR: f64 = 0.1;
+/// Throttle window when a provider's 429 has no usable Retry-After.
+const DEFAULT_THROTTLE: Duration = Duration::from_secs(1);
+
+/// What one attempt at a provider tells its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It answered (2xx, 3xx, 4xx other than 429): a success for the breaker, declines included.
+    Answered,
+    /// A technical failure: connect or TLS error, timeout, reset, 5xx.
+    Failed,
+    /// A 429: the provider asks for less traffic (`Retry-After` if it gave one). Not a failure.
+    Throttled(Option<Duration>),
+}
+
+struct Inner {
+    slow_start: Duration,
+    max_throttle: Duration,
+    checks_on: bool,
+    breaker: Breaker,
+    checks: CheckTracker,
+    throttled_until: Option<Instant>,
+    drained: bool,
+    recovered_at: Option<Instant>,
+}
+
+/// One provider's health state.
+pub struct ProviderState {
+    name: Arc<str>,
+    inner: Mutex<Inner>,
+    quota: Mutex<Option<Arc<QuotaGate>>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for ProviderState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderState")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderState {
+    /// A fresh state for `provider`: breaker closed, healthy.
+    pub fn new(provider: &Provider, metrics: &Metrics, now: Instant) -> Self {
+        let seed = rand::random::<u64>();
+        Self {
+            name: Arc::clone(&provider.name),
+            inner: Mutex::new(Inner {
+                slow_start: provider.slow_start,
+                max_throttle: provider.max_throttle,
+                checks_on: provider.health_check.is_some(),
+                breaker: Breaker::new(provider.breaker.clone(), now, seed),
+                checks: CheckTracker::default(),
+                throttled_until: None,
+                drained: false,
+                recovered_at: None,
+            }),
+            quota: Mutex::new(provider.quota.map(|q| Arc::new(QuotaGate::new(q)))),
+            metrics: metrics.clone(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The provider's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Applies a reloaded config, keeping breaker state, throttle and drain.
+    pub fn reconfigure(&self, provider: &Provider, now: Instant) {
+        let mut inner = self.lock();
+        inner.slow_start = provider.slow_start;
+        inner.max_throttle = provider.max_throttle;
+        inner.breaker.reconfigure(provider.breaker.clone(), now);
+        if provider.health_check.is_none() {
+            inner.checks.clear();
+        }
+        inner.checks_on = provider.health_check.is_some();
+        drop(inner);
+        let mut quota = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+        let same = match (&*quota, provider.quota) {
+            (Some(gate), Some(q)) => gate.quota() == q,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            *quota = provider.quota.map(|q| Arc::new(QuotaGate::new(q)));
+        }
+    }
+
+    /// The provider's quota gate, if it has a quota.
+    pub fn quota(&self) -> Option<Arc<QuotaGate>> {
+        self.quota.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The health score in [0, 1]: zero while the breaker is not Closed, checks fail, the provider is
+    /// drained or throttled; else its recent success rate, scaled by the slow-start ramp.
+    pub fn health(&self, now: Instant) -> f64 {
+        let inner = self.lock();
+        if inner.drained
+            || inner.checks.unhealthy()
+            || inner.throttled_until.is_some_and(|t| now < t)
+            || inner.breaker.state(now) != BreakerState::Closed
+        {
+            return 0.0;
+        }
+        let success = inner.breaker.success_rate(now).unwrap_or(1.0);
+        success * ramp(&inner, now)
+    }
+
+    /// Whether the breaker would let a probe through now (and nothing else stops it).
+    pub fn probe_ready(&self, now: Instant) -> bool {
+        let inner = self.lock();
+        !inner.drained && !inner.checks.unhealthy() && inner.breaker.probe_ready(now)
+    }
+
+    /// How long until this provider may take traffic again, when something time-bound stops it.
+    pub fn retry_in(&self, now: Instant) -> Option<Duration> {
+        let inner = self.lock();
+        let open = inner.breaker.open_remaining(now);
+        let throttled = inner
+            .throttled_until
+            .and_then(|t| t.checked_duration_since(now));
+        match (open, throttled) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Asks the breaker to send one attempt now.
+    pub fn admit(&self, now: Instant) -> Admission {
+        let (admission, transition) = self.lock().breaker.admit(now);
+        self.transitioned(transition);
+        admission
+    }
+
+    /// Gives back a probe slot whose attempt ended without an answer.
+    pub fn release_probe(&self) {
+        self.lock().breaker.release_probe();
+    }
+
+    /// Records an attempt's outcome.
+    pub fn record(&self, now: Instant, probe: bool, outcome: Outcome, elapsed: Duration) {
+        let mut inner = self.lock();
+        let transition = match outcome {
+            Outcome::Answered => inner
+                .breaker
+                .record(now, probe, CallResult::Success, elapsed),
+            Outcome::Failed => inner
+                .breaker
+                .record(now, probe, CallResult::Failure, elapsed),
+            Outcome::Throttled(retry_after) => {
+                let window = retry_after
+                    .unwrap_or(DEFAULT_THROTTLE)
+                    .min(inner.max_throttle);
+                let until = now + window;
+                inner.throttled_until = Some(inner.throttled_until.map_or(until, |t| t.max(until)));
+                if probe {
+                    inner.breaker.release_probe();
+                }
+                None
+            }
+        };
+        if transition.is_some_and(|t| t.to == BreakerState::Closed) {
+            inner.recovered_at = Some(now);
+        }
+        drop(inner);
+        self.transitioned(transition);
+    }
+
+    /// Records an active check's result.
+    pub fn record_check(&self, result: Result<(), String>, cfg: &HealthCheck, now: Instant) {
+        let pass = result.is_ok();
+        let mut inner = self.lock();
+        if !inner.checks_on {
+            return;
+        }
+        let changed = inner.checks.record(result, cfg);
+        if changed == Some(true) {
+            inner.recovered_at = Some(now);
+        }
+        let last_error = inner.checks.last_error().map(str::to_owned);
+        drop(inner);
+        self.metrics
+            .health_checks_total
+            .with_label_values(&[&*self.name, if pass { "pass" } else { "fail" }])
+            .inc();
+        match changed {
+            Some(false) => {
+                tracing::warn!(provider = %self.name, error = last_error.as_deref().unwrap_or(""), "health checks failing: provider unhealthy")
+            }
+            Some(true) => {
+                tracing::info!(provider = %self.name, "health checks passing again: provider healthy")
+            }
+            None => {}
+        }
+    }
+
+    /// Drains (no new traffic) or undrains the provider.
+    pub fn set_drained(&self, drained: bool, now: Instant) {
+        let mut inner = self.lock();
+        if inner.drained && !drained {
+            inner.recovered_at = Some(now);
+        }
+        inner.drained = drained;
+        tracing::info!(provider = %self.name, drained, "provider drain changed by an operator");
+    }
+
+    /// Closes the breaker and clears throttle and check history (the drain stays).
+    pub fn reset(&self, now: Instant) {
+        let mut inner = self.lock();
+        let transition = inner.breaker.reset(now);
+        inner.throttled_until = None;
+        inner.checks.clear();
+        inner.recovered_at = None;
+        drop(inner);
+        self.transitioned(transition);
+    }
+
+    fn transitioned(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        self.metrics
+            .breaker_transitions_total
+            .with_label_values(&[&*self.name, t.from.as_str(), t.to.as_str()])
+            .inc();
+        match t.to {
+            BreakerState::Open => {
+                tracing::warn!(provider = %self.name, from = t.from.as_str(), "circuit breaker opened")
+            }
+            _ => {
+                tracing::info!(provider = %self.name, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker changed")
+            }
+        }
+    }
+
+    /// Sets this provider's gauges.
+    fn publish(&self, now: Instant) {
+        let health = self.health(now);
+        let inner = self.lock();
+        let state = inner.breaker.state(now);
+        let throttled = inner.throttled_until.is_some_and(|t| now < t);
+        let drained = inner.drained;
+        drop(inner);
+        let name = &*self.name;
+        for s in BreakerState::ALL {
+            self.metrics
+                .breaker_state
+                .with_label_values(&[name, s.as_str()])
+                .set(i64::from(s == state));
+        }
+        self.metrics
+            .provider_health
+            .with_label_values(&[name])
+            .set(health);
+        self.metrics
+            .provider_throttled
+            .with_label_values(&[name])
+            .set(i64::from(throttled));
+        self.metrics
+            .provider_drained
+            .with_label_values(&[name])
+            .set(i64::from(drained));
+    }
+
+    /// The state as JSON, for `GET /admin/providers`.
+    pub fn view(&self, now: Instant) -> serde_json::Value {
+        let health = self.health(now);
+        let quota = self.quota().map(|g| {
+            let q = g.quota();
+            serde_json::json!({ "rps": q.rps, "burst": q.burst, "max_wait_ms": q.max_wait.as_millis() as u64 })
+        });
+        let inner = self.lock();
+        let (passes, failures) = inner.checks.runs();
+        serde_json::json!({
+            "breaker": inner.breaker.state(now).as_str(),
+            "breaker_open_remaining_ms": inner.breaker.open_remaining(now).map(|d| d.as_millis() as u64),
+            "health": (health * 1000.0).round() / 1000.0,
+            "success_rate": inner.breaker.success_rate(now),
+            "checks": if inner.checks_on {
+                serde_json::json!({
+                    "status": if inner.checks.unhealthy() { "unhealthy" } else { "healthy" },
+                    "passes_in_a_row": passes,
+                    "failures_in_a_row": failures,
+                    "last_error": inner.checks.last_error(),
+                })
+            } else {
+                serde_json::Value::Null
+            },
+            "throttled_remaining_ms": inner.throttled_until.and_then(|t| t.checked_duration_since(now)).map(|d| d.as_millis() as u64),
+            "drained": inner.drained,
+            "quota": quota,
+        })
+    }
+}
+
+/// The slow-start factor: from the floor back to 1 over `slow_start` after the latest recovery (a
+/// breaker closing, checks passing again, an undrain, or a throttle window ending).
+fn ramp(inner: &Inner, now: Instant) -> f64 {
+    if inner.slow_start.is_zero() {
+        return 1.0;
+    }
+    let start = match (inner.recovered_at, inner.throttled_until) {
+        (Some(r), Some(t)) => r.max(t),
+        (r, t) => match r.or(t) {
+            Some(s) => s,
+            None => return 1.0,
+        },
+    };
+    let since = now.saturating_duration_since(start);
+    if since >= inner.slow_start {
+        return 1.0;
+    }
+    (since.as_secs_f64() / inner.slow_start.as_secs_f64()).max(SLOW_START_FLOOR)
+}
+
+/// Every provider's state, by name.
+#[derive(Debug, Default)]
+pub struct States {
+    by_name: HashMap<Arc<str>, Arc<ProviderState>>,
+}
+
+impl States {
+    /// States for the providers of `snapshot`: those of `previous` with the same name are kept and
+    /// reconfigured, the others start fresh.
+    pub fn build(
+        snapshot: &Snapshot,
+        previous: Option<&States>,
+        metrics: &Metrics,
+        now: Instant,
+    ) -> Self {
+        let mut by_name = HashMap::new();
+        for (name, provider) in &snapshot.providers {
+            let state = match previous.and_then(|p| p.by_name.get(name)) {
+                Some(kept) => {
+                    kept.reconfigure(provider, now);
+                    Arc::clone(kept)
+                }
+                None => Arc::new(ProviderState::new(provider, metrics, now)),
+            };
+            by_name.insert(Arc::clone(name), state);
+        }
+        Self { by_name }
+    }
+
+    /// The state of provider `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<ProviderState>> {
+        self.by_name.get(name)
+    }
+
+    /// All states.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ProviderState>> {
+        self.by_name.values()
+    }
+}
+
+fn inputs(route: &Route, states: &States, now: Instant) -> Vec<TargetInput> {
+    route
+        .targets
+        .iter()
+        .map(|t| TargetInput {
+            priority: t.priority,
+            weight: t.weight,
+            health: states.get(&t.provider).map_or(0.0, |s| s.health(now)),
+        })
+        .collect()
+}
+
+/// Each target's share of `route`'s traffic now.
+pub fn route_shares(route: &Route, states: &States, now: Instant) -> Vec<f64> {
+    score::shares(&inputs(route, states, now), route.overprovisioning)
+}
+
+/// The order in which to try `route`'s targets (indexes into `route.targets`): a probe for a provider
+/// whose breaker waits for one comes first when it is at least as preferred as the target picked by
+/// share; then the target picked by share (`unit` uniform in [0, 1)); then the other targets with a
+/// share, then the other healthy ones, by priority (they are where an attempt goes when the one before
+/// it was not sent: a breaker refused it or its quota had no slot); then any other provider ready for a
+/// probe. `Err(retry_after)` when no target can
+/// take the request.
+pub fn plan(
+    route: &Route,
+    states: &States,
+    now: Instant,
+    unit: f64,
+) -> Result<Vec<usize>, Duration> {
+    let inputs = inputs(route, states, now);
+    let shares = score::shares(&inputs, route.overprovisioning);
+    let picked = score::pick(&shares, unit);
+    let probe_ready = |i: usize| {
+        states
+            .get(&route.targets[i].provider)
+            .is_some_and(|s| s.probe_ready(now))
+    };
+    let mut order = Vec::with_capacity(route.targets.len());
+    let first_probe = (0..route.targets.len())
+        .filter(|&i| probe_ready(i))
+        .min_by_key(|&i| (route.targets[i].priority, i));
+    if let Some(p) = first_probe {
+        if picked.is_none_or(|k| route.targets[p].priority <= route.targets[k].priority) {
+            order.push(p);
+        }
+    }
+    if let Some(k) = picked {
+        order.push(k);
+    }
+    let mut rest: Vec<usize> = (0..route.targets.len())
+        .filter(|&i| inputs[i].health > 0.0 && !order.contains(&i))
+        .collect();
+    rest.sort_by(|&a, &b| {
+        route.targets[a]
+            .priority
+            .cmp(&route.targets[b].priority)
+            .then(shares[b].total_cmp(&shares[a]))
+    });
+    order.extend(rest);
+    for i in 0..route.targets.len() {
+        if !order.contains(&i) && probe_ready(i) {
+            order.push(i);
+        }
+    }
+    if order.is_empty() {
+        let retry = route
+            .targets
+            .iter()
+            .filter_map(|t| states.get(&t.provider)?.retry_in(now))
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        return Err(retry);
+    }
+    Ok(order)
+}
+
+/// Sets every health gauge, and each route target's share, from the current state.
+pub fn publish(snapshot: &Snapshot, states: &States, metrics: &Metrics, now: Instant) {
+    metrics.breaker_state.reset();
+    metrics.provider_health.reset();
+    metrics.provider_throttled.reset();
+    metrics.provider_drained.reset();
+    metrics.route_target_share.reset();
+    for state in states.iter() {
+        state.publish(now);
+    }
+    for route in &snapshot.routes {
+        let shares = route_shares(route, states, now);
+        for (t, share) in route.targets.iter().zip(shares) {
+            metrics
+                .route_target_share
+                .with_label_values(&[&*route.name, &*t.provider])
+                .set(share);
+        }
+    }
+}
