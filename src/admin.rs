@@ -92,6 +92,8 @@ impl AdminState {
                     &self.metrics,
                     Instant::now(),
                 );
+                let (records, _) = generation.idempotency.totals();
+                self.metrics.idempotency_records.set(records as i64);
                 let mut r = Response::new(full(self.metrics.encode()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

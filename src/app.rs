@@ -11,15 +11,19 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::admin::{AdminState, Reload, ReloadStatus};
+use crate::audit::{Audit, SystemClock};
 use crate::config::{self, ConfigError, EnvAndFiles, Snapshot};
 use crate::generation::{Current, Generation};
 use crate::health::States;
+use crate::idempotency::{ObjectPins, RouteStores};
 use crate::layers::{self, BoxFuture};
 use crate::limits::RouteLimits;
 use crate::metrics::Metrics;
+use crate::retry::RouteBudgets;
 use crate::sandbox::{Registry, Sandbox};
 use crate::server::{Limits, Server};
 use crate::upstream::Upstreams;
+use crate::webhooks::Webhooks;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -75,6 +79,15 @@ pub enum StartError {
         #[source]
         source: notify::Error,
     },
+    /// The audit folder could not be created or the writer not started.
+    #[error("cannot start the audit trail in {dir}: {source}")]
+    Audit {
+        /// The folder.
+        dir: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running sidecar.
@@ -87,7 +100,15 @@ pub struct App {
     reloader: Arc<Reloader>,
     metrics: Metrics,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Webhook listeners: (configured address, server).
+    webhook_servers: Vec<(std::net::SocketAddr, Server)>,
+    audit: Audit,
 }
+
+/// How long a payment object stays pinned to its provider (refunds come weeks later).
+const PIN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Most payment objects pinned at once.
+const PIN_MAX: usize = 200_000;
 
 fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
@@ -142,6 +163,9 @@ impl App {
             number: 1,
             health: States::build(&snapshot, None, &metrics, Instant::now()),
             route_limits: RouteLimits::build(&snapshot, None),
+            idempotency: RouteStores::build(&snapshot, None, &metrics.idempotency_evictions_total),
+            pins: Arc::new(ObjectPins::new(PIN_TTL, PIN_MAX)),
+            retry_budgets: RouteBudgets::build(&snapshot, None, Instant::now()),
             snapshot: Arc::clone(&snapshot),
             upstreams,
             sha256: sha256_hex(&text),
@@ -158,6 +182,27 @@ impl App {
         };
         let shop_listener = bind(snapshot.listen, "shop listener").await?;
         let admin_listener = bind(snapshot.admin.listen, "admin listener").await?;
+        let audit = match &snapshot.audit {
+            Some(cfg) => Audit::start(cfg, &metrics, Arc::new(SystemClock)).map_err(|source| {
+                StartError::Audit {
+                    dir: cfg.dir.display().to_string(),
+                    source,
+                }
+            })?,
+            None => Audit::disabled(),
+        };
+        let webhooks = Arc::new(Webhooks::new(metrics.clone(), audit.clone()));
+        let mut webhook_servers = Vec::new();
+        for addr in webhook_listeners(&snapshot) {
+            let listener = bind(addr, "webhook listener").await?;
+            let service = layers::webhook_stack(
+                Arc::clone(&current),
+                metrics.clone(),
+                Arc::clone(&webhooks),
+                addr,
+            );
+            webhook_servers.push((addr, Server::spawn(listener, service, limits, "webhooks")));
+        }
 
         let status = Arc::new(Mutex::new(ReloadStatus::default()));
         let reloader = Arc::new(Reloader {
@@ -181,7 +226,12 @@ impl App {
         };
         let admin_service = tower::service_fn(move |req| admin_state.clone().handle(req));
         let admin = Server::spawn(admin_listener, admin_service, limits, "admin");
-        let shop_service = layers::stack(Arc::clone(&current), metrics.clone());
+        let shop_service = layers::stack(
+            Arc::clone(&current),
+            metrics.clone(),
+            audit.clone(),
+            webhooks,
+        );
         let shop = Server::spawn(shop_listener, shop_service, limits, "shop");
 
         let mut background = Vec::new();
@@ -235,7 +285,22 @@ impl App {
             reloader,
             metrics,
             background,
+            webhook_servers,
+            audit,
         })
+    }
+
+    /// The bound address of the webhook listener configured as `configured` (a `webhooks[].listen`).
+    pub fn webhook_addr(&self, configured: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+        self.webhook_servers
+            .iter()
+            .find(|(c, _)| *c == configured)
+            .map(|(_, s)| s.local_addr())
+    }
+
+    /// The audit trail (disabled when `audit:` is not configured).
+    pub fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     /// The shop listener's address.
@@ -279,6 +344,11 @@ impl App {
         let drain = self.current.load().snapshot.drain_timeout;
         tracing::info!(?drain, "shutting down: draining in-flight requests");
         self.shop.shutdown(drain).await;
+        for (_, server) in self.webhook_servers {
+            server.shutdown(drain).await;
+        }
+        // Every request has ended: write out what the audit queue still holds.
+        self.audit.close().await;
         self.admin.shutdown(Duration::from_secs(1)).await;
         tracing::info!("stopped");
     }
@@ -397,6 +467,13 @@ fn load_generation(path: &Path, old: &Generation, metrics: &Metrics) -> Result<G
         number: old.number + 1,
         health: States::build(&snapshot, Some(&old.health), metrics, Instant::now()),
         route_limits: RouteLimits::build(&snapshot, Some(&old.route_limits)),
+        idempotency: RouteStores::build(
+            &snapshot,
+            Some(&old.idempotency),
+            &metrics.idempotency_evictions_total,
+        ),
+        pins: Arc::clone(&old.pins),
+        retry_budgets: RouteBudgets::build(&snapshot, Some(&old.retry_budgets), Instant::now()),
         snapshot: Arc::new(snapshot),
         upstreams,
         sha256: sha256_hex(&text),
@@ -422,8 +499,25 @@ fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.max_header_bytes != new.max_header_bytes {
         out.push("max_header_bytes changed".to_owned());
     }
+    if old.audit != new.audit {
+        out.push("the audit section changed".to_owned());
+    }
+    if webhook_listeners(old) != webhook_listeners(new) {
+        out.push("the webhook listen addresses changed".to_owned());
+    }
     if old.sandbox != new.sandbox {
         out.push("the sandbox section changed".to_owned());
+    }
+    out
+}
+
+/// The distinct `listen` addresses of the webhooks, in file order.
+fn webhook_listeners(snapshot: &Snapshot) -> Vec<std::net::SocketAddr> {
+    let mut out = Vec::new();
+    for addr in snapshot.webhooks.iter().filter_map(|w| w.listen) {
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
     }
     out
 }

@@ -21,6 +21,8 @@ struct InfoFields {
     route: Option<Arc<str>>,
     provider: Option<Arc<str>>,
     error: Option<ErrorKind>,
+    attempts: u32,
+    maybe_sent: bool,
 }
 
 impl RequestInfo {
@@ -43,6 +45,26 @@ impl RequestInfo {
     /// Records that the proxy answered with an error of this kind.
     pub fn set_error(&self, kind: ErrorKind) {
         self.with(|f| f.error = Some(kind));
+    }
+
+    /// Counts an attempt sent to a provider.
+    pub fn add_attempt(&self) {
+        self.with(|f| f.attempts += 1);
+    }
+
+    /// Notes whether an attempt may have reached a provider without a settled outcome.
+    pub fn set_maybe_sent(&self, maybe: bool) {
+        self.with(|f| f.maybe_sent = maybe);
+    }
+
+    /// Attempts sent so far.
+    pub fn attempts(&self) -> u32 {
+        self.with(|f| f.attempts)
+    }
+
+    /// Whether an attempt may have reached a provider without a settled outcome.
+    pub fn maybe_sent(&self) -> bool {
+        self.with(|f| f.maybe_sent)
     }
 
     /// The matched route.

@@ -67,6 +67,12 @@ pub enum ProxyError {
         #[source]
         source: BoxError,
     },
+    /// The provider refused the request without processing it (HTTP/2 REFUSED_STREAM or GOAWAY).
+    #[error("provider {provider} refused the request without processing it")]
+    ProviderRefused {
+        /// The provider's config name.
+        provider: String,
+    },
     /// The route's overall `timeout` ran out.
     #[error("the route's timeout of {timeout:?} ran out")]
     DeadlineExceeded {
@@ -94,6 +100,36 @@ pub enum ProxyError {
         /// When it has a slot again.
         retry_after: Duration,
     },
+    /// A POST/PATCH on a route that requires an idempotency key came without one.
+    #[error("this route requires an idempotency key in the {header} header")]
+    IdempotencyKeyRequired {
+        /// The header's name.
+        header: String,
+    },
+    /// Another request with the same idempotency key is still in flight.
+    #[error(
+        "a request with this idempotency key is still in flight; retry later with the same key"
+    )]
+    IdempotencyConflict,
+    /// The idempotency key was used before with another payload.
+    #[error("this idempotency key was used with another request (method, path or body differ)")]
+    IdempotencyMismatch,
+    /// The operation is pinned to a provider that cannot take it now; no other provider may.
+    #[error("this payment is pinned to provider {provider}, which cannot take requests now; retry in {retry_after:?} with the same key")]
+    PinnedProviderUnavailable {
+        /// The provider holding the operation.
+        provider: String,
+        /// When it may take requests again.
+        retry_after: Duration,
+    },
+    /// The provider may have executed the request, and no retry settled it.
+    #[error("the outcome at provider {provider} is unknown{}; retry with the same idempotency key or reconcile", match status { Some(s) => format!(" (it answered {s})"), None => String::new() })]
+    OutcomeUnknown {
+        /// The provider.
+        provider: String,
+        /// The provider's status, when its last answer was a 5xx.
+        status: Option<u16>,
+    },
     /// The proxy itself failed (a bug); the detail is logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -116,6 +152,8 @@ pub enum ErrorKind {
     ProviderTimeout,
     /// See [`ProxyError::ProviderFailed`].
     ProviderFailed,
+    /// See [`ProxyError::ProviderRefused`].
+    ProviderRefused,
     /// See [`ProxyError::DeadlineExceeded`].
     DeadlineExceeded,
     /// See [`ProxyError::RateLimited`].
@@ -124,6 +162,16 @@ pub enum ErrorKind {
     NoHealthyProvider,
     /// See [`ProxyError::ProviderQuotaExhausted`].
     ProviderQuotaExhausted,
+    /// See [`ProxyError::IdempotencyKeyRequired`].
+    IdempotencyKeyRequired,
+    /// See [`ProxyError::IdempotencyConflict`].
+    IdempotencyConflict,
+    /// See [`ProxyError::IdempotencyMismatch`].
+    IdempotencyMismatch,
+    /// See [`ProxyError::PinnedProviderUnavailable`].
+    PinnedProviderUnavailable,
+    /// See [`ProxyError::OutcomeUnknown`].
+    OutcomeUnknown,
     /// See [`ProxyError::Internal`].
     Internal,
 }
@@ -159,10 +207,16 @@ impl ProxyError {
             Self::ProviderTls { .. } => ErrorKind::ProviderTls,
             Self::ProviderTimeout { .. } => ErrorKind::ProviderTimeout,
             Self::ProviderFailed { .. } => ErrorKind::ProviderFailed,
+            Self::ProviderRefused { .. } => ErrorKind::ProviderRefused,
             Self::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             Self::RateLimited { .. } => ErrorKind::RateLimited,
             Self::NoHealthyProvider { .. } => ErrorKind::NoHealthyProvider,
             Self::ProviderQuotaExhausted { .. } => ErrorKind::ProviderQuotaExhausted,
+            Self::IdempotencyKeyRequired { .. } => ErrorKind::IdempotencyKeyRequired,
+            Self::IdempotencyConflict => ErrorKind::IdempotencyConflict,
+            Self::IdempotencyMismatch => ErrorKind::IdempotencyMismatch,
+            Self::PinnedProviderUnavailable { .. } => ErrorKind::PinnedProviderUnavailable,
+            Self::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
             Self::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -172,7 +226,9 @@ impl ProxyError {
         match self {
             Self::RateLimited { retry_after }
             | Self::NoHealthyProvider { retry_after }
-            | Self::ProviderQuotaExhausted { retry_after, .. } => Some(*retry_after),
+            | Self::ProviderQuotaExhausted { retry_after, .. }
+            | Self::PinnedProviderUnavailable { retry_after, .. } => Some(*retry_after),
+            Self::IdempotencyConflict => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -182,15 +238,21 @@ impl ProxyError {
         match self.kind() {
             ErrorKind::ProviderTimeout
             | ErrorKind::ProviderFailed
-            | ErrorKind::DeadlineExceeded => Reached::Maybe,
+            | ErrorKind::DeadlineExceeded
+            | ErrorKind::OutcomeUnknown => Reached::Maybe,
             ErrorKind::NoRoute
             | ErrorKind::BodyTooLarge
             | ErrorKind::BadRequest
             | ErrorKind::ProviderUnreachable
             | ErrorKind::ProviderTls
+            | ErrorKind::ProviderRefused
             | ErrorKind::RateLimited
             | ErrorKind::NoHealthyProvider
             | ErrorKind::ProviderQuotaExhausted
+            | ErrorKind::IdempotencyKeyRequired
+            | ErrorKind::IdempotencyConflict
+            | ErrorKind::IdempotencyMismatch
+            | ErrorKind::PinnedProviderUnavailable
             | ErrorKind::Internal => Reached::No,
         }
     }
@@ -198,7 +260,7 @@ impl ProxyError {
 
 impl ErrorKind {
     /// Every kind, for metrics that want a zero for each.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 18] = [
         Self::NoRoute,
         Self::BodyTooLarge,
         Self::BadRequest,
@@ -206,10 +268,16 @@ impl ErrorKind {
         Self::ProviderTls,
         Self::ProviderTimeout,
         Self::ProviderFailed,
+        Self::ProviderRefused,
         Self::DeadlineExceeded,
         Self::RateLimited,
         Self::NoHealthyProvider,
         Self::ProviderQuotaExhausted,
+        Self::IdempotencyKeyRequired,
+        Self::IdempotencyConflict,
+        Self::IdempotencyMismatch,
+        Self::PinnedProviderUnavailable,
+        Self::OutcomeUnknown,
         Self::Internal,
     ];
 
@@ -223,10 +291,16 @@ impl ErrorKind {
             Self::ProviderTls => "provider_tls",
             Self::ProviderTimeout => "provider_timeout",
             Self::ProviderFailed => "provider_failed",
+            Self::ProviderRefused => "provider_refused",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::RateLimited => "rate_limited",
             Self::NoHealthyProvider => "no_healthy_provider",
             Self::ProviderQuotaExhausted => "provider_quota_exhausted",
+            Self::IdempotencyKeyRequired => "idempotency_key_required",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::IdempotencyMismatch => "idempotency_mismatch",
+            Self::PinnedProviderUnavailable => "pinned_provider_unavailable",
+            Self::OutcomeUnknown => "outcome_unknown",
             Self::Internal => "internal",
         }
     }
@@ -234,15 +308,23 @@ impl ErrorKind {
     /// Where errors of this kind come from.
     pub fn origin(self) -> Origin {
         match self {
-            Self::NoRoute | Self::BodyTooLarge | Self::BadRequest | Self::RateLimited => {
-                Origin::Shop
-            }
+            Self::NoRoute
+            | Self::BodyTooLarge
+            | Self::BadRequest
+            | Self::RateLimited
+            | Self::IdempotencyKeyRequired
+            | Self::IdempotencyConflict
+            | Self::IdempotencyMismatch => Origin::Shop,
             Self::DeadlineExceeded | Self::Internal => Origin::Proxy,
-            Self::NoHealthyProvider | Self::ProviderQuotaExhausted => Origin::Provider,
+            Self::NoHealthyProvider
+            | Self::ProviderQuotaExhausted
+            | Self::PinnedProviderUnavailable
+            | Self::OutcomeUnknown => Origin::Provider,
             Self::ProviderUnreachable
             | Self::ProviderTls
             | Self::ProviderTimeout
-            | Self::ProviderFailed => Origin::Provider,
+            | Self::ProviderFailed
+            | Self::ProviderRefused => Origin::Provider,
         }
     }
 }

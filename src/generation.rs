@@ -10,7 +10,9 @@ use arc_swap::ArcSwap;
 
 use crate::config::Snapshot;
 use crate::health::States;
+use crate::idempotency::{ObjectPins, RouteStores};
 use crate::limits::RouteLimits;
+use crate::retry::RouteBudgets;
 use crate::upstream::Upstreams;
 
 /// A config generation.
@@ -26,6 +28,12 @@ pub struct Generation {
     pub health: States,
     /// Each route's rate limiter (kept across reloads while unchanged).
     pub route_limits: RouteLimits,
+    /// Each route's idempotency records (kept across reloads by route name).
+    pub idempotency: RouteStores,
+    /// Payment objects pinned to the provider holding them (kept across reloads).
+    pub pins: Arc<ObjectPins>,
+    /// Each route's retry budget (kept across reloads while unchanged).
+    pub retry_budgets: RouteBudgets,
     /// SHA-256 of the file's bytes, hex.
     pub sha256: String,
     /// When it was loaded.

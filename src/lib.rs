@@ -10,16 +10,21 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod body;
 pub mod config;
 pub mod ctx;
 pub mod error;
 pub mod generation;
 pub mod health;
+pub mod idempotency;
 pub mod layers;
 pub mod limits;
 pub mod metrics;
+pub mod outcome;
 pub mod redact;
+pub mod retry;
 pub mod sandbox;
 pub mod server;
 pub mod upstream;
+pub mod webhooks;

@@ -50,6 +50,28 @@ pub struct Metrics {
     pub route_target_share: GaugeVec,
     /// 1 while a provider is drained by an operator.
     pub provider_drained: IntGaugeVec,
+    /// Attempts sent to providers, by route, provider and outcome class.
+    pub attempts_total: IntCounterVec,
+    /// Attempts after the first, by route and the previous attempt's outcome class.
+    pub retries_total: IntCounterVec,
+    /// Attempts moved to another provider, by route, from, to and reason.
+    pub failovers_total: IntCounterVec,
+    /// Retries refused by the retry budget, by route.
+    pub retry_budget_exhausted_total: IntCounterVec,
+    /// Requests with an idempotency key, by route and result.
+    pub idempotency_total: IntCounterVec,
+    /// Idempotency records held.
+    pub idempotency_records: IntGauge,
+    /// Idempotency records evicted for room (not expiry).
+    pub idempotency_evictions_total: prometheus::IntCounter,
+    /// Requests answered with an unknown outcome, by route and provider.
+    pub unknown_outcomes_total: IntCounterVec,
+    /// Webhook requests by webhook and result (`forwarded`, `duplicate`, `bad_signature`, ...).
+    pub webhooks_total: IntCounterVec,
+    /// Audit records written.
+    pub audit_records_total: prometheus::IntCounter,
+    /// Audit records lost: the queue was full, or the file could not be written.
+    pub audit_dropped_total: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -192,6 +214,82 @@ impl Metrics {
         registry.register(Box::new(provider_throttled.clone()))?;
         registry.register(Box::new(route_target_share.clone()))?;
         registry.register(Box::new(provider_drained.clone()))?;
+        let attempts_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_attempts_total",
+                "Attempts sent to providers, by route, provider and outcome class.",
+            ),
+            &["route", "provider", "outcome"],
+        )?;
+        let retries_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_retries_total",
+                "Attempts after the first, by route and the outcome class of the attempt before.",
+            ),
+            &["route", "reason"],
+        )?;
+        let failovers_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_failovers_total",
+                "Attempts moved to another provider, by route, from, to and reason.",
+            ),
+            &["route", "from", "to", "reason"],
+        )?;
+        let retry_budget_exhausted_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_retry_budget_exhausted_total",
+                "Retries refused by the route's retry budget.",
+            ),
+            &["route"],
+        )?;
+        let idempotency_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_idempotency_total",
+                "Requests with an idempotency key, by route and result (new, replayed, conflict, mismatch, resumed).",
+            ),
+            &["route", "result"],
+        )?;
+        let idempotency_records = IntGauge::new(
+            "switchyard_idempotency_records",
+            "Idempotency records held.",
+        )?;
+        let idempotency_evictions_total = prometheus::IntCounter::new(
+            "switchyard_idempotency_evictions_total",
+            "Idempotency records evicted for room before their ttl.",
+        )?;
+        let unknown_outcomes_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_unknown_outcomes_total",
+                "Requests answered with an unknown outcome, by route and provider.",
+            ),
+            &["route", "provider"],
+        )?;
+        registry.register(Box::new(attempts_total.clone()))?;
+        registry.register(Box::new(retries_total.clone()))?;
+        registry.register(Box::new(failovers_total.clone()))?;
+        registry.register(Box::new(retry_budget_exhausted_total.clone()))?;
+        registry.register(Box::new(idempotency_total.clone()))?;
+        registry.register(Box::new(idempotency_records.clone()))?;
+        registry.register(Box::new(idempotency_evictions_total.clone()))?;
+        registry.register(Box::new(unknown_outcomes_total.clone()))?;
+        let webhooks_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_webhooks_total",
+                "Webhook requests by webhook and result.",
+            ),
+            &["webhook", "result"],
+        )?;
+        let audit_records_total = prometheus::IntCounter::new(
+            "switchyard_audit_records_total",
+            "Audit records written.",
+        )?;
+        let audit_dropped_total = prometheus::IntCounter::new(
+            "switchyard_audit_dropped_total",
+            "Audit records lost because the queue was full or the file could not be written.",
+        )?;
+        registry.register(Box::new(webhooks_total.clone()))?;
+        registry.register(Box::new(audit_records_total.clone()))?;
+        registry.register(Box::new(audit_dropped_total.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -217,6 +315,17 @@ impl Metrics {
             provider_throttled,
             route_target_share,
             provider_drained,
+            attempts_total,
+            retries_total,
+            failovers_total,
+            retry_budget_exhausted_total,
+            idempotency_total,
+            idempotency_records,
+            idempotency_evictions_total,
+            unknown_outcomes_total,
+            webhooks_total,
+            audit_records_total,
+            audit_dropped_total,
         })
     }
 

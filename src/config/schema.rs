@@ -2,15 +2,11 @@
 //!
 //! Every struct denies unknown fields, so a typo is an error that names the YAML path and line, never a
 //! silently ignored key. Values stay as written (strings for durations, sizes, URLs); `validate` turns
-//! them into typed values. Sections that later versions implement are accepted here as raw YAML so that
-//! `validate` can reject them with a "not supported yet" error instead of a generic unknown-field one.
+//! them into typed values.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-
-/// A YAML value kept as written, for sections this version does not implement yet.
-pub type Later = serde_yaml::Value;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -33,10 +29,11 @@ pub struct RawConfig {
     /// Simulated providers served by this process.
     #[serde(default)]
     pub sandbox: Vec<RawSandbox>,
-    /// (later) webhook ingress.
-    pub webhooks: Option<Later>,
-    /// (later) audit trail.
-    pub audit: Option<Later>,
+    /// Webhook endpoints (provider → sidecar → shop).
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+    /// The audit trail.
+    pub audit: Option<RawAudit>,
 }
 
 /// `admin:`
@@ -69,10 +66,10 @@ pub struct RawProvider {
     pub pool_idle_timeout: Option<String>,
     /// Most idle pooled connections kept to this provider.
     pub pool_max_idle: Option<usize>,
-    /// (later) how this provider names the idempotency key.
-    pub idempotency_header: Option<Later>,
-    /// (later) longest key this provider accepts.
-    pub idempotency_key_max_len: Option<Later>,
+    /// How this provider names the idempotency key.
+    pub idempotency_header: Option<String>,
+    /// Longest key this provider accepts.
+    pub idempotency_key_max_len: Option<usize>,
     /// Circuit breaker settings.
     pub breaker: Option<RawBreaker>,
     /// Active health checks.
@@ -139,6 +136,50 @@ pub struct RawQuota {
     pub max_wait: Option<String>,
 }
 
+/// `routes[N].retry:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Most attempts of one request, the first included.
+    pub attempts: Option<u32>,
+    /// Base of the exponential backoff.
+    pub backoff: Option<String>,
+    /// Cap of the exponential backoff.
+    pub max_backoff: Option<String>,
+    /// Retries allowed as a share of recent requests.
+    pub budget: Option<f64>,
+    /// Retries always allowed per second, whatever the share.
+    pub min_retries_per_second: Option<u32>,
+    /// Longest provider `Retry-After` honoured before a retry.
+    pub retry_after_cap: Option<String>,
+}
+
+/// `routes[N].idempotency:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdempotency {
+    /// `generate`, `require` or `off`.
+    pub mode: Option<String>,
+    /// How long a record is kept.
+    pub ttl: Option<String>,
+    /// Most records kept.
+    pub max_entries: Option<usize>,
+    /// Most bytes kept (stored answers included).
+    pub max_bytes: Option<String>,
+    /// The header the shop sends the key in.
+    pub header: Option<String>,
+    /// A header that tells shops (tenants) apart, so their keys never collide.
+    pub scope_header: Option<String>,
+}
+
+/// `routes[N].failover:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailover {
+    /// Move an attempt the provider marked as not executed (429, REFUSED_STREAM, ...) to another target.
+    pub on_not_processed: Option<bool>,
+}
+
 /// `routes[N].rate_limit:`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,16 +237,16 @@ pub struct RawRoute {
     pub timeout: Option<String>,
     /// Largest request body.
     pub max_body: Option<String>,
-    /// (later) retries.
-    pub retry: Option<Later>,
-    /// (later) idempotency keys.
-    pub idempotency: Option<Later>,
+    /// Retries.
+    pub retry: Option<RawRetry>,
+    /// Idempotency keys.
+    pub idempotency: Option<RawIdempotency>,
     /// Shop-side rate limit.
     pub rate_limit: Option<RawRateLimit>,
     /// How much a priority level's health is scaled before traffic spills to the next one.
     pub overprovisioning: Option<f64>,
-    /// (later) failover policy.
-    pub failover: Option<Later>,
+    /// Failover policy.
+    pub failover: Option<RawFailover>,
 }
 
 /// `routes[N].match:`
@@ -243,6 +284,92 @@ pub struct RawSandbox {
     pub name: String,
     /// Address to listen on.
     pub listen: String,
+}
+
+/// `webhooks[N]:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// Name, unique; used in metrics, logs and audit records.
+    pub name: String,
+    /// Exact request path the provider posts to.
+    pub path: String,
+    /// A listener of its own (else the shop-facing listener).
+    pub listen: Option<String>,
+    /// The shop's URL that verified events are posted to.
+    pub forward_to: String,
+    /// How the provider signs its events.
+    pub verify: RawVerify,
+    /// Source addresses (CIDR) allowed to post; any when absent.
+    pub allow_from: Option<Vec<String>>,
+    /// Event deduplication.
+    pub dedupe: Option<RawDedupe>,
+    /// A signature the sidecar adds for the shop.
+    pub sign_for_shop: Option<RawSignForShop>,
+    /// Largest event body.
+    pub max_body: Option<String>,
+    /// How long the shop may take to answer.
+    pub timeout: Option<String>,
+}
+
+/// `webhooks[N].verify:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    /// `stripe`, `adyen` or `hmac-sha256`.
+    pub scheme: String,
+    /// Environment variables holding the active secrets (several during a rotation).
+    pub secrets_env: Option<Vec<String>>,
+    /// Files holding the active secrets.
+    pub secrets_file: Option<Vec<String>>,
+    /// Oldest signature timestamp accepted (stripe, and hmac-sha256 with a timestamp header).
+    pub tolerance: Option<String>,
+    /// (hmac-sha256) header carrying the signature.
+    pub header: Option<String>,
+    /// (hmac-sha256) `hex` or `base64`.
+    pub encoding: Option<String>,
+    /// (hmac-sha256) text before the signature in the header, e.g. `sha256=`.
+    pub prefix: Option<String>,
+    /// (hmac-sha256) header carrying a Unix timestamp that is signed with the body.
+    pub timestamp_header: Option<String>,
+}
+
+/// `webhooks[N].dedupe:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedupe {
+    /// How long a delivered event id is remembered.
+    pub ttl: Option<String>,
+    /// Most event ids remembered.
+    pub max_entries: Option<usize>,
+}
+
+/// `webhooks[N].sign_for_shop:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignForShop {
+    /// Header to put the signature in.
+    pub header: Option<String>,
+    /// Environment variable holding the shop's secret.
+    pub secret_env: Option<String>,
+    /// File holding the shop's secret.
+    pub secret_file: Option<String>,
+}
+
+/// `audit:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Folder of the daily JSON-lines files.
+    pub dir: String,
+    /// How long files are kept.
+    pub retention: Option<String>,
+    /// `none` or `redacted`.
+    pub bodies: Option<String>,
+    /// Most bytes of one body kept.
+    pub max_body: Option<String>,
+    /// Most records waiting for the writer.
+    pub queue: Option<usize>,
 }
 
 /// A map that refuses a key written twice: serde's maps would silently keep the last one, so a second

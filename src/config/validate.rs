@@ -11,8 +11,17 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method, Uri};
 
-use super::schema::{self, Later, RawConfig};
+use super::schema::{self, RawConfig};
 use super::units::{parse_duration, parse_size};
+
+mod webhooks;
+pub use self::webhooks::{
+    AuditBodies, AuditConfig, Dedupe, GenericHmac, SignForShop, SignatureEncoding, SignatureScheme,
+    SigningKey, Verify, Webhook, DEFAULT_AUDIT_MAX_BODY, DEFAULT_AUDIT_QUEUE,
+    DEFAULT_AUDIT_RETENTION, DEFAULT_DEDUPE_MAX_ENTRIES, DEFAULT_DEDUPE_TTL,
+    DEFAULT_SHOP_SIGNATURE_HEADER, DEFAULT_WEBHOOK_MAX_BODY, DEFAULT_WEBHOOK_TIMEOUT,
+    DEFAULT_WEBHOOK_TOLERANCE,
+};
 
 /// Default shop-facing listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -62,6 +71,10 @@ pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
     /// Simulated providers to serve in this process.
     pub sandbox: Vec<Sandbox>,
+    /// Webhook endpoints, in file order.
+    pub webhooks: Vec<Arc<Webhook>>,
+    /// The audit trail, when configured.
+    pub audit: Option<AuditConfig>,
     /// Every secret the config reads, where from (never the value).
     pub secrets: Vec<SecretUse>,
 }
@@ -108,6 +121,10 @@ pub struct Provider {
     pub slow_start: Duration,
     /// Longest throttle window a 429's Retry-After may set.
     pub max_throttle: Duration,
+    /// The header this provider reads the idempotency key from.
+    pub idempotency_header: HeaderName,
+    /// The longest key it accepts; longer keys are hashed, never cut.
+    pub idempotency_key_max_len: usize,
 }
 
 /// Circuit breaker settings of a provider (see `health::breaker`).
@@ -202,6 +219,77 @@ pub struct RateLimit {
     pub max_keys: usize,
 }
 
+/// A route's retry policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Most attempts of one request, the first included (1: no retry).
+    pub attempts: u32,
+    /// Base of the exponential backoff with full jitter.
+    pub backoff: Duration,
+    /// Cap of the backoff.
+    pub max_backoff: Duration,
+    /// Retries allowed as a share of recent requests.
+    pub budget: f64,
+    /// Retries always allowed per second.
+    pub min_retries_per_second: u32,
+    /// Longest provider `Retry-After` honoured.
+    pub retry_after_cap: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_secs(1),
+            budget: 0.2,
+            min_retries_per_second: 10,
+            retry_after_cap: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How a route treats idempotency keys on POST and PATCH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyMode {
+    /// Use the shop's key, or make a UUIDv4 and return it.
+    Generate,
+    /// A POST/PATCH without a key gets 400.
+    Require,
+    /// No keys, no records; a POST is never re-sent once it may have reached a provider.
+    Off,
+}
+
+/// A route's idempotency settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idempotency {
+    /// Mode.
+    pub mode: IdempotencyMode,
+    /// How long a record is kept.
+    pub ttl: Duration,
+    /// Most records.
+    pub max_entries: usize,
+    /// Most bytes (stored answers included).
+    pub max_bytes: usize,
+    /// The shop's key header.
+    pub header: HeaderName,
+    /// A header that tells shops apart.
+    pub scope_header: Option<HeaderName>,
+}
+
+impl Default for Idempotency {
+    fn default() -> Self {
+        Self {
+            mode: IdempotencyMode::Generate,
+            ttl: Duration::from_secs(24 * 3600),
+            max_entries: 100_000,
+            max_bytes: 64 << 20,
+            header: HeaderName::from_static("idempotency-key"),
+            scope_header: None,
+        }
+    }
+}
+
 /// A credential header.
 #[derive(Debug)]
 pub struct Auth {
@@ -241,6 +329,12 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Envoy's overprovisioning factor for spilling traffic to the next priority.
     pub overprovisioning: f64,
+    /// Retry policy.
+    pub retry: Retry,
+    /// Idempotency keys.
+    pub idempotency: Idempotency,
+    /// Whether an attempt a provider did not execute may move to another target.
+    pub failover_on_not_processed: bool,
 }
 
 /// A route's request matcher.
@@ -428,15 +522,6 @@ impl Validator<'_> {
         });
     }
 
-    fn later(&mut self, path: &str, value: &Option<Later>, issue: &str) {
-        if value.is_some() {
-            self.problem(
-                path,
-                format!("not supported yet ({issue} comes in a later version); remove this key"),
-            );
-        }
-    }
-
     fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
         let Some(text) = text else { return default };
         match parse_duration(text) {
@@ -558,8 +643,7 @@ impl Validator<'_> {
             8 << 10,
             16 << 20,
         );
-        self.later("webhooks", &raw.webhooks, "webhook ingress");
-        self.later("audit", &raw.audit, "the audit trail");
+        let audit = raw.audit.map(|a| self.audit(a));
 
         // Every name written, valid or not: a target naming a provider that has problems of its own
         // is not also reported as unknown.
@@ -593,6 +677,7 @@ impl Validator<'_> {
             }
             routes.push(Arc::new(self.route(&path, r, &providers, &defined)));
         }
+        let webhooks = self.webhooks(raw.webhooks, listen, admin.listen, &route_names);
 
         let mut sandbox_names = HashSet::new();
         let mut sandbox = Vec::new();
@@ -625,6 +710,8 @@ impl Validator<'_> {
             providers,
             routes,
             sandbox,
+            webhooks,
+            audit,
             secrets: Vec::new(),
         }
     }
@@ -660,16 +747,23 @@ impl Validator<'_> {
     }
 
     fn provider(&mut self, path: &str, name: &str, p: schema::RawProvider) -> Option<Provider> {
-        self.later(
-            &format!("{path}.idempotency_header"),
-            &p.idempotency_header,
-            "per-provider idempotency keys",
-        );
-        self.later(
-            &format!("{path}.idempotency_key_max_len"),
-            &p.idempotency_key_max_len,
-            "per-provider idempotency keys",
-        );
+        let idempotency_header = match p.idempotency_header.as_deref() {
+            None => HeaderName::from_static("idempotency-key"),
+            Some(h) => HeaderName::from_bytes(h.as_bytes()).unwrap_or_else(|_| {
+                self.problem(
+                    format!("{path}.idempotency_header"),
+                    format!("\"{h}\" is not a header name"),
+                );
+                HeaderName::from_static("idempotency-key")
+            }),
+        };
+        let idempotency_key_max_len = p.idempotency_key_max_len.unwrap_or(255);
+        if !(16..=4096).contains(&idempotency_key_max_len) {
+            self.problem(
+                format!("{path}.idempotency_key_max_len"),
+                "must be between 16 and 4096",
+            );
+        }
         let breaker = self.breaker(&format!("{path}.breaker"), p.breaker);
         let health_check = p
             .health_check
@@ -770,6 +864,8 @@ impl Validator<'_> {
             quota,
             slow_start,
             max_throttle,
+            idempotency_header,
+            idempotency_key_max_len,
         })
     }
 
@@ -827,13 +923,6 @@ impl Validator<'_> {
         providers: &BTreeMap<Arc<str>, Arc<Provider>>,
         defined: &BTreeSet<String>,
     ) -> Route {
-        self.later(&format!("{path}.retry"), &r.retry, "retries");
-        self.later(
-            &format!("{path}.idempotency"),
-            &r.idempotency,
-            "idempotency keys",
-        );
-        self.later(&format!("{path}.failover"), &r.failover, "failover");
         if !valid_name(&r.name) {
             self.problem(
                 format!("{path}.name"),
@@ -898,6 +987,9 @@ impl Validator<'_> {
         let rate_limit = r
             .rate_limit
             .map(|l| self.rate_limit(&format!("{path}.rate_limit"), l));
+        let retry = self.retry(&format!("{path}.retry"), r.retry);
+        let idempotency = self.idempotency(&format!("{path}.idempotency"), r.idempotency);
+        let failover_on_not_processed = r.failover.and_then(|f| f.on_not_processed).unwrap_or(true);
         let overprovisioning = r.overprovisioning.unwrap_or(DEFAULT_OVERPROVISIONING);
         if !(1.0..=10.0).contains(&overprovisioning) {
             self.problem(
@@ -914,6 +1006,88 @@ impl Validator<'_> {
             max_body,
             rate_limit,
             overprovisioning,
+            retry,
+            idempotency,
+            failover_on_not_processed,
+        }
+    }
+
+    fn retry(&mut self, path: &str, raw: Option<schema::RawRetry>) -> Retry {
+        let d = Retry::default();
+        let Some(r) = raw else { return d };
+        let attempts = self.count(format!("{path}.attempts"), r.attempts, d.attempts, 1);
+        if attempts > 10 {
+            self.problem(format!("{path}.attempts"), "must be at most 10");
+        }
+        let backoff = self.duration(&format!("{path}.backoff"), r.backoff.as_deref(), d.backoff);
+        let max_backoff = self.duration(
+            &format!("{path}.max_backoff"),
+            r.max_backoff.as_deref(),
+            d.max_backoff.max(backoff),
+        );
+        if max_backoff < backoff {
+            self.problem(format!("{path}.max_backoff"), "must be at least backoff");
+        }
+        Retry {
+            attempts: attempts.min(10),
+            backoff,
+            max_backoff,
+            budget: self.ratio(format!("{path}.budget"), r.budget, d.budget, 10.0),
+            min_retries_per_second: r.min_retries_per_second.unwrap_or(d.min_retries_per_second),
+            retry_after_cap: self.duration_or_zero(
+                &format!("{path}.retry_after_cap"),
+                r.retry_after_cap.as_deref(),
+                d.retry_after_cap,
+            ),
+        }
+    }
+
+    fn idempotency(&mut self, path: &str, raw: Option<schema::RawIdempotency>) -> Idempotency {
+        let d = Idempotency::default();
+        let Some(i) = raw else { return d };
+        let mode = match i.mode.as_deref() {
+            None | Some("generate") => IdempotencyMode::Generate,
+            Some("require") => IdempotencyMode::Require,
+            Some("off") => IdempotencyMode::Off,
+            Some(other) => {
+                self.problem(
+                    format!("{path}.mode"),
+                    format!("\"{other}\" is not one of generate, require, off"),
+                );
+                IdempotencyMode::Generate
+            }
+        };
+        let header = |v: &mut Self, key: &str, text: Option<String>| {
+            text.and_then(|h| match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    v.problem(
+                        format!("{path}.{key}"),
+                        format!("\"{h}\" is not a header name"),
+                    );
+                    None
+                }
+            })
+        };
+        let key_header = header(self, "header", i.header).unwrap_or(d.header);
+        let scope_header = header(self, "scope_header", i.scope_header);
+        let max_entries = i.max_entries.unwrap_or(d.max_entries);
+        if max_entries == 0 {
+            self.problem(format!("{path}.max_entries"), "must be at least 1");
+        }
+        Idempotency {
+            mode,
+            ttl: self.duration(&format!("{path}.ttl"), i.ttl.as_deref(), d.ttl),
+            max_entries: max_entries.max(1),
+            max_bytes: self.size(
+                &format!("{path}.max_bytes"),
+                i.max_bytes.as_deref(),
+                d.max_bytes as u64,
+                64 << 10,
+                16 << 30,
+            ),
+            header: key_header,
+            scope_header,
         }
     }
 

@@ -23,7 +23,8 @@ use breaker::{Admission, Breaker, BreakerState, CallResult, Transition};
 use checks::CheckTracker;
 use score::TargetInput;
 
-/// The floor of the slow-start ramp: a provider just back gets at least this share of its weight.
+/// The floor of the slow-start ramp and of the success-rate factor: a provider that is not out gets at
+/// least this share of its weight.
 const SLOW_START_FLOOR: f64 = 0.1;
 /// Throttle window when a provider's 429 has no usable Retry-After.
 const DEFAULT_THROTTLE: Duration = Duration::from_secs(1);
@@ -134,7 +135,12 @@ impl ProviderState {
         {
             return 0.0;
         }
-        let success = inner.breaker.success_rate(now).unwrap_or(1.0);
+        // Only the causes above take a provider out; a poor success rate only lowers its share.
+        let success = inner
+            .breaker
+            .success_rate(now)
+            .unwrap_or(1.0)
+            .max(SLOW_START_FLOOR);
         success * ramp(&inner, now)
     }
 
@@ -478,5 +484,71 @@ pub fn publish(snapshot: &Snapshot, states: &States, metrics: &Metrics, now: Ins
                 .with_label_values(&[&*route.name, &*t.provider])
                 .set(share);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let yaml = "providers:\n  a: { url: http://127.0.0.1:1, breaker: { consecutive_failures: 1, open_for: 1s, jitter: 0 }, slow_start: 0s }\n  b: { url: http://127.0.0.1:2, slow_start: 0s }\n  c: { url: http://127.0.0.1:3, slow_start: 0s }\nroutes:\n  - name: r\n    match: {}\n    targets:\n      - { provider: a, priority: 0 }\n      - { provider: b, priority: 1 }\n      - { provider: c, priority: 2 }\n";
+        crate::config::load(
+            yaml,
+            std::path::Path::new("."),
+            &crate::config::PlaceholderSecrets,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn plan_prefers_by_share_then_falls_back_by_priority_then_probes() {
+        let snap = snapshot();
+        let metrics = Metrics::new();
+        let t0 = Instant::now();
+        let states = States::build(&snap, None, &metrics, t0);
+        let route = &snap.routes[0];
+        assert_eq!(
+            plan(route, &states, t0, 0.5),
+            Ok(vec![0, 1, 2]),
+            "all healthy"
+        );
+
+        // A trips: it is left out, B leads, C is the fallback.
+        let a = states.get("a").unwrap();
+        a.record(t0, false, Outcome::Failed, Duration::ZERO);
+        assert_eq!(plan(route, &states, t0, 0.5), Ok(vec![1, 2]));
+
+        // After open_for, A waits for a probe: it goes first, being the most preferred.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(plan(route, &states, later, 0.5), Ok(vec![0, 1, 2]));
+
+        // Everything out: no plan, and a Retry-After from the soonest recovery.
+        let b = states.get("b").unwrap();
+        let c = states.get("c").unwrap();
+        b.set_drained(true, t0);
+        c.record(
+            t0,
+            false,
+            Outcome::Throttled(Some(Duration::from_millis(300))),
+            Duration::ZERO,
+        );
+        let wait = plan(route, &states, t0, 0.5).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn state_is_kept_by_name_across_a_rebuild() {
+        let snap = snapshot();
+        let metrics = Metrics::new();
+        let t0 = Instant::now();
+        let first = States::build(&snap, None, &metrics, t0);
+        first.get("a").unwrap().set_drained(true, t0);
+        let second = States::build(&snap, Some(&first), &metrics, t0);
+        assert!(Arc::ptr_eq(
+            first.get("a").unwrap(),
+            second.get("a").unwrap()
+        ));
+        assert_eq!(second.get("a").unwrap().health(t0), 0.0);
     }
 }

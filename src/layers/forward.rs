@@ -1,34 +1,53 @@
-//! The innermost service: sends the buffered request to the route's provider and streams its answer back.
+//! The innermost service: one payment operation, from the idempotency record to the last attempt.
 //!
-//! The target comes from the route's plan (`health::plan`): health-weighted, spilling to the backup
-//! priority as the primary gets sick, probes first when a breaker waits for one. A target whose breaker
-//! refuses the attempt, or whose account quota has no slot within `max_wait`, is passed over without
-//! sending anything, and the next one in the plan is tried. Once a request is sent, its answer (or
-//! failure) is the answer: re-sending a payment elsewhere is only safe with the rules of the retry layer.
+//! - **Idempotency.** A POST/PATCH carries a key (the shop's, or a UUIDv4 made here and returned). The
+//!   route's store answers first: a key in flight gets 409 and nothing is sent; a reuse with another
+//!   payload 422; a settled answer is replayed byte for byte (`Idempotent-Replayed: true`); a key whose
+//!   outcome is unknown resumes at the pinned provider only. Each provider gets the key in its own
+//!   header, hashed when longer than it accepts.
+//! - **Attempts** follow the route's plan (`health::plan`). Every attempt is classified (`outcome`):
+//!   *not sent* and *not processed* may move to the next target at once (the backup channel); *unknown*
+//!   pins the operation to that provider, which is retried only with a key (or an idempotent method),
+//!   after backoff, never another provider; *processed* ends it (a decline is never retried).
+//! - **Pinning.** Once an attempt may have reached provider A, every later attempt of the operation goes
+//!   to A only, even with A's breaker open (then 503 `pinned_provider_unavailable`). Follow-ups that name
+//!   a payment object A returned (capture, refund) go to A too.
+//! - **Budget.** Retries at the same provider take from the route's retry budget; backoff is exponential
+//!   with full jitter, `Retry-After` is honoured up to a cap, everything within the route's timeout.
+//! - **Detached.** A keyed operation runs in a task of its own: if the shop hangs up mid-payment, the
+//!   provider call still completes and its answer is stored for the shop's retry.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use std::time::{Duration, Instant};
-
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use prometheus::IntGauge;
 use tower::Service;
 
-use super::rescue::X_SWITCHYARD_PROVIDER;
+use super::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER};
 use super::BoxFuture;
-use crate::body::ProxyBody;
-use crate::config::validate::{path_has_prefix, Provider};
+use crate::body::{full, ProxyBody};
+use crate::config::validate::{path_has_prefix, IdempotencyMode, Provider, Route};
 use crate::ctx::{RequestInfo, RouteCtx};
 use crate::error::ProxyError;
+use crate::generation::Generation;
 use crate::health::breaker::Admission;
 use crate::health::{self, Outcome, ProviderState};
+use crate::idempotency::{self, Begin, Finish, MemoryStore, RecordKey, Store, StoredAnswer};
 use crate::metrics::Metrics;
-use crate::upstream::headers;
+use crate::outcome::{classify, BreakerEffect, Classified, Observed, OutcomeClass, RetryHint};
+use crate::retry::backoff;
+use crate::upstream::{headers, SendError, SendFailure};
+
+/// The header on a replayed answer.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// Largest provider answer kept for replay; a larger one is passed on but its outcome stays pinned.
+const MAX_STORED_ANSWER: usize = 4 << 20;
 
 /// Sends requests to providers.
 #[derive(Clone)]
@@ -37,7 +56,7 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// A forwarder counting in-flight requests in `metrics`.
+    /// A forwarder recording in `metrics`.
     pub fn new(metrics: Metrics) -> Self {
         Self { metrics }
     }
@@ -54,202 +73,643 @@ impl Service<Request<Bytes>> for Forward {
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let metrics = self.metrics.clone();
-        Box::pin(forward(req, metrics))
-    }
-}
-
-/// Why a target was passed over without sending anything.
-enum Skipped {
-    Breaker(Duration),
-    Quota { provider: Arc<str>, wait: Duration },
-}
-
-async fn forward(req: Request<Bytes>, metrics: Metrics) -> Result<Response<ProxyBody>, ProxyError> {
-    let ctx =
-        req.extensions().get::<RouteCtx>().cloned().ok_or_else(|| {
-            ProxyError::Internal("request reached forwarding without a route".into())
-        })?;
-    let info = req.extensions().get::<Arc<RequestInfo>>().cloned();
-    let generation = &ctx.generation;
-    let route = &ctx.route;
-    let order = health::plan(route, &generation.health, Instant::now(), rand::random())
-        .map_err(|retry_after| ProxyError::NoHealthyProvider { retry_after })?;
-
-    let (parts, body) = req.into_parts();
-    let mut skipped = None;
-    for index in order {
-        let target = &route.targets[index];
-        let (Some(upstream), Some(state)) = (
-            generation.upstreams.get(&target.provider),
-            generation.health.get(&target.provider),
-        ) else {
-            return Err(ProxyError::Internal(format!(
-                "no upstream for {}",
-                target.provider
-            )));
-        };
-        let probe = match state.admit(Instant::now()) {
-            Admission::Allowed => false,
-            Admission::Probe => true,
-            Admission::Rejected { retry_in } => {
-                skipped = Some(Skipped::Breaker(retry_in));
-                continue;
+        Box::pin(async move {
+            let op = Operation::new(req, metrics)?;
+            if op.key.is_some() {
+                // Detached: the operation ends (and its record is settled) even if the shop hangs up.
+                tokio::spawn(op.run())
+                    .await
+                    .unwrap_or_else(|e| Err(ProxyError::Internal(format!("operation task: {e}"))))
+            } else {
+                op.run().await
             }
-        };
-        let attempt = Attempt::new(state, probe);
-        if let Some(gate) = state.quota() {
-            if let Err(wait) = gate.acquire().await {
-                metrics
-                    .rate_limited_total
-                    .with_label_values(&[&*route.name, "provider"])
-                    .inc();
-                drop(attempt);
-                skipped = Some(Skipped::Quota {
-                    provider: Arc::clone(&target.provider),
-                    wait,
-                });
-                continue;
-            }
-        }
-        if let Some(info) = &info {
-            info.set_provider(Arc::clone(&target.provider));
-        }
-        let out = provider_request(
-            &upstream.config,
-            route.strip_prefix.as_deref(),
-            &parts,
-            &body,
-        )?;
-        let in_flight = InFlight::start(
-            metrics
-                .upstream_requests_in_flight
-                .with_label_values(&[&*target.provider]),
-        );
-        let started = Instant::now();
-        let result = upstream.send(out).await;
-        drop(in_flight);
-        attempt.finish(outcome(&result), started.elapsed());
-        return respond(result?, &target.provider);
-    }
-    Err(match skipped {
-        Some(Skipped::Quota { provider, wait }) => ProxyError::ProviderQuotaExhausted {
-            provider: provider.to_string(),
-            retry_after: wait,
-        },
-        Some(Skipped::Breaker(wait)) => ProxyError::NoHealthyProvider {
-            retry_after: wait.max(Duration::from_millis(100)),
-        },
-        None => ProxyError::NoHealthyProvider {
-            retry_after: Duration::from_secs(1),
-        },
-    })
-}
-
-/// What an attempt's result tells the provider's health.
-fn outcome(result: &Result<Response<Incoming>, ProxyError>) -> Outcome {
-    match result {
-        Err(_) => Outcome::Failed,
-        Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => {
-            Outcome::Throttled(retry_after(resp.headers()))
-        }
-        Ok(resp) if resp.status().is_server_error() => Outcome::Failed,
-        Ok(_) => Outcome::Answered,
+        })
     }
 }
 
-/// A `Retry-After` in seconds or as an HTTP date.
-fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+/// The idempotency side of a keyed operation.
+struct Keyed {
+    store: Arc<MemoryStore>,
+    record: RecordKey,
+    key: String,
+    /// The shop's header, and whether the key was made here (then it is returned to the shop).
+    header: HeaderName,
+    generated: bool,
+}
+
+/// Settles the record on every way out; a record never stays "in flight" after its operation.
+struct Settle<'a> {
+    keyed: &'a Keyed,
+    done: bool,
+}
+
+impl Settle<'_> {
+    fn finish(&mut self, finish: Finish) {
+        self.done = true;
+        self.keyed
+            .store
+            .finish(&self.keyed.record, finish, Instant::now());
     }
-    let at = httpdate_parse(value)?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Nothing more is known; a pin made on the way is kept by the store.
+            self.keyed
+                .store
+                .finish(&self.keyed.record, Finish::NothingSent, Instant::now());
+        }
+    }
+}
+
+struct Operation {
+    metrics: Metrics,
+    generation: Arc<Generation>,
+    route: Arc<Route>,
+    info: Option<Arc<RequestInfo>>,
+    parts: http::request::Parts,
+    body: Bytes,
+    started: Instant,
+    key: Option<Keyed>,
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
 }
 
-fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
-    humantime::parse_rfc3339_weak(value).ok().or_else(|| {
-        // IMF-fixdate, e.g. "Wed, 21 Oct 2015 07:28:00 GMT".
-        let rest = value.split_once(", ")?.1.strip_suffix(" GMT")?;
-        let mut it = rest.split(' ');
-        let (day, month, year, time) = (it.next()?, it.next()?, it.next()?, it.next()?);
-        let months = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
-        let m = months.iter().position(|&x| x == month)? + 1;
-        humantime::parse_rfc3339_weak(&format!("{year}-{m:02}-{day:0>2} {time}")).ok()
-    })
-}
-
-/// The provider's answer, as the shop gets it.
-fn respond(resp: Response<Incoming>, provider: &str) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, body) = resp.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers);
-    if let Ok(name) = HeaderValue::from_str(provider) {
-        parts.headers.insert(X_SWITCHYARD_PROVIDER, name);
+impl Operation {
+    fn new(req: Request<Bytes>, metrics: Metrics) -> Result<Self, ProxyError> {
+        let ctx = req.extensions().get::<RouteCtx>().cloned().ok_or_else(|| {
+            ProxyError::Internal("request reached forwarding without a route".into())
+        })?;
+        let info = req.extensions().get::<Arc<RequestInfo>>().cloned();
+        let (parts, body) = req.into_parts();
+        let key = Self::key(&ctx, &parts)?;
+        Ok(Self {
+            metrics,
+            generation: ctx.generation,
+            route: ctx.route,
+            info,
+            parts,
+            body,
+            started: Instant::now(),
+            key,
+        })
     }
-    parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(|e| -> crate::body::BoxError { Box::new(e) })
-            .boxed_unsync(),
-    ))
-}
 
-/// The request for one attempt at `provider`, built from the shop's buffered request.
-fn provider_request(
-    provider: &Provider,
-    strip_prefix: Option<&str>,
-    parts: &http::request::Parts,
-    body: &Bytes,
-) -> Result<Request<Full<Bytes>>, ProxyError> {
-    let uri = provider_uri(provider, strip_prefix, &parts.uri)?;
-    let mut headers = parts.headers.clone();
-    headers::for_provider(&mut headers, provider.auth.as_ref().map(|a| &a.header));
-    if let Some(auth) = &provider.auth {
-        headers.insert(auth.header.clone(), auth.value.header_value().clone());
+    /// The operation's idempotency key, for a POST or PATCH on a route that uses keys.
+    fn key(ctx: &RouteCtx, parts: &http::request::Parts) -> Result<Option<Keyed>, ProxyError> {
+        let cfg = &ctx.route.idempotency;
+        let writes = parts.method == Method::POST || parts.method == Method::PATCH;
+        if !writes || cfg.mode == IdempotencyMode::Off {
+            return Ok(None);
+        }
+        let Some(store) = ctx.generation.idempotency.get(&ctx.route.name) else {
+            return Ok(None);
+        };
+        let (key, generated) = match parts.headers.get(&cfg.header) {
+            Some(v) if idempotency::valid_key(v.as_bytes()) => {
+                (String::from_utf8_lossy(v.as_bytes()).into_owned(), false)
+            }
+            Some(_) => {
+                return Err(ProxyError::BadRequest {
+                    reason: format!(
+                        "the {} header must hold 1 to 255 visible ASCII characters",
+                        cfg.header
+                    ),
+                })
+            }
+            None if cfg.mode == IdempotencyMode::Require => {
+                return Err(ProxyError::IdempotencyKeyRequired {
+                    header: cfg.header.to_string(),
+                })
+            }
+            None => (uuid::Uuid::new_v4().to_string(), true),
+        };
+        let scope = idempotency::scope(
+            cfg.scope_header
+                .as_ref()
+                .and_then(|h| parts.headers.get(h))
+                .and_then(|v| v.to_str().ok()),
+            parts
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        );
+        Ok(Some(Keyed {
+            store: Arc::clone(store),
+            record: RecordKey {
+                scope,
+                key: key.clone(),
+            },
+            key,
+            header: cfg.header.clone(),
+            generated,
+        }))
     }
-    let mut out = Request::new(Full::new(body.clone()));
-    *out.method_mut() = parts.method.clone();
-    *out.uri_mut() = uri;
-    *out.version_mut() = Version::HTTP_11;
-    *out.headers_mut() = headers;
-    Ok(out)
+
+    fn count_idempotency(&self, result: &str) {
+        self.metrics
+            .idempotency_total
+            .with_label_values(&[&*self.route.name, result])
+            .inc();
+    }
+
+    async fn run(self) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut pinned = None;
+        let mut settle = None;
+        if let Some(k) = &self.key {
+            let fingerprint = idempotency::fingerprint(
+                &self.parts.method,
+                &self.route.name,
+                self.parts.uri.path(),
+                &self.body,
+            );
+            match k.store.begin(&k.record, fingerprint, Instant::now()) {
+                Begin::New => self.count_idempotency("new"),
+                Begin::InFlight => {
+                    self.count_idempotency("conflict");
+                    return Err(ProxyError::IdempotencyConflict);
+                }
+                Begin::Mismatch => {
+                    self.count_idempotency("mismatch");
+                    return Err(ProxyError::IdempotencyMismatch);
+                }
+                Begin::Replay(answer) => {
+                    self.count_idempotency("replayed");
+                    return Ok(self.replay(&answer));
+                }
+                Begin::Resume { pinned: p } => {
+                    self.count_idempotency("resumed");
+                    pinned = Some(p);
+                }
+            }
+            settle = Some(Settle {
+                keyed: k,
+                done: false,
+            });
+        }
+        self.attempts(pinned, settle.as_mut()).await
+    }
+
+    /// The stored answer, as the shop gets it again.
+    fn replay(&self, answer: &StoredAnswer) -> Response<ProxyBody> {
+        let mut resp = Response::new(full(answer.body.clone()));
+        *resp.status_mut() = answer.status;
+        *resp.headers_mut() = answer.headers.clone();
+        resp.headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        if let Some(info) = &self.info {
+            info.set_provider(Arc::clone(&answer.provider));
+        }
+        self.decorate(&mut resp, &answer.provider, 0);
+        resp
+    }
+
+    fn decorate(&self, resp: &mut Response<ProxyBody>, provider: &str, attempts: u32) {
+        let h = resp.headers_mut();
+        if let Ok(name) = HeaderValue::from_str(provider) {
+            h.insert(X_SWITCHYARD_PROVIDER, name);
+        }
+        h.insert(X_SWITCHYARD_ATTEMPTS, HeaderValue::from(attempts));
+        if let Some(k) = self.key.as_ref().filter(|k| k.generated) {
+            if let Ok(v) = HeaderValue::from_str(&k.key) {
+                h.insert(k.header.clone(), v);
+            }
+        }
+    }
+
+    /// The providers to try, in order: the pinned one only, or the route's plan.
+    fn order(&self, pinned: Option<&Arc<str>>) -> Result<Vec<Arc<str>>, ProxyError> {
+        if let Some(p) = pinned {
+            return Ok(vec![Arc::clone(p)]);
+        }
+        let plan = health::plan(
+            &self.route,
+            &self.generation.health,
+            Instant::now(),
+            rand::random(),
+        )
+        .map_err(|retry_after| ProxyError::NoHealthyProvider { retry_after })?;
+        Ok(plan
+            .into_iter()
+            .map(|i| Arc::clone(&self.route.targets[i].provider))
+            .collect())
+    }
+
+    async fn attempts(
+        &self,
+        resumed: Option<Arc<str>>,
+        mut settle: Option<&mut Settle<'_>>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let route = &*self.route;
+        let g = &*self.generation;
+        let deadline = self.started + route.timeout;
+        // An operation whose earlier request may have reached a provider stays unsettled until a
+        // final answer comes back: failures that send nothing do not settle it.
+        let mut unsettled = resumed.is_some();
+        if let Some(info) = &self.info {
+            info.set_maybe_sent(unsettled);
+        }
+        // Follow-ups (capture, refund) go where the payment object lives.
+        let mut pin = resumed.or_else(|| {
+            g.pins
+                .find(self.parts.uri.path(), &self.body, Instant::now())
+                .filter(|p| g.upstreams.get(p).is_some())
+        });
+        let order = self.order(pin.as_ref())?;
+        if let Some(b) = g.retry_budgets.get(&route.name) {
+            b.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .deposit(Instant::now());
+        }
+        let may_retry_after_reaching = self.key.is_some() || is_idempotent(&self.parts.method);
+
+        let mut cursor = 0;
+        let mut sent = 0u32;
+        let mut retries = 0u32;
+        let mut skipped: Option<ProxyError> = None;
+        let mut failover: Option<(Arc<str>, &'static str)> = None;
+        let mut previous: Option<OutcomeClass> = None;
+        let mut last: Option<LastAttempt> = None;
+
+        loop {
+            let provider = match &pin {
+                Some(p) => Arc::clone(p),
+                None => match order.get(cursor) {
+                    Some(p) => Arc::clone(p),
+                    None => break,
+                },
+            };
+            let (Some(upstream), Some(state)) =
+                (g.upstreams.get(&provider), g.health.get(&provider))
+            else {
+                if pin.is_some() {
+                    return Err(ProxyError::PinnedProviderUnavailable {
+                        provider: provider.to_string(),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                cursor += 1;
+                continue;
+            };
+            // Local checks first: a refusal here sends nothing, so another target is safe.
+            let probe = match state.admit(Instant::now()) {
+                Admission::Allowed => false,
+                Admission::Probe => true,
+                Admission::Rejected { retry_in } => {
+                    let retry_after = retry_in.max(Duration::from_millis(100));
+                    if pin.is_some() {
+                        return Err(ProxyError::PinnedProviderUnavailable {
+                            provider: provider.to_string(),
+                            retry_after,
+                        });
+                    }
+                    skipped = Some(ProxyError::NoHealthyProvider { retry_after });
+                    failover = failover.or(Some((Arc::clone(&provider), "breaker_open")));
+                    cursor += 1;
+                    continue;
+                }
+            };
+            let admitted = Admitted {
+                state,
+                probe,
+                done: false,
+            };
+            if let Some(gate) = state.quota() {
+                if let Err(wait) = gate.acquire().await {
+                    self.metrics
+                        .rate_limited_total
+                        .with_label_values(&[&*route.name, "provider"])
+                        .inc();
+                    drop(admitted);
+                    let error = ProxyError::ProviderQuotaExhausted {
+                        provider: provider.to_string(),
+                        retry_after: wait,
+                    };
+                    if pin.is_some() {
+                        return Err(error);
+                    }
+                    skipped = Some(error);
+                    failover = failover.or(Some((Arc::clone(&provider), "quota")));
+                    cursor += 1;
+                    continue;
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                drop(admitted);
+                break;
+            }
+
+            // Send.
+            let request = self.provider_request(&upstream.config)?;
+            if let Some(prev) = previous {
+                self.metrics
+                    .retries_total
+                    .with_label_values(&[&*route.name, prev.as_str()])
+                    .inc();
+            }
+            if let Some((from, reason)) = failover.take() {
+                if from != provider {
+                    self.metrics
+                        .failovers_total
+                        .with_label_values(&[&*route.name, &*from, &*provider, reason])
+                        .inc();
+                }
+            }
+            if let Some(info) = &self.info {
+                info.set_provider(Arc::clone(&provider));
+                info.add_attempt();
+                info.set_maybe_sent(true);
+            }
+            sent += 1;
+            let in_flight = InFlight::start(
+                self.metrics
+                    .upstream_requests_in_flight
+                    .with_label_values(&[&*provider]),
+            );
+            let t0 = Instant::now();
+            let result = upstream
+                .send(request, upstream.config.timeout.min(remaining))
+                .await;
+            drop(in_flight);
+            let c = classify(observed(&result), SystemTime::now());
+            admitted.finish(&c, t0.elapsed());
+            self.metrics
+                .attempts_total
+                .with_label_values(&[&*route.name, &*provider, c.class.as_str()])
+                .inc();
+            if c.class.may_have_reached() {
+                unsettled = true;
+                if pin.is_none() {
+                    pin = Some(Arc::clone(&provider));
+                }
+                if let (Some(k), Some(_)) = (&self.key, &settle) {
+                    k.store.pin(&k.record, &provider);
+                }
+            }
+            if let Some(info) = &self.info {
+                info.set_maybe_sent(unsettled && c.class != OutcomeClass::Processed);
+            }
+            if c.class == OutcomeClass::Processed {
+                let resp = match result {
+                    Ok(resp) => resp,
+                    Err(e) => return Err(e.error),
+                };
+                return self.processed(resp, &provider, sent, settle).await;
+            }
+
+            // Not settled: another target, the same provider again, or stop.
+            let other_target = pin.is_none()
+                && cursor + 1 < order.len()
+                && (c.class == OutcomeClass::NotSent
+                    || (c.class == OutcomeClass::NotProcessed && route.failover_on_not_processed));
+            let retry_allowed = c.hint != RetryHint::DoNotRetry
+                && match c.class {
+                    OutcomeClass::NotSent | OutcomeClass::NotProcessed => true,
+                    OutcomeClass::Unknown => may_retry_after_reaching,
+                    OutcomeClass::Processed => false,
+                }
+                && sent < route.retry.attempts;
+            last = Some((Arc::clone(&provider), c.class, result));
+            previous = Some(c.class);
+            if !retry_allowed {
+                break;
+            }
+            if other_target {
+                // Nothing reached this provider: the next target (the backup channel) takes it now.
+                failover = Some((Arc::clone(&provider), c.class.as_str()));
+                cursor += 1;
+                continue;
+            }
+            // The same provider again, after a pause, if the budget and the deadline allow.
+            let budget_ok = g.retry_budgets.get(&route.name).is_none_or(|b| {
+                b.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .try_withdraw(Instant::now())
+            });
+            if !budget_ok {
+                self.metrics
+                    .retry_budget_exhausted_total
+                    .with_label_values(&[&*route.name])
+                    .inc();
+                break;
+            }
+            retries += 1;
+            let pause = match c.hint {
+                RetryHint::After(d) => d.min(route.retry.retry_after_cap),
+                _ => backoff(
+                    retries,
+                    route.retry.backoff,
+                    route.retry.max_backoff,
+                    rand::random(),
+                ),
+            };
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+
+        // Out of attempts, targets, budget or time, without a final answer.
+        let Some((provider, class, result)) = last else {
+            let error = skipped.unwrap_or(ProxyError::DeadlineExceeded {
+                timeout: route.timeout,
+            });
+            return Err(error);
+        };
+        if unsettled {
+            // This attempt or an earlier one may have been executed: the shop must not take any of
+            // these failures for "nothing happened".
+            self.metrics
+                .unknown_outcomes_total
+                .with_label_values(&[&*route.name, &*provider])
+                .inc();
+            if let Some(s) = settle.as_mut() {
+                s.finish(Finish::Unknown {
+                    provider: Arc::clone(&provider),
+                });
+            }
+            return Err(match (class, result) {
+                (OutcomeClass::Unknown, Err(e)) => e.error,
+                (_, Ok(resp)) => ProxyError::OutcomeUnknown {
+                    provider: provider.to_string(),
+                    status: Some(resp.status().as_u16()),
+                },
+                (_, Err(_)) => ProxyError::OutcomeUnknown {
+                    provider: provider.to_string(),
+                    status: None,
+                },
+            });
+        }
+        // Nothing was executed: the record ends (a pin from before stays), the shop gets the provider's
+        // own answer (a 429) or the proxy's.
+        match result {
+            Ok(resp) => {
+                let mut resp = respond(resp);
+                self.decorate(&mut resp, &provider, sent);
+                Ok(resp)
+            }
+            Err(e) => Err(e.error),
+        }
+    }
+
+    /// A final answer: passed on, and for a keyed operation kept for replay.
+    async fn processed(
+        &self,
+        resp: Response<Incoming>,
+        provider: &Arc<str>,
+        attempts: u32,
+        settle: Option<&mut Settle<'_>>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Some(settle) = settle else {
+            let mut resp = respond(resp);
+            self.decorate(&mut resp, provider, attempts);
+            return Ok(resp);
+        };
+        let (mut parts, body) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        let body = match Limited::new(body, MAX_STORED_ANSWER).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                // The answer was lost on the way: whatever the provider did stays pinned to it.
+                settle.finish(Finish::Unknown {
+                    provider: Arc::clone(provider),
+                });
+                self.metrics
+                    .unknown_outcomes_total
+                    .with_label_values(&[&*self.route.name, &**provider])
+                    .inc();
+                return Err(ProxyError::ProviderFailed {
+                    provider: provider.to_string(),
+                    source: format!("the answer could not be read: {e}").into(),
+                });
+            }
+        };
+        if parts.status.is_success() {
+            self.generation
+                .pins
+                .remember_answer(&body, provider, Instant::now());
+        }
+        settle.finish(Finish::Final(StoredAnswer {
+            status: parts.status,
+            headers: parts.headers.clone(),
+            body: body.clone(),
+            provider: Arc::clone(provider),
+        }));
+        let mut resp = Response::from_parts(parts, full(body));
+        *resp.version_mut() = Version::HTTP_11;
+        self.decorate(&mut resp, provider, attempts);
+        Ok(resp)
+    }
+
+    /// The request for one attempt at `provider`.
+    fn provider_request(&self, provider: &Provider) -> Result<Request<Bytes>, ProxyError> {
+        let uri = provider_uri(
+            provider,
+            self.route.strip_prefix.as_deref(),
+            &self.parts.uri,
+        )?;
+        let mut h = self.parts.headers.clone();
+        headers::for_provider(&mut h, provider.auth.as_ref().map(|a| &a.header));
+        if let Some(auth) = &provider.auth {
+            h.insert(auth.header.clone(), auth.value.header_value().clone());
+        }
+        if let Some(k) = &self.key {
+            h.remove(&k.header);
+            let key = idempotency::key_for_provider(&k.key, provider.idempotency_key_max_len);
+            let value = HeaderValue::from_str(&key)
+                .map_err(|_| ProxyError::Internal("idempotency key not a header value".into()))?;
+            h.insert(provider.idempotency_header.clone(), value);
+        }
+        let mut out = Request::new(self.body.clone());
+        *out.method_mut() = self.parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.version_mut() = Version::HTTP_11;
+        *out.headers_mut() = h;
+        Ok(out)
+    }
 }
 
-/// An admitted attempt: reports its outcome to the provider's health, or gives back its probe slot if
-/// it ends without one (the request was cancelled, or its quota slot never came).
-struct Attempt<'a> {
+/// The provider, class and result of the last attempt sent.
+type LastAttempt = (
+    Arc<str>,
+    OutcomeClass,
+    Result<Response<Incoming>, SendError>,
+);
+
+/// What one attempt showed, for the classifier.
+fn observed(result: &Result<Response<Incoming>, SendError>) -> Observed<'_> {
+    match result {
+        Ok(resp) => Observed::Response {
+            status: resp.status(),
+            headers: resp.headers(),
+        },
+        Err(e) => match e.failure {
+            SendFailure::Connect => Observed::ConnectFailed,
+            SendFailure::Tls => Observed::TlsFailed,
+            SendFailure::BeforeWrite => Observed::FailedBeforeWrite,
+            SendFailure::RefusedStream => Observed::RefusedStream,
+            SendFailure::GoAway => Observed::GoAwayUnprocessed,
+            SendFailure::TimeoutAfterWrite => Observed::TimeoutAfterWrite,
+            SendFailure::AfterWrite => Observed::FailedAfterWrite,
+        },
+    }
+}
+
+/// An attempt the breaker admitted: reports its outcome to the provider's health, or gives back its
+/// probe slot if it ends without one.
+struct Admitted<'a> {
     state: &'a ProviderState,
     probe: bool,
     done: bool,
 }
 
-impl<'a> Attempt<'a> {
-    fn new(state: &'a ProviderState, probe: bool) -> Self {
-        Self {
-            state,
-            probe,
-            done: false,
-        }
-    }
-
-    fn finish(mut self, outcome: Outcome, elapsed: Duration) {
+impl Admitted<'_> {
+    fn finish(mut self, c: &Classified, elapsed: Duration) {
         self.done = true;
+        let outcome = match c.breaker {
+            BreakerEffect::Success => Outcome::Answered,
+            BreakerEffect::Failure => Outcome::Failed,
+            BreakerEffect::Throttled => Outcome::Throttled(match c.hint {
+                RetryHint::After(d) => Some(d),
+                _ => None,
+            }),
+            BreakerEffect::None => {
+                if self.probe {
+                    self.state.release_probe();
+                }
+                return;
+            }
+        };
         self.state
             .record(Instant::now(), self.probe, outcome, elapsed);
     }
 }
 
-impl Drop for Attempt<'_> {
+impl Drop for Admitted<'_> {
     fn drop(&mut self) {
         if !self.done && self.probe {
             self.state.release_probe();
         }
     }
+}
+
+/// A provider's answer, streamed to the shop.
+fn respond(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(
+        parts,
+        body.map_err(|e| -> crate::body::BoxError { Box::new(e) })
+            .boxed_unsync(),
+    )
 }
 
 /// The provider's URI for a shop request: the provider's scheme and authority, its base path, the shop's
@@ -301,6 +761,7 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
     use crate::config::validate::Tls;
+    use std::time::Duration;
 
     fn provider(url_base: &str) -> Provider {
         Provider {
@@ -319,6 +780,8 @@ mod tests {
             quota: None,
             slow_start: Duration::ZERO,
             max_throttle: Duration::from_secs(60),
+            idempotency_header: http::HeaderName::from_static("idempotency-key"),
+            idempotency_key_max_len: 255,
         }
     }
 
@@ -339,36 +802,5 @@ mod tests {
         let shop: Uri = "/stripe".parse().unwrap();
         let u = provider_uri(&provider(""), Some("/stripe/"), &shop).unwrap();
         assert_eq!(u.path(), "/");
-    }
-
-    #[test]
-    fn retry_after_in_seconds_or_as_a_date() {
-        let mut h = http::HeaderMap::new();
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO), "a date in the past");
-        let future = humantime::format_rfc3339_seconds(
-            std::time::SystemTime::now() + Duration::from_secs(120),
-        )
-        .to_string();
-        let (date, time) = future.trim_end_matches('Z').split_once('T').unwrap();
-        let (y, rest) = date.split_once('-').unwrap();
-        let (m, d) = rest.split_once('-').unwrap();
-        let month = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ][m.parse::<usize>().unwrap() - 1];
-        let imf = format!("Mon, {d} {month} {y} {time} GMT");
-        h.insert(header::RETRY_AFTER, HeaderValue::from_str(&imf).unwrap());
-        let got = retry_after(&h).unwrap();
-        assert!(
-            got > Duration::from_secs(100) && got <= Duration::from_secs(120),
-            "{got:?}"
-        );
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h), None);
     }
 }

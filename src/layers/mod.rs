@@ -1,11 +1,15 @@
 //! The request path: one tower layer per policy. This file is the one place their order is written.
 //!
 //! ```text
-//! shop ─▶ Sensitive ─▶ RequestId ─▶ Observe ─▶ Rescue ─▶ Route ─▶ RateLimit ─▶ Deadline ─▶ BufferBody ─▶ Forward ─▶ provider
+//! shop ─▶ Sensitive ─▶ RequestId ─▶ Observe ─▶ Webhooks ─▶ Audit ─▶ Rescue ─▶ Route ─▶ RateLimit ─▶ Deadline ─▶ BufferBody ─▶ Forward ─▶ provider
 //! ```
 //! - `Sensitive` (tower-http) marks the shop's credentials so no log or HPACK table ever keeps them.
 //! - `RequestId` accepts or makes the request id first, so every answer (errors included) carries it.
 //! - `Observe` writes the access log line and the request metrics for every answer, errors included.
+//! - `Webhooks` takes the requests to a webhook's path off the payment path: they are verified,
+//!   deduplicated and passed to the shop by [`crate::webhooks`], never routed to a provider.
+//! - `Audit` puts the [`Audit`](crate::audit::Audit) handle on the request (layers below write attempt
+//!   records with it) and writes one shop-request record per answer, errors included.
 //! - `Rescue` turns every [`ProxyError`](crate::error::ProxyError) into a problem+json answer; below it,
 //!   layers return errors, above it, only responses; it also turns a panic (a bug) into a 500.
 //! - `Route` picks the route on the generation the request will run on to its end.
@@ -15,6 +19,7 @@
 //! - `Forward` picks the provider by health (breakers, checks, throttles, drains, quotas), sends the
 //!   request, feeds the outcome back into the provider's health, and streams the answer back.
 
+mod audit;
 mod buffer_body;
 mod deadline;
 mod forward;
@@ -23,6 +28,7 @@ mod rate_limit;
 mod request_id;
 pub mod rescue;
 mod route;
+mod webhooks;
 
 use std::convert::Infallible;
 
@@ -31,6 +37,7 @@ use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+pub use audit::{AuditLayer, AuditShop};
 pub use buffer_body::{BufferBody, BufferBodyLayer};
 pub use deadline::{Deadline, DeadlineLayer};
 pub use forward::Forward;
@@ -39,15 +46,20 @@ pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use request_id::{RequestIdLayer, SetRequestId, X_REQUEST_ID};
 pub use rescue::{Rescue, RescueLayer};
 pub use route::{RouteLayer, Router};
+pub use webhooks::{WebhookIngress, WebhookLayer};
 
+use crate::audit::Audit;
 use crate::body::ProxyBody;
 use crate::generation::Current;
 use crate::metrics::Metrics;
+use crate::webhooks::Webhooks;
 
 /// Builds the shop-facing service over the generation in use.
 pub fn stack(
     current: Current,
     metrics: Metrics,
+    audit: Audit,
+    webhooks: std::sync::Arc<Webhooks>,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -64,12 +76,46 @@ pub fn stack(
         ]))
         .layer(RequestIdLayer)
         .layer(ObserveLayer::new(metrics.clone()))
+        .layer(WebhookLayer::new(current.clone(), webhooks, None))
+        .layer(AuditLayer::new(audit))
         .layer(RescueLayer::new(metrics.clone()))
         .layer(RouteLayer::new(current))
         .layer(RateLimitLayer::new(metrics.clone()))
         .layer(DeadlineLayer)
         .layer(BufferBodyLayer)
         .service(Forward::new(metrics))
+}
+
+/// Builds the service of a webhook listener: the webhooks whose `listen` is `listen`, and 404 for
+/// anything else (a webhook listener never routes to a provider).
+pub fn webhook_stack(
+    current: Current,
+    metrics: Metrics,
+    webhooks: std::sync::Arc<Webhooks>,
+    listen: std::net::SocketAddr,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    ServiceBuilder::new()
+        .layer(RequestIdLayer)
+        .layer(ObserveLayer::new(metrics))
+        .layer(WebhookLayer::new(current, webhooks, Some(listen)))
+        .service(tower::service_fn(|req: Request<Incoming>| {
+            let id = req
+                .extensions()
+                .get::<crate::ctx::RequestId>()
+                .map(|r| r.0.clone());
+            std::future::ready(Ok::<_, Infallible>(rescue::problem(
+                crate::error::ErrorKind::NoRoute,
+                "no webhook is served at this path",
+                id.as_ref(),
+            )))
+        }))
 }
 
 /// A boxed, sendable future, as the layers' `ResponseFuture`s are.

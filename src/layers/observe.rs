@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 use super::BoxFuture;
 use crate::ctx::{RequestId, RequestInfo};
 use crate::metrics::{Metrics, NONE};
-use crate::redact::mask_pans;
+use crate::redact::redact_text;
 
 /// Records every request.
 #[derive(Clone)]
@@ -92,7 +92,7 @@ where
                 .unwrap_or("");
             tracing::info!(
                 target: "switchyard::access",
-                request_id = %mask_pans(request_id),
+                request_id = %redact_text(request_id),
                 method = %method,
                 route = route_label,
                 provider = provider_label,

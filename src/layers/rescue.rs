@@ -19,12 +19,16 @@ use crate::body::{full, ProxyBody};
 use crate::ctx::{RequestId, RequestInfo};
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::metrics::{Metrics, NONE};
-use crate::redact::mask_pans;
+use crate::redact::redact_text;
 
 /// The header naming the kind of an answer the proxy made itself.
 pub const X_SWITCHYARD_ERROR: HeaderName = HeaderName::from_static("x-switchyard-error");
 /// The header naming the provider that answered (or was tried).
 pub const X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
+/// The header saying a payment's outcome is unknown (`unknown`): retry with the same key, or reconcile.
+pub const X_SWITCHYARD_OUTCOME: HeaderName = HeaderName::from_static("x-switchyard-outcome");
+/// The header counting the attempts sent to providers for this answer.
+pub const X_SWITCHYARD_ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// The status and title of each error kind.
@@ -37,6 +41,10 @@ pub fn status_and_title(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::ProviderTls => (StatusCode::BAD_GATEWAY, "TLS to the provider failed"),
         ErrorKind::ProviderTimeout => (StatusCode::GATEWAY_TIMEOUT, "Provider timed out"),
         ErrorKind::ProviderFailed => (StatusCode::BAD_GATEWAY, "Provider exchange failed"),
+        ErrorKind::ProviderRefused => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Provider refused the request unprocessed",
+        ),
         ErrorKind::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "Route timeout exceeded"),
         ErrorKind::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded"),
         ErrorKind::NoHealthyProvider => (
@@ -46,6 +54,20 @@ pub fn status_and_title(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::ProviderQuotaExhausted => {
             (StatusCode::TOO_MANY_REQUESTS, "Provider quota exhausted")
         }
+        ErrorKind::IdempotencyKeyRequired => (StatusCode::BAD_REQUEST, "Idempotency key required"),
+        ErrorKind::IdempotencyConflict => (
+            StatusCode::CONFLICT,
+            "A request with this idempotency key is in flight",
+        ),
+        ErrorKind::IdempotencyMismatch => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Idempotency key reused with another payload",
+        ),
+        ErrorKind::PinnedProviderUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The provider holding this payment is unavailable",
+        ),
+        ErrorKind::OutcomeUnknown => (StatusCode::BAD_GATEWAY, "Payment outcome unknown"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal proxy error"),
     }
 }
@@ -169,15 +191,15 @@ where
                 .unwrap_or("");
             match kind.origin() {
                 Origin::Shop => {
-                    tracing::debug!(request_id = request_id_text, error = %err, "rejected")
+                    tracing::debug!(request_id = %redact_text(request_id_text), error = %redact_text(&err.to_string()), "rejected")
                 }
                 Origin::Proxy | Origin::Provider => {
-                    tracing::warn!(request_id = request_id_text, error = %err, "request failed")
+                    tracing::warn!(request_id = %redact_text(request_id_text), error = %redact_text(&err.to_string()), "request failed")
                 }
             }
             let detail = match kind {
                 ErrorKind::Internal => "the proxy failed to handle this request".to_owned(),
-                _ => mask_pans(&err.to_string()).into_owned(),
+                _ => redact_text(&err.to_string()).into_owned(),
             };
             let mut resp = problem(kind, &detail, request_id.as_ref());
             if let Some(wait) = err.retry_after() {
@@ -188,11 +210,24 @@ where
             }
             if let Some(info) = &info {
                 info.set_error(kind);
-                if kind.origin() == Origin::Provider {
-                    if let Some(p) = info.provider().and_then(|p| HeaderValue::from_str(&p).ok()) {
-                        resp.headers_mut().insert(X_SWITCHYARD_PROVIDER, p);
-                    }
+                if let Some(p) = info.provider().and_then(|p| HeaderValue::from_str(&p).ok()) {
+                    resp.headers_mut().insert(X_SWITCHYARD_PROVIDER, p);
                 }
+                resp.headers_mut()
+                    .insert(X_SWITCHYARD_ATTEMPTS, HeaderValue::from(info.attempts()));
+            }
+            // An answer that may hide a charge says so: the shop must retry with the same key or
+            // reconcile, never re-send the payment under a new key.
+            let unknown = match kind {
+                ErrorKind::DeadlineExceeded => info.as_ref().is_some_and(|i| i.maybe_sent()),
+                _ => {
+                    err.reached() == crate::error::Reached::Maybe
+                        || info.as_ref().is_some_and(|i| i.maybe_sent())
+                }
+            };
+            if unknown {
+                resp.headers_mut()
+                    .insert(X_SWITCHYARD_OUTCOME, HeaderValue::from_static("unknown"));
             }
             Ok(resp)
         })

@@ -4,6 +4,7 @@
 //! client (and its warm connection pool) of every provider whose transport settings and TLS files are
 //! unchanged; per-provider state that later policies keep is keyed the same way, by name.
 
+mod body;
 pub mod headers;
 mod tls;
 
@@ -12,7 +13,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,7 +23,37 @@ use rustls_pki_types::ServerName;
 use crate::config::validate::{Problem, Provider, Snapshot};
 use crate::error::ProxyError;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub use body::TrackedBody;
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, TrackedBody>;
+
+/// How an attempt failed, as far as telling whether the request was written goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// DNS, refused, connect timeout.
+    Connect,
+    /// TLS handshake failed or was refused.
+    Tls,
+    /// Failed before the request was written (a pooled connection closed first).
+    BeforeWrite,
+    /// HTTP/2 REFUSED_STREAM: the provider did not process it.
+    RefusedStream,
+    /// HTTP/2 GOAWAY that excluded our stream: the provider did not process it.
+    GoAway,
+    /// The attempt timed out after the request was (or may have been) written.
+    TimeoutAfterWrite,
+    /// The exchange failed after the request was (or may have been) written.
+    AfterWrite,
+}
+
+/// A failed attempt: what kind of failure, and the error to answer with.
+#[derive(Debug)]
+pub struct SendError {
+    /// The kind.
+    pub failure: SendFailure,
+    /// The error.
+    pub error: ProxyError,
+}
 
 /// One provider's endpoint and client.
 pub struct Upstream {
@@ -156,7 +186,8 @@ impl Upstream {
             .path_and_query(format!("{}{path}", p.base_path))
             .build()
             .map_err(|e| format!("bad check URI: {e}"))?;
-        let mut req = Request::new(Full::new(Bytes::new()));
+        let (body, _) = TrackedBody::new(Bytes::new());
+        let mut req = Request::new(body);
         *req.uri_mut() = uri;
         req.headers_mut().insert(
             http::header::USER_AGENT,
@@ -174,16 +205,65 @@ impl Upstream {
         }
     }
 
-    /// Sends one attempt and waits for the response head, within the provider's `timeout`.
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ProxyError> {
+    /// Sends one attempt and waits for the response head, within `timeout`, telling apart failures
+    /// before the request was written from those after.
+    pub async fn send(
+        &self,
+        req: Request<Bytes>,
+        timeout: std::time::Duration,
+    ) -> Result<Response<Incoming>, SendError> {
         let provider = &self.config.name;
-        match tokio::time::timeout(self.config.timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::ProviderTimeout {
-                provider: provider.to_string(),
-                timeout: self.config.timeout,
+        let (parts, body) = req.into_parts();
+        let had_body = !body.is_empty();
+        let (body, written) = TrackedBody::new(body);
+        let req = Request::from_parts(parts, body);
+        // Without a body there is no read to watch: after connecting, assume it may have been written.
+        let may_have_written = || !had_body || written.load(std::sync::atomic::Ordering::Acquire);
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) if may_have_written() => Err(SendError {
+                failure: SendFailure::TimeoutAfterWrite,
+                error: ProxyError::ProviderTimeout {
+                    provider: provider.to_string(),
+                    timeout,
+                },
+            }),
+            Err(_) => Err(SendError {
+                failure: SendFailure::BeforeWrite,
+                error: ProxyError::ProviderUnreachable {
+                    provider: provider.to_string(),
+                    source: format!("no connection ready within {timeout:?}").into(),
+                },
             }),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(classify(provider, e)),
+            Ok(Err(e)) => {
+                let error = classify(provider, &e);
+                let failure = match error.kind() {
+                    crate::error::ErrorKind::ProviderUnreachable => SendFailure::Connect,
+                    crate::error::ErrorKind::ProviderTls => SendFailure::Tls,
+                    _ => match h2_refusal(&e) {
+                        Some(f) => f,
+                        None if is_canceled_unsent(&e) || !may_have_written() => {
+                            SendFailure::BeforeWrite
+                        }
+                        None => SendFailure::AfterWrite,
+                    },
+                };
+                // Errors before the request was written must not read as "may have been charged".
+                let error = match failure {
+                    SendFailure::BeforeWrite => ProxyError::ProviderUnreachable {
+                        provider: provider.to_string(),
+                        source: format!("connection lost before the request was sent: {error}")
+                            .into(),
+                    },
+                    SendFailure::RefusedStream | SendFailure::GoAway => {
+                        ProxyError::ProviderRefused {
+                            provider: provider.to_string(),
+                        }
+                    }
+                    _ => error,
+                };
+                Err(SendError { failure, error })
+            }
         }
     }
 }
@@ -194,28 +274,52 @@ impl Upstream {
 /// Under TLS 1.3 a provider that refuses the client certificate says so with an alert after the client
 /// finished its handshake, so the error arrives after the request was written; such handshake alerts
 /// still mean the request was never processed, and are reported as TLS failures too.
-fn classify(provider: &str, e: hyper_util::client::legacy::Error) -> ProxyError {
+fn classify(provider: &str, e: &hyper_util::client::legacy::Error) -> ProxyError {
     let provider = provider.to_owned();
-    let refused_handshake = match tls_error(&e) {
+    let refused_handshake = match tls_error(e) {
         Some(t) => e.is_connect() || is_handshake_refusal(t),
-        None => is_handshake_refusal_text(&root_cause(&e)),
+        None => is_handshake_refusal_text(&root_cause(e)),
     };
     if refused_handshake {
         return ProxyError::ProviderTls {
             provider,
-            source: root_cause(&e).into(),
+            source: root_cause(e).into(),
         };
     }
     if e.is_connect() {
         return ProxyError::ProviderUnreachable {
             provider,
-            source: root_cause(&e).into(),
+            source: root_cause(e).into(),
         };
     }
     ProxyError::ProviderFailed {
         provider,
-        source: root_cause(&e).into(),
+        source: root_cause(e).into(),
     }
+}
+
+/// An HTTP/2 stream the provider refused (REFUSED_STREAM) or excluded with a GOAWAY: by the protocol,
+/// it was not processed (RFC 9113 §8.7).
+fn h2_refusal(e: &(dyn std::error::Error + 'static)) -> Option<SendFailure> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Some(SendFailure::RefusedStream);
+            }
+            if h2.is_go_away() && h2.is_remote() {
+                return Some(SendFailure::GoAway);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// hyper-util hands back a request that never left (a pooled connection closed before it was
+/// written) as a `Canceled` error; its only public trace is the error's text.
+fn is_canceled_unsent(e: &hyper_util::client::legacy::Error) -> bool {
+    e.to_string() == "client error (Canceled)"
 }
 
 /// The rustls error in `e`'s chain. hyper-rustls wraps it in an `io::Error` inside another `io::Error`,
@@ -280,4 +384,47 @@ fn root_cause(e: &hyper_util::client::legacy::Error) -> String {
         last = next;
     }
     last.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_http2_streams_are_not_processed() {
+        let refused = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert_eq!(h2_refusal(&refused), Some(SendFailure::RefusedStream));
+        let other = h2::Error::from(h2::Reason::INTERNAL_ERROR);
+        assert_eq!(h2_refusal(&other), None);
+        let io = std::io::Error::other("reset");
+        assert_eq!(h2_refusal(&io), None);
+    }
+
+    #[test]
+    fn handshake_refusals_are_told_from_other_tls_errors() {
+        use rustls::AlertDescription as A;
+        assert!(is_handshake_refusal(&rustls::Error::AlertReceived(
+            A::CertificateRequired
+        )));
+        assert!(is_handshake_refusal(&rustls::Error::AlertReceived(
+            A::UnknownCA
+        )));
+        assert!(!is_handshake_refusal(&rustls::Error::AlertReceived(
+            A::CloseNotify
+        )));
+        assert!(!is_handshake_refusal(&rustls::Error::DecryptError));
+        assert!(is_handshake_refusal_text(
+            "received fatal alert: CertificateRequired"
+        ));
+        assert!(!is_handshake_refusal_text("connection reset by peer"));
+    }
+
+    #[test]
+    fn no_early_data_ever() {
+        let built = tls::client_config(&crate::config::validate::Tls::default()).unwrap();
+        assert!(
+            !built.config.enable_early_data,
+            "a POST must never ride in 0-RTT"
+        );
+    }
 }

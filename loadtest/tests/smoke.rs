@@ -1,0 +1,304 @@
+//! A short run of every scenario, so the tool never rots: small rates, two seconds each, everything on
+//! 127.0.0.1 with ports the system picks. The figures are not judged here (a speed belongs in a
+//! benchmark, not a test); what is checked is that each run completes, accounts for every request,
+//! reads the providers' counters, writes its report and chart, and leaves no process behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use loadtest::report::{Report, RunReport};
+use loadtest::{fleet, procfs, Options};
+
+/// The switchyard binary of this workspace, built once (in this test's profile) for all tests.
+fn switchyard() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        fleet::find_switchyard(None, !cfg!(debug_assertions), true)
+            .unwrap_or_else(|e| panic!("switchyard binary: {e}"))
+    })
+}
+
+/// A fresh folder for one test's report.
+fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("loadtest-smoke-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Kills whatever a run left behind (nothing, if the tool works), by the ids in its pid file, and
+/// says which were still there.
+fn leftovers(out: &Path) -> Vec<String> {
+    let pids = std::fs::read_to_string(out.join("work").join("pids")).unwrap_or_default();
+    let mut alive = Vec::new();
+    for line in pids.lines() {
+        let Some((role, pid)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(pid) = pid.trim().parse::<u32>() else {
+            continue;
+        };
+        // Only a process of ours: the id may have been reused since.
+        let ours = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.contains("switchyard") || c.contains("envoy"));
+        if procfs::alive(pid) && ours {
+            alive.push(format!("{role} {pid}"));
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+    alive
+}
+
+fn args(name: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "loadtest",
+        "--scenario",
+        name,
+        "--rate",
+        "40",
+        "--duration",
+        "2s",
+        "--warmup",
+        "0",
+        "--quiet",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push(out.display().to_string());
+    a.push("--switchyard-bin".into());
+    a.push(switchyard().display().to_string());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// Runs the tool in-process with a bound on its time; on any failure the pid file's processes are
+/// killed before the test fails.
+fn run(name: &str, extra: &[&str]) -> (Report, PathBuf) {
+    let out = out_dir(&format!("{name}{}", extra.join("").replace(['-', ','], "")));
+    let opts = Options::parse_from(args(name, &out, extra));
+    // As the binary runs it by default: one thread, plus the schedule's.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), loadtest::run(&opts)).await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let left = leftovers(&out);
+    let report = match result {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => panic!("{name}: {e}"),
+        Err(_) => panic!("{name}: no report within 60 s"),
+    };
+    assert!(left.is_empty(), "{name}: processes left running: {left:?}");
+    assert!(report.errors.is_empty(), "{name}: {:?}", report.errors);
+    (report, out)
+}
+
+/// What every run must show, whatever the proxy did.
+fn check_run(run: &RunReport, out: &Path) {
+    let label = format!("{} / {}", run.scenario, run.target);
+    let s = &run.shop;
+    assert!(s.requests >= 40, "{label}: {} requests", s.requests);
+    assert_eq!(
+        s.total.ok + s.total.failed + s.total.key_in_flight,
+        s.requests,
+        "{label}: every request is accounted for"
+    );
+    assert_eq!(
+        s.failures_by_kind.values().sum::<u64>(),
+        s.total.failed,
+        "{label}: every failure has a kind"
+    );
+    assert!(s.latency.p50_ms > 0.0 && s.latency.p50_ms <= s.latency.p999_ms);
+    assert!(!s.timeline.is_empty());
+    let charges = run
+        .charges
+        .as_ref()
+        .expect("the providers' counters were read");
+    assert!(
+        charges.primary + charges.backup > 0,
+        "{label}: nothing charged"
+    );
+    if run.target != "direct" {
+        let proxy = run.proxy.as_ref().expect("proxy figures from /proc");
+        assert!(proxy.peak_rss_mib > 0.0);
+    }
+    let chart = run.chart.as_ref().expect("a chart");
+    let svg = std::fs::read_to_string(out.join(chart)).expect("chart file");
+    assert!(svg.starts_with("<svg"), "{label}: not an SVG");
+    for (role, pid) in &run.processes {
+        assert!(!procfs::alive(*pid), "{label}: {role} {pid} still running");
+    }
+}
+
+fn check_files(out: &Path) -> serde_json::Value {
+    let json = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("| scenario | target |"));
+    serde_json::from_str(&json).expect("report.json is JSON")
+}
+
+fn scenario(name: &str) -> Report {
+    let (report, out) = run(name, &[]);
+    assert_eq!(report.runs.len(), 1, "{name}: one run");
+    let r = &report.runs[0];
+    assert_eq!(r.scenario, name);
+    assert_eq!(r.target, "switchyard");
+    check_run(r, &out);
+    let json = check_files(&out);
+    assert_eq!(json["runs"][0]["scenario"], name);
+    let _ = std::fs::remove_dir_all(&out);
+    report
+}
+
+fn fault_window(r: &RunReport) -> (f64, f64) {
+    let (a, b) = r.fault_window_s.expect("a fault window");
+    assert!(0.5 < a && a < b && b < 2.0, "fault window {a}–{b}");
+    (a, b)
+}
+
+#[test]
+fn steady() {
+    let r = scenario("steady");
+    assert!(r.runs[0].fault_window_s.is_none());
+}
+
+#[test]
+fn outage_reaches_the_provider() {
+    // Straight to the provider, the outage must show as refused connections during the fault only:
+    // the fault injection works, whatever a proxy does about it.
+    let (report, out) = run(
+        "outage",
+        &["--compare", "direct", "--envoy-bin", "/nonexistent"],
+    );
+    assert_eq!(report.runs.len(), 2);
+    for r in &report.runs {
+        check_run(r, &out);
+        fault_window(r);
+    }
+    let direct = &report.runs[1];
+    assert_eq!(direct.target, "direct");
+    assert!(
+        direct
+            .shop
+            .failures_by_kind
+            .get("connect_error")
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
+    assert!(direct.shop.during_fault.failed > 0);
+    assert_eq!(direct.shop.before_fault.failed, 0);
+    check_files(&out);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn brownout() {
+    fault_window(&scenario("brownout").runs[0]);
+}
+
+#[test]
+fn slow_primary() {
+    fault_window(&scenario("slow-primary").runs[0]);
+}
+
+#[test]
+fn error500() {
+    fault_window(&scenario("error500").runs[0]);
+}
+
+#[test]
+fn throttle() {
+    fault_window(&scenario("throttle").runs[0]);
+}
+
+#[test]
+fn reload() {
+    let r = scenario("reload");
+    let reload = r.runs[0].reload.as_ref().expect("reload figures");
+    assert!(reload.rewrites >= 10, "{} rewrites", reload.rewrites);
+    assert!(reload.generation.unwrap_or(0) > 1, "the proxy reloaded");
+}
+
+#[test]
+fn duplicates() {
+    let r = scenario("duplicates");
+    assert!(r.runs[0].load.contains("re-sends 30 %"));
+}
+
+#[test]
+fn closed_loop_max() {
+    let (report, out) = run("steady", &["--max", "--connections", "4"]);
+    let r = &report.runs[0];
+    check_run(r, &out);
+    assert!(r.load.starts_with("closed loop"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn envoy_skipped_or_run() {
+    // With envoy on PATH it runs beside the proxy; without, it is skipped with a clear reason.
+    let (report, out) = run("steady", &["--compare", "envoy"]);
+    match fleet::find_envoy(None) {
+        Some(_) => {
+            assert_eq!(report.runs.len(), 2, "{:?}", report.skipped);
+            check_run(&report.runs[1], &out);
+        }
+        None => {
+            assert_eq!(report.runs.len(), 1);
+            assert!(report.skipped.iter().any(|s| s.contains("envoy")));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn command_line() {
+    // The binary end to end, with a missing envoy: exit 0, the table on stdout, the skip said.
+    let out = out_dir("cli");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .args(
+            &args(
+                "steady",
+                &out,
+                &["--compare", "envoy", "--envoy-bin", "/nonexistent"],
+            )[1..],
+        )
+        .args(["--duration", "1s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("loadtest binary");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().expect("wait").is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        let left = leftovers(&out);
+        panic!("loadtest did not finish within 60 s; killed {left:?}");
+    }
+    let output = child.wait_with_output().expect("output");
+    let left = leftovers(&out);
+    assert!(left.is_empty(), "processes left running: {left:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("| steady | switchyard |"), "{stdout}");
+    assert!(stdout.contains("skipped: envoy"), "{stdout}");
+    let json = check_files(&out);
+    assert_eq!(json["runs"].as_array().map(Vec::len), Some(1));
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -1,0 +1,638 @@
+//! The proxy's own idempotency records, per (route, client scope, key), and the pins of payment objects
+//! to the provider that holds them.
+//!
+//! A record moves through: in flight (a second request with the key gets 409 and reaches no provider)
+//! → done (the final answer, replayed byte for byte) or unknown (the next request with the key goes to
+//! the pinned provider only, with the same key, so the provider deduplicates). A request whose attempts
+//! all failed before sending anything leaves no record. A reuse of the key with another payload gets 422.
+//!
+//! [`MemoryStore`] keeps records in memory, bounded by entries and bytes (stored answers included),
+//! oldest first out (records still in flight are never evicted), each for `ttl`. The [`Store`] trait is
+//! what a shared store (Redis, for a fleet of sidecars) implements later. Everything takes `now`.
+
+mod pins;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use sha2::{Digest, Sha256};
+
+pub use pins::ObjectPins;
+
+/// A final answer kept for replay.
+#[derive(Debug, Clone)]
+pub struct StoredAnswer {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers (hop-by-hop removed).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+    /// The provider that gave it.
+    pub provider: Arc<str>,
+}
+
+impl StoredAnswer {
+    fn bytes(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 16)
+                .sum::<usize>()
+    }
+}
+
+/// What a request with a key finds.
+#[derive(Debug, Clone)]
+pub enum Begin {
+    /// No record: one is now in flight; go ahead.
+    New,
+    /// The key is in flight in another request: 409.
+    InFlight,
+    /// The key was used with another payload: 422.
+    Mismatch,
+    /// The final answer, to replay.
+    Replay(Arc<StoredAnswer>),
+    /// An earlier attempt's outcome is unknown: go to this provider only (the record is in flight again).
+    Resume {
+        /// The provider the operation is pinned to.
+        pinned: Arc<str>,
+    },
+}
+
+/// How a keyed request ended.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// A final answer (2xx or 4xx): kept for replay.
+    Final(StoredAnswer),
+    /// The outcome at `provider` is unknown: later requests go there only.
+    Unknown {
+        /// The pinned provider.
+        provider: Arc<str>,
+    },
+    /// Nothing reached any provider: the record is dropped, a retry starts afresh.
+    NothingSent,
+}
+
+/// A record's identity inside one route's store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordKey {
+    /// The client scope (tenant header and credential digest).
+    pub scope: String,
+    /// The shop's key.
+    pub key: String,
+}
+
+/// The fingerprint of a payload: method, route, path and body.
+pub fn fingerprint(method: &Method, route: &str, path: &str, body: &[u8]) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(method.as_str())
+        .chain_update([0])
+        .chain_update(route)
+        .chain_update([0])
+        .chain_update(path)
+        .chain_update([0])
+        .chain_update(body)
+        .finalize()
+        .into()
+}
+
+/// The client scope of a request: the scope header's value, and a digest of the credential the shop
+/// sent (two shops with different provider accounts never share records). Never the credential itself.
+pub fn scope(scope_header: Option<&str>, authorization: Option<&[u8]>) -> String {
+    let mut out = scope_header.unwrap_or("").to_owned();
+    if let Some(auth) = authorization {
+        out.push('|');
+        out.push_str(&hex::encode(&Sha256::digest(auth)[..8]));
+    }
+    out
+}
+
+/// The key as a provider gets it: as is when it fits `max_len`, else a SHA-256 digest of it (hex, cut
+/// to `max_len`): deterministic, so every retry carries the same derived key, and never a cut key,
+/// whose prefix could collide with another order's.
+pub fn key_for_provider(key: &str, max_len: usize) -> std::borrow::Cow<'_, str> {
+    if key.len() <= max_len {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    std::borrow::Cow::Owned(format!("sy-{digest}").chars().take(max_len).collect())
+}
+
+/// Whether a shop's key is acceptable: 1–255 visible ASCII characters.
+pub fn valid_key(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= 255 && key.iter().all(|c| c.is_ascii_graphic())
+}
+
+/// An idempotency record store.
+pub trait Store: Send + Sync {
+    /// Looks the key up and, when it may go ahead, marks it in flight.
+    fn begin(&self, key: &RecordKey, fingerprint: [u8; 32], now: Instant) -> Begin;
+    /// Pins the in-flight operation to `provider` (an attempt may have reached it).
+    fn pin(&self, key: &RecordKey, provider: &Arc<str>);
+    /// Ends the operation.
+    fn finish(&self, key: &RecordKey, finish: Finish, now: Instant);
+    /// Records held.
+    fn len(&self) -> usize;
+    /// Whether it holds no record.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    InFlight { pinned: Option<Arc<str>> },
+    Done(Arc<StoredAnswer>),
+    Unknown { pinned: Arc<str> },
+}
+
+#[derive(Debug)]
+struct Entry {
+    fingerprint: [u8; 32],
+    state: State,
+    expires: Instant,
+    seq: u64,
+    bytes: usize,
+}
+
+/// Bounds of a [`MemoryStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a record is kept.
+    pub ttl: Duration,
+    /// Most records.
+    pub max_entries: usize,
+    /// Most bytes.
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: HashMap<RecordKey, Entry>,
+    order: VecDeque<(u64, RecordKey)>,
+    seq: u64,
+    bytes: usize,
+    evictions: u64,
+}
+
+/// The in-memory store.
+#[derive(Debug)]
+pub struct MemoryStore {
+    limits: Mutex<Limits>,
+    inner: Mutex<Inner>,
+    evicted: Option<prometheus::IntCounter>,
+}
+
+const ENTRY_OVERHEAD: usize = 128;
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits: Mutex::new(limits),
+            inner: Mutex::new(Inner::default()),
+            evicted: None,
+        }
+    }
+
+    /// An empty store counting its evictions in `counter` too.
+    pub fn with_eviction_counter(limits: Limits, counter: prometheus::IntCounter) -> Self {
+        Self {
+            evicted: Some(counter),
+            ..Self::new(limits)
+        }
+    }
+
+    /// New bounds (a reload); records stay.
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
+    }
+
+    /// The bounds.
+    pub fn limits(&self) -> Limits {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records evicted for room so far (expired ones are not counted).
+    pub fn evictions(&self) -> u64 {
+        self.lock().evictions
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops expired records, then the oldest settled ones while over a bound.
+    fn tidy(&self, inner: &mut Inner, limits: Limits, now: Instant) {
+        let before = inner.evictions;
+        Self::tidy_inner(inner, limits, now);
+        if let Some(c) = &self.evicted {
+            c.inc_by(inner.evictions - before);
+        }
+    }
+
+    fn tidy_inner(inner: &mut Inner, limits: Limits, now: Instant) {
+        // Expired records: the order queue is by last write, and every write sets `now + ttl`.
+        while let Some((seq, key)) = inner.order.front().cloned() {
+            match inner.map.get(&key) {
+                Some(e) if e.seq == seq => {
+                    if e.expires > now {
+                        break;
+                    }
+                    let e = inner.map.remove(&key).map(|e| e.bytes).unwrap_or(0);
+                    inner.bytes -= e;
+                }
+                _ => {}
+            }
+            inner.order.pop_front();
+        }
+        let mut skipped = VecDeque::new();
+        while inner.map.len() > limits.max_entries || inner.bytes > limits.max_bytes {
+            let Some((seq, key)) = inner.order.pop_front() else {
+                break;
+            };
+            let Some(e) = inner.map.get(&key) else {
+                continue;
+            };
+            if e.seq != seq {
+                continue;
+            }
+            if matches!(e.state, State::InFlight { .. }) {
+                skipped.push_back((seq, key));
+                continue;
+            }
+            if matches!(e.state, State::Unknown { .. }) {
+                tracing::warn!("idempotency store full: evicting a record whose outcome is unknown; size the store for your traffic");
+            }
+            let bytes = e.bytes;
+            inner.map.remove(&key);
+            inner.bytes -= bytes;
+            inner.evictions += 1;
+        }
+        while let Some(item) = skipped.pop_back() {
+            inner.order.push_front(item);
+        }
+    }
+
+    fn write(
+        inner: &mut Inner,
+        key: &RecordKey,
+        entry_state: State,
+        fingerprint: [u8; 32],
+        expires: Instant,
+    ) {
+        inner.seq += 1;
+        let seq = inner.seq;
+        let bytes = ENTRY_OVERHEAD
+            + key.key.len()
+            + key.scope.len()
+            + match &entry_state {
+                State::Done(a) => a.bytes(),
+                _ => 0,
+            };
+        if let Some(old) = inner.map.insert(
+            key.clone(),
+            Entry {
+                fingerprint,
+                state: entry_state,
+                expires,
+                seq,
+                bytes,
+            },
+        ) {
+            inner.bytes -= old.bytes;
+        }
+        inner.bytes += bytes;
+        inner.order.push_back((seq, key.clone()));
+    }
+}
+
+impl Store for MemoryStore {
+    fn begin(&self, key: &RecordKey, fingerprint: [u8; 32], now: Instant) -> Begin {
+        let limits = self.limits();
+        let mut inner = self.lock();
+        self.tidy(&mut inner, limits, now);
+        let existing = inner.map.get(key).map(|e| {
+            let state = match &e.state {
+                State::InFlight { .. } => Begin::InFlight,
+                State::Done(answer) => Begin::Replay(Arc::clone(answer)),
+                State::Unknown { pinned } => Begin::Resume {
+                    pinned: Arc::clone(pinned),
+                },
+            };
+            (e.fingerprint, state)
+        });
+        match existing {
+            Some((f, _)) if f != fingerprint => Begin::Mismatch,
+            Some((_, Begin::Resume { pinned })) => {
+                let state = State::InFlight {
+                    pinned: Some(Arc::clone(&pinned)),
+                };
+                Self::write(&mut inner, key, state, fingerprint, now + limits.ttl);
+                Begin::Resume { pinned }
+            }
+            Some((_, other)) => other,
+            None => {
+                Self::write(
+                    &mut inner,
+                    key,
+                    State::InFlight { pinned: None },
+                    fingerprint,
+                    now + limits.ttl,
+                );
+                self.tidy(&mut inner, limits, now);
+                Begin::New
+            }
+        }
+    }
+
+    fn pin(&self, key: &RecordKey, provider: &Arc<str>) {
+        let mut inner = self.lock();
+        if let Some(Entry {
+            state: State::InFlight { pinned },
+            ..
+        }) = inner.map.get_mut(key)
+        {
+            if pinned.is_none() {
+                *pinned = Some(Arc::clone(provider));
+            }
+        }
+    }
+
+    fn finish(&self, key: &RecordKey, finish: Finish, now: Instant) {
+        let limits = self.limits();
+        let mut inner = self.lock();
+        let Some(fingerprint) = inner.map.get(key).map(|e| e.fingerprint) else {
+            return;
+        };
+        match finish {
+            Finish::NothingSent => {
+                // Keep a pin made by an earlier request of this operation.
+                let pinned = match &inner.map.get(key).map(|e| &e.state) {
+                    Some(State::InFlight { pinned: Some(p) }) => Some(Arc::clone(p)),
+                    _ => None,
+                };
+                match pinned {
+                    Some(p) => Self::write(
+                        &mut inner,
+                        key,
+                        State::Unknown { pinned: p },
+                        fingerprint,
+                        now + limits.ttl,
+                    ),
+                    None => {
+                        if let Some(e) = inner.map.remove(key) {
+                            inner.bytes -= e.bytes;
+                        }
+                    }
+                }
+            }
+            Finish::Unknown { provider } => Self::write(
+                &mut inner,
+                key,
+                State::Unknown { pinned: provider },
+                fingerprint,
+                now + limits.ttl,
+            ),
+            Finish::Final(answer) => Self::write(
+                &mut inner,
+                key,
+                State::Done(Arc::new(answer)),
+                fingerprint,
+                now + limits.ttl,
+            ),
+        }
+        self.tidy(&mut inner, limits, now);
+    }
+
+    fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+}
+
+/// One store per route, kept across reloads by route name.
+#[derive(Debug, Default)]
+pub struct RouteStores {
+    by_route: HashMap<Arc<str>, Arc<MemoryStore>>,
+}
+
+impl RouteStores {
+    /// Stores for the routes of `snapshot`, reusing (and re-bounding) those of `previous`.
+    pub fn build(
+        snapshot: &crate::config::Snapshot,
+        previous: Option<&RouteStores>,
+        evictions: &prometheus::IntCounter,
+    ) -> Self {
+        let mut by_route = HashMap::new();
+        for route in &snapshot.routes {
+            let i = &route.idempotency;
+            let limits = Limits {
+                ttl: i.ttl,
+                max_entries: i.max_entries,
+                max_bytes: i.max_bytes,
+            };
+            let store = match previous.and_then(|p| p.by_route.get(&route.name)) {
+                Some(s) => {
+                    s.set_limits(limits);
+                    Arc::clone(s)
+                }
+                None => Arc::new(MemoryStore::with_eviction_counter(
+                    limits,
+                    evictions.clone(),
+                )),
+            };
+            by_route.insert(Arc::clone(&route.name), store);
+        }
+        Self { by_route }
+    }
+
+    /// The store of route `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<MemoryStore>> {
+        self.by_route.get(name)
+    }
+
+    /// Records and evictions over all routes.
+    pub fn totals(&self) -> (usize, u64) {
+        self.by_route
+            .values()
+            .fold((0, 0), |(n, e), s| (n + s.len(), e + s.evictions()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> RecordKey {
+        RecordKey {
+            scope: String::new(),
+            key: k.to_owned(),
+        }
+    }
+
+    fn answer(body: &str) -> StoredAnswer {
+        StoredAnswer {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+            provider: Arc::from("a"),
+        }
+    }
+
+    fn store(max_entries: usize) -> MemoryStore {
+        MemoryStore::new(Limits {
+            ttl: Duration::from_secs(60),
+            max_entries,
+            max_bytes: 1 << 20,
+        })
+    }
+
+    const F1: [u8; 32] = [1; 32];
+    const F2: [u8; 32] = [2; 32];
+
+    #[test]
+    fn in_flight_then_replay_byte_for_byte() {
+        let s = store(10);
+        let t = Instant::now();
+        assert!(matches!(s.begin(&key("k"), F1, t), Begin::New));
+        assert!(matches!(s.begin(&key("k"), F1, t), Begin::InFlight));
+        assert!(matches!(s.begin(&key("k"), F2, t), Begin::Mismatch));
+        s.finish(&key("k"), Finish::Final(answer("{\"id\":\"pi_1\"}")), t);
+        match s.begin(&key("k"), F1, t) {
+            Begin::Replay(a) => assert_eq!(a.body, "{\"id\":\"pi_1\"}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s.begin(&key("k"), F2, t), Begin::Mismatch));
+    }
+
+    #[test]
+    fn unknown_outcomes_resume_at_the_pinned_provider() {
+        let s = store(10);
+        let t = Instant::now();
+        assert!(matches!(s.begin(&key("k"), F1, t), Begin::New));
+        s.pin(&key("k"), &Arc::from("primary"));
+        s.finish(
+            &key("k"),
+            Finish::Unknown {
+                provider: Arc::from("primary"),
+            },
+            t,
+        );
+        match s.begin(&key("k"), F1, t) {
+            Begin::Resume { pinned } => assert_eq!(&*pinned, "primary"),
+            other => panic!("{other:?}"),
+        }
+        // Resumed: in flight again.
+        assert!(matches!(s.begin(&key("k"), F1, t), Begin::InFlight));
+        // This time nothing could be sent (breaker open): the pin stays.
+        s.finish(&key("k"), Finish::NothingSent, t);
+        assert!(matches!(s.begin(&key("k"), F1, t), Begin::Resume { .. }));
+    }
+
+    #[test]
+    fn nothing_sent_leaves_no_record() {
+        let s = store(10);
+        let t = Instant::now();
+        assert!(matches!(s.begin(&key("k"), F1, t), Begin::New));
+        s.finish(&key("k"), Finish::NothingSent, t);
+        assert_eq!(s.len(), 0);
+        assert!(
+            matches!(s.begin(&key("k"), F2, t), Begin::New),
+            "a fresh start, any payload"
+        );
+    }
+
+    #[test]
+    fn records_expire_after_ttl() {
+        let s = store(10);
+        let t = Instant::now();
+        s.begin(&key("k"), F1, t);
+        s.finish(&key("k"), Finish::Final(answer("x")), t);
+        assert!(matches!(
+            s.begin(&key("k"), F1, t + Duration::from_secs(59)),
+            Begin::Replay(_)
+        ));
+        assert!(matches!(
+            s.begin(&key("k"), F1, t + Duration::from_secs(61)),
+            Begin::New
+        ));
+        assert_eq!(s.evictions(), 0, "expiry is not an eviction");
+    }
+
+    #[test]
+    fn bounded_oldest_first_never_evicting_in_flight() {
+        let s = store(3);
+        let t = Instant::now();
+        s.begin(&key("in-flight"), F1, t);
+        for i in 0..5 {
+            let k = key(&format!("k{i}"));
+            s.begin(&k, F1, t);
+            s.finish(&k, Finish::Final(answer("x")), t);
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.evictions(), 3);
+        assert!(matches!(s.begin(&key("in-flight"), F1, t), Begin::InFlight));
+        assert!(matches!(s.begin(&key("k4"), F1, t), Begin::Replay(_)));
+        assert!(matches!(s.begin(&key("k3"), F1, t), Begin::Replay(_)));
+
+        // By bytes: big answers push the oldest out.
+        let s = MemoryStore::new(Limits {
+            ttl: Duration::from_secs(60),
+            max_entries: 100,
+            max_bytes: 3_000,
+        });
+        for i in 0..5 {
+            let k = key(&format!("b{i}"));
+            s.begin(&k, F1, t);
+            s.finish(&k, Finish::Final(answer(&"x".repeat(1_000))), t);
+        }
+        assert!(s.bytes() <= 3_000, "{}", s.bytes());
+        assert!(s.evictions() >= 2);
+        assert!(matches!(s.begin(&key("b4"), F1, t), Begin::Replay(_)));
+    }
+
+    #[test]
+    fn provider_keys_are_hashed_not_cut() {
+        assert_eq!(key_for_provider("order-1", 64), "order-1");
+        let long = "x".repeat(100);
+        let derived = key_for_provider(&long, 64);
+        assert_eq!(derived.len(), 64);
+        assert!(derived.starts_with("sy-"));
+        assert_eq!(derived, key_for_provider(&long, 64), "deterministic");
+        let other = format!("{}y", "x".repeat(99));
+        assert_ne!(
+            derived,
+            key_for_provider(&other, 64),
+            "same prefix, other key"
+        );
+        assert!(!derived.contains(&"x".repeat(10)));
+    }
+
+    #[test]
+    fn scope_separates_tenants_and_credentials_without_keeping_them() {
+        let a = scope(Some("eu"), Some(b"Bearer sk_live_a"));
+        let b = scope(Some("eu"), Some(b"Bearer sk_live_b"));
+        assert_ne!(a, b);
+        assert_ne!(scope(Some("eu"), None), scope(Some("us"), None));
+        assert!(!a.contains("sk_live"));
+    }
+
+    #[test]
+    fn fingerprint_covers_method_route_path_and_body() {
+        let base = fingerprint(&Method::POST, "r", "/v1/x", b"amount=1");
+        assert_ne!(base, fingerprint(&Method::PUT, "r", "/v1/x", b"amount=1"));
+        assert_ne!(base, fingerprint(&Method::POST, "s", "/v1/x", b"amount=1"));
+        assert_ne!(base, fingerprint(&Method::POST, "r", "/v1/y", b"amount=1"));
+        assert_ne!(base, fingerprint(&Method::POST, "r", "/v1/x", b"amount=2"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Puts the [`Audit`] handle on every shop request (for the layers below that write attempt records)
+//! and writes one [`ShopRequestRecord`] per shop request: route, provider, status, latency, idempotency
+//! key, provider request id, replay flag and, with `bodies: redacted`, both bodies.
+//!
+//! Bodies are copied as they stream through (never buffered for the audit's sake); the record is queued
+//! when the answer's body has ended (or, without bodies, at the response head). Errors are answers here:
+//! this layer sits above `Rescue`, so the shop's problem+json answers are recorded too.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use tower::{Layer, Service};
+
+use super::BoxFuture;
+use crate::audit::{
+    content_type, provider_request_id, Audit, Capture, Captured, RecordedBody, ShopRequestRecord,
+};
+use crate::body::ProxyBody;
+use crate::ctx::{RequestId, RequestInfo};
+
+/// The header a shop (or the proxy) names the idempotency key with, unless a route says otherwise.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// Records shop requests.
+#[derive(Clone)]
+pub struct AuditLayer {
+    audit: Audit,
+}
+
+impl AuditLayer {
+    /// A layer recording into `audit` (which may be disabled).
+    pub fn new(audit: Audit) -> Self {
+        Self { audit }
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = AuditShop<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuditShop {
+            inner,
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// See [`AuditLayer`].
+#[derive(Clone)]
+pub struct AuditShop<S> {
+    inner: S,
+    audit: Audit,
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+impl<S, B> Service<Request<B>> for AuditShop<S>
+where
+    S: Service<Request<Capture<B>>, Response = Response<ProxyBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let audit = self.audit.clone();
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(audit.clone());
+        if !audit.is_enabled() {
+            let fut = self
+                .inner
+                .call(Request::from_parts(parts, Capture::plain(body)));
+            return Box::pin(fut);
+        }
+        let started = Instant::now();
+        let timestamp = audit.now();
+        let request_slot = audit
+            .keeps_bodies()
+            .then(|| Captured::slot(content_type(&parts.headers), audit.max_body()));
+        let info = parts.extensions.get::<Arc<RequestInfo>>().cloned();
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .and_then(|r| r.0.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let method = parts.method.clone();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+        let key = header_text(&parts.headers, IDEMPOTENCY_KEY);
+        let body = Capture::new(body, request_slot.clone(), None);
+        let fut = self.inner.call(Request::from_parts(parts, body));
+        Box::pin(async move {
+            let Ok(resp) = fut.await;
+            let latency = started.elapsed();
+            let (route, provider, error) = match &info {
+                Some(i) => (i.route(), i.provider(), i.error().map(|k| k.as_str())),
+                None => (None, None, None),
+            };
+            let headers = resp.headers();
+            let record = ShopRequestRecord {
+                timestamp,
+                request_id,
+                route,
+                provider,
+                method,
+                path,
+                status: resp.status().as_u16(),
+                error,
+                latency,
+                // The shop's key, or the one the proxy made and returned.
+                idempotency_key: key.or_else(|| header_text(headers, IDEMPOTENCY_KEY)),
+                provider_request_id: provider_request_id(headers),
+                replayed: headers
+                    .get(IDEMPOTENT_REPLAYED)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true")),
+                request_body: None,
+                response_body: None,
+            };
+            let response_type = content_type(headers);
+            let (parts, body) = resp.into_parts();
+            let body = audit.record_when_body_ends(body, response_type, move |response_body| {
+                let request_body: Option<RecordedBody> = request_slot.as_ref().map(Captured::take);
+                ShopRequestRecord {
+                    request_body,
+                    response_body,
+                    ..record
+                }
+                .into()
+            });
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}

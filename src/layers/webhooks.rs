@@ -1,0 +1,98 @@
+//! Sends requests to a webhook's path to the webhook runtime ([`crate::webhooks`]) instead of the
+//! routes. On the shop listener it serves the webhooks without a `listen` of their own; on a webhook
+//! listener, only those with that `listen`, and everything else is 404.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower::{Layer, Service};
+
+use super::BoxFuture;
+use crate::body::{BoxError, ProxyBody};
+use crate::ctx::{ClientAddr, RequestId, RequestInfo};
+use crate::generation::Current;
+use crate::webhooks::{Origin, Webhooks};
+
+/// Serves webhooks on one listener.
+#[derive(Clone)]
+pub struct WebhookLayer {
+    current: Current,
+    webhooks: Arc<Webhooks>,
+    listener: Option<SocketAddr>,
+}
+
+impl WebhookLayer {
+    /// Serves the webhooks of `current` whose `listen` is `listener` (`None`: the shop listener).
+    pub fn new(current: Current, webhooks: Arc<Webhooks>, listener: Option<SocketAddr>) -> Self {
+        Self {
+            current,
+            webhooks,
+            listener,
+        }
+    }
+}
+
+impl<S> Layer<S> for WebhookLayer {
+    type Service = WebhookIngress<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        WebhookIngress {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`WebhookLayer`].
+#[derive(Clone)]
+pub struct WebhookIngress<S> {
+    inner: S,
+    layer: WebhookLayer,
+}
+
+impl<S, B> Service<Request<B>> for WebhookIngress<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Infallible>,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let generation = self.layer.current.load();
+        let hook = generation
+            .snapshot
+            .webhooks
+            .iter()
+            .find(|w| w.listen == self.layer.listener && w.path == req.uri().path())
+            .cloned();
+        let Some(hook) = hook else {
+            return Box::pin(self.inner.call(req));
+        };
+        if let Some(info) = req.extensions().get::<Arc<RequestInfo>>() {
+            info.set_route(Arc::clone(&hook.name));
+        }
+        let origin = Origin {
+            peer: req.extensions().get::<ClientAddr>().map(|a| a.0.ip()),
+            request_id: req
+                .extensions()
+                .get::<RequestId>()
+                .and_then(|r| r.0.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+        };
+        let webhooks = Arc::clone(&self.layer.webhooks);
+        Box::pin(async move { Ok(webhooks.handle(hook, req, origin).await) })
+    }
+}

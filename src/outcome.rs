@@ -1,0 +1,317 @@
+//! What one attempt at a provider means for the payment: the outcome classes of
+//! `PAYMENT_RULES.md` §1, as one pure function of what was observed.
+//!
+//! | observed | class |
+//! |---|---|
+//! | connect refused / timeout, DNS, TLS handshake failure, local breaker open, local quota exhausted | [`OutcomeClass::NotSent`] |
+//! | a pooled connection that failed before the request was written | [`OutcomeClass::NotSent`] |
+//! | HTTP/2 REFUSED_STREAM, GOAWAY below our stream, 429, Adyen `transient-error: true`, 409 with `Stripe-Should-Retry: true` | [`OutcomeClass::NotProcessed`] |
+//! | timeout or reset after the request was written, any other 5xx | [`OutcomeClass::Unknown`] |
+//! | 2xx, and every other 4xx (declines included) | [`OutcomeClass::Processed`] |
+//!
+//! With the class come what the provider's breaker makes of it and the provider's retry hints.
+
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+
+/// The outcome class of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutcomeClass {
+    /// The request certainly did not reach the provider.
+    NotSent,
+    /// The provider says it did not execute the request.
+    NotProcessed,
+    /// The request may have been executed; nobody knows.
+    Unknown,
+    /// The provider gave its final answer (a success or a refusal such as a decline).
+    Processed,
+}
+
+impl OutcomeClass {
+    /// Its label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotSent => "not_sent",
+            Self::NotProcessed => "not_processed",
+            Self::Unknown => "unknown",
+            Self::Processed => "processed",
+        }
+    }
+
+    /// Whether the attempt may have reached the provider (and so pins the operation to it).
+    pub fn may_have_reached(self) -> bool {
+        matches!(self, Self::Unknown | Self::Processed)
+    }
+}
+
+/// What was seen of one attempt.
+#[derive(Debug, Clone, Copy)]
+pub enum Observed<'a> {
+    /// DNS failure, connection refused, connect timeout.
+    ConnectFailed,
+    /// The TLS handshake failed (or the provider refused it).
+    TlsFailed,
+    /// The provider's breaker refused the attempt locally.
+    BreakerOpen,
+    /// The provider account's quota had no slot in time.
+    QuotaExhausted,
+    /// The connection failed before the request was written.
+    FailedBeforeWrite,
+    /// HTTP/2 RST_STREAM with REFUSED_STREAM.
+    RefusedStream,
+    /// HTTP/2 GOAWAY whose last stream id is below ours.
+    GoAwayUnprocessed,
+    /// The attempt timed out after the request was (or may have been) written.
+    TimeoutAfterWrite,
+    /// The connection failed after the request was (or may have been) written.
+    FailedAfterWrite,
+    /// The provider answered.
+    Response {
+        /// Its status.
+        status: StatusCode,
+        /// Its headers.
+        headers: &'a HeaderMap,
+    },
+}
+
+/// What the provider's breaker makes of the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerEffect {
+    /// A success (the provider answered; a decline is not an outage).
+    Success,
+    /// A technical failure.
+    Failure,
+    /// Throttled (429): the provider is kept out of traffic for a while, the breaker is untouched.
+    Throttled,
+    /// Nothing to count (the attempt never left the proxy, or the provider was not at fault).
+    None,
+}
+
+/// The provider's word on retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryHint {
+    /// No hint.
+    None,
+    /// `Stripe-Should-Retry: false`: do not retry.
+    DoNotRetry,
+    /// `Retry-After`: not before this long.
+    After(Duration),
+}
+
+/// The classification of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    /// The outcome class.
+    pub class: OutcomeClass,
+    /// What the breaker counts.
+    pub breaker: BreakerEffect,
+    /// The provider's retry hint.
+    pub hint: RetryHint,
+}
+
+fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
+}
+
+/// Parses `Retry-After`: delay-seconds, or an HTTP date relative to `now`.
+pub fn retry_after(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = http_date(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`).
+fn http_date(value: &str) -> Option<std::time::SystemTime> {
+    let rest = value.split_once(", ")?.1.strip_suffix(" GMT")?;
+    let mut it = rest.split(' ');
+    let (day, month, year, time) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = MONTHS.iter().position(|&x| x == month)? + 1;
+    humantime::parse_rfc3339_weak(&format!("{year}-{m:02}-{day:0>2} {time}")).ok()
+}
+
+/// Classifies one attempt.
+pub fn classify(observed: Observed<'_>, now: std::time::SystemTime) -> Classified {
+    let plain = |class, breaker| Classified {
+        class,
+        breaker,
+        hint: RetryHint::None,
+    };
+    match observed {
+        Observed::ConnectFailed | Observed::TlsFailed => {
+            plain(OutcomeClass::NotSent, BreakerEffect::Failure)
+        }
+        Observed::BreakerOpen | Observed::QuotaExhausted | Observed::FailedBeforeWrite => {
+            plain(OutcomeClass::NotSent, BreakerEffect::None)
+        }
+        Observed::RefusedStream | Observed::GoAwayUnprocessed => {
+            plain(OutcomeClass::NotProcessed, BreakerEffect::Failure)
+        }
+        Observed::TimeoutAfterWrite | Observed::FailedAfterWrite => {
+            plain(OutcomeClass::Unknown, BreakerEffect::Failure)
+        }
+        Observed::Response { status, headers } => {
+            let hint = if header_is(headers, "stripe-should-retry", "false") {
+                RetryHint::DoNotRetry
+            } else {
+                retry_after(headers, now).map_or(RetryHint::None, RetryHint::After)
+            };
+            let (class, breaker) = if status == StatusCode::TOO_MANY_REQUESTS {
+                (OutcomeClass::NotProcessed, BreakerEffect::Throttled)
+            } else if header_is(headers, "transient-error", "true") {
+                // Adyen: the request was not executed and may be sent again.
+                let breaker = if status.is_server_error() {
+                    BreakerEffect::Failure
+                } else {
+                    BreakerEffect::None
+                };
+                (OutcomeClass::NotProcessed, breaker)
+            } else if status == StatusCode::CONFLICT
+                && header_is(headers, "stripe-should-retry", "true")
+            {
+                // Stripe: a concurrent request with the same key was in progress; nothing was executed.
+                (OutcomeClass::NotProcessed, BreakerEffect::None)
+            } else if status.is_server_error() {
+                (OutcomeClass::Unknown, BreakerEffect::Failure)
+            } else {
+                (OutcomeClass::Processed, BreakerEffect::Success)
+            };
+            Classified {
+                class,
+                breaker,
+                hint,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    use BreakerEffect as B;
+    use OutcomeClass as C;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn every_row_of_the_outcome_table() {
+        let now = SystemTime::now();
+        let none = HeaderMap::new();
+        let cases: Vec<(Observed<'_>, C, B)> = vec![
+            (Observed::ConnectFailed, C::NotSent, B::Failure),
+            (Observed::TlsFailed, C::NotSent, B::Failure),
+            (Observed::BreakerOpen, C::NotSent, B::None),
+            (Observed::QuotaExhausted, C::NotSent, B::None),
+            (Observed::FailedBeforeWrite, C::NotSent, B::None),
+            (Observed::RefusedStream, C::NotProcessed, B::Failure),
+            (Observed::GoAwayUnprocessed, C::NotProcessed, B::Failure),
+            (Observed::TimeoutAfterWrite, C::Unknown, B::Failure),
+            (Observed::FailedAfterWrite, C::Unknown, B::Failure),
+        ];
+        for (observed, class, breaker) in cases {
+            let c = classify(observed, now);
+            assert_eq!((c.class, c.breaker), (class, breaker), "{observed:?}");
+        }
+        let response = |status: u16, h: &HeaderMap| {
+            let c = classify(
+                Observed::Response {
+                    status: StatusCode::from_u16(status).unwrap(),
+                    headers: h,
+                },
+                now,
+            );
+            (c.class, c.breaker)
+        };
+        for ok in [200, 201, 202, 204] {
+            assert_eq!(response(ok, &none), (C::Processed, B::Success), "{ok}");
+        }
+        for final_4xx in [400, 401, 402, 403, 404, 409, 422] {
+            assert_eq!(
+                response(final_4xx, &none),
+                (C::Processed, B::Success),
+                "{final_4xx}"
+            );
+        }
+        assert_eq!(response(429, &none), (C::NotProcessed, B::Throttled));
+        let stripe_retry = headers(&[("stripe-should-retry", "true")]);
+        assert_eq!(response(409, &stripe_retry), (C::NotProcessed, B::None));
+        let adyen = headers(&[("transient-error", "true")]);
+        assert_eq!(response(503, &adyen), (C::NotProcessed, B::Failure));
+        assert_eq!(response(422, &adyen), (C::NotProcessed, B::None));
+        for unknown in [500, 502, 503, 504] {
+            assert_eq!(
+                response(unknown, &none),
+                (C::Unknown, B::Failure),
+                "{unknown}"
+            );
+        }
+        // Stripe-Should-Retry: true on a 5xx does not say it was not executed.
+        assert_eq!(response(500, &stripe_retry), (C::Unknown, B::Failure));
+    }
+
+    #[test]
+    fn provider_retry_hints() {
+        let now = SystemTime::now();
+        let h = headers(&[("stripe-should-retry", "false"), ("retry-after", "5")]);
+        let c = classify(
+            Observed::Response {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                headers: &h,
+            },
+            now,
+        );
+        assert_eq!(c.hint, RetryHint::DoNotRetry, "should-retry false wins");
+        let h = headers(&[("retry-after", "3")]);
+        let c = classify(
+            Observed::Response {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                headers: &h,
+            },
+            now,
+        );
+        assert_eq!(c.hint, RetryHint::After(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn retry_after_as_http_date() {
+        let now = humantime::parse_rfc3339("2015-10-21T07:27:50Z").unwrap();
+        let h = headers(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]);
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(10)));
+        let later = humantime::parse_rfc3339("2015-10-21T08:00:00Z").unwrap();
+        assert_eq!(retry_after(&h, later), Some(Duration::ZERO));
+        let h = headers(&[("retry-after", "soon")]);
+        assert_eq!(retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn only_unknown_and_processed_pin() {
+        assert!(!C::NotSent.may_have_reached());
+        assert!(!C::NotProcessed.may_have_reached());
+        assert!(C::Unknown.may_have_reached());
+        assert!(C::Processed.may_have_reached());
+    }
+}

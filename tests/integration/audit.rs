@@ -1,0 +1,357 @@
+//! The audit trail through the running proxy: a record per shop request and per webhook, bodies with
+//! card data masked, no credential in any file, flushed on shutdown; and the public writer API with a
+//! fake clock (day rotation, retention) and a full queue.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use serde_json::Value;
+
+use switchyard::audit::{Audit, Clock, ManualClock, WebhookRecord};
+use switchyard::config::validate::{AuditBodies, AuditConfig};
+use switchyard::metrics::Metrics;
+
+use crate::support::*;
+
+/// Every line of every audit file in `dir`, and the files' whole text.
+fn read_all(dir: &Path) -> (Vec<Value>, String) {
+    let mut lines = Vec::new();
+    let mut text = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (lines, text);
+    };
+    let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    names.sort();
+    for path in names {
+        let t = std::fs::read_to_string(&path).unwrap();
+        for l in t.lines() {
+            lines.push(serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")));
+        }
+        text.push_str(&t);
+    }
+    (lines, text)
+}
+
+async fn records_of(dir: &Path, kind: &str, n: usize) -> Vec<Value> {
+    let mut found = Vec::new();
+    let ok = eventually(Duration::from_secs(5), || {
+        found = read_all(dir)
+            .0
+            .into_iter()
+            .filter(|v| v["type"] == kind)
+            .collect();
+        let len = found.len();
+        async move { len >= n }
+    })
+    .await;
+    assert!(ok, "expected {n} {kind} records, have {found:?}");
+    found
+}
+
+const PROVIDER_KEY: &str = "sk_live_PROVIDERKEY0000";
+const SHOP_TOKEN: &str = "Bearer sk_test_SHOPTOKEN1111";
+
+async fn proxy_with_audit(bodies: &str) -> (TestProxy, MockProvider, tempfile::TempDir) {
+    // The provider answers with a card object, as some APIs do.
+    let provider = MockProvider::start(|_| {
+        Reply::ok(r#"{"id":"pi_1","card":{"number":"4242424242424242","cvc":"321","last4":"4242"},"status":"succeeded"}"#)
+            .header("request-id", "req_provider_1")
+    })
+    .await;
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(
+        secrets.path().join("key"),
+        format!("Bearer {PROVIDER_KEY}\n"),
+    )
+    .unwrap();
+    let key_file = secrets.path().join("key").display().to_string();
+    let yaml = config(
+        &[("psp", &provider.url())],
+        &format!("auth: {{ value_file: \"{key_file}\" }}"),
+        "",
+    ) + &format!("audit:\n  dir: audit\n  retention: 30d\n  bodies: {bodies}\n");
+    (TestProxy::start(&yaml).await, provider, secrets)
+}
+
+#[tokio::test]
+async fn json_and_form_bodies_are_kept_with_card_data_masked_and_no_credential_anywhere() {
+    let (proxy, provider, _secrets) = proxy_with_audit("redacted").await;
+    let dir = proxy.dir.path().join("audit");
+
+    let json = r#"{"amount":1000,"payment_method_data":{"card":{"number":"4242 4242 4242 4242","cvc":"987","exp_month":12,"exp_year":2030}},"description":"order 42"}"#;
+    let a = send(
+        Request::post(proxy.url("/v1/payment_intents?card[cvc]=654"))
+            .header("content-type", "application/json")
+            .header("authorization", SHOP_TOKEN)
+            .header("idempotency-key", "order-42")
+            .header("cookie", "session=abcdef")
+            .body(Full::new(Bytes::from(json)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let form = "amount=1000&card%5Bnumber%5D=4242424242424242&card%5Bcvc%5D=987&metadata%5Bnote%5D=4000+0566+5566+5556";
+    let a = send(
+        Request::post(proxy.url("/v1/charges"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", SHOP_TOKEN)
+            .body(Full::new(Bytes::from(form)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    // The provider did get the real values (the audit changes nothing on the wire).
+    assert_eq!(provider.received()[1].body, form);
+
+    let records = records_of(&dir, "shop_request", 2).await;
+    let by_path = |p: &str| {
+        records
+            .iter()
+            .find(|r| r["path"].as_str().unwrap().starts_with(p))
+            .unwrap_or_else(|| panic!("no record for {p}: {records:?}"))
+            .clone()
+    };
+    let r = by_path("/v1/payment_intents");
+    assert_eq!(r["route"], "payments");
+    assert_eq!(r["provider"], "psp");
+    assert_eq!(r["method"], "POST");
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["idempotency_key"], "order-42");
+    assert_eq!(r["provider_request_id"], "req_provider_1");
+    assert_eq!(r["replayed"], false);
+    assert_eq!(r["path"], "/v1/payment_intents?card[cvc]=%5Bredacted%5D");
+    let req: Value = serde_json::from_str(r["request_body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        req["payment_method_data"]["card"]["number"],
+        "4242 42** **** 4242"
+    );
+    assert_eq!(req["payment_method_data"]["card"]["cvc"], "[redacted]");
+    assert_eq!(
+        req["payment_method_data"]["card"]["exp_month"],
+        "[redacted]"
+    );
+    assert_eq!(req["amount"], 1000);
+    assert_eq!(req["description"], "order 42");
+    let resp: Value = serde_json::from_str(r["response_body"].as_str().unwrap()).unwrap();
+    assert_eq!(resp["card"]["number"], "424242******4242");
+    assert_eq!(resp["card"]["cvc"], "[redacted]");
+    assert_eq!(resp["status"], "succeeded");
+
+    let f = by_path("/v1/charges");
+    assert_eq!(f["request_body_format"], "form");
+    assert_eq!(
+        f["request_body"],
+        "amount=1000&card%5Bnumber%5D=424242******4242&card%5Bcvc%5D=%5Bredacted%5D&metadata%5Bnote%5D=4000+05**+****+5556"
+    );
+
+    // Nothing in any file holds a full card number, a CVC, or a credential.
+    let (_, text) = read_all(&dir);
+    for secret in [
+        "4242424242424242",
+        "4242 4242 4242 4242",
+        "4000056655665556",
+        "987",
+        "654",
+        "321",
+        "SHOPTOKEN",
+        PROVIDER_KEY,
+        "session=abcdef",
+        "authorization",
+        "Authorization",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{secret:?} found in the audit files:\n{text}"
+        );
+    }
+    assert!(metric(&proxy, "switchyard_audit_records_total").await >= 2.0);
+    assert_eq!(metric(&proxy, "switchyard_audit_dropped_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn without_bodies_records_hold_no_body_and_the_proxys_own_errors_are_recorded() {
+    let closed = closed_port().await;
+    let yaml = config(&[("psp", &format!("http://{closed}"))], "", "")
+        + "audit: { dir: audit, bodies: none }\n";
+    let mut proxy = TestProxy::start(&yaml).await;
+    let dir = proxy.dir.path().join("audit");
+    let a = post(&proxy.url("/v1/x"), "card=4242424242424242").await;
+    assert_eq!(a.status, 502);
+    let records = records_of(&dir, "shop_request", 1).await;
+    let r = &records[0];
+    assert_eq!(r["status"], 502);
+    assert_eq!(r["error"], "provider_unreachable");
+    assert_eq!(r["provider"], "psp");
+    assert!(r.get("request_body").is_none(), "{r}");
+    assert!(r.get("response_body").is_none(), "{r}");
+    assert!(r["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(r["ts"].as_str().unwrap().ends_with('Z'));
+
+    // Records still queued at shutdown are written: the file is complete once the app has stopped.
+    let a = post(&proxy.url("/v1/y"), "x").await;
+    assert_eq!(a.status, 502);
+    let app = proxy.app.take().unwrap();
+    app.shutdown().await;
+    let (lines, _) = read_all(&dir);
+    assert_eq!(
+        lines.iter().filter(|v| v["type"] == "shop_request").count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn webhook_records_hold_the_verification_result_and_a_masked_body() {
+    let shop = MockProvider::start(|_| Reply::ok("{}")).await;
+    let provider = MockProvider::start(|_| Reply::ok("{}")).await;
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("k"), "whsec_k").unwrap();
+    let yaml = config(&[("psp", &provider.url())], "", "")
+        + &format!(
+            "webhooks:\n  - name: stripe-events\n    path: /hooks/stripe\n    forward_to: {}/hook\n    verify: {{ scheme: stripe, secrets_file: [\"{}\"] }}\naudit: {{ dir: audit, bodies: redacted }}\n",
+            shop.url(),
+            secrets.path().join("k").display()
+        );
+    let proxy = TestProxy::start(&yaml).await;
+    let dir = proxy.dir.path().join("audit");
+    let body = r#"{"id":"evt_card","data":{"object":{"payment_method_details":{"card":{"number":"4242424242424242","cvc":"987"}}}}}"#;
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sig = {
+        use hmac::Mac;
+        let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(b"whsec_k").unwrap();
+        m.update(format!("{t}.{body}").as_bytes());
+        format!("t={t},v1={}", hex::encode(m.finalize().into_bytes()))
+    };
+    let signed = |sig: String| {
+        Request::post(proxy.url("/hooks/stripe"))
+            .header("stripe-signature", sig)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    assert_eq!(send(signed(sig.clone())).await.status, 200);
+    assert_eq!(send(signed(sig.clone())).await.status, 200);
+    assert_eq!(send(signed("t=1,v1=00".into())).await.status, 401);
+    let records = records_of(&dir, "webhook", 3).await;
+    let results: Vec<(&str, bool, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["result"].as_str().unwrap(),
+                r["verified"].as_bool().unwrap(),
+                r["dedupe"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("forwarded", true, "new"),
+            ("duplicate", true, "duplicate"),
+            ("bad_signature", false, "-")
+        ]
+    );
+    assert_eq!(records[0]["event_id"], "evt_card");
+    assert_eq!(records[0]["shop_status"], 200);
+    assert_eq!(records[0]["webhook"], "stripe-events");
+    let (_, text) = read_all(&dir);
+    assert!(!text.contains("4242424242424242"), "{text}");
+    assert!(!text.contains("987"), "{text}");
+    assert!(!text.contains("whsec_k"), "{text}");
+    assert!(!text.contains(&sig), "signatures are never written");
+    assert!(text.contains("424242******4242"));
+    // Webhook requests are not also shop-request records.
+    assert!(records_of(&dir, "shop_request", 0).await.is_empty());
+}
+
+fn audit_config(dir: &Path, queue: usize) -> AuditConfig {
+    AuditConfig {
+        dir: dir.to_path_buf(),
+        retention: Duration::from_secs(7 * 86_400),
+        bodies: AuditBodies::Redacted,
+        max_body: 4096,
+        queue,
+    }
+}
+
+fn record(audit: &Audit, id: &str) -> WebhookRecord {
+    WebhookRecord {
+        timestamp: audit.now(),
+        request_id: id.into(),
+        webhook: Arc::from("hook"),
+        scheme: "stripe",
+        result: "forwarded",
+        verified: true,
+        event_id: None,
+        dedupe: None,
+        shop_status: None,
+        latency: Duration::ZERO,
+        body: None,
+    }
+}
+
+#[tokio::test]
+async fn files_rotate_at_the_utc_day_and_expire_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2025-03-30 23:59:58 UTC.
+    let clock = Arc::new(ManualClock::at_unix(1_743_379_198));
+    let metrics = Metrics::new();
+    let audit = Audit::start(
+        &audit_config(dir.path(), 100),
+        &metrics,
+        Arc::clone(&clock) as Arc<dyn Clock>,
+    )
+    .unwrap();
+    audit.record(record(&audit, "a"));
+    clock.advance(Duration::from_secs(4));
+    audit.record(record(&audit, "b"));
+    audit.flush().await;
+    let day = |d: &str| dir.path().join(format!("audit-{d}.jsonl"));
+    assert!(std::fs::read_to_string(day("2025-03-30"))
+        .unwrap()
+        .contains("\"a\""));
+    assert!(std::fs::read_to_string(day("2025-03-31"))
+        .unwrap()
+        .contains("\"b\""));
+
+    // Nine days on, with seven days' retention: both are gone, today's file is there.
+    clock.advance(Duration::from_secs(9 * 86_400));
+    audit.record(record(&audit, "c"));
+    audit.flush().await;
+    assert!(!day("2025-03-30").exists());
+    assert!(!day("2025-03-31").exists());
+    assert!(day("2025-04-09").exists());
+    audit.close().await;
+    assert_eq!(metrics.audit_records_total.get(), 3);
+}
+
+#[tokio::test]
+async fn a_full_queue_counts_drops_and_never_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let (audit, writer) = Audit::paused(
+        &audit_config(dir.path(), 3),
+        &metrics,
+        Arc::new(switchyard::audit::SystemClock),
+    )
+    .unwrap();
+    for i in 0..10 {
+        audit.record(record(&audit, &format!("r{i}")));
+    }
+    assert_eq!(metrics.audit_dropped_total.get(), 7);
+    writer.start().unwrap();
+    audit.close().await;
+    let (lines, _) = read_all(dir.path());
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|v| v["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["r0", "r1", "r2"]);
+    assert_eq!(metrics.audit_records_total.get(), 3);
+}
