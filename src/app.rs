@@ -387,6 +387,7 @@ impl Reloader {
                     .inc();
                 tracing::error!(path = %self.path.display(), %error, "config reload rejected; the previous config keeps serving");
                 status.last_error = Some(error.clone());
+                self.metrics.config_last_reload_successful.set(0);
                 Err(error)
             }
             Ok(next) => {
@@ -404,6 +405,7 @@ impl Reloader {
                     .with_label_values(&["success"])
                     .inc();
                 self.metrics.config_generation.set(number as i64);
+                self.metrics.config_last_reload_successful.set(1);
                 self.metrics
                     .config_restart_required
                     .set(i64::from(!status.restart_required.is_empty()));

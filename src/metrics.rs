@@ -66,6 +66,13 @@ pub struct Metrics {
     pub idempotency_evictions_total: prometheus::IntCounter,
     /// Requests answered with an unknown outcome, by route and provider.
     pub unknown_outcomes_total: IntCounterVec,
+    /// The share of a route's traffic that goes to targets above its lowest priority (the backup
+    /// channel), from the health scores.
+    pub route_backup_share: GaugeVec,
+    /// 1 when the last config reload attempt was applied (or none was tried), 0 when it was rejected.
+    pub config_last_reload_successful: IntGauge,
+    /// Time from an attempt's start to the provider's response head (or failure), by route and provider.
+    pub attempt_duration_seconds: HistogramVec,
     /// Webhook requests by webhook and result (`forwarded`, `duplicate`, `bad_signature`, ...).
     pub webhooks_total: IntCounterVec,
     /// Audit records written.
@@ -272,6 +279,31 @@ impl Metrics {
         registry.register(Box::new(idempotency_records.clone()))?;
         registry.register(Box::new(idempotency_evictions_total.clone()))?;
         registry.register(Box::new(unknown_outcomes_total.clone()))?;
+        let route_backup_share = GaugeVec::new(
+            Opts::new(
+                "switchyard_route_backup_share",
+                "Share of a route's traffic going to targets above its lowest priority (the backup channel).",
+            ),
+            &["route"],
+        )?;
+        let config_last_reload_successful = IntGauge::new(
+            "switchyard_config_last_reload_successful",
+            "1 when the last config reload attempt was applied (or none was tried), 0 when it was rejected.",
+        )?;
+        let attempt_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_attempt_duration_seconds",
+                "Time from an attempt's start to the provider's response head or failure, by route and provider.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route", "provider"],
+        )?;
+        config_last_reload_successful.set(1);
+        registry.register(Box::new(route_backup_share.clone()))?;
+        registry.register(Box::new(config_last_reload_successful.clone()))?;
+        registry.register(Box::new(attempt_duration_seconds.clone()))?;
         let webhooks_total = IntCounterVec::new(
             Opts::new(
                 "switchyard_webhooks_total",
@@ -326,6 +358,9 @@ impl Metrics {
             webhooks_total,
             audit_records_total,
             audit_dropped_total,
+            route_backup_share,
+            config_last_reload_successful,
+            attempt_duration_seconds,
         })
     }
 

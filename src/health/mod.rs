@@ -473,16 +473,35 @@ pub fn publish(snapshot: &Snapshot, states: &States, metrics: &Metrics, now: Ins
     metrics.provider_throttled.reset();
     metrics.provider_drained.reset();
     metrics.route_target_share.reset();
+    metrics.route_backup_share.reset();
     for state in states.iter() {
         state.publish(now);
     }
     for route in &snapshot.routes {
         let shares = route_shares(route, states, now);
+        let lowest = route.targets.iter().map(|t| t.priority).min().unwrap_or(0);
+        let mut backup = 0.0;
         for (t, share) in route.targets.iter().zip(shares) {
             metrics
                 .route_target_share
                 .with_label_values(&[&*route.name, &*t.provider])
                 .set(share);
+            if t.priority > lowest {
+                backup += share;
+            }
+        }
+        metrics
+            .route_backup_share
+            .with_label_values(&[&*route.name])
+            .set(backup);
+        // Zero series for the counters an alert watches, so their first increase is seen.
+        metrics
+            .retry_budget_exhausted_total
+            .with_label_values(&[&*route.name]);
+        for t in &route.targets {
+            metrics
+                .unknown_outcomes_total
+                .with_label_values(&[&*route.name, &*t.provider]);
         }
     }
 }

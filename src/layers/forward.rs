@@ -31,9 +31,12 @@ use tower::Service;
 
 use super::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER};
 use super::BoxFuture;
+use crate::audit::{
+    provider_request_id, AttemptOutcome, AttemptReason, AttemptRecord, Audit, RecordedBody,
+};
 use crate::body::{full, ProxyBody};
 use crate::config::validate::{path_has_prefix, IdempotencyMode, Provider, Route};
-use crate::ctx::{RequestInfo, RouteCtx};
+use crate::ctx::{RequestId, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Generation;
 use crate::health::breaker::Admission;
@@ -125,6 +128,8 @@ impl Drop for Settle<'_> {
 
 struct Operation {
     metrics: Metrics,
+    audit: Audit,
+    request_id: String,
     generation: Arc<Generation>,
     route: Arc<Route>,
     info: Option<Arc<RequestInfo>>,
@@ -147,10 +152,19 @@ impl Operation {
             ProxyError::Internal("request reached forwarding without a route".into())
         })?;
         let info = req.extensions().get::<Arc<RequestInfo>>().cloned();
+        let audit = req.extensions().get::<Audit>().cloned().unwrap_or_default();
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .and_then(|r| r.0.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
         let (parts, body) = req.into_parts();
         let key = Self::key(&ctx, &parts)?;
         Ok(Self {
             metrics,
+            audit,
+            request_id,
             generation: ctx.generation,
             route: ctx.route,
             info,
@@ -335,6 +349,7 @@ impl Operation {
         let mut skipped: Option<ProxyError> = None;
         let mut failover: Option<(Arc<str>, &'static str)> = None;
         let mut previous: Option<OutcomeClass> = None;
+        let mut previous_provider: Option<Arc<str>> = None;
         let mut last: Option<LastAttempt> = None;
 
         loop {
@@ -407,7 +422,32 @@ impl Operation {
             }
 
             // Send.
+            let reason = if unsettled || (pin.is_some() && previous_provider.is_none()) {
+                AttemptReason::Pinned
+            } else {
+                match &previous_provider {
+                    None => AttemptReason::Primary,
+                    Some(p) if *p == provider => AttemptReason::Retry,
+                    Some(_) => AttemptReason::Failover,
+                }
+            };
             let request = self.provider_request(&upstream.config)?;
+            let audited = self.audit.is_enabled().then(|| {
+                (
+                    self.audit.now(),
+                    request
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    request
+                        .headers()
+                        .get(&upstream.config.idempotency_header)
+                        .filter(|_| self.key.is_some())
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                )
+            });
             if let Some(prev) = previous {
                 self.metrics
                     .retries_total
@@ -439,7 +479,47 @@ impl Operation {
                 .await;
             drop(in_flight);
             let c = classify(observed(&result), SystemTime::now());
-            admitted.finish(&c, t0.elapsed());
+            let latency = t0.elapsed();
+            admitted.finish(&c, latency);
+            self.metrics
+                .attempt_duration_seconds
+                .with_label_values(&[&*route.name, &*provider])
+                .observe(latency.as_secs_f64());
+            if let Some((timestamp, path, idempotency_key)) = audited {
+                let answered = result.as_ref().ok();
+                self.audit.record(AttemptRecord {
+                    timestamp,
+                    request_id: self.request_id.clone(),
+                    route: Arc::clone(&route.name),
+                    provider: Arc::clone(&provider),
+                    attempt: sent,
+                    reason,
+                    method: self.parts.method.clone(),
+                    path,
+                    status: answered.map(|r| r.status().as_u16()),
+                    outcome: match c.class {
+                        OutcomeClass::NotSent => AttemptOutcome::NotSent,
+                        OutcomeClass::NotProcessed => AttemptOutcome::NotProcessed,
+                        OutcomeClass::Unknown => AttemptOutcome::Unknown,
+                        OutcomeClass::Processed => AttemptOutcome::Processed,
+                    },
+                    latency,
+                    idempotency_key,
+                    provider_request_id: answered.and_then(|r| provider_request_id(r.headers())),
+                    replayed: answered.is_some_and(|r| {
+                        r.headers()
+                            .get(&IDEMPOTENT_REPLAYED)
+                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+                    }),
+                    request_body: self
+                        .audit
+                        .keeps_bodies()
+                        .then(|| RecordedBody::new(&self.parts.headers, self.body.clone())),
+                    // The answer's body is in the shop request's record, which sees it stream by.
+                    response_body: None,
+                });
+            }
+            previous_provider = Some(Arc::clone(&provider));
             self.metrics
                 .attempts_total
                 .with_label_values(&[&*route.name, &*provider, c.class.as_str()])
