@@ -150,30 +150,8 @@ impl AttemptReason {
     }
 }
 
-/// The outcome class of an attempt (`PAYMENT_RULES.md` §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    /// The provider gave its final answer.
-    Processed,
-    /// It may have been executed; nobody knows.
-    Unknown,
-    /// The provider says it did not execute it.
-    NotProcessed,
-    /// It certainly did not reach the provider.
-    NotSent,
-}
-
-impl AttemptOutcome {
-    /// Its name in records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Processed => "processed",
-            Self::Unknown => "unknown",
-            Self::NotProcessed => "not_processed",
-            Self::NotSent => "not_sent",
-        }
-    }
-}
+/// The outcome class of an attempt (`PAYMENT_RULES.md` §1): the classifier's own type.
+pub use crate::outcome::OutcomeClass as AttemptOutcome;
 
 /// One attempt at a provider: what was sent and what came back.
 #[derive(Debug, Clone)]

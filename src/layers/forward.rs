@@ -31,9 +31,7 @@ use tower::Service;
 
 use super::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER};
 use super::BoxFuture;
-use crate::audit::{
-    provider_request_id, AttemptOutcome, AttemptReason, AttemptRecord, Audit, RecordedBody,
-};
+use crate::audit::{provider_request_id, AttemptReason, AttemptRecord, Audit, RecordedBody};
 use crate::body::{full, ProxyBody};
 use crate::config::validate::{path_has_prefix, IdempotencyMode, Provider, Route};
 use crate::ctx::{RequestId, RequestInfo, RouteCtx};
@@ -497,12 +495,7 @@ impl Operation {
                     method: self.parts.method.clone(),
                     path,
                     status: answered.map(|r| r.status().as_u16()),
-                    outcome: match c.class {
-                        OutcomeClass::NotSent => AttemptOutcome::NotSent,
-                        OutcomeClass::NotProcessed => AttemptOutcome::NotProcessed,
-                        OutcomeClass::Unknown => AttemptOutcome::Unknown,
-                        OutcomeClass::Processed => AttemptOutcome::Processed,
-                    },
+                    outcome: c.class,
                     latency,
                     idempotency_key,
                     provider_request_id: answered.and_then(|r| provider_request_id(r.headers())),
