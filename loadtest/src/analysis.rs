@@ -107,8 +107,8 @@ pub struct Shop {
     /// Seconds from the fault's start until success stays at ≥ 99 % (per 100 ms) for the rest of the
     /// fault window: 0 when it never dropped, `None` when it did not recover within the window.
     pub time_to_99pct_s: Option<f64>,
-    /// Seconds from the fault's end until ≥ 90 % of answers come from the primary again; `None`
-    /// when traffic never left the primary or never came back.
+    /// Seconds from the fault's end until ≥ 90 % of answers come from the primary in every later
+    /// 100 ms; `None` when traffic never left the primary or had not come back by the end.
     pub time_to_fail_back_s: Option<f64>,
     /// Whether traffic moved off the primary during the fault (below 50 % in some 100 ms).
     pub left_primary: bool,
@@ -257,7 +257,7 @@ pub fn recovery(fine: &[Bucket], start: f64, end: f64) -> Option<f64> {
 }
 
 /// Whether traffic left the primary during the fault, and seconds after its end until ≥ 90 % of
-/// answers come from the primary again.
+/// answers come from the primary in every later bucket (`None`: not by the end of the run).
 pub fn fail_back(fine: &[Bucket], start: f64, end: f64) -> (bool, Option<f64>) {
     let answered = |b: &&Bucket| b.primary_pct + b.backup_pct > 0.0;
     let left = fine
@@ -267,11 +267,16 @@ pub fn fail_back(fine: &[Bucket], start: f64, end: f64) -> (bool, Option<f64>) {
     if !left {
         return (false, None);
     }
-    let back = fine
+    let after: Vec<&Bucket> = fine
         .iter()
         .filter(answered)
-        .find(|b| b.t_s >= end - 1e-9 && b.primary_pct >= 90.0)
-        .map(|b| ((b.t_s - end).max(0.0) * 1000.0).round() / 1000.0);
+        .filter(|b| b.t_s >= end - 1e-9)
+        .collect();
+    let back = match after.iter().rposition(|b| b.primary_pct < 90.0) {
+        None => after.first().map(|b| b.t_s),
+        Some(i) => after.get(i + 1).map(|b| b.t_s),
+    }
+    .map(|t| ((t - end).max(0.0) * 1000.0).round() / 1000.0);
     (true, back)
 }
 
@@ -381,6 +386,31 @@ mod tests {
         assert_eq!(s.time_to_99pct_s, None);
         assert!(!s.left_primary);
         assert_eq!(s.time_to_fail_back_s, None);
+    }
+
+    #[test]
+    fn fail_back_is_for_good() {
+        let bucket = |t_s: f64, primary_pct: f64| Bucket {
+            t_s,
+            requests: 10,
+            success_pct: 100.0,
+            p99_ms: 1.0,
+            primary_pct,
+            backup_pct: 100.0 - primary_pct,
+        };
+        // Back on the primary at 2.0, off again at 2.1–2.4, back for good at 2.5.
+        let fine: Vec<Bucket> = (0..30)
+            .map(|i| {
+                let t = i as f64 / 10.0;
+                let on_primary = !(1.0..2.0).contains(&t) && !(2.05..2.45).contains(&t);
+                bucket(t, if on_primary { 100.0 } else { 0.0 })
+            })
+            .collect();
+        assert_eq!(fail_back(&fine, 1.0, 2.0), (true, Some(0.5)));
+        let never: Vec<Bucket> = (0..30)
+            .map(|i| bucket(i as f64 / 10.0, if i < 10 { 100.0 } else { 0.0 }))
+            .collect();
+        assert_eq!(fail_back(&never, 1.0, 2.0), (true, None));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct Upstreams {
     pub backup: (String, SocketAddr),
     /// Timeout of one attempt at a provider.
     pub attempt_timeout: Duration,
+    /// Extra keys of switchyard's route, one YAML line each (`--route-extra`).
+    pub route_extra: Vec<String>,
 }
 
 /// Timeout of one attempt at a provider, in both proxies.
@@ -63,17 +65,31 @@ providers:
     timeout: {route_timeout}ms
     max_body: 64KiB
     rate_limit: {{ rps: 1000000, burst: 100000 }}
-    # Retries and idempotency keys go here once the proxy has them, e.g.
-    # retry: ...
-    # idempotency: ...
-"#,
+    # Retries and idempotency settings go here (from --route-extra).
+{route_extra}"#,
         primary = provider(&u.primary.0, u.primary.1),
         backup = provider(&u.backup.0, u.backup.1),
         primary_name = u.primary.0,
         backup_name = u.backup.0,
         route_timeout = ROUTE_TIMEOUT.as_millis() as u64 + revision % 2,
+        route_extra = u
+            .route_extra
+            .iter()
+            .map(|l| format!("    {}\n", l.trim()))
+            .collect::<String>(),
     )
 }
+
+/// Envoy stats (cluster `payments`) the report keeps: retries, retry and pending overflows, connect
+/// failures, outlier ejections.
+pub const ENVOY_STATS: [&str; 6] = [
+    "cluster.payments.upstream_rq_retry",
+    "cluster.payments.upstream_rq_retry_success",
+    "cluster.payments.upstream_rq_retry_overflow",
+    "cluster.payments.upstream_rq_pending_overflow",
+    "cluster.payments.upstream_cx_connect_fail",
+    "cluster.payments.outlier_detection.ejections_enforced_total",
+];
 
 /// The response header through which the Envoy config tells which endpoint answered.
 pub const ENVOY_UPSTREAM_HEADER: &str = "x-upstream-host";
@@ -82,7 +98,12 @@ pub const ENVOY_UPSTREAM_HEADER: &str = "x-upstream-host";
 /// and the backup at priority 1 (Envoy moves traffic down a priority as hosts turn unhealthy),
 /// active health checks, outlier detection that ejects after 5 failures in a row, and retries on
 /// connect failures and 5xx that prefer another priority — what the Envoy docs suggest for failover.
-pub fn envoy_yaml(u: &Upstreams, listen: SocketAddr) -> String {
+///
+/// Envoy's default circuit breakers (1024 connections, pending and active requests, and only 3
+/// retries in flight per cluster) would shed load or skip retries at the loads here; they are raised,
+/// as a user running a payment sidecar would. Its admin API on `admin` serves the stats the report
+/// reads (retries, overflows, ejections).
+pub fn envoy_yaml(u: &Upstreams, listen: SocketAddr, admin: SocketAddr) -> String {
     let endpoint = |priority: u32, addr: SocketAddr| {
         format!(
             r#"        - priority: {priority}
@@ -98,6 +119,9 @@ pub fn envoy_yaml(u: &Upstreams, listen: SocketAddr) -> String {
     let secs = |d: Duration| format!("{:.3}s", d.as_secs_f64());
     format!(
         r#"# Written by loadtest (loadtest/src/configs.rs).
+admin:
+  address:
+    socket_address: {{ address: {admin_ip}, port_value: {admin_port} }}
 static_resources:
   listeners:
     - name: shop
@@ -144,6 +168,13 @@ static_resources:
       type: STATIC
       connect_timeout: 0.25s
       lb_policy: ROUND_ROBIN
+      circuit_breakers:
+        thresholds:
+          - priority: DEFAULT
+            max_connections: 100000
+            max_pending_requests: 100000
+            max_requests: 100000
+            max_retries: 10000
       load_assignment:
         cluster_name: payments
         endpoints:
@@ -161,6 +192,8 @@ static_resources:
         max_ejection_time: 10s
         max_ejection_percent: 100
 "#,
+        admin_ip = admin.ip(),
+        admin_port = admin.port(),
         listen_ip = listen.ip(),
         listen_port = listen.port(),
         header = ENVOY_UPSTREAM_HEADER,
@@ -180,6 +213,7 @@ mod tests {
             primary: ("psp-primary".into(), "127.0.0.1:9101".parse().unwrap()),
             backup: ("psp-backup".into(), "127.0.0.1:9102".parse().unwrap()),
             attempt_timeout: ATTEMPT_TIMEOUT,
+            route_extra: vec!["idempotency: { max_entries: 10000 }".into()],
         }
     }
 
@@ -190,12 +224,19 @@ mod tests {
         assert!(a.contains("url: http://127.0.0.1:9101"));
         assert!(a.contains("{ provider: psp-backup, priority: 1 }"));
         assert!(a.contains("timeout: 1000ms"));
+        assert!(a.contains("\n    idempotency: { max_entries: 10000 }\n"));
         assert_ne!(a, b);
     }
 
     #[test]
     fn envoy_config_has_two_priorities() {
-        let y = envoy_yaml(&upstreams(), "127.0.0.1:10000".parse().unwrap());
+        let y = envoy_yaml(
+            &upstreams(),
+            "127.0.0.1:10000".parse().unwrap(),
+            "127.0.0.1:10001".parse().unwrap(),
+        );
+        assert!(y.contains("port_value: 10001"));
+        assert!(y.contains("max_retries: 10000"));
         assert!(y.contains("priority: 0"));
         assert!(y.contains("priority: 1"));
         assert!(y.contains("port_value: 9102"));

@@ -322,14 +322,22 @@ pub fn find_switchyard(explicit: Option<&Path>, release: bool, quiet: bool) -> R
         return Ok(p);
     }
     let exe = std::env::current_exe()?;
-    exe.ancestors()
+    let beside = exe
+        .ancestors()
         .skip(1)
         .take(2)
         .map(|d| d.join("switchyard"))
         .find(|p| is_executable(p))
         .ok_or_else(|| {
             err!("cannot find the switchyard binary: build it (`cargo build --release`) or pass --switchyard-bin")
-        })
+        })?;
+    if !quiet {
+        eprintln!(
+            "loadtest: cargo could not build switchyard; using {} as it is",
+            beside.display()
+        );
+    }
+    Ok(beside)
 }
 
 #[cfg(test)]

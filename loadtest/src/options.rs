@@ -111,6 +111,10 @@ pub struct Options {
     /// Seed of the request plan (which requests re-send which keys).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// A YAML line added to the route of the generated switchyard config (repeatable), e.g.
+    /// `--route-extra 'idempotency: { max_entries: 10000 }'`.
+    #[arg(long)]
+    pub route_extra: Vec<String>,
     /// Let the started proxy log one line per request (off by default, as Envoy's access log is).
     #[arg(long)]
     pub proxy_request_log: bool,

@@ -56,8 +56,8 @@ pub async fn run(opts: &Options) -> Result<Report> {
     }
     let external = opts.proxy_url.is_some();
     let external_sandboxes = opts.sandbox_url.clone().or_else(|| opts.admin_url.clone());
-    let needs_sandbox_bin = !external || targets.iter().any(|t| *t != TargetKind::Switchyard);
-    let switchyard = if !external || needs_sandbox_bin && external_sandboxes.is_none() {
+    // A running proxy comes with its sandboxes: nothing of this workspace needs to run then.
+    let switchyard = if !external {
         Some(fleet::find_switchyard(
             opts.switchyard_bin.as_deref(),
             !cfg!(debug_assertions),
@@ -329,6 +329,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
         primary: (p.control.name.clone(), p.addr),
         backup: (b.control.name.clone(), b.addr),
         attempt_timeout: ATTEMPT_TIMEOUT,
+        route_extra: opts.route_extra.clone(),
     });
     let (base, via) = match target {
         TargetKind::Switchyard => {
@@ -378,13 +379,14 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
                 (Some(b), Some(u)) => (b, u),
                 _ => return Err("no envoy binary or providers".into()),
             };
-            let listen: SocketAddr = format!("127.0.0.1:{}", fleet::free_port()?)
-                .parse()
-                .map_err(|e| err!("{e}"))?;
+            let port = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+            let listen = port(fleet::free_port()?);
+            let envoy_admin = port(fleet::free_port()?);
             let path = dir.join("envoy.yaml");
-            std::fs::write(&path, configs::envoy_yaml(u, listen))?;
+            std::fs::write(&path, configs::envoy_yaml(u, listen, envoy_admin))?;
             let process = fleet::start_envoy(bin, &path, &dir, &env.pidfile)?;
             proxy_pid = Some(process.pid());
+            admin = Some(format!("http://{envoy_admin}"));
             proxy = Some(process);
             (
                 format!("http://{listen}"),
@@ -460,6 +462,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
     ];
     let load_1m_at_start = procfs::load_average();
     let machine_before = procfs::machine_busy();
+    let measured_from = Instant::now();
     let cpu = CpuMark::take(&pids);
     let fault_spec = scenario.fault(ATTEMPT_TIMEOUT);
     let fault_task = match (&fault_spec, &providers) {
@@ -542,6 +545,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
     let busy_cpu_s = machine_before
         .zip(procfs::machine_busy())
         .map(|(a, b)| b.saturating_sub(a).as_secs_f64());
+    let measured_for = measured_from.elapsed();
     let ours: f64 = (0..4).filter_map(|i| cpu.since(i)).sum();
     let machine = MachineFigures {
         load_1m_at_start,
@@ -549,7 +553,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
         others_cpu_s: busy_cpu_s.map(|b| ((b - ours).max(0.0) * 10.0).round() / 10.0),
     };
     if let Some(others) = machine.others_cpu_s {
-        let capacity = duration.as_secs_f64()
+        let capacity = measured_for.as_secs_f64()
             * std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
         if others > 0.1 * capacity {
             notes.push(format!(
@@ -601,6 +605,32 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
         _ => None,
     };
 
+    if let (TargetKind::Envoy, Some(admin)) = (target, &admin) {
+        match control::call(&env.control, Method::GET, &format!("{admin}/stats"), None).await {
+            Ok((200, stats)) => {
+                let kept: Vec<String> = configs::ENVOY_STATS
+                    .iter()
+                    .map(|name| {
+                        let value = stats.lines().find_map(|l| {
+                            l.strip_prefix(name)?
+                                .strip_prefix(": ")?
+                                .trim()
+                                .parse::<u64>()
+                                .ok()
+                        });
+                        format!(
+                            "{} {}",
+                            name.trim_start_matches("cluster.payments."),
+                            value.map_or("?".into(), |v| v.to_string())
+                        )
+                    })
+                    .collect();
+                notes.push(format!("envoy stats (with warm-up): {}", kept.join(", ")));
+            }
+            Ok((status, _)) => notes.push(format!("envoy stats: status {status}")),
+            Err(e) => notes.push(format!("envoy stats: {e}")),
+        }
+    }
     let mut processes = Vec::new();
     if let Some(p) = &proxy {
         processes.push((p.role().to_owned(), p.pid()));

@@ -12,11 +12,13 @@ use clap::Parser;
 use loadtest::report::{Report, RunReport};
 use loadtest::{fleet, procfs, Options};
 
-/// The switchyard binary of this workspace, built once (in this test's profile) for all tests.
+/// The switchyard binary of this workspace, built once (in this test's profile) for all tests;
+/// `SWITCHYARD_BIN` names a prebuilt one instead.
 fn switchyard() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        fleet::find_switchyard(None, !cfg!(debug_assertions), true)
+        let explicit = std::env::var_os("SWITCHYARD_BIN").map(PathBuf::from);
+        fleet::find_switchyard(explicit.as_deref(), !cfg!(debug_assertions), true)
             .unwrap_or_else(|e| panic!("switchyard binary: {e}"))
     })
 }
