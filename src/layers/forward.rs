@@ -671,8 +671,10 @@ impl Operation {
         }
         settle.finish(Finish::Final(StoredAnswer {
             status: parts.status,
-            headers: parts.headers.clone(),
-            body: body.clone(),
+            headers: owned_headers(&parts.headers),
+            // A copy: the body hyper read is a slice of its connection buffer, which a stored answer
+            // would otherwise keep alive (kilobytes per record) for the record's whole ttl.
+            body: Bytes::copy_from_slice(&body),
             provider: Arc::clone(provider),
         }));
         let mut resp = Response::from_parts(parts, full(body));
@@ -707,6 +709,17 @@ impl Operation {
         *out.headers_mut() = h;
         Ok(out)
     }
+}
+
+/// Headers in allocations of their own: hyper's header values are slices of the connection's read
+/// buffer, and a stored answer must not pin that buffer in memory.
+fn owned_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        out.append(name.clone(), value);
+    }
+    out
 }
 
 /// The provider, class and result of the last attempt sent.
