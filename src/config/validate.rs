@@ -628,6 +628,22 @@ impl Validator<'_> {
         }
     }
 
+    /// A secret that must be given: `{key}_env` or `{key}_file` under `path`.
+    fn required_secret(
+        &mut self,
+        path: &str,
+        key: &str,
+        env: Option<&str>,
+        file: Option<&str>,
+        what: &str,
+    ) -> Option<Secret> {
+        if env.is_none() && file.is_none() {
+            self.problem(path, format!("set {key}_env or {key}_file"));
+            return None;
+        }
+        self.secret(&format!("{path}.{key}"), env, file, what)
+    }
+
     fn config(&mut self, raw: RawConfig) -> Snapshot {
         let listen = self.socket_addr("listen", raw.listen.as_deref(), DEFAULT_LISTEN);
         let admin = self.admin(raw.admin, listen);
@@ -810,12 +826,9 @@ impl Validator<'_> {
                     return None;
                 }
             };
-            if a.value_env.is_none() && a.value_file.is_none() {
-                self.problem(&apath, "set value_env or value_file");
-                return None;
-            }
-            let value = self.secret(
-                &format!("{apath}.value"),
+            let value = self.required_secret(
+                &apath,
+                "value",
                 a.value_env.as_deref(),
                 a.value_file.as_deref(),
                 "the credential",

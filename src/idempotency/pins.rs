@@ -39,12 +39,16 @@ impl ObjectPins {
 
     /// Remembers the top-level `"id"` of a JSON answer from `provider`.
     pub fn remember_answer(&self, body: &[u8], provider: &Arc<str>, now: Instant) {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        // Only the top-level "id" is read: no tree of the whole answer is built on the request path.
+        #[derive(serde::Deserialize)]
+        struct Answer<'a> {
+            #[serde(borrow)]
+            id: Option<std::borrow::Cow<'a, str>>,
+        }
+        let Ok(Answer { id: Some(id) }) = serde_json::from_slice::<Answer<'_>>(body) else {
             return;
         };
-        let Some(id) = value.get("id").and_then(|v| v.as_str()) else {
-            return;
-        };
+        let id: &str = &id;
         if id.len() < MIN_ID_LEN || !id.bytes().all(is_id_byte) {
             return;
         }

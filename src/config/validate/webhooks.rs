@@ -310,12 +310,9 @@ impl Validator<'_> {
                 &format!("{spath}.header"),
                 s.header.as_deref().unwrap_or(DEFAULT_SHOP_SIGNATURE_HEADER),
             );
-            if s.secret_env.is_none() && s.secret_file.is_none() {
-                self.problem(&spath, "set secret_env or secret_file");
-                return None;
-            }
-            let secret = self.secret(
-                &format!("{spath}.secret"),
+            let secret = self.required_secret(
+                &spath,
+                "secret",
                 s.secret_env.as_deref(),
                 s.secret_file.as_deref(),
                 "the shop's webhook secret",
