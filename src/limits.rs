@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota as Gcra, RateLimiter};
 
 use crate::config::validate::{Quota, RateLimit};
@@ -70,7 +70,8 @@ impl RouteLimiter {
         let key = key.to_owned();
         limiter
             .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+            // The limiter's own clock: making a new one calibrates it (CPUID and all), far too slow here.
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 
     /// Keys tracked now.
@@ -139,13 +140,12 @@ impl QuotaGate {
 
     /// Waits for a slot up to `max_wait`; `Err(wait)` when none comes in time (nothing is taken then).
     pub async fn acquire(&self) -> Result<(), Duration> {
-        let clock = DefaultClock::default();
         let mut waited = Duration::ZERO;
         loop {
             match self.limiter.check() {
                 Ok(()) => return Ok(()),
                 Err(not_until) => {
-                    let wait = not_until.wait_time_from(clock.now());
+                    let wait = not_until.wait_time_from(self.limiter.clock().now());
                     if waited + wait > self.quota.max_wait {
                         return Err(wait);
                     }
