@@ -13,8 +13,20 @@ use prometheus::{
 pub const NONE: &str = "none";
 
 /// The proxy's metric families.
+/// The proxy's metric families, behind one `Arc`: layers clone the handle per request, and one
+/// reference count is cheaper than one per family.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(std::sync::Arc<Families>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+/// Every metric family (reached through [`Metrics`]).
+pub struct Families {
     registry: Registry,
     /// Requests answered to the shop, by route, provider and status code.
     pub requests_total: IntCounterVec,
@@ -90,6 +102,22 @@ impl Metrics {
         })
     }
 
+    fn try_new() -> prometheus::Result<Self> {
+        Families::try_new().map(|f| Self(std::sync::Arc::new(f)))
+    }
+
+    /// The registry, for callers that add families of their own.
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> Vec<u8> {
+        self.0.encode()
+    }
+}
+
+impl Families {
     fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let requests_total = IntCounterVec::new(
@@ -364,13 +392,7 @@ impl Metrics {
         })
     }
 
-    /// The registry, for callers that add families of their own.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// The Prometheus text exposition of every family.
-    pub fn encode(&self) -> Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 * 1024);
         // Text encoding into a Vec only fails on a malformed family, which registration rejects.
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
