@@ -173,8 +173,9 @@ pub struct Limits {
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<RecordKey, Entry>,
-    order: VecDeque<(u64, RecordKey)>,
+    /// Keys are shared with `order`: one allocation of a key per record, whatever its writes.
+    map: HashMap<Arc<RecordKey>, Entry>,
+    order: VecDeque<(u64, Arc<RecordKey>)>,
     seq: u64,
     bytes: usize,
     evictions: u64,
@@ -300,20 +301,22 @@ impl MemoryStore {
                 State::Done(a) => a.bytes(),
                 _ => 0,
             };
-        if let Some(old) = inner.map.insert(
-            key.clone(),
-            Entry {
-                fingerprint,
-                state: entry_state,
-                expires,
-                seq,
-                bytes,
-            },
-        ) {
+        let entry = Entry {
+            fingerprint,
+            state: entry_state,
+            expires,
+            seq,
+            bytes,
+        };
+        let shared = match inner.map.get_key_value(key) {
+            Some((k, _)) => Arc::clone(k),
+            None => Arc::new(key.clone()),
+        };
+        if let Some(old) = inner.map.insert(Arc::clone(&shared), entry) {
             inner.bytes -= old.bytes;
         }
         inner.bytes += bytes;
-        inner.order.push_back((seq, key.clone()));
+        inner.order.push_back((seq, shared));
     }
 }
 

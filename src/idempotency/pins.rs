@@ -11,8 +11,9 @@ const MIN_ID_LEN: usize = 8;
 
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<String, (Arc<str>, Instant)>,
-    order: VecDeque<String>,
+    /// Id → provider and expiry; the id is shared with `order` (one allocation per pin).
+    map: HashMap<Arc<str>, (Arc<str>, Instant)>,
+    order: VecDeque<Arc<str>>,
 }
 
 /// Object id → provider, bounded and expiring.
@@ -53,12 +54,15 @@ impl ObjectPins {
             return;
         }
         let mut inner = self.lock();
-        if inner
-            .map
-            .insert(id.to_owned(), (Arc::clone(provider), now + self.ttl))
-            .is_none()
-        {
-            inner.order.push_back(id.to_owned());
+        let until = now + self.ttl;
+        if let Some(pin) = inner.map.get_mut(id) {
+            *pin = (Arc::clone(provider), until);
+        } else {
+            let id: Arc<str> = Arc::from(id);
+            inner
+                .map
+                .insert(Arc::clone(&id), (Arc::clone(provider), until));
+            inner.order.push_back(id);
         }
         while inner.map.len() > self.max {
             let Some(old) = inner.order.pop_front() else {
