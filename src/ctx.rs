@@ -23,6 +23,7 @@ struct InfoFields {
     error: Option<ErrorKind>,
     attempts: u32,
     maybe_sent: bool,
+    idempotency_key: Option<Arc<str>>,
 }
 
 impl RequestInfo {
@@ -55,6 +56,16 @@ impl RequestInfo {
     /// Notes whether an attempt may have reached a provider without a settled outcome.
     pub fn set_maybe_sent(&self, maybe: bool) {
         self.with(|f| f.maybe_sent = maybe);
+    }
+
+    /// Records the operation's idempotency key (the shop's, or the one the proxy made).
+    pub fn set_idempotency_key(&self, key: Arc<str>) {
+        self.with(|f| f.idempotency_key = Some(key));
+    }
+
+    /// The operation's idempotency key, when it has one.
+    pub fn idempotency_key(&self) -> Option<Arc<str>> {
+        self.with(|f| f.idempotency_key.clone())
     }
 
     /// Attempts sent so far.

@@ -628,6 +628,17 @@ impl Validator<'_> {
         }
     }
 
+    /// A header name, or a problem at `path`.
+    fn header_name(&mut self, path: &str, text: &str) -> Option<HeaderName> {
+        match HeaderName::from_bytes(text.as_bytes()) {
+            Ok(h) => Some(h),
+            Err(_) => {
+                self.problem(path, format!("\"{text}\" is not a header name"));
+                None
+            }
+        }
+    }
+
     /// A secret that must be given: `{key}_env` or `{key}_file` under `path`.
     fn required_secret(
         &mut self,
@@ -765,13 +776,9 @@ impl Validator<'_> {
     fn provider(&mut self, path: &str, name: &str, p: schema::RawProvider) -> Option<Provider> {
         let idempotency_header = match p.idempotency_header.as_deref() {
             None => HeaderName::from_static("idempotency-key"),
-            Some(h) => HeaderName::from_bytes(h.as_bytes()).unwrap_or_else(|_| {
-                self.problem(
-                    format!("{path}.idempotency_header"),
-                    format!("\"{h}\" is not a header name"),
-                );
-                HeaderName::from_static("idempotency-key")
-            }),
+            Some(h) => self
+                .header_name(&format!("{path}.idempotency_header"), h)
+                .unwrap_or(HeaderName::from_static("idempotency-key")),
         };
         let idempotency_key_max_len = p.idempotency_key_max_len.unwrap_or(255);
         if !(16..=4096).contains(&idempotency_key_max_len) {
@@ -816,16 +823,7 @@ impl Validator<'_> {
         let auth = p.auth.and_then(|a| {
             let apath = format!("{path}.auth");
             let header = a.header.as_deref().unwrap_or("Authorization");
-            let header = match HeaderName::from_bytes(header.as_bytes()) {
-                Ok(h) => h,
-                Err(_) => {
-                    self.problem(
-                        format!("{apath}.header"),
-                        format!("\"{header}\" is not a header name"),
-                    );
-                    return None;
-                }
-            };
+            let header = self.header_name(&format!("{apath}.header"), header)?;
             let value = self.required_secret(
                 &apath,
                 "value",
@@ -1071,16 +1069,7 @@ impl Validator<'_> {
             }
         };
         let header = |v: &mut Self, key: &str, text: Option<String>| {
-            text.and_then(|h| match HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    v.problem(
-                        format!("{path}.{key}"),
-                        format!("\"{h}\" is not a header name"),
-                    );
-                    None
-                }
-            })
+            text.and_then(|h| v.header_name(&format!("{path}.{key}"), &h))
         };
         let key_header = header(self, "header", i.header).unwrap_or(d.header);
         let scope_header = header(self, "scope_header", i.scope_header);
@@ -1245,16 +1234,9 @@ impl Validator<'_> {
             None | Some("none") => RateLimitKey::None,
             Some("client_ip") => RateLimitKey::ClientIp,
             Some(other) => match other.strip_prefix("header:").map(str::trim) {
-                Some(name) => match HeaderName::from_bytes(name.as_bytes()) {
-                    Ok(h) => RateLimitKey::Header(h),
-                    Err(_) => {
-                        self.problem(
-                            format!("{path}.by"),
-                            format!("\"{name}\" is not a header name"),
-                        );
-                        RateLimitKey::None
-                    }
-                },
+                Some(name) => self
+                    .header_name(&format!("{path}.by"), name)
+                    .map_or(RateLimitKey::None, RateLimitKey::Header),
                 None => {
                     self.problem(
                         format!("{path}.by"),

@@ -108,9 +108,14 @@ where
         Box::pin(async move {
             let Ok(resp) = fut.await;
             let latency = started.elapsed();
-            let (route, provider, error) = match &info {
-                Some(i) => (i.route(), i.provider(), i.error().map(|k| k.as_str())),
-                None => (None, None, None),
+            let (route, provider, error, operation_key) = match &info {
+                Some(i) => (
+                    i.route(),
+                    i.provider(),
+                    i.error().map(|k| k.as_str()),
+                    i.idempotency_key(),
+                ),
+                None => (None, None, None, None),
             };
             let headers = resp.headers();
             let record = ShopRequestRecord {
@@ -123,8 +128,9 @@ where
                 status: resp.status().as_u16(),
                 error,
                 latency,
-                // The shop's key, or the one the proxy made and returned.
-                idempotency_key: key.or_else(|| header_text(headers, IDEMPOTENCY_KEY)),
+                // The operation's key (in the route's own header, or made by the proxy); else the
+                // shop's `Idempotency-Key` on a request that kept no record.
+                idempotency_key: operation_key.map(|k| k.to_string()).or(key),
                 provider_request_id: provider_request_id(headers),
                 replayed: headers
                     .get(IDEMPOTENT_REPLAYED)

@@ -159,6 +159,9 @@ impl Operation {
             .to_owned();
         let (parts, body) = req.into_parts();
         let key = Self::key(&ctx, &parts)?;
+        if let (Some(info), Some(k)) = (&info, &key) {
+            info.set_idempotency_key(Arc::from(k.key.as_str()));
+        }
         Ok(Self {
             metrics,
             audit,

@@ -365,3 +365,39 @@ async fn a_full_queue_counts_drops_and_never_blocks() {
     assert_eq!(ids, ["r0", "r1", "r2"]);
     assert_eq!(metrics.audit_records_total.get(), 3);
 }
+
+#[tokio::test]
+async fn the_record_holds_the_operations_key_from_the_routes_header_or_made_by_the_proxy() {
+    let provider = MockProvider::start(|_| Reply::ok(r#"{"id":"pi_key_0001"}"#)).await;
+    let yaml = config(
+        &[("psp", &provider.url())],
+        "",
+        "idempotency: { header: X-Order-Key }",
+    ) + "audit:\n  dir: audit\n  retention: 30d\n  bodies: none\n";
+    let proxy = TestProxy::start(&yaml).await;
+    let dir = proxy.dir.path().join("audit");
+    let a = send(
+        Request::post(proxy.url("/v1/a"))
+            .header("x-order-key", "ord-7")
+            .body(Full::new(Bytes::from_static(b"amount=1")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let b = post(&proxy.url("/v1/b"), "amount=2").await;
+    let made = b
+        .header("x-order-key")
+        .expect("generated key returned")
+        .to_owned();
+
+    let records = records_of(&dir, "shop_request", 2).await;
+    let key_of = |path: &str| {
+        records
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("no record for {path}: {records:?}"))["idempotency_key"]
+            .clone()
+    };
+    assert_eq!(key_of("/v1/a"), "ord-7");
+    assert_eq!(key_of("/v1/b"), made.as_str());
+}

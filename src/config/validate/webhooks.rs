@@ -348,16 +348,6 @@ impl Validator<'_> {
         })
     }
 
-    fn header_name(&mut self, path: &str, text: &str) -> Option<HeaderName> {
-        match HeaderName::from_bytes(text.as_bytes()) {
-            Ok(h) => Some(h),
-            Err(_) => {
-                self.problem(path, format!("\"{text}\" is not a header name"));
-                None
-            }
-        }
-    }
-
     fn forward_to(&mut self, path: &str, text: &str) -> Option<Uri> {
         let uri: Uri = match text.parse() {
             Ok(u) => u,
