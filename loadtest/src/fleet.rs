@@ -1,6 +1,8 @@
-//! The processes of a run: sandbox providers, switchyard, Envoy. Each is started with its output in
-//! files of the run's folder, its id appended to a pid file, and is killed and reaped when its handle
-//! is dropped — at the end of the run, on an error, or while a panic unwinds.
+//! The processes of a run: sandbox providers, switchyard, Envoy, HAProxy, nginx. Each is started with
+//! its output in files of the run's folder, its id appended to a pid file, and is killed and reaped
+//! when its handle is dropped — at the end of the run, on an error, or while a panic unwinds. A
+//! process with workers of its own (nginx) is asked to stop them first, and what is left of its
+//! tree is killed.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{err, Result};
+use crate::{err, procfs, Result};
 
 /// Which output of a process to read.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +29,8 @@ pub struct Process {
     child: std::process::Child,
     stdout: PathBuf,
     stderr: PathBuf,
+    /// Stop it with SIGTERM and let it stop its own children, then kill what is left of its tree.
+    has_workers: bool,
 }
 
 impl Process {
@@ -47,6 +51,7 @@ impl Process {
             child,
             stdout,
             stderr,
+            has_workers: false,
         };
         let mut pids = OpenOptions::new().create(true).append(true).open(pidfile)?;
         writeln!(pids, "{} {}", process.role, process.pid())?;
@@ -58,7 +63,7 @@ impl Process {
         self.child.id()
     }
 
-    /// Its role (`psp-primary`, `switchyard`, `envoy`).
+    /// Its role (`psp-primary`, `switchyard`, `envoy`, `haproxy`, `nginx`).
     pub fn role(&self) -> &str {
         &self.role
     }
@@ -111,13 +116,65 @@ impl Process {
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// Appends its current child processes to `pidfile` as `ROLE-worker PID`, and returns them.
+    pub fn note_workers(&self, pidfile: &Path) -> Result<Vec<u32>> {
+        let workers = procfs::descendants(self.pid());
+        let mut pids = OpenOptions::new().create(true).append(true).open(pidfile)?;
+        for w in &workers {
+            writeln!(pids, "{}-worker {w}", self.role)?;
+        }
+        Ok(workers)
+    }
+
+    /// SIGTERM (nginx's fast shutdown: the master stops its workers and reaps them), then up to
+    /// [`TREE_STOP_GRACE`] for it to exit.
+    fn terminate_tree(&mut self) {
+        if !signal(self.pid(), "TERM") {
+            return;
+        }
+        let deadline = Instant::now() + TREE_STOP_GRACE;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
+
+/// How long a process with workers gets to stop them before its tree is killed.
+const TREE_STOP_GRACE: Duration = Duration::from_secs(3);
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // Its descendants now, while they are surely its own: a killed master leaves its workers
+        // running.
+        let workers = if self.has_workers && self.running() {
+            let workers = procfs::descendants(self.pid());
+            self.terminate_tree();
+            workers
+        } else {
+            Vec::new()
+        };
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for w in workers.into_iter().filter(|w| procfs::alive(*w)) {
+            signal(w, "KILL");
+        }
     }
+}
+
+/// Sends signal `name` (`TERM`, `KILL`) to process `pid` with the shell's `kill` (std has no
+/// signal but SIGKILL to its own children, and this crate has no unsafe code); whether it was sent.
+fn signal(pid: u32, name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", "kill -s \"$1\" \"$2\"", "sh", name, &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A sandbox provider process.
@@ -234,7 +291,31 @@ pub fn start_envoy(envoy: &Path, config: &Path, dir: &Path, pidfile: &Path) -> R
     Process::spawn("envoy", cmd, dir, pidfile)
 }
 
-/// A loopback port that was free a moment ago (for Envoy, which cannot report a port it picked).
+/// Starts HAProxy on `config` in the foreground (`-db`: one process, no daemon), so that it is
+/// stopped by its process id. Readiness is the caller's to check (an answer through it).
+pub fn start_haproxy(haproxy: &Path, config: &Path, dir: &Path, pidfile: &Path) -> Result<Process> {
+    let mut cmd = Command::new(haproxy);
+    cmd.arg("-db").arg("-f").arg(config);
+    Process::spawn("haproxy", cmd, dir, pidfile)
+}
+
+/// Starts nginx with `dir` as its prefix and `config`, in the foreground (`daemon off`): a master
+/// process and its workers, stopped together when the handle is dropped. Readiness is the
+/// caller's to check (an answer through it).
+pub fn start_nginx(nginx: &Path, config: &Path, dir: &Path, pidfile: &Path) -> Result<Process> {
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(config)
+        .args(["-g", "daemon off;"]);
+    let mut process = Process::spawn("nginx", cmd, dir, pidfile)?;
+    process.has_workers = true;
+    Ok(process)
+}
+
+/// A loopback port that was free a moment ago (for Envoy, HAProxy and nginx, which cannot report
+/// a port they picked).
 pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
@@ -242,12 +323,20 @@ pub fn free_port() -> Result<u16> {
 
 /// The Envoy binary: `explicit`, else `envoy` on PATH; `None` when there is none.
 pub fn find_envoy(explicit: Option<&Path>) -> Option<PathBuf> {
+    find_binary("envoy", explicit)
+}
+
+/// A binary named `name`: `explicit`, else on PATH, else (for daemons that packages install
+/// there, such as Debian's `haproxy` and `nginx`) in `/usr/local/sbin` or `/usr/sbin`, which are
+/// not on an ordinary user's PATH; `None` when there is none.
+pub fn find_binary(name: &str, explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
         return is_executable(p).then(|| p.to_path_buf());
     }
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .map(|d| d.join("envoy"))
+        .chain([PathBuf::from("/usr/local/sbin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
         .find(|p| is_executable(p))
 }
 
@@ -256,21 +345,37 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Envoy's version line (`envoy --version`), when it answers.
-pub fn envoy_version(envoy: &Path) -> Option<String> {
-    let out = Command::new(envoy)
-        .arg("--version")
+/// A proxy's version (`envoy --version`, `haproxy -v`, `nginx -v`), when it answers.
+pub fn version(bin: &Path, flag: &str) -> Option<String> {
+    let out = Command::new(bin)
+        .arg(flag)
         .stdin(Stdio::null())
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| !l.trim().is_empty())?;
-    // "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL": keep what follows "version:".
-    Some(
-        line.split_once("version:")
-            .map(|(_, v)| v.trim().to_owned())
-            .unwrap_or_else(|| line.trim().to_owned()),
-    )
+    // nginx writes it to stderr.
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_version(&text)
+}
+
+/// The word after "version" (and a colon) on the first line that has one, else the first line:
+/// "<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL", "HAProxy version 2.6.12-1 2023/03/20
+/// - https://haproxy.org/", "nginx version: nginx/1.22.1".
+pub fn parse_version(text: &str) -> Option<String> {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.clone().next()?;
+    let word = lines.find_map(|l| {
+        let (_, after) = l.split_once("version")?;
+        after
+            .trim_start_matches(':')
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    });
+    Some(word.unwrap_or_else(|| first.to_owned()))
 }
 
 /// The switchyard binary: `explicit`, else built by cargo from this workspace in the given profile
@@ -352,5 +457,23 @@ mod tests {
         assert_eq!(a.port(), 4001);
         assert!(serving_line(r#"{"message":"other"}"#).is_none());
         assert!(serving_line("not json").is_none());
+    }
+
+    #[test]
+    fn reads_version_lines() {
+        let envoy = "/x/envoy  version: 6c9a/1.40.0/Clean/RELEASE/BoringSSL\n";
+        assert_eq!(
+            parse_version(envoy).as_deref(),
+            Some("6c9a/1.40.0/Clean/RELEASE/BoringSSL")
+        );
+        let haproxy =
+            "HAProxy version 2.6.12-1 2023/03/20 - https://haproxy.org/\nStatus: long-term\n";
+        assert_eq!(parse_version(haproxy).as_deref(), Some("2.6.12-1"));
+        assert_eq!(
+            parse_version("\nnginx version: nginx/1.22.1\n").as_deref(),
+            Some("nginx/1.22.1")
+        );
+        assert_eq!(parse_version("v9\n").as_deref(), Some("v9"));
+        assert_eq!(parse_version(""), None);
     }
 }

@@ -15,6 +15,7 @@ use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 
+use crate::configs::UPSTREAM_HEADER;
 use crate::control::Client;
 use crate::plan::{amount, Plan, Slot, SlotKind};
 
@@ -47,6 +48,10 @@ pub enum TargetKind {
     Direct,
     /// Envoy.
     Envoy,
+    /// HAProxy.
+    Haproxy,
+    /// nginx.
+    Nginx,
 }
 
 impl TargetKind {
@@ -56,6 +61,18 @@ impl TargetKind {
             TargetKind::Switchyard => "switchyard",
             TargetKind::Direct => "direct",
             TargetKind::Envoy => "envoy",
+            TargetKind::Haproxy => "haproxy",
+            TargetKind::Nginx => "nginx",
+        }
+    }
+
+    /// For a general-purpose proxy, the header that is on every answer an upstream gave and absent
+    /// from the proxy's own: an answer without it was made by the proxy.
+    pub fn upstream_mark(self) -> Option<&'static str> {
+        match self {
+            TargetKind::Envoy => Some(X_ENVOY_UPSTREAM_SERVICE_TIME),
+            TargetKind::Haproxy | TargetKind::Nginx => Some(UPSTREAM_HEADER),
+            TargetKind::Switchyard | TargetKind::Direct => None,
         }
     }
 }
@@ -142,9 +159,9 @@ pub enum Transport {
 /// Judges an answer (or its absence) as the shop would: the class, the failure kind, and whether the
 /// outcome is unknown.
 ///
-/// Kinds: the proxy's own `x-switchyard-error` value; `envoy_local_NNN` for an answer Envoy made
-/// itself; `provider_NNN` for a provider's non-2xx answer; `connect_error`, `connection_broken`,
-/// `client_timeout` below HTTP.
+/// Kinds: the proxy's own `x-switchyard-error` value; `envoy_local_NNN`, `haproxy_local_NNN`,
+/// `nginx_local_NNN` for an answer Envoy, HAProxy or nginx made itself; `provider_NNN` for a
+/// provider's non-2xx answer; `connect_error`, `connection_broken`, `client_timeout` below HTTP.
 pub fn classify(
     answer: Result<(u16, &HeaderMap), Transport>,
     duplicate: bool,
@@ -170,8 +187,11 @@ pub fn classify(
         .and_then(|v| v.to_str().ok())
     {
         kind.to_owned()
-    } else if target == TargetKind::Envoy && !headers.contains_key(X_ENVOY_UPSTREAM_SERVICE_TIME) {
-        format!("envoy_local_{status}")
+    } else if target
+        .upstream_mark()
+        .is_some_and(|mark| !headers.contains_key(mark))
+    {
+        format!("{}_local_{status}", target.name())
     } else {
         format!("provider_{status}")
     };
@@ -410,6 +430,23 @@ mod tests {
         let upstream = headers(&[("x-envoy-upstream-service-time", "3")]);
         assert_eq!(
             classify(Ok((503, &upstream)), false, TargetKind::Envoy).1,
+            Some("provider_503".into())
+        );
+        assert_eq!(
+            classify(Ok((503, &none)), false, TargetKind::Haproxy).1,
+            Some("haproxy_local_503".into())
+        );
+        assert_eq!(
+            classify(Ok((502, &none)), false, TargetKind::Nginx).1,
+            Some("nginx_local_502".into())
+        );
+        let named = headers(&[("x-upstream", "primary")]);
+        assert_eq!(
+            classify(Ok((503, &named)), false, TargetKind::Nginx).1,
+            Some("provider_503".into())
+        );
+        assert_eq!(
+            classify(Ok((503, &named)), false, TargetKind::Haproxy).1,
             Some("provider_503".into())
         );
         assert_eq!(

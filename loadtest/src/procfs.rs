@@ -1,4 +1,8 @@
 //! CPU time and peak memory of a process, from `/proc` (Linux).
+//!
+//! A proxy under test may be more than one process: nginx runs a master and its workers. Its
+//! figures are those of the process tree ([`cpu_time_tree`], [`peak_rss_tree_kib`]); for a proxy
+//! of one process (switchyard, Envoy, HAProxy with threads) the tree is that process alone.
 
 use std::time::Duration;
 
@@ -20,6 +24,63 @@ pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(Duration::from_millis((utime + stime) * 1000 / CLK_TCK))
+}
+
+/// User plus system CPU time of process `pid` and every live descendant of it (nginx's master and
+/// workers, summed). A descendant that exited during the measurement takes its CPU time with it.
+pub fn cpu_time_tree(pid: u32) -> Option<Duration> {
+    let own = cpu_time(pid)?;
+    Some(
+        descendants(pid)
+            .into_iter()
+            .filter_map(cpu_time)
+            .fold(own, |sum, d| sum + d),
+    )
+}
+
+/// Peak resident set size of process `pid` plus those of its live descendants, KiB: the sum of
+/// each process's `VmHWM`. For nginx (a master and workers) this counts pages the processes share
+/// once per process, and adds peaks that need not have been at the same moment: an upper bound.
+pub fn peak_rss_tree_kib(pid: u32) -> Option<u64> {
+    let own = peak_rss_kib(pid)?;
+    Some(
+        own + descendants(pid)
+            .into_iter()
+            .filter_map(peak_rss_kib)
+            .sum::<u64>(),
+    )
+}
+
+/// The live descendants of process `pid` (children, their children, ...), from each process's
+/// parent id in `/proc/*/stat`.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(u32, u32)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            Some((p, parse_stat_ppid(&stat)?))
+        })
+        .collect();
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(child, _) in parents.iter().filter(|(_, pp)| *pp == parent) {
+            if !found.contains(&child) && child != pid {
+                found.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// Parses the parent process id (field 4) out of a `/proc/PID/stat` line.
+pub fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Peak resident set size of process `pid` in KiB (`VmHWM`).
@@ -116,11 +177,28 @@ mod tests {
     fn parses_stat_and_status() {
         let stat = "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 5 0 0";
         assert_eq!(parse_stat_cpu(stat), Some(Duration::from_secs(3)));
+        assert_eq!(parse_stat_ppid(stat), Some(1));
         let status = "Name:\tx\nVmHWM:\t   12345 kB\nVmRSS:\t 1000 kB\n";
         assert_eq!(parse_status_kib(status, "VmHWM:"), Some(12345));
         assert!(cpu_time(std::process::id()).is_some());
         let stat = "cpu  100 0 50 1000 20 5 5 0 0 0\ncpu0 1 2 3\n";
         assert_eq!(parse_machine_busy(stat), Some(Duration::from_millis(1600)));
         assert!(alive(std::process::id()));
+    }
+
+    #[test]
+    fn sums_a_process_tree() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        assert!(descendants(me).contains(&child.id()));
+        assert!(cpu_time_tree(me) >= cpu_time(me));
+        let own = peak_rss_kib(me).unwrap();
+        let tree = peak_rss_tree_kib(me).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(tree > own, "the child's RSS is added");
     }
 }

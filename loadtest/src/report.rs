@@ -7,16 +7,18 @@ use serde::Serialize;
 
 use crate::analysis::{Charges, Shop};
 
-/// CPU and memory of the proxy under test over the measured time.
+/// CPU and memory of the proxy under test over the measured time: of its process and every
+/// descendant (nginx's workers), summed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProcessFigures {
-    /// Its process id.
+    /// Its process id (nginx: the master's).
     pub pid: u32,
-    /// CPU time (user + system, all threads) over the measured time, seconds.
+    /// CPU time (user + system, all threads, all processes) over the measured time, seconds.
     pub cpu_s: f64,
     /// CPU time per request, µs.
     pub cpu_us_per_request: f64,
-    /// Peak resident set size (VmHWM), MiB.
+    /// Peak resident set size (VmHWM), MiB; for several processes the sum of their peaks (pages
+    /// they share counted once per process).
     pub peak_rss_mib: f64,
 }
 
@@ -49,7 +51,7 @@ pub struct ReloadFigures {
 pub struct RunReport {
     /// Scenario name.
     pub scenario: String,
-    /// `switchyard`, `direct` or `envoy`.
+    /// `switchyard`, `direct`, `envoy`, `haproxy` or `nginx`.
     pub target: String,
     /// The load, in words.
     pub load: String,
@@ -63,7 +65,8 @@ pub struct RunReport {
     pub shop: Shop,
     /// What the providers charged (when their counters could be read).
     pub charges: Option<Charges>,
-    /// The proxy's CPU and memory (none for `direct`).
+    /// The proxy's CPU and memory (none for `direct`); for a proxy of several processes (nginx's
+    /// master and workers), of them all.
     pub proxy: Option<ProcessFigures>,
     /// Both sandbox providers' CPU per request, µs.
     pub providers_cpu_us_per_request: Option<f64>,
@@ -92,6 +95,10 @@ pub struct Report {
     pub switchyard_bin: Option<String>,
     /// The Envoy binary and version, when Envoy ran.
     pub envoy: Option<String>,
+    /// The HAProxy binary and version, when HAProxy ran.
+    pub haproxy: Option<String>,
+    /// The nginx binary and version, when nginx ran.
+    pub nginx: Option<String>,
     /// Runs, in order.
     pub runs: Vec<RunReport>,
     /// Runs skipped and why.
@@ -161,15 +168,17 @@ impl Report {
         if let Some(b) = &self.switchyard_bin {
             let _ = writeln!(out, "- switchyard: `{b}`");
         }
-        let _ = writeln!(
-            out,
-            "- envoy: {}",
-            self.envoy.as_deref().unwrap_or("not run")
-        );
+        for (name, bin) in [
+            ("envoy", &self.envoy),
+            ("haproxy", &self.haproxy),
+            ("nginx", &self.nginx),
+        ] {
+            let _ = writeln!(out, "- {name}: {}", bin.as_deref().unwrap_or("not run"));
+        }
         if let Some(r) = self.runs.first() {
             let _ = writeln!(out, "- load: {}", r.load);
         }
-        out.push_str("\nLatency is from each request's intended send time to the end of its answer (open model: no coordinated omission). *failures*: answers other than 2xx the shop got, proxy-made or provider-made (409 to a re-sent key still in flight is not counted). *unknown*: answers marked `x-switchyard-outcome: unknown`, and requests without an answer after they may have left. Charges come from the providers' own counters: *charged twice* = keys charged more than once by one provider, *charged on both* = keys charged by both, *charged, no success* = keys charged although no request with that key got a 2xx. *to ≥99 %*: from the fault's start until success stays ≥ 99 % per 100 ms for the rest of the fault. *fail back*: from the fault's end until ≥ 90 % of answers come from the primary in every later 100 ms. CPU and RSS are the proxy process's (from /proc) over the measured time.\n\n");
+        out.push_str("\nLatency is from each request's intended send time to the end of its answer (open model: no coordinated omission). *failures*: answers other than 2xx the shop got, proxy-made or provider-made (409 to a re-sent key still in flight is not counted). *unknown*: answers marked `x-switchyard-outcome: unknown`, and requests without an answer after they may have left. Charges come from the providers' own counters: *charged twice* = keys charged more than once by one provider, *charged on both* = keys charged by both, *charged, no success* = keys charged although no request with that key got a 2xx. *to ≥99 %*: from the fault's start until success stays ≥ 99 % per 100 ms for the rest of the fault. *fail back*: from the fault's end until ≥ 90 % of answers come from the primary in every later 100 ms. CPU and RSS are the proxy's (from /proc) over the measured time: of all its processes for nginx (master and workers; RSS is the sum of their peaks).\n\n");
         out.push_str(&self.table());
         out.push_str("\n## Failures by kind\n\n");
         let mut any = false;

