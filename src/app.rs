@@ -274,6 +274,7 @@ impl App {
             admin = %admin.local_addr(),
             routes = snapshot.routes.len(),
             providers = snapshot.providers.len(),
+            workers = tokio::runtime::Handle::current().metrics().num_workers(),
             "switchyard is serving"
         );
         Ok(Self {

@@ -60,6 +60,11 @@ struct RunArgs {
     /// Do not watch the file for changes (SIGHUP and POST /admin/reload still reload).
     #[arg(long)]
     no_watch: bool,
+    /// Threads serving requests. One (the default) runs everything on a single thread, as a sidecar
+    /// should: no hand-off between threads per request, and one core serves well over 10 000
+    /// payments/s. More spread connections over that many threads; `0` means one per core.
+    #[arg(long, env = "SWITCHYARD_WORKERS", default_value_t = 1)]
+    workers: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,13 +85,29 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The async runtime: one thread unless the sidecar is asked for more workers.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match &cli.command {
+        None => cli.run.workers,
+        Some(Command::Run(args)) => args.workers,
+        Some(_) => 1,
+    };
+    let runtime = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

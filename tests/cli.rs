@@ -71,6 +71,18 @@ fn check_accepts_the_shipped_routes_yaml() {
 }
 
 #[test]
+fn a_bad_worker_count_is_refused_with_its_name() {
+    let out = switchyard()
+        .args(["run", "--config", "does-not-matter.yaml"])
+        .env("SWITCHYARD_WORKERS", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("--workers") && err.contains("many"), "{err}");
+}
+
+#[test]
 fn check_names_the_path_and_line_of_an_unknown_provider() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = "\
@@ -375,6 +387,7 @@ sandbox:
     cmd.args(["run", "--log-format", "json", "--config"])
         .arg(&path)
         .env("RUST_LOG", "debug")
+        .env("SWITCHYARD_WORKERS", "2")
         .env(&var, PROVIDER_CREDENTIAL);
     let mut child = Child::spawn(cmd);
     let listen = Child::wait_for(&child.stderr, STARTUP, |line| {
@@ -382,6 +395,10 @@ sandbox:
         if v["message"] != "switchyard is serving" {
             return None;
         }
+        assert_eq!(
+            v["workers"], 2,
+            "SWITCHYARD_WORKERS sets the worker threads: {line}"
+        );
         v["listen"].as_str().map(str::to_owned)
     })
     .unwrap_or_else(|| {

@@ -22,27 +22,80 @@ use sha2::{Digest, Sha256};
 
 pub use pins::ObjectPins;
 
-/// A final answer kept for replay.
+/// A final answer kept for replay: status and provider, and the headers and body in one allocation
+/// of their own (never a slice of a connection buffer, which a record would keep alive for its ttl).
+///
+/// Records are many and replays are few: the headers are kept as a flat block (`name:value\n` per
+/// header; neither a name nor a value can hold a newline) and turned back into a map on replay.
 #[derive(Debug, Clone)]
 pub struct StoredAnswer {
-    /// Status.
-    pub status: StatusCode,
-    /// Headers (hop-by-hop removed).
-    pub headers: HeaderMap,
-    /// Body.
-    pub body: Bytes,
-    /// The provider that gave it.
-    pub provider: Arc<str>,
+    status: StatusCode,
+    provider: Arc<str>,
+    /// The header block, then the body.
+    blob: Bytes,
+    body_at: usize,
 }
 
 impl StoredAnswer {
+    /// Keeps `status`, `headers` (hop-by-hop ones already removed) and `body` from `provider`.
+    pub fn new(status: StatusCode, headers: &HeaderMap, body: &[u8], provider: Arc<str>) -> Self {
+        let block: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 2)
+            .sum();
+        let mut blob = Vec::with_capacity(block + body.len());
+        for (name, value) in headers {
+            blob.extend_from_slice(name.as_str().as_bytes());
+            blob.push(b':');
+            blob.extend_from_slice(value.as_bytes());
+            blob.push(b'\n');
+        }
+        let body_at = blob.len();
+        blob.extend_from_slice(body);
+        Self {
+            status,
+            provider,
+            blob: Bytes::from(blob),
+            body_at,
+        }
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The provider that gave it.
+    pub fn provider(&self) -> &Arc<str> {
+        &self.provider
+    }
+
+    /// The body (shares the stored bytes).
+    pub fn body(&self) -> Bytes {
+        self.blob.slice(self.body_at..)
+    }
+
+    /// The headers, in their order, repeated ones included.
+    pub fn headers(&self) -> HeaderMap {
+        let block = &self.blob[..self.body_at];
+        let mut out = HeaderMap::with_capacity(block.iter().filter(|b| **b == b'\n').count());
+        for line in block.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            // Both halves came from a valid name and value, so neither check can fail.
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(&line[..colon]),
+                http::HeaderValue::from_bytes(&line[colon + 1..]),
+            ) {
+                out.append(name, value);
+            }
+        }
+        out
+    }
+
     fn bytes(&self) -> usize {
-        self.body.len()
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.as_str().len() + v.len() + 16)
-                .sum::<usize>()
+        self.blob.len()
     }
 }
 
@@ -484,12 +537,12 @@ mod tests {
     }
 
     fn answer(body: &str) -> StoredAnswer {
-        StoredAnswer {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_owned()),
-            provider: Arc::from("a"),
-        }
+        StoredAnswer::new(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            body.as_bytes(),
+            Arc::from("a"),
+        )
     }
 
     fn store(max_entries: usize) -> MemoryStore {
@@ -504,6 +557,23 @@ mod tests {
     const F2: [u8; 32] = [2; 32];
 
     #[test]
+    fn a_stored_answer_gives_back_its_status_headers_and_body() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.append("set-cookie", "a=1".parse().unwrap());
+        h.append("set-cookie", "b=2; Path=/".parse().unwrap());
+        h.insert("x-provider-id", "req:42".parse().unwrap());
+        let body = Bytes::from_static(b"{\"id\":\"pi_1\"}\n");
+        let a = StoredAnswer::new(StatusCode::CREATED, &h, &body, Arc::from("p"));
+        assert_eq!(a.status(), StatusCode::CREATED);
+        assert_eq!(a.body(), body);
+        assert_eq!(a.headers(), h);
+        assert_eq!(&**a.provider(), "p");
+        let none = StoredAnswer::new(StatusCode::OK, &HeaderMap::new(), b"", Arc::from("p"));
+        assert!(none.headers().is_empty() && none.body().is_empty());
+    }
+
+    #[test]
     fn in_flight_then_replay_byte_for_byte() {
         let s = store(10);
         let t = Instant::now();
@@ -512,7 +582,7 @@ mod tests {
         assert!(matches!(s.begin(&key("k"), F2, t), Begin::Mismatch));
         s.finish(&key("k"), Finish::Final(answer("{\"id\":\"pi_1\"}")), t);
         match s.begin(&key("k"), F1, t) {
-            Begin::Replay(a) => assert_eq!(a.body, "{\"id\":\"pi_1\"}"),
+            Begin::Replay(a) => assert_eq!(a.body(), "{\"id\":\"pi_1\"}"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(s.begin(&key("k"), F2, t), Begin::Mismatch));

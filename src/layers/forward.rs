@@ -273,15 +273,15 @@ impl Operation {
 
     /// The stored answer, as the shop gets it again.
     fn replay(&self, answer: &StoredAnswer) -> Response<ProxyBody> {
-        let mut resp = Response::new(full(answer.body.clone()));
-        *resp.status_mut() = answer.status;
-        *resp.headers_mut() = answer.headers.clone();
+        let mut resp = Response::new(full(answer.body()));
+        *resp.status_mut() = answer.status();
+        *resp.headers_mut() = answer.headers();
         resp.headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         if let Some(info) = &self.info {
-            info.set_provider(Arc::clone(&answer.provider));
+            info.set_provider(Arc::clone(answer.provider()));
         }
-        self.decorate(&mut resp, &answer.provider, 0);
+        self.decorate(&mut resp, answer.provider(), 0);
         resp
     }
 
@@ -672,14 +672,12 @@ impl Operation {
                 .pins
                 .remember_answer(&body, provider, Instant::now());
         }
-        settle.finish(Finish::Final(StoredAnswer {
-            status: parts.status,
-            headers: owned_headers(&parts.headers),
-            // A copy: the body hyper read is a slice of its connection buffer, which a stored answer
-            // would otherwise keep alive (kilobytes per record) for the record's whole ttl.
-            body: Bytes::copy_from_slice(&body),
-            provider: Arc::clone(provider),
-        }));
+        settle.finish(Finish::Final(StoredAnswer::new(
+            parts.status,
+            &parts.headers,
+            &body,
+            Arc::clone(provider),
+        )));
         let mut resp = Response::from_parts(parts, full(body));
         *resp.version_mut() = Version::HTTP_11;
         self.decorate(&mut resp, provider, attempts);
@@ -712,17 +710,6 @@ impl Operation {
         *out.headers_mut() = h;
         Ok(out)
     }
-}
-
-/// Headers in allocations of their own: hyper's header values are slices of the connection's read
-/// buffer, and a stored answer must not pin that buffer in memory.
-fn owned_headers(headers: &http::HeaderMap) -> http::HeaderMap {
-    let mut out = http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-        out.append(name.clone(), value);
-    }
-    out
 }
 
 /// The provider, class and result of the last attempt sent.
