@@ -380,6 +380,13 @@ impl Operation {
                 Admission::Rejected { retry_in } => {
                     let retry_after = retry_in.max(Duration::from_millis(100));
                     if pin.is_some() {
+                        // No other provider may take it: wait for this one while the deadline
+                        // allows (a breaker opened by a brownout lets probes through soon), so the
+                        // shop gets the payment's answer rather than a 503 to retry.
+                        if Instant::now() + retry_after < deadline {
+                            tokio::time::sleep(retry_after).await;
+                            continue;
+                        }
                         return Err(ProxyError::PinnedProviderUnavailable {
                             provider: provider.to_string(),
                             retry_after,

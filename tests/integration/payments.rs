@@ -328,7 +328,8 @@ async fn a_replay_is_byte_for_byte_for_a_success_and_for_a_decline() {
     );
 }
 
-// 6. A pinned key with the primary's breaker open: 503, nothing to the backup.
+// 6. A pinned key with the primary's breaker open past the route's deadline: 503 at once, nothing
+// to the backup.
 #[tokio::test]
 async fn a_pinned_payment_never_moves_even_when_its_provider_is_open() {
     let primary = MockProvider::start(|_| Reply::status(500, "{}")).await;
@@ -336,7 +337,7 @@ async fn a_pinned_payment_never_moves_even_when_its_provider_is_open() {
     let proxy = TestProxy::start(&config(
         &[("primary", &primary.url()), ("backup", &url(&b))],
         "breaker: { consecutive_failures: 1, open_for: 30s, jitter: 0 }",
-        "retry: { attempts: 1 }",
+        "retry: { attempts: 1 }\ntimeout: 5s",
     ))
     .await;
     let first = pay(&proxy, "order-pinned").await;
@@ -356,6 +357,42 @@ async fn a_pinned_payment_never_moves_even_when_its_provider_is_open() {
     assert!(retry.header("retry-after").is_some());
     assert_eq!(primary.count(), 1);
     assert_eq!(b.stats().charges_by_key.get("order-pinned"), None);
+}
+
+// 6b. A pinned key whose provider's breaker opens for less than the route's deadline waits for it:
+// the shop gets the payment's answer from that provider, and the backup never sees the key.
+#[tokio::test]
+async fn a_pinned_payment_waits_for_its_provider_within_the_deadline() {
+    let calls = Arc::new(AtomicU16::new(0));
+    let seen = Arc::clone(&calls);
+    // The first attempt fails after it may have charged; the provider is fine again after that.
+    let primary = MockProvider::start(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::status(500, "{}")
+        } else {
+            Reply::ok(r#"{"id":"pi_after_wait","status":"succeeded"}"#)
+        }
+    })
+    .await;
+    let b = sandbox("backup").await;
+    let proxy = TestProxy::start(&config(
+        &[("primary", &primary.url()), ("backup", &url(&b))],
+        "breaker: { consecutive_failures: 1, open_for: 300ms, jitter: 0 }",
+        "retry: { attempts: 2, backoff: 1ms, max_backoff: 1ms }\ntimeout: 5s",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let answer = pay(&proxy, "order-waits").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.header("x-switchyard-provider"), Some("primary"));
+    assert_eq!(answer.json()["id"], "pi_after_wait");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the retry waited for the breaker: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(b.stats().charges_by_key.get("order-waits"), None);
 }
 
 // 7. A retry storm against a failing provider stays within the budget.
