@@ -24,7 +24,7 @@ struct Pin {
 /// not know the object; nothing is charged.
 #[derive(Debug, Default)]
 struct Inner {
-    map: HashMap<u64, Pin, BuildHasherDefault<Digest>>,
+    map: HashMap<u64, Pin, Prehashed>,
     order: VecDeque<u64>,
     providers: Vec<Arc<str>>,
 }
@@ -41,9 +41,13 @@ impl Inner {
     }
 }
 
-/// The map's keys are digests already: hashing them again would only cost time.
+/// For tables whose keys carry a keyed hash of their own (a digest, or a key's precomputed hash):
+/// the table takes it as is.
+pub(super) type Prehashed = BuildHasherDefault<Digest>;
+
+/// Passes a key's own 64-bit hash through (bytes, which no such key writes, are folded in).
 #[derive(Debug, Default)]
-struct Digest(u64);
+pub(super) struct Digest(u64);
 
 impl Hasher for Digest {
     fn finish(&self) -> u64 {

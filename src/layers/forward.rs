@@ -217,10 +217,7 @@ impl Operation {
         );
         Ok(Some(Keyed {
             store: Arc::clone(store),
-            record: RecordKey {
-                scope,
-                key: key.clone(),
-            },
+            record: RecordKey::new(scope, key.clone()),
             key,
             header: cfg.header.clone(),
             generated,
