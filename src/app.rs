@@ -105,11 +105,6 @@ pub struct App {
     audit: Audit,
 }
 
-/// How long a payment object stays pinned to its provider (refunds come weeks later).
-const PIN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
-/// Most payment objects pinned at once.
-const PIN_MAX: usize = 200_000;
-
 fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
@@ -164,7 +159,10 @@ impl App {
             health: States::build(&snapshot, None, &metrics, Instant::now()),
             route_limits: RouteLimits::build(&snapshot, None),
             idempotency: RouteStores::build(&snapshot, None, &metrics.idempotency_evictions_total),
-            pins: Arc::new(ObjectPins::new(PIN_TTL, PIN_MAX)),
+            pins: Arc::new(ObjectPins::new(
+                snapshot.pins.ttl,
+                snapshot.pins.max_entries,
+            )),
             retry_budgets: RouteBudgets::build(&snapshot, None, Instant::now()),
             snapshot: Arc::clone(&snapshot),
             upstreams,
@@ -475,7 +473,11 @@ fn load_generation(path: &Path, old: &Generation, metrics: &Metrics) -> Result<G
             Some(&old.idempotency),
             &metrics.idempotency_evictions_total,
         ),
-        pins: Arc::clone(&old.pins),
+        pins: {
+            old.pins
+                .set_limits(snapshot.pins.ttl, snapshot.pins.max_entries);
+            Arc::clone(&old.pins)
+        },
         retry_budgets: RouteBudgets::build(&snapshot, Some(&old.retry_budgets), Instant::now()),
         snapshot: Arc::new(snapshot),
         upstreams,

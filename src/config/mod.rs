@@ -15,7 +15,7 @@ use std::path::Path;
 pub use locate::Lines;
 pub use units::{parse_duration, parse_size};
 pub use validate::{
-    EnvAndFiles, PlaceholderSecrets, Problem, Route, SecretRef, SecretSource, Snapshot,
+    EnvAndFiles, Pins, PlaceholderSecrets, Problem, Route, SecretRef, SecretSource, Snapshot,
 };
 
 /// Why a config text was not accepted.

@@ -34,6 +34,18 @@ pub struct RawConfig {
     pub webhooks: Vec<RawWebhook>,
     /// The audit trail.
     pub audit: Option<RawAudit>,
+    /// Payment objects pinned to the provider that holds them.
+    pub pins: Option<RawPins>,
+}
+
+/// `pins:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPins {
+    /// Most object ids remembered.
+    pub max_entries: Option<usize>,
+    /// How long an id is remembered.
+    pub ttl: Option<String>,
 }
 
 /// `admin:`

@@ -75,6 +75,8 @@ pub struct Snapshot {
     pub webhooks: Vec<Arc<Webhook>>,
     /// The audit trail, when configured.
     pub audit: Option<AuditConfig>,
+    /// Payment objects pinned to their provider.
+    pub pins: Pins,
     /// Every secret the config reads, where from (never the value).
     pub secrets: Vec<SecretUse>,
 }
@@ -286,6 +288,25 @@ impl Default for Idempotency {
             max_bytes: 64 << 20,
             header: HeaderName::from_static("idempotency-key"),
             scope_header: None,
+        }
+    }
+}
+
+/// How many payment-object ids (`pi_…`, a provider's `"id"`) are remembered with the provider that
+/// holds them, and for how long: a capture or refund naming one goes to that provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pins {
+    /// Most ids (about 35 bytes each); the oldest go first.
+    pub max_entries: usize,
+    /// How long an id is remembered after its provider's last answer naming it.
+    pub ttl: Duration,
+}
+
+impl Default for Pins {
+    fn default() -> Self {
+        Self {
+            max_entries: 200_000,
+            ttl: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -671,6 +692,7 @@ impl Validator<'_> {
             16 << 20,
         );
         let audit = raw.audit.map(|a| self.audit(a));
+        let pins = self.pins(raw.pins);
 
         // Every name written, valid or not: a target naming a provider that has problems of its own
         // is not also reported as unknown.
@@ -739,7 +761,21 @@ impl Validator<'_> {
             sandbox,
             webhooks,
             audit,
+            pins,
             secrets: Vec::new(),
+        }
+    }
+
+    fn pins(&mut self, raw: Option<schema::RawPins>) -> Pins {
+        let d = Pins::default();
+        let Some(p) = raw else { return d };
+        let max_entries = p.max_entries.unwrap_or(d.max_entries);
+        if max_entries == 0 {
+            self.problem("pins.max_entries", "must be at least 1");
+        }
+        Pins {
+            max_entries: max_entries.max(1),
+            ttl: self.duration("pins.ttl", p.ttl.as_deref(), d.ttl),
         }
     }
 

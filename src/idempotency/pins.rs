@@ -27,9 +27,21 @@ struct Inner {
     map: HashMap<u64, Pin, Prehashed>,
     order: VecDeque<u64>,
     providers: Vec<Arc<str>>,
+    ttl: Duration,
+    max: usize,
 }
 
 impl Inner {
+    /// Drops the oldest ids beyond the bound.
+    fn trim(&mut self) {
+        while self.map.len() > self.max {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&old);
+        }
+    }
+
     fn provider_index(&mut self, provider: &Arc<str>) -> u16 {
         match self.providers.iter().position(|p| p == provider) {
             Some(i) => i as u16,
@@ -66,8 +78,6 @@ impl Hasher for Digest {
 /// Object id → provider, bounded and expiring.
 #[derive(Debug)]
 pub struct ObjectPins {
-    ttl: Duration,
-    max: usize,
     epoch: Instant,
     ids: RandomState,
     inner: Mutex<Inner>,
@@ -77,12 +87,33 @@ impl ObjectPins {
     /// A table keeping ids for `ttl`, at most `max` of them.
     pub fn new(ttl: Duration, max: usize) -> Self {
         Self {
-            ttl,
-            max,
             epoch: Instant::now(),
             ids: RandomState::new(),
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                ttl,
+                max,
+                ..Inner::default()
+            }),
         }
+    }
+
+    /// New bounds (a reload): ids stay, the oldest beyond `max` go at once; `ttl` applies to ids
+    /// remembered from now on.
+    pub fn set_limits(&self, ttl: Duration, max: usize) {
+        let mut inner = self.lock();
+        inner.ttl = ttl;
+        inner.max = max;
+        inner.trim();
+    }
+
+    /// Ids remembered.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Whether no id is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -114,21 +145,15 @@ impl ObjectPins {
             return;
         }
         let digest = self.digest(id.as_bytes());
-        let until = self.secs(now + self.ttl);
         let mut inner = self.lock();
         let pin = Pin {
             provider: inner.provider_index(provider),
-            until,
+            until: self.secs(now + inner.ttl),
         };
         if inner.map.insert(digest, pin).is_none() {
             inner.order.push_back(digest);
         }
-        while inner.map.len() > self.max {
-            let Some(old) = inner.order.pop_front() else {
-                break;
-            };
-            inner.map.remove(&old);
-        }
+        inner.trim();
     }
 
     /// The provider holding an object named in `path` or `body`, if any.
@@ -195,6 +220,28 @@ mod tests {
     }
 
     #[test]
+    fn a_smaller_bound_drops_the_oldest_at_once() {
+        let pins = ObjectPins::new(Duration::from_secs(60), 100);
+        let t = Instant::now();
+        let a: Arc<str> = Arc::from("a");
+        for i in 0..20 {
+            pins.remember_answer(format!(r#"{{"id":"pi_{i:08}"}}"#).as_bytes(), &a, t);
+        }
+        pins.set_limits(Duration::from_secs(1), 5);
+        assert_eq!(pins.len(), 5);
+        assert!(pins.find("/x/pi_00000019", b"", t).is_some());
+        assert!(pins.find("/x/pi_00000014", b"", t).is_none());
+        // The new ttl applies to ids remembered from now on.
+        pins.remember_answer(br#"{"id":"pi_new_one_1"}"#, &a, t);
+        assert!(pins
+            .find("/x/pi_new_one_1", b"", t + Duration::from_secs(3))
+            .is_none());
+        assert!(pins
+            .find("/x/pi_00000019", b"", t + Duration::from_secs(3))
+            .is_some());
+    }
+
+    #[test]
     fn bounded() {
         let pins = ObjectPins::new(Duration::from_secs(60), 10);
         let t = Instant::now();
@@ -202,7 +249,7 @@ mod tests {
         for i in 0..50 {
             pins.remember_answer(format!(r#"{{"id":"pi_{i:08}"}}"#).as_bytes(), &a, t);
         }
-        assert_eq!(pins.lock().map.len(), 10);
+        assert_eq!(pins.len(), 10);
         assert!(pins.find("/x/pi_00000049", b"", t).is_some());
         assert!(pins.find("/x/pi_00000001", b"", t).is_none());
     }
