@@ -23,6 +23,8 @@ pub struct Upstreams {
     pub attempt_timeout: Duration,
     /// Extra keys of switchyard's route, one YAML line each (`--route-extra`).
     pub route_extra: Vec<String>,
+    /// Extra top-level keys of switchyard's config, one YAML line each (`--config-extra`).
+    pub config_extra: Vec<String>,
 }
 
 /// Timeout of one attempt at a provider, in every proxy.
@@ -77,7 +79,7 @@ providers:
     max_body: 64KiB
     rate_limit: {{ rps: 1000000, burst: 100000 }}
     # Retries and idempotency settings go here (from --route-extra).
-{route_extra}"#,
+{route_extra}{config_extra}"#,
         primary = provider(&u.primary.0, u.primary.1),
         backup = provider(&u.backup.0, u.backup.1),
         primary_name = u.primary.0,
@@ -87,6 +89,11 @@ providers:
             .route_extra
             .iter()
             .map(|l| format!("    {}\n", l.trim()))
+            .collect::<String>(),
+        config_extra = u
+            .config_extra
+            .iter()
+            .map(|l| format!("{}\n", l.trim()))
             .collect::<String>(),
     )
 }
@@ -458,6 +465,7 @@ mod tests {
             backup: ("psp-backup".into(), "127.0.0.1:9102".parse().unwrap()),
             attempt_timeout: ATTEMPT_TIMEOUT,
             route_extra: vec!["idempotency: { max_entries: 10000 }".into()],
+            config_extra: vec!["pins: { max_entries: 10000 }".into()],
         }
     }
 
@@ -469,6 +477,7 @@ mod tests {
         assert!(a.contains("{ provider: psp-backup, priority: 1 }"));
         assert!(a.contains("timeout: 1000ms"));
         assert!(a.contains("\n    idempotency: { max_entries: 10000 }\n"));
+        assert!(a.ends_with("\npins: { max_entries: 10000 }\n"), "{a}");
         assert_ne!(a, b);
     }
 

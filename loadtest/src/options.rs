@@ -128,6 +128,10 @@ pub struct Options {
     /// `--route-extra 'idempotency: { max_entries: 10000 }'`.
     #[arg(long)]
     pub route_extra: Vec<String>,
+    /// A top-level YAML line added to the generated switchyard config (repeatable), e.g.
+    /// `--config-extra 'pins: { max_entries: 10000 }'`.
+    #[arg(long)]
+    pub config_extra: Vec<String>,
     /// Let the started proxy log one line per request (off by default, as Envoy's access log is).
     #[arg(long)]
     pub proxy_request_log: bool,

@@ -434,6 +434,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
         backup: (b.control.name.clone(), b.addr),
         attempt_timeout: ATTEMPT_TIMEOUT,
         route_extra: opts.route_extra.clone(),
+        config_extra: opts.config_extra.clone(),
     });
     let (base, via) = match target {
         TargetKind::Switchyard => {
