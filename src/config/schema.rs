@@ -164,6 +164,8 @@ pub struct RawRetry {
     pub min_retries_per_second: Option<u32>,
     /// Longest provider `Retry-After` honoured before a retry.
     pub retry_after_cap: Option<String>,
+    /// How long a pinned payment may wait for its provider's breaker.
+    pub pinned_wait: Option<String>,
 }
 
 /// `routes[N].idempotency:`

@@ -236,6 +236,9 @@ pub struct Retry {
     pub min_retries_per_second: u32,
     /// Longest provider `Retry-After` honoured.
     pub retry_after_cap: Duration,
+    /// How long, from the request's start, a payment pinned to a provider whose breaker is open may
+    /// wait for it (within the route's timeout) before the shop gets 503; zero: no wait.
+    pub pinned_wait: Duration,
 }
 
 impl Default for Retry {
@@ -247,6 +250,7 @@ impl Default for Retry {
             budget: 0.2,
             min_retries_per_second: 10,
             retry_after_cap: Duration::from_secs(2),
+            pinned_wait: Duration::from_secs(5),
         }
     }
 }
@@ -1085,6 +1089,11 @@ impl Validator<'_> {
                 &format!("{path}.retry_after_cap"),
                 r.retry_after_cap.as_deref(),
                 d.retry_after_cap,
+            ),
+            pinned_wait: self.duration_or_zero(
+                &format!("{path}.pinned_wait"),
+                r.pinned_wait.as_deref(),
+                d.pinned_wait,
             ),
         }
     }

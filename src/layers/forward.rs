@@ -377,10 +377,11 @@ impl Operation {
                 Admission::Rejected { retry_in } => {
                     let retry_after = retry_in.max(Duration::from_millis(100));
                     if pin.is_some() {
-                        // No other provider may take it: wait for this one while the deadline
-                        // allows (a breaker opened by a brownout lets probes through soon), so the
-                        // shop gets the payment's answer rather than a 503 to retry.
-                        if Instant::now() + retry_after < deadline {
+                        // No other provider may take it: wait for this one while the route allows
+                        // (a breaker opened by a brownout lets probes through soon), so the shop
+                        // gets the payment's answer rather than a 503 to retry.
+                        let wait_until = deadline.min(self.started + route.retry.pinned_wait);
+                        if Instant::now() + retry_after < wait_until {
                             tokio::time::sleep(retry_after).await;
                             continue;
                         }

@@ -395,6 +395,41 @@ async fn a_pinned_payment_waits_for_its_provider_within_the_deadline() {
     assert_eq!(b.stats().charges_by_key.get("order-waits"), None);
 }
 
+// 6c. With `pinned_wait: 0s` the shop gets the 503 at once, and its retry with the same key later
+// still goes to the primary only.
+#[tokio::test]
+async fn a_pinned_payment_with_no_wait_gets_503_then_completes_at_its_provider() {
+    let calls = Arc::new(AtomicU16::new(0));
+    let seen = Arc::clone(&calls);
+    let primary = MockProvider::start(move |_| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::status(500, "{}")
+        } else {
+            Reply::ok(r#"{"id":"pi_later_retry","status":"succeeded"}"#)
+        }
+    })
+    .await;
+    let b = sandbox("backup").await;
+    let proxy = TestProxy::start(&config(
+        &[("primary", &primary.url()), ("backup", &url(&b))],
+        "breaker: { consecutive_failures: 1, open_for: 300ms, jitter: 0 }",
+        "retry: { attempts: 2, backoff: 1ms, max_backoff: 1ms, pinned_wait: 0s }\ntimeout: 5s",
+    ))
+    .await;
+    let first = pay(&proxy, "order-no-wait").await;
+    assert_eq!(first.status, 503, "{}", first.text());
+    assert_eq!(
+        first.header("x-switchyard-error"),
+        Some("pinned_provider_unavailable")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = pay(&proxy, "order-no-wait").await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.header("x-switchyard-provider"), Some("primary"));
+    assert_eq!(b.stats().charges_by_key.get("order-no-wait"), None);
+}
+
 // 7. A retry storm against a failing provider stays within the budget.
 #[tokio::test]
 async fn a_retry_storm_stays_within_the_budget() {
