@@ -98,6 +98,12 @@ impl RequestInfo {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
 
+/// The config generation a request runs on, loaded once where it enters the stack: one `ArcSwap`
+/// load per request, and every layer after it sees the same generation even when a reload lands
+/// meanwhile. The router takes it out and keeps it in [`RouteCtx`].
+#[derive(Debug, Clone)]
+pub struct Entered(pub Arc<Generation>);
+
 /// The route a request matched, with the generation it matched in.
 #[derive(Debug, Clone)]
 pub struct RouteCtx {

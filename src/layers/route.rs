@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use http::{header, Request};
 use tower::{Layer, Service};
 
-use crate::ctx::{RequestInfo, RouteCtx};
+use crate::ctx::{Entered, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Current;
 
@@ -59,8 +59,18 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::future::Either;
-        let generation = self.current.load_full();
-        let host = request_host(&req);
+        let generation = match req.extensions_mut().remove::<Entered>() {
+            Some(Entered(g)) => g,
+            None => self.current.load_full(),
+        };
+        // The host is read (and lowercased) only when some route matches on it.
+        let host = generation
+            .snapshot
+            .routes
+            .iter()
+            .any(|r| r.matcher.host.is_some())
+            .then(|| request_host(&req))
+            .flatten();
         let found = generation.snapshot.routes.iter().find(|r| {
             r.matcher.matches(
                 req.method(),

@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::BoxFuture;
 use crate::body::{BoxError, ProxyBody};
-use crate::ctx::{ClientAddr, RequestId, RequestInfo};
+use crate::ctx::{ClientAddr, Entered, RequestId, RequestInfo};
 use crate::generation::Current;
 use crate::webhooks::{Origin, Webhooks};
 
@@ -69,8 +69,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let generation = self.layer.current.load();
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let generation = self.layer.current.load_full();
         let hook = generation
             .snapshot
             .webhooks
@@ -78,6 +78,7 @@ where
             .find(|w| w.listen == self.layer.listener && w.path == req.uri().path())
             .cloned();
         let Some(hook) = hook else {
+            req.extensions_mut().insert(Entered(generation));
             return Box::pin(self.inner.call(req));
         };
         if let Some(info) = req.extensions().get::<Arc<RequestInfo>>() {
