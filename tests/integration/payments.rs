@@ -359,18 +359,15 @@ async fn a_pinned_payment_never_moves_even_when_its_provider_is_open() {
     assert_eq!(b.stats().charges_by_key.get("order-pinned"), None);
 }
 
-// 6b. A pinned key whose provider's breaker opens for less than the route's deadline waits for it:
-// the shop gets the payment's answer from that provider, and the backup never sees the key.
-#[tokio::test]
-async fn a_pinned_payment_waits_for_its_provider_within_the_deadline() {
-    let calls = Arc::new(AtomicU16::new(0));
-    let seen = Arc::clone(&calls);
-    // The first attempt fails after it may have charged; the provider is fine again after that.
+/// A primary whose first answer is a 500 (it may have charged) and every later one a success naming
+/// `id`, a backup sandbox, and a proxy whose breaker opens for 300 ms on one failure, with `retry`.
+async fn primary_failing_once(id: &'static str, retry: &str) -> (MockProvider, Sandbox, TestProxy) {
+    let calls = AtomicU16::new(0);
     let primary = MockProvider::start(move |_| {
-        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
             Reply::status(500, "{}")
         } else {
-            Reply::ok(r#"{"id":"pi_after_wait","status":"succeeded"}"#)
+            Reply::ok(&format!(r#"{{"id":"{id}","status":"succeeded"}}"#))
         }
     })
     .await;
@@ -378,9 +375,17 @@ async fn a_pinned_payment_waits_for_its_provider_within_the_deadline() {
     let proxy = TestProxy::start(&config(
         &[("primary", &primary.url()), ("backup", &url(&b))],
         "breaker: { consecutive_failures: 1, open_for: 300ms, jitter: 0 }",
-        "retry: { attempts: 2, backoff: 1ms, max_backoff: 1ms }\ntimeout: 5s",
+        &format!("retry: {{ attempts: 2, backoff: 1ms, max_backoff: 1ms{retry} }}\ntimeout: 5s"),
     ))
     .await;
+    (primary, b, proxy)
+}
+
+// 6b. A pinned key whose provider's breaker opens for less than the route's deadline waits for it:
+// the shop gets the payment's answer from that provider, and the backup never sees the key.
+#[tokio::test]
+async fn a_pinned_payment_waits_for_its_provider_within_the_deadline() {
+    let (primary, b, proxy) = primary_failing_once("pi_after_wait", "").await;
     let started = std::time::Instant::now();
     let answer = pay(&proxy, "order-waits").await;
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -391,7 +396,7 @@ async fn a_pinned_payment_waits_for_its_provider_within_the_deadline() {
         "the retry waited for the breaker: {:?}",
         started.elapsed()
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(primary.count(), 2);
     assert_eq!(b.stats().charges_by_key.get("order-waits"), None);
 }
 
@@ -399,34 +404,19 @@ async fn a_pinned_payment_waits_for_its_provider_within_the_deadline() {
 // still goes to the primary only.
 #[tokio::test]
 async fn a_pinned_payment_with_no_wait_gets_503_then_completes_at_its_provider() {
-    let calls = Arc::new(AtomicU16::new(0));
-    let seen = Arc::clone(&calls);
-    let primary = MockProvider::start(move |_| {
-        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-            Reply::status(500, "{}")
-        } else {
-            Reply::ok(r#"{"id":"pi_later_retry","status":"succeeded"}"#)
-        }
-    })
-    .await;
-    let b = sandbox("backup").await;
-    let proxy = TestProxy::start(&config(
-        &[("primary", &primary.url()), ("backup", &url(&b))],
-        "breaker: { consecutive_failures: 1, open_for: 300ms, jitter: 0 }",
-        "retry: { attempts: 2, backoff: 1ms, max_backoff: 1ms, pinned_wait: 0s }\ntimeout: 5s",
-    ))
-    .await;
+    let (primary, b, proxy) = primary_failing_once("pi_later_retry", ", pinned_wait: 0s").await;
     let first = pay(&proxy, "order-no-wait").await;
     assert_eq!(first.status, 503, "{}", first.text());
     assert_eq!(
         first.header("x-switchyard-error"),
         Some("pinned_provider_unavailable")
     );
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(primary.count(), 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let again = pay(&proxy, "order-no-wait").await;
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.header("x-switchyard-provider"), Some("primary"));
+    assert_eq!(again.json()["id"], "pi_later_retry");
     assert_eq!(b.stats().charges_by_key.get("order-no-wait"), None);
 }
 
