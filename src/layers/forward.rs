@@ -807,19 +807,34 @@ fn provider_uri(
         }
     }
     let slash = if path.starts_with('/') { "" } else { "/" };
-    let pq = match shop.query() {
-        Some(q) => format!("{}{slash}{path}?{q}", provider.base_path),
-        None => format!("{}{slash}{path}", provider.base_path),
+    let unchanged =
+        provider.base_path.is_empty() && slash.is_empty() && path.len() == shop.path().len();
+    let pq = match shop.path_and_query() {
+        // The common case forwards the shop's own path and query: shared, not copied or parsed again.
+        Some(pq) if unchanged => pq.clone(),
+        _ => provider_path(provider, slash, path, shop.query())?,
     };
-    let pq: PathAndQuery = pq.parse().map_err(|_| ProxyError::BadRequest {
-        reason: "the request path cannot be forwarded".into(),
-    })?;
     Uri::builder()
         .scheme(provider.scheme.clone())
         .authority(provider.authority.clone())
         .path_and_query(pq)
         .build()
         .map_err(|e| ProxyError::Internal(format!("building the provider URI: {e}")))
+}
+
+fn provider_path(
+    provider: &Provider,
+    slash: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<PathAndQuery, ProxyError> {
+    let pq = match query {
+        Some(q) => format!("{}{slash}{path}?{q}", provider.base_path),
+        None => format!("{}{slash}{path}", provider.base_path),
+    };
+    pq.parse().map_err(|_| ProxyError::BadRequest {
+        reason: "the request path cannot be forwarded".into(),
+    })
 }
 
 /// Counts a request as in flight to a provider until dropped, even when the shop goes away first.
@@ -876,6 +891,15 @@ mod tests {
         );
         let u = provider_uri(&provider("/base"), None, &shop).unwrap();
         assert_eq!(u.path(), "/base/stripe/v1/charges");
+        assert_eq!(u.query(), Some("expand[]=x&limit=3"));
+        // Neither base path nor prefix: the shop's path and query as they came.
+        let u = provider_uri(&provider(""), None, &shop).unwrap();
+        assert_eq!(
+            u.to_string(),
+            "https://api.example:443/stripe/v1/charges?expand[]=x&limit=3"
+        );
+        let u = provider_uri(&provider(""), Some("/other"), &shop).unwrap();
+        assert_eq!(u.path(), "/stripe/v1/charges");
         // A prefix only strips on a segment boundary.
         let shop: Uri = "/stripev1/charges".parse().unwrap();
         let u = provider_uri(&provider(""), Some("/stripe"), &shop).unwrap();

@@ -8,59 +8,75 @@
 use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that only describe one connection.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// Headers that would tell a provider about the shop's network or session.
-const SHOP_PRIVATE: [&str; 6] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-    "via",
-];
+fn is_shop_private(name: &str) -> bool {
+    matches!(
+        name,
+        "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "x-real-ip"
+            | "via"
+            | "cookie"
+    )
+}
+
+/// Removes every header for which `drop` holds, plus those the `Connection` header names. One pass over
+/// the names (a `HeaderName` is already lower case); nothing is allocated unless something goes.
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if drop(name) && !doomed.contains(name) {
+            doomed.push(name.clone());
+        }
+    }
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for named in value.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(named.trim().as_bytes()) {
+                if !doomed.contains(&name) {
+                    doomed.push(name);
+                }
+            }
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+}
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_where(headers, |n| is_hop_by_hop(n.as_str()));
 }
 
 /// Prepares the shop's headers for a provider: hop-by-hop and shop-private headers removed, `Host`
 /// removed (the client sets it from the provider URL), and credentials removed when `replace_auth`
 /// names the header the sidecar will set.
 pub fn for_provider(headers: &mut HeaderMap, replace_auth: Option<&HeaderName>) {
-    remove_hop_by_hop(headers);
-    for name in SHOP_PRIVATE {
-        headers.remove(name);
-    }
+    // Every shop request has a Host: removed by its constant, the common case allocates nothing.
     headers.remove(header::HOST);
-    headers.remove(header::COOKIE);
-    if let Some(auth) = replace_auth {
-        headers.remove(header::AUTHORIZATION);
-        headers.remove(auth);
-    }
+    remove_where(headers, |n| {
+        is_hop_by_hop(n.as_str())
+            || is_shop_private(n.as_str())
+            || replace_auth.is_some_and(|auth| n == header::AUTHORIZATION || n == auth)
+    });
 }
 
 #[cfg(test)]
@@ -93,6 +109,23 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn every_value_goes_and_connection_names_are_read_case_and_space_insensitively() {
+        let mut h = map(&[
+            ("connection", "Keep-Alive ,X-Hop-One"),
+            ("connection", "x-hop-two"),
+            ("x-hop-one", "1"),
+            ("x-hop-two", "2"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("via", "1.1 lb"),
+            ("content-length", "2"),
+        ]);
+        for_provider(&mut h, None);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-length"]);
     }
 
     #[test]
