@@ -5,7 +5,6 @@
 //! at a full burst are dropped, and if that is not enough the table is started afresh (every key gets a
 //! full burst once more), rather than growing without bound.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,13 +82,13 @@ impl RouteLimiter {
 /// Every route's limiter, by route name. Kept across reloads for routes whose limit is unchanged.
 #[derive(Debug, Default)]
 pub struct RouteLimits {
-    by_route: HashMap<Arc<str>, Arc<RouteLimiter>>,
+    by_route: crate::config::NameMap<Arc<RouteLimiter>>,
 }
 
 impl RouteLimits {
     /// Limiters for the routes of `snapshot` that have a limit, reusing `previous` ones.
     pub fn build(snapshot: &Snapshot, previous: Option<&RouteLimits>) -> Self {
-        let mut by_route = HashMap::new();
+        let mut by_route = crate::config::NameMap::default();
         for route in &snapshot.routes {
             let Some(config) = &route.rate_limit else {
                 continue;

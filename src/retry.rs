@@ -88,10 +88,7 @@ impl RetryBudget {
 /// Each route's retry budget, kept across reloads by route name.
 #[derive(Debug, Default)]
 pub struct RouteBudgets {
-    by_route: std::collections::HashMap<
-        std::sync::Arc<str>,
-        std::sync::Arc<std::sync::Mutex<RetryBudget>>,
-    >,
+    by_route: crate::config::NameMap<std::sync::Arc<std::sync::Mutex<RetryBudget>>>,
 }
 
 impl RouteBudgets {
@@ -101,7 +98,7 @@ impl RouteBudgets {
         previous: Option<&RouteBudgets>,
         now: Instant,
     ) -> Self {
-        let mut by_route = std::collections::HashMap::new();
+        let mut by_route = crate::config::NameMap::default();
         for route in &snapshot.routes {
             let settings = (route.retry.budget, route.retry.min_retries_per_second);
             let kept = previous

@@ -18,6 +18,11 @@ pub use validate::{
     EnvAndFiles, Pins, PlaceholderSecrets, Problem, Route, SecretRef, SecretSource, Snapshot,
 };
 
+/// A table keyed by config names (providers, routes), looked up on every request. Names are the
+/// operator's, not the shop's, so a fast non-keyed hash (FNV) is safe where SipHash would cost more
+/// than the lookup.
+pub type NameMap<V> = std::collections::HashMap<std::sync::Arc<str>, V, fnv::FnvBuildHasher>;
+
 /// Why a config text was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

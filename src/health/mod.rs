@@ -10,7 +10,6 @@ pub mod breaker;
 pub mod checks;
 pub mod score;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -352,7 +351,7 @@ fn ramp(inner: &Inner, now: Instant) -> f64 {
 /// Every provider's state, by name.
 #[derive(Debug, Default)]
 pub struct States {
-    by_name: HashMap<Arc<str>, Arc<ProviderState>>,
+    by_name: crate::config::NameMap<Arc<ProviderState>>,
 }
 
 impl States {
@@ -364,7 +363,7 @@ impl States {
         metrics: &Metrics,
         now: Instant,
     ) -> Self {
-        let mut by_name = HashMap::new();
+        let mut by_name = crate::config::NameMap::default();
         for (name, provider) in &snapshot.providers {
             let state = match previous.and_then(|p| p.by_name.get(name)) {
                 Some(kept) => {

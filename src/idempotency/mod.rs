@@ -511,7 +511,7 @@ impl Store for MemoryStore {
 /// One store per route, kept across reloads by route name.
 #[derive(Debug, Default)]
 pub struct RouteStores {
-    by_route: HashMap<Arc<str>, Arc<MemoryStore>>,
+    by_route: crate::config::NameMap<Arc<MemoryStore>>,
 }
 
 impl RouteStores {
@@ -521,7 +521,7 @@ impl RouteStores {
         previous: Option<&RouteStores>,
         evictions: &prometheus::IntCounter,
     ) -> Self {
-        let mut by_route = HashMap::new();
+        let mut by_route = crate::config::NameMap::default();
         for route in &snapshot.routes {
             let i = &route.idempotency;
             let limits = Limits {

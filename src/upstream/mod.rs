@@ -8,7 +8,6 @@ mod body;
 pub mod headers;
 mod tls;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -74,7 +73,7 @@ impl std::fmt::Debug for Upstream {
 /// Every provider's upstream, by name.
 #[derive(Debug, Default)]
 pub struct Upstreams {
-    by_name: HashMap<Arc<str>, Arc<Upstream>>,
+    by_name: crate::config::NameMap<Arc<Upstream>>,
 }
 
 impl Upstreams {
@@ -82,7 +81,7 @@ impl Upstreams {
     /// is unchanged. Errors (an unreadable CA file, a key that does not fit its certificate) name the
     /// provider's YAML path.
     pub fn build(snapshot: &Snapshot, previous: Option<&Upstreams>) -> Result<Self, Vec<Problem>> {
-        let mut by_name = HashMap::new();
+        let mut by_name = crate::config::NameMap::default();
         let mut problems = Vec::new();
         for (name, provider) in &snapshot.providers {
             let built = match tls::client_config(&provider.tls) {
