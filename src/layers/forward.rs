@@ -17,6 +17,7 @@
 //! - **Detached.** A keyed operation runs in a task of its own: if the shop hangs up mid-payment, the
 //!   provider call still completes and its answer is stored for the shop's retry.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -91,8 +92,10 @@ impl Service<Request<Bytes>> for Forward {
 /// The idempotency side of a keyed operation.
 struct Keyed {
     store: Arc<MemoryStore>,
+    /// The record's identity; its `key` is the shop's key.
     record: RecordKey,
-    key: String,
+    /// The key as a header value: the shop's own, shared rather than copied for every attempt.
+    value: HeaderValue,
     /// The shop's header, and whether the key was made here (then it is returned to the shop).
     header: HeaderName,
     generated: bool,
@@ -137,6 +140,20 @@ struct Operation {
     key: Option<Keyed>,
 }
 
+/// `x-switchyard-attempts` values for the usual counts, made once rather than per answer.
+static ATTEMPT_COUNTS: [HeaderValue; 10] = [
+    HeaderValue::from_static("0"),
+    HeaderValue::from_static("1"),
+    HeaderValue::from_static("2"),
+    HeaderValue::from_static("3"),
+    HeaderValue::from_static("4"),
+    HeaderValue::from_static("5"),
+    HeaderValue::from_static("6"),
+    HeaderValue::from_static("7"),
+    HeaderValue::from_static("8"),
+    HeaderValue::from_static("9"),
+];
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -160,7 +177,7 @@ impl Operation {
         let (parts, body) = req.into_parts();
         let key = Self::key(&ctx, &parts)?;
         if let (Some(info), Some(k)) = (&info, &key) {
-            info.set_idempotency_key(Arc::from(k.key.as_str()));
+            info.set_idempotency_key(Arc::from(k.record.key.as_str()));
         }
         Ok(Self {
             metrics,
@@ -186,10 +203,12 @@ impl Operation {
         let Some(store) = ctx.generation.idempotency.get(&ctx.route.name) else {
             return Ok(None);
         };
-        let (key, generated) = match parts.headers.get(&cfg.header) {
-            Some(v) if idempotency::valid_key(v.as_bytes()) => {
-                (String::from_utf8_lossy(v.as_bytes()).into_owned(), false)
-            }
+        let (key, value, generated) = match parts.headers.get(&cfg.header) {
+            Some(v) if idempotency::valid_key(v.as_bytes()) => (
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                v.clone(),
+                false,
+            ),
             Some(_) => {
                 return Err(ProxyError::BadRequest {
                     reason: format!(
@@ -203,7 +222,12 @@ impl Operation {
                     header: cfg.header.to_string(),
                 })
             }
-            None => (uuid::Uuid::new_v4().to_string(), true),
+            None => {
+                let key = uuid::Uuid::new_v4().to_string();
+                let value = HeaderValue::from_str(&key)
+                    .map_err(|_| ProxyError::Internal("a UUID is not a header value".into()))?;
+                (key, value, true)
+            }
         };
         let scope = idempotency::scope(
             cfg.scope_header
@@ -217,8 +241,8 @@ impl Operation {
         );
         Ok(Some(Keyed {
             store: Arc::clone(store),
-            record: RecordKey::new(scope, key.clone()),
-            key,
+            record: RecordKey::new(scope, key),
+            value,
             header: cfg.header.clone(),
             generated,
         }))
@@ -284,29 +308,30 @@ impl Operation {
 
     fn decorate(&self, resp: &mut Response<ProxyBody>, provider: &str, attempts: u32) {
         let h = resp.headers_mut();
-        if let Ok(name) = HeaderValue::from_str(provider) {
+        let name = match self.generation.upstreams.get(provider) {
+            Some(u) => u.name_value.clone(),
+            None => HeaderValue::from_str(provider).ok(),
+        };
+        if let Some(name) = name {
             h.insert(X_SWITCHYARD_PROVIDER, name);
         }
-        h.insert(X_SWITCHYARD_ATTEMPTS, HeaderValue::from(attempts));
+        let attempts = match ATTEMPT_COUNTS.get(attempts as usize) {
+            Some(v) => v.clone(),
+            None => HeaderValue::from(attempts),
+        };
+        h.insert(X_SWITCHYARD_ATTEMPTS, attempts);
         if let Some(k) = self.key.as_ref().filter(|k| k.generated) {
-            if let Ok(v) = HeaderValue::from_str(&k.key) {
-                h.insert(k.header.clone(), v);
-            }
+            h.insert(k.header.clone(), k.value.clone());
         }
     }
 
     /// The providers to try, in order: the pinned one only, or the route's plan.
-    fn order(&self, pinned: Option<&Arc<str>>) -> Result<Vec<Arc<str>>, ProxyError> {
+    fn order(&self, pinned: Option<&Arc<str>>, now: Instant) -> Result<Vec<Arc<str>>, ProxyError> {
         if let Some(p) = pinned {
             return Ok(vec![Arc::clone(p)]);
         }
-        let plan = health::plan(
-            &self.route,
-            &self.generation.health,
-            Instant::now(),
-            rand::random(),
-        )
-        .map_err(|retry_after| ProxyError::NoHealthyProvider { retry_after })?;
+        let plan = health::plan(&self.route, &self.generation.health, now, rand::random())
+            .map_err(|retry_after| ProxyError::NoHealthyProvider { retry_after })?;
         Ok(plan
             .into_iter()
             .map(|i| Arc::clone(&self.route.targets[i].provider))
@@ -327,17 +352,16 @@ impl Operation {
         if let Some(info) = &self.info {
             info.set_maybe_sent(unsettled);
         }
+        let now = Instant::now();
         // Follow-ups (capture, refund) go where the payment object lives.
         let mut pin = resumed.or_else(|| {
             g.pins
-                .find(self.parts.uri.path(), &self.body, Instant::now())
+                .find(self.parts.uri.path(), &self.body, now)
                 .filter(|p| g.upstreams.get(p).is_some())
         });
-        let order = self.order(pin.as_ref())?;
+        let order = self.order(pin.as_ref(), now)?;
         if let Some(b) = g.retry_budgets.get(&route.name) {
-            b.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .deposit(Instant::now());
+            b.lock().unwrap_or_else(|p| p.into_inner()).deposit(now);
         }
         let may_retry_after_reaching = self.key.is_some() || is_idempotent(&self.parts.method);
 
@@ -371,7 +395,8 @@ impl Operation {
                 continue;
             };
             // Local checks first: a refusal here sends nothing, so another target is safe.
-            let probe = match state.admit(Instant::now()) {
+            let now = Instant::now();
+            let probe = match state.admit(now) {
                 Admission::Allowed => false,
                 Admission::Probe => true,
                 Admission::Rejected { retry_in } => {
@@ -381,7 +406,7 @@ impl Operation {
                         // (a breaker opened by a brownout lets probes through soon), so the shop
                         // gets the payment's answer rather than a 503 to retry.
                         let wait_until = deadline.min(self.started + route.retry.pinned_wait);
-                        if Instant::now() + retry_after < wait_until {
+                        if now + retry_after < wait_until {
                             tokio::time::sleep(retry_after).await;
                             continue;
                         }
@@ -485,8 +510,9 @@ impl Operation {
                 .await;
             drop(in_flight);
             let c = classify(observed(&result), SystemTime::now());
-            let latency = t0.elapsed();
-            admitted.finish(&c, latency);
+            let answered_at = Instant::now();
+            let latency = answered_at.saturating_duration_since(t0);
+            admitted.finish(&c, latency, answered_at);
             self.metrics
                 .attempt_duration_seconds
                 .with_label_values(&[&*route.name, &*provider])
@@ -572,7 +598,7 @@ impl Operation {
             let budget_ok = g.retry_budgets.get(&route.name).is_none_or(|b| {
                 b.lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .try_withdraw(Instant::now())
+                    .try_withdraw(answered_at)
             });
             if !budget_ok {
                 self.metrics
@@ -591,7 +617,7 @@ impl Operation {
                     rand::random(),
                 ),
             };
-            if Instant::now() + pause >= deadline {
+            if answered_at + pause >= deadline {
                 break;
             }
             tokio::time::sleep(pause).await;
@@ -703,9 +729,15 @@ impl Operation {
         }
         if let Some(k) = &self.key {
             h.remove(&k.header);
-            let key = idempotency::key_for_provider(&k.key, provider.idempotency_key_max_len);
-            let value = HeaderValue::from_str(&key)
-                .map_err(|_| ProxyError::Internal("idempotency key not a header value".into()))?;
+            let value = match idempotency::key_for_provider(
+                &k.record.key,
+                provider.idempotency_key_max_len,
+            ) {
+                Cow::Borrowed(_) => k.value.clone(),
+                Cow::Owned(derived) => HeaderValue::from_str(&derived).map_err(|_| {
+                    ProxyError::Internal("idempotency key not a header value".into())
+                })?,
+            };
             h.insert(provider.idempotency_header.clone(), value);
         }
         let mut out = Request::new(self.body.clone());
@@ -752,7 +784,7 @@ struct Admitted<'a> {
 }
 
 impl Admitted<'_> {
-    fn finish(mut self, c: &Classified, elapsed: Duration) {
+    fn finish(mut self, c: &Classified, elapsed: Duration, now: Instant) {
         self.done = true;
         let outcome = match c.breaker {
             BreakerEffect::Success => Outcome::Answered,
@@ -768,8 +800,7 @@ impl Admitted<'_> {
                 return;
             }
         };
-        self.state
-            .record(Instant::now(), self.probe, outcome, elapsed);
+        self.state.record(now, self.probe, outcome, elapsed);
     }
 }
 

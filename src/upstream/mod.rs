@@ -58,6 +58,8 @@ pub struct SendError {
 pub struct Upstream {
     /// The provider's config.
     pub config: Arc<Provider>,
+    /// Its name as a header value (for `x-switchyard-provider`), made once per config.
+    pub name_value: Option<http::HeaderValue>,
     client: HttpsClient,
     transport_key: [u8; 32],
 }
@@ -118,6 +120,7 @@ impl Upstreams {
                 Arc::clone(name),
                 Arc::new(Upstream {
                     config: Arc::clone(provider),
+                    name_value: http::HeaderValue::from_str(name).ok(),
                     client,
                     transport_key: key,
                 }),
