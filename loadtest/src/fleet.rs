@@ -1,4 +1,4 @@
-//! The processes of a run: sandbox providers, switchyard, Envoy, HAProxy, nginx. Each is started with
+//! The processes of a run: sandbox providers, switchyard, the bare hyper proxy, Envoy, HAProxy, nginx. Each is started with
 //! its output in files of the run's folder, its id appended to a pid file, and is killed and reaped
 //! when its handle is dropped — at the end of the run, on an error, or while a panic unwinds. A
 //! process with workers of its own (nginx) is asked to stop them first, and what is left of its
@@ -63,7 +63,7 @@ impl Process {
         self.child.id()
     }
 
-    /// Its role (`psp-primary`, `switchyard`, `envoy`, `haproxy`, `nginx`).
+    /// Its role (`psp-primary`, `switchyard`, `bare-proxy`, `envoy`, `haproxy`, `nginx`).
     pub fn role(&self) -> &str {
         &self.role
     }
@@ -282,6 +282,61 @@ pub async fn start_switchyard(
     })
 }
 
+/// Starts the bare hyper proxy (`bare-proxy`) on a port the system picks, forwarding to `upstream`,
+/// and waits until it listens; returns it and its address.
+pub async fn start_bare_proxy(
+    bin: &Path,
+    upstream: SocketAddr,
+    dir: &Path,
+    pidfile: &Path,
+) -> Result<(Process, SocketAddr)> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--listen", "127.0.0.1:0", "--upstream"])
+        .arg(upstream.to_string());
+    let mut process = Process::spawn("bare-proxy", cmd, dir, pidfile)?;
+    let listen = process
+        .wait_for_line(Stream::Stdout, START_TIMEOUT, |l| {
+            l.strip_prefix(crate::bare_proxy::READY_PREFIX)?
+                .trim()
+                .parse::<SocketAddr>()
+                .ok()
+        })
+        .await?;
+    Ok((process, listen))
+}
+
+/// The bare hyper proxy binary: `explicit`, else `bare-proxy` of this package built by cargo in the
+/// given profile (`cargo run` builds only `loadtest`; a no-op when it is up to date), else the one
+/// beside this executable (or one folder up, for a test binary in `target/*/deps`).
+pub fn find_bare_proxy(explicit: Option<&Path>, release: bool, quiet: bool) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return if is_executable(p) {
+            Ok(p.to_path_buf())
+        } else {
+            Err(err!(
+                "--bare-proxy-bin {}: not an executable file",
+                p.display()
+            ))
+        };
+    }
+    if let Some(p) = cargo_build("loadtest", "bare-proxy", release, quiet) {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe()?;
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("bare-proxy"))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| {
+            let release = if cfg!(debug_assertions) { "" } else { " --release" };
+            err!(
+                "--compare hyper: no bare-proxy binary beside {}: build it with `cargo build{release} -p loadtest` (or pass --bare-proxy-bin)",
+                exe.display()
+            )
+        })
+}
+
 /// Starts Envoy on `config`. Readiness is the caller's to check (an answer through it).
 pub fn start_envoy(envoy: &Path, config: &Path, dir: &Path, pidfile: &Path) -> Result<Process> {
     let mut cmd = Command::new(envoy);
@@ -391,39 +446,7 @@ pub fn find_switchyard(explicit: Option<&Path>, release: bool, quiet: bool) -> R
             ))
         };
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or_else(|| Path::new("."));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace)
-        .args(["build", "-p", "switchyard", "--bin", "switchyard"])
-        .arg("--message-format=json-render-diagnostics")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(if quiet {
-            Stdio::null()
-        } else {
-            Stdio::inherit()
-        });
-    if release {
-        cmd.arg("--release");
-    }
-    let built = cmd.output().ok().and_then(|out| {
-        if !out.status.success() {
-            return None;
-        }
-        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            if v.get("reason")?.as_str()? != "compiler-artifact"
-                || v.pointer("/target/name")?.as_str()? != "switchyard"
-            {
-                return None;
-            }
-            v.get("executable")?.as_str().map(PathBuf::from)
-        })
-    });
-    if let Some(p) = built.filter(|p| is_executable(p)) {
+    if let Some(p) = cargo_build("switchyard", "switchyard", release, quiet) {
         return Ok(p);
     }
     let exe = std::env::current_exe()?;
@@ -443,6 +466,44 @@ pub fn find_switchyard(explicit: Option<&Path>, release: bool, quiet: bool) -> R
         );
     }
     Ok(beside)
+}
+
+/// Builds binary `bin` of workspace package `package` with cargo in the given profile (a no-op
+/// when it is up to date) and returns its path; `None` when cargo or the build fails.
+fn cargo_build(package: &str, bin: &str, release: bool, quiet: bool) -> Option<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or_else(|| Path::new("."));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "-p", package, "--bin", bin])
+        .arg("--message-format=json-render-diagnostics")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(if quiet {
+            Stdio::null()
+        } else {
+            Stdio::inherit()
+        });
+    if release {
+        cmd.arg("--release");
+    }
+    let built = cmd.output().ok().and_then(|out| {
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            if v.get("reason")?.as_str()? != "compiler-artifact"
+                || v.pointer("/target/name")?.as_str()? != bin
+            {
+                return None;
+            }
+            v.get("executable")?.as_str().map(PathBuf::from)
+        })
+    });
+    built.filter(|p| is_executable(p))
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! It answers three questions a payment engineer asks of a sidecar, with one command and on the
 //! user's own machine: what does it cost per request, what happens to the shop's payments when a
-//! provider breaks, and how does it compare with a direct connection and with Envoy, HAProxy and
-//! nginx configured for the same job.
+//! provider breaks, and how does it compare with a direct connection, with a bare hyper proxy (the
+//! floor of the stack switchyard is built on: [`bare_proxy`]) and with Envoy, HAProxy and nginx
+//! configured for the same job.
 //!
 //! A run starts simulated providers (`switchyard sandbox`) and the proxy under test as separate
 //! processes, drives open-model load at a fixed rate (latency counted from each request's intended
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod bare_proxy;
 pub mod chart;
 pub mod configs;
 pub mod control;

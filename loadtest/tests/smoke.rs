@@ -44,7 +44,7 @@ fn leftovers(out: &Path) -> Vec<String> {
         };
         // Only a process of ours: the id may have been reused since.
         let ours = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-            ["switchyard", "envoy", "haproxy", "nginx"]
+            ["switchyard", "bare-proxy", "envoy", "haproxy", "nginx"]
                 .iter()
                 .any(|name| c.contains(name))
         });
@@ -274,6 +274,54 @@ fn comparison_skipped_or_run(name: &str) {
             assert!(report.skipped.iter().any(|s| s.starts_with(name)));
         }
     }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The bare hyper proxy is built with this package, so it always runs. Through the outage: it has no
+/// failover, so the primary's refusals come back as its own 502s during the fault only, and every
+/// other answer is the primary's.
+#[test]
+fn hyper_bare_proxy() {
+    let (report, out) = run(
+        "outage",
+        &[
+            "--compare",
+            "hyper",
+            "--bare-proxy-bin",
+            env!("CARGO_BIN_EXE_bare-proxy"),
+        ],
+    );
+    assert_eq!(report.runs.len(), 2, "{:?}", report.skipped);
+    let bin = report
+        .bare_proxy
+        .as_deref()
+        .expect("the bare proxy's binary");
+    assert!(bin.contains("hyper 1."), "{bin}");
+    let r = &report.runs[1];
+    assert_eq!(r.target, "hyper");
+    check_run(r, &out);
+    fault_window(r);
+    let proxy = r.proxy.as_ref().expect("proxy figures");
+    assert!(proxy.cpu_s > 0.0 && proxy.cpu_us_per_request > 0.0);
+    assert!(r.processes.iter().any(|(role, _)| role == "bare-proxy"));
+    let local = r
+        .shop
+        .failures_by_kind
+        .get("hyper_local_502")
+        .copied()
+        .unwrap_or(0);
+    assert!(local > 0, "{:?}", r.shop.failures_by_kind);
+    assert_eq!(r.shop.before_fault.failed, 0);
+    let by_provider = &r.shop.answers_by_provider;
+    assert_eq!(by_provider.get("backup"), None, "{by_provider:?}");
+    assert!(
+        by_provider.get("primary").copied().unwrap_or(0) > 0,
+        "{by_provider:?}"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("| outage | hyper (bare) |"), "{md}");
+    let json = check_files(&out);
+    assert_eq!(json["runs"][1]["target"], "hyper");
     let _ = std::fs::remove_dir_all(&out);
 }
 
