@@ -1,8 +1,8 @@
-//! The processes of a run: sandbox providers, switchyard, the bare hyper proxy, Envoy, HAProxy, nginx. Each is started with
-//! its output in files of the run's folder, its id appended to a pid file, and is killed and reaped
-//! when its handle is dropped — at the end of the run, on an error, or while a panic unwinds. A
-//! process with workers of its own (nginx) is asked to stop them first, and what is left of its
-//! tree is killed.
+//! The processes of a run: sandbox providers, switchyard, the bare hyper proxy, Envoy, HAProxy, nginx.
+//! Each is started with its output in files of the run's folder, its id appended to a pid file, and
+//! is killed and reaped when its handle is dropped — at the end of the run, on an error, or while a
+//! panic unwinds. A process with workers of its own (nginx) is asked to stop them first, and what is
+//! left of its tree is killed.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -305,36 +305,17 @@ pub async fn start_bare_proxy(
     Ok((process, listen))
 }
 
-/// The bare hyper proxy binary: `explicit`, else `bare-proxy` of this package built by cargo in the
-/// given profile (`cargo run` builds only `loadtest`; a no-op when it is up to date), else the one
-/// beside this executable (or one folder up, for a test binary in `target/*/deps`).
+/// The bare hyper proxy binary (`--bare-proxy-bin`, else `bare-proxy` of this package; `cargo run`
+/// builds only `loadtest`, so it is built here too).
 pub fn find_bare_proxy(explicit: Option<&Path>, release: bool, quiet: bool) -> Result<PathBuf> {
-    if let Some(p) = explicit {
-        return if is_executable(p) {
-            Ok(p.to_path_buf())
-        } else {
-            Err(err!(
-                "--bare-proxy-bin {}: not an executable file",
-                p.display()
-            ))
-        };
-    }
-    if let Some(p) = cargo_build("loadtest", "bare-proxy", release, quiet) {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("bare-proxy"))
-        .find(|p| is_executable(p))
-        .ok_or_else(|| {
-            let release = if cfg!(debug_assertions) { "" } else { " --release" };
-            err!(
-                "--compare hyper: no bare-proxy binary beside {}: build it with `cargo build{release} -p loadtest` (or pass --bare-proxy-bin)",
-                exe.display()
-            )
-        })
+    find_workspace_binary(
+        "loadtest",
+        "bare-proxy",
+        "--bare-proxy-bin",
+        explicit,
+        release,
+        quiet,
+    )
 }
 
 /// Starts Envoy on `config`. Readiness is the caller's to check (an answer through it).
@@ -433,20 +414,37 @@ pub fn parse_version(text: &str) -> Option<String> {
     Some(word.unwrap_or_else(|| first.to_owned()))
 }
 
-/// The switchyard binary: `explicit`, else built by cargo from this workspace in the given profile
-/// (a no-op when it is up to date), else the one beside this executable.
+/// The switchyard binary (`--switchyard-bin`, else `switchyard` of this workspace).
 pub fn find_switchyard(explicit: Option<&Path>, release: bool, quiet: bool) -> Result<PathBuf> {
+    find_workspace_binary(
+        "switchyard",
+        "switchyard",
+        "--switchyard-bin",
+        explicit,
+        release,
+        quiet,
+    )
+}
+
+/// Binary `bin` of workspace package `package`: `explicit` (given with `flag`), else built by cargo in
+/// the given profile (a no-op when it is up to date), else the one beside this executable (or one
+/// folder up, for a test binary in `target/*/deps`).
+fn find_workspace_binary(
+    package: &str,
+    bin: &str,
+    flag: &str,
+    explicit: Option<&Path>,
+    release: bool,
+    quiet: bool,
+) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return if is_executable(p) {
             Ok(p.to_path_buf())
         } else {
-            Err(err!(
-                "--switchyard-bin {}: not an executable file",
-                p.display()
-            ))
+            Err(err!("{flag} {}: not an executable file", p.display()))
         };
     }
-    if let Some(p) = cargo_build("switchyard", "switchyard", release, quiet) {
+    if let Some(p) = cargo_build(package, bin, release, quiet) {
         return Ok(p);
     }
     let exe = std::env::current_exe()?;
@@ -454,14 +452,18 @@ pub fn find_switchyard(explicit: Option<&Path>, release: bool, quiet: bool) -> R
         .ancestors()
         .skip(1)
         .take(2)
-        .map(|d| d.join("switchyard"))
+        .map(|d| d.join(bin))
         .find(|p| is_executable(p))
         .ok_or_else(|| {
-            err!("cannot find the switchyard binary: build it (`cargo build --release`) or pass --switchyard-bin")
+            let release = if cfg!(debug_assertions) { "" } else { " --release" };
+            err!(
+                "cannot find the {bin} binary beside {}: build it with `cargo build{release} -p {package}` or pass {flag}",
+                exe.display()
+            )
         })?;
     if !quiet {
         eprintln!(
-            "loadtest: cargo could not build switchyard; using {} as it is",
+            "loadtest: cargo could not build {bin}; using {} as it is",
             beside.display()
         );
     }
