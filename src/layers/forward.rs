@@ -74,18 +74,61 @@ impl Service<Request<Bytes>> for Forward {
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let op = Operation::new(req, metrics)?;
-            if op.key.is_some() {
-                // Detached: the operation ends (and its record is settled) even if the shop hangs up.
-                tokio::spawn(op.run())
-                    .await
-                    .unwrap_or_else(|e| Err(ProxyError::Internal(format!("operation task: {e}"))))
-            } else {
-                op.run().await
+        let op = match Operation::new(req, self.metrics.clone()) {
+            Ok(op) => op,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        if op.key.is_some() {
+            // The operation ends (and its record is settled) even if the shop hangs up.
+            Box::pin(Detachable::new(Box::pin(op.run())))
+        } else {
+            Box::pin(op.run())
+        }
+    }
+}
+
+/// A keyed operation, run inside the shop's request while the shop waits, and moved to a task of its
+/// own if the shop goes away first: the operation still ends and settles its record, and the common
+/// case pays for no task and no wake-up between tasks.
+struct Detachable<T: Send + 'static> {
+    op: Option<BoxFuture<T>>,
+}
+
+impl<T: Send + 'static> Detachable<T> {
+    fn new(op: BoxFuture<T>) -> Self {
+        Self { op: Some(op) }
+    }
+}
+
+impl<T: Send + 'static> std::future::Future for Detachable<T> {
+    type Output = T;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(op) = self.op.as_mut() else {
+            panic!("Detachable polled after it finished");
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => {
+                self.op = None;
+                Poll::Ready(out)
             }
-        })
+            // A panicked operation is not resumed anywhere: the shop's request reports it.
+            Err(panic) => {
+                self.op = None;
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for Detachable<T> {
+    fn drop(&mut self) {
+        if let Some(op) = self.op.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(op);
+            }
+        }
     }
 }
 
@@ -886,6 +929,49 @@ impl Drop for InFlight {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn a_detachable_operation_dropped_midway_finishes_in_a_task_of_its_own() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let done = Arc::new(AtomicU32::new(0));
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let d = Arc::clone(&done);
+        let mut op = Detachable::new(Box::pin(async move {
+            let _ = wait.await;
+            d.fetch_add(1, Ordering::SeqCst);
+        }));
+        // Started inside the request, then the shop goes away.
+        assert!(futures_poll_once(&mut op).is_pending());
+        drop(op);
+        assert_eq!(done.load(Ordering::SeqCst), 0);
+        go.send(()).unwrap();
+        for _ in 0..100 {
+            if done.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            1,
+            "the rest ran in the background"
+        );
+
+        // Run to the end inside the request: nothing is left to detach.
+        let d = Arc::clone(&done);
+        let out = Detachable::new(Box::pin(async move { d.fetch_add(1, Ordering::SeqCst) })).await;
+        assert_eq!(out, 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(done.load(Ordering::SeqCst), 2, "ran exactly once");
+    }
+
+    /// Polls `f` once with a waker that does nothing.
+    fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        std::pin::Pin::new(f).poll(&mut cx)
+    }
+
     use super::*;
     use crate::config::validate::Tls;
     use std::time::Duration;
