@@ -36,6 +36,9 @@ fn main() -> ExitCode {
     match result {
         Ok(report) => {
             println!("{}", report.table());
+            for line in report.over_the_stack() {
+                println!("{line}");
+            }
             for s in &report.skipped {
                 println!("skipped: {s}");
             }

@@ -162,6 +162,36 @@ impl Report {
         out
     }
 
+    /// For each scenario run through both switchyard and the bare hyper proxy: what switchyard costs
+    /// over the stack it is built on (CPU per request, peak RSS, p99), one line each.
+    pub fn over_the_stack(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sy in self.runs.iter().filter(|r| r.target == "switchyard") {
+            let Some(bare) = self
+                .runs
+                .iter()
+                .find(|r| r.target == "hyper" && r.scenario == sy.scenario)
+            else {
+                continue;
+            };
+            let (Some(a), Some(b)) = (&sy.proxy, &bare.proxy) else {
+                continue;
+            };
+            out.push(format!(
+                "{}: switchyard over the bare hyper proxy: CPU {:+.1} µs/request ({:.1} against {:.1}), peak RSS {:+.1} MiB ({:.1} against {:.1}), p99 {:+.2} ms",
+                sy.scenario,
+                a.cpu_us_per_request - b.cpu_us_per_request,
+                a.cpu_us_per_request,
+                b.cpu_us_per_request,
+                a.peak_rss_mib - b.peak_rss_mib,
+                a.peak_rss_mib,
+                b.peak_rss_mib,
+                sy.shop.latency.p99_ms - bare.shop.latency.p99_ms,
+            ));
+        }
+        out
+    }
+
     /// The full Markdown report.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -184,6 +214,13 @@ impl Report {
         }
         out.push_str("\nLatency is from each request's intended send time to the end of its answer (open model: no coordinated omission). *failures*: answers other than 2xx the shop got, proxy-made or provider-made (409 to a re-sent key still in flight is not counted). *unknown*: answers marked `x-switchyard-outcome: unknown`, and requests without an answer after they may have left. Charges come from the providers' own counters: *charged twice* = keys charged more than once by one provider, *charged on both* = keys charged by both, *charged, no success* = keys charged although no request with that key got a 2xx. *to ≥99 %*: from the fault's start until success stays ≥ 99 % per 100 ms for the rest of the fault. *fail back*: from the fault's end until ≥ 90 % of answers come from the primary in every later 100 ms. CPU and RSS are the proxy's (from /proc) over the measured time: of all its processes for nginx (master and workers; RSS is the sum of their peaks).\n\n");
         out.push_str(&self.table());
+        let over = self.over_the_stack();
+        if !over.is_empty() {
+            out.push_str("\n## What switchyard costs over its stack\n\n");
+            for line in over {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
         out.push_str("\n## Failures by kind\n\n");
         let mut any = false;
         for r in &self.runs {
@@ -349,5 +386,44 @@ mod tests {
         assert!(md.contains("provider_unreachable 3"));
         assert!(md.contains("## Skipped"));
         assert!(serde_json::to_string(&report).is_ok());
+        assert!(
+            report.over_the_stack().is_empty(),
+            "no CPU figures, no comparison"
+        );
+    }
+
+    #[test]
+    fn switchyard_is_set_against_the_bare_proxy_of_the_same_scenario() {
+        let run = |scenario: &str, target: &str, cpu: f64, rss: f64, p99: f64| {
+            let mut r = RunReport {
+                scenario: scenario.into(),
+                target: target.into(),
+                proxy: Some(ProcessFigures {
+                    cpu_us_per_request: cpu,
+                    peak_rss_mib: rss,
+                    ..ProcessFigures::default()
+                }),
+                ..RunReport::default()
+            };
+            r.shop.latency.p99_ms = p99;
+            r
+        };
+        let report = Report {
+            runs: vec![
+                run("steady", "switchyard", 95.7, 26.5, 1.57),
+                run("steady", "hyper", 68.4, 10.6, 1.28),
+                run("steady", "envoy", 151.1, 72.5, 2.54),
+                run("outage", "switchyard", 120.0, 19.8, 0.5),
+            ],
+            ..Report::default()
+        };
+        let lines = report.over_the_stack();
+        assert_eq!(
+            lines,
+            ["steady: switchyard over the bare hyper proxy: CPU +27.3 µs/request (95.7 against 68.4), peak RSS +15.9 MiB (26.5 against 10.6), p99 +0.29 ms"]
+        );
+        assert!(report
+            .markdown()
+            .contains("## What switchyard costs over its stack"));
     }
 }
