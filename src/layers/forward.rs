@@ -548,10 +548,21 @@ impl Operation {
                     .with_label_values(&[&*provider]),
             );
             let t0 = Instant::now();
-            let result = upstream
+            let mut result = upstream
                 .send(request, upstream.config.timeout.min(remaining))
                 .await;
             drop(in_flight);
+            // An attempt cut short by the route's deadline ran out of the route's time, not the
+            // provider's: the shop is told so whichever of the two timers fires first.
+            if let Err(e) = &mut result {
+                if remaining < upstream.config.timeout
+                    && matches!(e.error, ProxyError::ProviderTimeout { .. })
+                {
+                    e.error = ProxyError::DeadlineExceeded {
+                        timeout: route.timeout,
+                    };
+                }
+            }
             let c = classify(observed(&result), SystemTime::now());
             let answered_at = Instant::now();
             let latency = answered_at.saturating_duration_since(t0);
