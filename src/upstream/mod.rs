@@ -6,6 +6,7 @@
 
 mod body;
 pub mod headers;
+mod request;
 mod tls;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::config::validate::{Problem, Provider, Snapshot};
 use crate::error::ProxyError;
 
 pub use body::TrackedBody;
+pub use request::{provider_request, provider_uri, ProviderKey};
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, TrackedBody>;
 
