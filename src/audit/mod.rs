@@ -51,8 +51,7 @@ pub use capture::{Capture, CaptureSlot, Captured};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use record::{
     content_type, provider_request_id, AttemptEnd, AttemptOutcome, AttemptReason, AttemptRecord,
-    AttemptStart, Record,
-    RecordedBody, ShopRequestRecord, WebhookRecord,
+    AttemptStart, Record, RecordedBody, ShopRequestRecord, WebhookRecord,
 };
 pub use writer::file_name;
 

@@ -71,7 +71,13 @@ impl<'a> Admitted<'a> {
 
     /// Reports the attempt: what the breaker makes of it, and the provider's retry hint (a 429's
     /// `Retry-After` sets the throttle window).
-    pub fn finish(mut self, effect: BreakerEffect, hint: RetryHint, elapsed: Duration, now: Instant) {
+    pub fn finish(
+        mut self,
+        effect: BreakerEffect,
+        hint: RetryHint,
+        elapsed: Duration,
+        now: Instant,
+    ) {
         self.done = true;
         let outcome = match effect {
             BreakerEffect::Success => Outcome::Answered,

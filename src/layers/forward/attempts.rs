@@ -2,12 +2,14 @@
 //! stop.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
+use super::decide::{breaker_wait, decide, Attempt, OpState, PinReason, Policy, Step, Stop};
 use super::operation::{is_idempotent, respond, Operation, Settle};
 use crate::audit::{AttemptEnd, AttemptReason, AttemptStart, RecordedBody};
 use crate::body::ProxyBody;
@@ -17,8 +19,7 @@ use crate::health::breaker::Admission;
 use crate::health::{self, Admitted};
 use crate::idempotency::{Finish, Store};
 use crate::metrics::InFlight;
-use crate::outcome::{classify, Observed, OutcomeClass, RetryHint};
-use crate::retry::backoff;
+use crate::outcome::{classify, Observed, OutcomeClass};
 use crate::upstream::{SendError, SendFailure};
 
 impl Operation {
@@ -38,14 +39,20 @@ impl Operation {
         if let Some(p) = pinned {
             return Ok(vec![Arc::clone(p)]);
         }
-        let plan = health::plan(&self.route, &self.generation.health, now, rand::random())
-            .map_err(|retry_after| ProxyError::NoHealthyProvider { retry_after })?;
+        let plan = health::plan(
+            &self.route,
+            &self.generation.health,
+            now.into_std(),
+            rand::random(),
+        )
+        .map_err(|retry_after| ProxyError::NoHealthyProvider { retry_after })?;
         Ok(plan
             .into_iter()
             .map(|i| Arc::clone(&self.route.targets[i].provider))
             .collect())
     }
 
+    /// The attempt loop: each attempt's step is [`decide`]d, and carried out here.
     pub(super) async fn attempts(
         &self,
         resumed: Option<Arc<str>>,
@@ -53,7 +60,8 @@ impl Operation {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &*self.route;
         let g = &*self.generation;
-        let deadline = self.started + route.timeout;
+        let deadline = self.deadline;
+        let policy = Policy::of(route, self.started, deadline);
         // An operation whose earlier request may have reached a provider stays unsettled until a
         // final answer comes back: failures that send nothing do not settle it.
         let mut unsettled = resumed.is_some();
@@ -61,21 +69,35 @@ impl Operation {
             info.set_maybe_sent(unsettled);
         }
         let now = Instant::now();
-        // Follow-ups (capture, refund) go where the payment object lives.
-        let mut pin = resumed.or_else(|| {
-            g.pins
-                .find(self.parts.uri.path(), &self.body, now)
+        let mut state = OpState {
+            keyed: self.key.is_some(),
+            idempotent: is_idempotent(&self.parts.method),
+            // An earlier request's outcome at the pinned provider is unknown.
+            unknown_before: resumed.is_some(),
+            ..OpState::default()
+        };
+        let mut pin = match resumed {
+            Some(p) => {
+                state.pinned = Some(PinReason::Resumed);
+                Some(p)
+            }
+            // Follow-ups (capture, refund) go where the payment object lives.
+            None => g
+                .pins
+                .find(self.parts.uri.path(), &self.body, now.into_std())
                 .filter(|p| g.upstreams.get(p).is_some())
-        });
+                .inspect(|_| state.pinned = Some(PinReason::PaymentObject)),
+        };
         let order = self.order(pin.as_ref(), now)?;
-        if let Some(b) = g.retry_budgets.get(&route.name) {
-            b.lock().unwrap_or_else(|p| p.into_inner()).deposit(now);
+        let budget = g.retry_budgets.get(&route.name);
+        if let Some(b) = budget {
+            b.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .deposit(now.into_std());
         }
-        let may_retry_after_reaching = self.key.is_some() || is_idempotent(&self.parts.method);
 
         let mut cursor = 0;
         let mut sent = 0u32;
-        let mut retries = 0u32;
         let mut skipped: Option<ProxyError> = None;
         let mut failover: Option<(Arc<str>, &'static str)> = None;
         let mut previous: Option<OutcomeClass> = None;
@@ -90,47 +112,51 @@ impl Operation {
                     None => break,
                 },
             };
-            let (Some(upstream), Some(state)) =
+            state.more_targets = pin.is_none() && cursor + 1 < order.len();
+            let (Some(upstream), Some(health)) =
                 (g.upstreams.get(&provider), g.health.get(&provider))
             else {
-                if pin.is_some() {
-                    return Err(ProxyError::PinnedProviderUnavailable {
-                        provider: provider.to_string(),
-                        retry_after: Duration::from_secs(1),
-                    });
+                match decide(
+                    &state,
+                    Attempt::Unconfigured,
+                    &policy,
+                    Instant::now(),
+                    no_budget,
+                    no_jitter,
+                ) {
+                    Step::Stop(stop) => return Err(refusal(stop, &provider, None)),
+                    _ => {
+                        cursor += 1;
+                        continue;
+                    }
                 }
-                cursor += 1;
-                continue;
             };
             // Local checks first: a refusal here sends nothing, so another target is safe.
             let now = Instant::now();
-            let probe = match state.admit(now) {
+            let probe = match health.admit(now.into_std()) {
                 Admission::Allowed => false,
                 Admission::Probe => true,
                 Admission::Rejected { retry_in } => {
-                    let retry_after = retry_in.max(Duration::from_millis(100));
-                    if pin.is_some() {
-                        // No other provider may take it: wait for this one while the route allows
-                        // (a breaker opened by a brownout lets probes through soon), so the shop
-                        // gets the payment's answer rather than a 503 to retry.
-                        let wait_until = deadline.min(self.started + route.retry.pinned_wait);
-                        if now + retry_after < wait_until {
-                            tokio::time::sleep(retry_after).await;
+                    let refused = Attempt::BreakerOpen { retry_in };
+                    match decide(&state, refused, &policy, now, no_budget, no_jitter) {
+                        Step::WaitForPinned { after } => {
+                            tokio::time::sleep(after).await;
                             continue;
                         }
-                        return Err(ProxyError::PinnedProviderUnavailable {
-                            provider: provider.to_string(),
-                            retry_after,
-                        });
+                        Step::Stop(stop) => return Err(refusal(stop, &provider, None)),
+                        Step::NextTarget | Step::Retry { .. } => {
+                            skipped = Some(ProxyError::NoHealthyProvider {
+                                retry_after: breaker_wait(retry_in),
+                            });
+                            failover = failover.or(Some((Arc::clone(&provider), "breaker_open")));
+                            cursor += 1;
+                            continue;
+                        }
                     }
-                    skipped = Some(ProxyError::NoHealthyProvider { retry_after });
-                    failover = failover.or(Some((Arc::clone(&provider), "breaker_open")));
-                    cursor += 1;
-                    continue;
                 }
             };
-            let admitted = Admitted::new(state, probe);
-            if let Some(gate) = state.quota() {
+            let admitted = Admitted::new(health, probe);
+            if let Some(gate) = health.quota() {
                 if let Err(wait) = gate.acquire().await {
                     self.metrics
                         .rate_limited_total
@@ -141,16 +167,27 @@ impl Operation {
                         provider: provider.to_string(),
                         retry_after: wait,
                     };
-                    if pin.is_some() {
-                        return Err(error);
+                    let refused = Attempt::QuotaExhausted;
+                    match decide(
+                        &state,
+                        refused,
+                        &policy,
+                        Instant::now(),
+                        no_budget,
+                        no_jitter,
+                    ) {
+                        Step::Stop(stop) => return Err(refusal(stop, &provider, Some(error))),
+                        _ => {
+                            skipped = Some(error);
+                            failover = failover.or(Some((Arc::clone(&provider), "quota")));
+                            cursor += 1;
+                            continue;
+                        }
                     }
-                    skipped = Some(error);
-                    failover = failover.or(Some((Arc::clone(&provider), "quota")));
-                    cursor += 1;
-                    continue;
                 }
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
+            let remaining = deadline.saturating_duration_since(started);
             if remaining.is_zero() {
                 drop(admitted);
                 break;
@@ -196,6 +233,7 @@ impl Operation {
                 info.set_maybe_sent(true);
             }
             sent += 1;
+            state.sent = sent;
             let in_flight = InFlight::start(
                 self.metrics
                     .upstream_requests_in_flight
@@ -206,8 +244,8 @@ impl Operation {
                 .send(request, upstream.config.timeout.min(remaining))
                 .await;
             drop(in_flight);
-            // An attempt cut short by the route's deadline ran out of the route's time, not the
-            // provider's: the shop is told so whichever of the two timers fires first.
+            // An attempt bounded by the route's deadline (the one instant the deadline layer also
+            // waits for) ran out of the route's time, not the provider's.
             if let Err(e) = &mut result {
                 if remaining < upstream.config.timeout
                     && matches!(e.error, ProxyError::ProviderTimeout { .. })
@@ -220,27 +258,29 @@ impl Operation {
             let c = classify(observed(&result), SystemTime::now());
             let answered_at = Instant::now();
             let latency = answered_at.saturating_duration_since(t0);
-            admitted.finish(c.breaker, c.hint, latency, answered_at);
+            admitted.finish(c.breaker, c.hint, latency, answered_at.into_std());
             self.metrics
                 .attempt_duration_seconds
                 .with_label_values(&[&*route.name, &*provider])
                 .observe(latency.as_secs_f64());
             if let Some(start) = audited {
-                self.audit.record(start.finish(AttemptEnd {
-                    request_id: &self.request_id,
-                    route: &route.name,
-                    provider: &provider,
-                    attempt: sent,
-                    reason,
-                    method: &self.parts.method,
-                    answer: result.as_ref().ok().map(|r| (r.status(), r.headers())),
-                    outcome: c.class,
-                    latency,
-                    request_body: self
-                        .audit
-                        .keeps_bodies()
-                        .then(|| RecordedBody::new(&self.parts.headers, self.body.clone())),
-                }));
+                self.audit.record(
+                    start.finish(AttemptEnd {
+                        request_id: &self.request_id,
+                        route: &route.name,
+                        provider: &provider,
+                        attempt: sent,
+                        reason,
+                        method: &self.parts.method,
+                        answer: result.as_ref().ok().map(|r| (r.status(), r.headers())),
+                        outcome: c.class,
+                        latency,
+                        request_body: self
+                            .audit
+                            .keeps_bodies()
+                            .then(|| RecordedBody::new(&self.parts.headers, self.body.clone())),
+                    }),
+                );
             }
             previous_provider = Some(Arc::clone(&provider));
             self.metrics
@@ -251,6 +291,8 @@ impl Operation {
                 unsettled = true;
                 if pin.is_none() {
                     pin = Some(Arc::clone(&provider));
+                    state.pinned = Some(PinReason::Reached);
+                    state.more_targets = false;
                 }
                 if let (Some(k), Some(_)) = (&self.key, &settle) {
                     k.store.pin(&k.record, &provider);
@@ -259,64 +301,57 @@ impl Operation {
             if let Some(info) = &self.info {
                 info.set_maybe_sent(unsettled && c.class != OutcomeClass::Processed);
             }
-            if c.class == OutcomeClass::Processed {
+
+            // The provider's final answer, another target, the same provider again, or stop.
+            let withdraw = || {
+                budget.is_none_or(|b| {
+                    b.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .try_withdraw(answered_at.into_std())
+                })
+            };
+            let sent_attempt = Attempt::Sent {
+                class: c.class,
+                hint: c.hint,
+            };
+            let step = decide(
+                &state,
+                sent_attempt,
+                &policy,
+                answered_at,
+                withdraw,
+                rand::random,
+            );
+            if c.class == OutcomeClass::Unknown {
+                state.unknown_before = true;
+            }
+            if step == Step::Stop(Stop::Answer) {
                 let resp = match result {
                     Ok(resp) => resp,
                     Err(e) => return Err(e.error),
                 };
                 return self.processed(resp, &provider, sent, settle).await;
             }
-
-            // Not settled: another target, the same provider again, or stop.
-            let other_target = pin.is_none()
-                && cursor + 1 < order.len()
-                && (c.class == OutcomeClass::NotSent
-                    || (c.class == OutcomeClass::NotProcessed && route.failover_on_not_processed));
-            let retry_allowed = c.hint != RetryHint::DoNotRetry
-                && match c.class {
-                    OutcomeClass::NotSent | OutcomeClass::NotProcessed => true,
-                    OutcomeClass::Unknown => may_retry_after_reaching,
-                    OutcomeClass::Processed => false,
-                }
-                && sent < route.retry.attempts;
             last = Some((Arc::clone(&provider), c.class, result));
             previous = Some(c.class);
-            if !retry_allowed {
-                break;
+            match step {
+                Step::NextTarget => {
+                    failover = Some((Arc::clone(&provider), c.class.as_str()));
+                    cursor += 1;
+                }
+                Step::Retry { after } | Step::WaitForPinned { after } => {
+                    state.retries += 1;
+                    tokio::time::sleep(after).await;
+                }
+                Step::Stop(Stop::BudgetExhausted) => {
+                    self.metrics
+                        .retry_budget_exhausted_total
+                        .with_label_values(&[&*route.name])
+                        .inc();
+                    break;
+                }
+                Step::Stop(_) => break,
             }
-            if other_target {
-                // Nothing reached this provider: the next target (the backup channel) takes it now.
-                failover = Some((Arc::clone(&provider), c.class.as_str()));
-                cursor += 1;
-                continue;
-            }
-            // The same provider again, after a pause, if the budget and the deadline allow.
-            let budget_ok = g.retry_budgets.get(&route.name).is_none_or(|b| {
-                b.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .try_withdraw(answered_at)
-            });
-            if !budget_ok {
-                self.metrics
-                    .retry_budget_exhausted_total
-                    .with_label_values(&[&*route.name])
-                    .inc();
-                break;
-            }
-            retries += 1;
-            let pause = match c.hint {
-                RetryHint::After(d) => d.min(route.retry.retry_after_cap),
-                _ => backoff(
-                    retries,
-                    route.retry.backoff,
-                    route.retry.max_backoff,
-                    rand::random(),
-                ),
-            };
-            if answered_at + pause >= deadline {
-                break;
-            }
-            tokio::time::sleep(pause).await;
         }
 
         // Out of attempts, targets, budget or time, without a final answer.
@@ -385,6 +420,32 @@ fn observed(result: &Result<Response<Incoming>, SendError>) -> Observed<'_> {
             SendFailure::GoAway => Observed::GoAwayUnprocessed,
             SendFailure::TimeoutAfterWrite => Observed::TimeoutAfterWrite,
             SendFailure::AfterWrite => Observed::FailedAfterWrite,
+        },
+    }
+}
+
+/// No retry budget is asked about a refusal that sent nothing.
+fn no_budget() -> bool {
+    false
+}
+
+/// No backoff follows a refusal that sent nothing.
+fn no_jitter() -> f64 {
+    0.0
+}
+
+/// The proxy's answer when a refusal that sent nothing stops the operation: the pinned provider cannot
+/// take it, and no other may.
+fn refusal(stop: Stop, provider: &str, quota: Option<ProxyError>) -> ProxyError {
+    match (stop, quota) {
+        (Stop::PinnedQuotaExhausted, Some(error)) => error,
+        (Stop::PinnedUnavailable { retry_after }, _) => ProxyError::PinnedProviderUnavailable {
+            provider: provider.to_owned(),
+            retry_after,
+        },
+        (_, _) => ProxyError::PinnedProviderUnavailable {
+            provider: provider.to_owned(),
+            retry_after: std::time::Duration::from_secs(1),
         },
     }
 }

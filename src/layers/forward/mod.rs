@@ -23,6 +23,7 @@
 //! operation's state, the attempt and `now`), `handover` (moving an operation to a task).
 
 mod attempts;
+mod decide;
 mod handover;
 mod operation;
 

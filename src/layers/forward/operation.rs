@@ -73,7 +73,10 @@ pub(super) struct Operation {
     pub(super) info: Option<Arc<RequestInfo>>,
     pub(super) parts: http::request::Parts,
     pub(super) body: Bytes,
-    pub(super) started: Instant,
+    /// When the operation began (a pinned operation waits for its provider from then on).
+    pub(super) started: tokio::time::Instant,
+    /// When the route's timeout runs out.
+    pub(super) deadline: tokio::time::Instant,
     pub(super) key: Option<Keyed>,
 }
 
@@ -125,6 +128,8 @@ impl Operation {
             .and_then(|r| r.0.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        let started = tokio::time::Instant::now();
+        let deadline = started + ctx.route.timeout;
         let (parts, body) = req.into_parts();
         let key = Self::key(&ctx, &parts)?;
         if let (Some(info), Some(k)) = (&info, &key) {
@@ -139,7 +144,8 @@ impl Operation {
             info,
             parts,
             body,
-            started: Instant::now(),
+            started,
+            deadline,
             key,
         })
     }
