@@ -111,6 +111,9 @@ pub struct RouteCtx {
     pub generation: Arc<Generation>,
     /// The matched route.
     pub route: Arc<Route>,
+    /// When the route's `timeout` runs out: computed once where the route is picked, and the one
+    /// instant both the deadline layer and the attempt loop bound the request by.
+    pub deadline: tokio::time::Instant,
 }
 
 /// The shop connection's peer address.

@@ -1,4 +1,6 @@
-//! Bounds the whole request (body read and every attempt) by the route's `timeout`.
+//! Bounds the whole request (body read and every attempt) by the route's `timeout`: by the one
+//! deadline instant the router put in [`RouteCtx`], which the attempt loop reads too, so both stop at
+//! the same instant and agree that the route's time ran out.
 
 use std::task::{Context, Poll};
 
@@ -40,12 +42,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let timeout = req.extensions().get::<RouteCtx>().map(|c| c.route.timeout);
+        let deadline = req
+            .extensions()
+            .get::<RouteCtx>()
+            .map(|c| (c.deadline, c.route.timeout));
         let fut = self.inner.call(req);
         Box::pin(async move {
-            match timeout {
+            match deadline {
                 None => fut.await,
-                Some(timeout) => tokio::time::timeout(timeout, fut)
+                Some((deadline, timeout)) => tokio::time::timeout_at(deadline, fut)
                     .await
                     .unwrap_or(Err(ProxyError::DeadlineExceeded { timeout })),
             }

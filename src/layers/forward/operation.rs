@@ -129,7 +129,7 @@ impl Operation {
             .unwrap_or("")
             .to_owned();
         let started = tokio::time::Instant::now();
-        let deadline = started + ctx.route.timeout;
+        let deadline = ctx.deadline;
         let (parts, body) = req.into_parts();
         let key = Self::key(&ctx, &parts)?;
         if let (Some(info), Some(k)) = (&info, &key) {
