@@ -6,7 +6,6 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::decide::{breaker_wait, decide, Attempt, OpState, PinReason, Policy, Step, Stop};
@@ -20,9 +19,9 @@ use crate::health::{self, Admitted};
 use crate::idempotency::{Finish, Store};
 use crate::metrics::InFlight;
 use crate::outcome::{classify, Observed, OutcomeClass};
-use crate::upstream::{SendError, SendFailure};
+use crate::upstream::{AttemptResult, SendAttempt, SendFailure};
 
-impl Operation {
+impl<S: SendAttempt> Operation<S> {
     /// The request for one attempt at `provider`.
     fn provider_request(&self, provider: &Provider) -> Result<Request<Bytes>, ProxyError> {
         crate::upstream::provider_request(
@@ -102,7 +101,7 @@ impl Operation {
         let mut failover: Option<(Arc<str>, &'static str)> = None;
         let mut previous: Option<OutcomeClass> = None;
         let mut previous_provider: Option<Arc<str>> = None;
-        let mut last: Option<LastAttempt> = None;
+        let mut last: Option<LastAttempt<S::Body>> = None;
 
         loop {
             let provider = match &pin {
@@ -240,8 +239,9 @@ impl Operation {
                     .with_label_values(&[&*provider]),
             );
             let t0 = Instant::now();
-            let mut result = upstream
-                .send(request, upstream.config.timeout.min(remaining))
+            let mut result = self
+                .sender
+                .send(upstream, request, upstream.config.timeout.min(remaining))
                 .await;
             drop(in_flight);
             // An attempt bounded by the route's deadline (the one instant the deadline layer also
@@ -399,14 +399,10 @@ impl Operation {
 }
 
 /// The provider, class and result of the last attempt sent.
-type LastAttempt = (
-    Arc<str>,
-    OutcomeClass,
-    Result<Response<Incoming>, SendError>,
-);
+type LastAttempt<B> = (Arc<str>, OutcomeClass, AttemptResult<B>);
 
 /// What one attempt showed, for the classifier.
-fn observed(result: &Result<Response<Incoming>, SendError>) -> Observed<'_> {
+fn observed<B>(result: &AttemptResult<B>) -> Observed<'_> {
     match result {
         Ok(resp) => Observed::Response {
             status: resp.status(),
@@ -447,5 +443,363 @@ fn refusal(stop: Stop, provider: &str, quota: Option<ProxyError>) -> ProxyError 
             provider: provider.to_owned(),
             retry_after: std::time::Duration::from_secs(1),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop over a scripted sender, on paused time: which providers each script reaches, how
+    //! often, and what the shop gets.
+
+    use std::collections::{HashMap, VecDeque};
+    use std::future::Future;
+    use std::path::Path;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use http::{HeaderValue, Method, StatusCode};
+    use http_body_util::Full;
+    use tower::Service;
+
+    use super::*;
+    use crate::config::PlaceholderSecrets;
+    use crate::ctx::RouteCtx;
+    use crate::error::ErrorKind;
+    use crate::generation::Generation;
+    use crate::health::States;
+    use crate::idempotency::{ObjectPins, RouteStores};
+    use crate::layers::forward::Forward;
+    use crate::limits::RouteLimits;
+    use crate::metrics::Metrics;
+    use crate::retry::RouteBudgets;
+    use crate::upstream::{SendError, Upstream, Upstreams};
+
+    /// What a scripted provider does with one attempt.
+    #[derive(Debug, Clone)]
+    enum Reply {
+        /// Fails this way.
+        Fail(SendFailure),
+        /// Takes the request and says nothing until the attempt's timeout.
+        Hang,
+        /// Answers with this status and these headers.
+        Answer(u16, &'static [(&'static str, &'static str)]),
+    }
+
+    type Replies = HashMap<&'static str, VecDeque<Reply>>;
+
+    /// Each provider's replies in order (200 once its script is done), and every attempt made.
+    #[derive(Clone, Default)]
+    struct Script(Arc<Mutex<(Replies, Vec<String>)>>);
+
+    impl Script {
+        fn new(replies: &[(&'static str, Reply)]) -> Self {
+            let s = Self::default();
+            for (provider, reply) in replies {
+                s.lock()
+                    .0
+                    .entry(provider)
+                    .or_default()
+                    .push_back(reply.clone());
+            }
+            s
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, (Replies, Vec<String>)> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// The providers the attempts went to, in order.
+        fn calls(&self) -> Vec<String> {
+            self.lock().1.clone()
+        }
+    }
+
+    fn failed(f: SendFailure, provider: &str, timeout: Duration) -> AttemptResult<Full<Bytes>> {
+        let provider = provider.to_owned();
+        let error = match f {
+            SendFailure::Connect | SendFailure::BeforeWrite => ProxyError::ProviderUnreachable {
+                provider,
+                source: "scripted".into(),
+            },
+            SendFailure::Tls => ProxyError::ProviderTls {
+                provider,
+                source: "scripted".into(),
+            },
+            SendFailure::RefusedStream | SendFailure::GoAway => {
+                ProxyError::ProviderRefused { provider }
+            }
+            SendFailure::TimeoutAfterWrite => ProxyError::ProviderTimeout { provider, timeout },
+            SendFailure::AfterWrite => ProxyError::ProviderFailed {
+                provider,
+                source: "scripted".into(),
+            },
+        };
+        Err(SendError { failure: f, error })
+    }
+
+    impl SendAttempt for Script {
+        type Body = Full<Bytes>;
+
+        fn send(
+            &self,
+            upstream: &Upstream,
+            _: Request<Bytes>,
+            timeout: Duration,
+        ) -> impl Future<Output = AttemptResult<Full<Bytes>>> + Send {
+            let name = upstream.config.name.to_string();
+            let reply = {
+                let mut s = self.lock();
+                s.1.push(name.clone());
+                s.0.get_mut(name.as_str()).and_then(VecDeque::pop_front)
+            };
+            async move {
+                match reply {
+                    Some(Reply::Fail(f)) => failed(f, &name, timeout),
+                    Some(Reply::Hang) => {
+                        tokio::time::sleep(timeout).await;
+                        failed(SendFailure::TimeoutAfterWrite, &name, timeout)
+                    }
+                    Some(Reply::Answer(status, headers)) => {
+                        let mut resp = Response::new(Full::new(Bytes::from_static(b"{}")));
+                        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or_default();
+                        for (k, v) in headers {
+                            resp.headers_mut().insert(*k, HeaderValue::from_static(v));
+                        }
+                        Ok(resp)
+                    }
+                    None => Ok(Response::new(Full::new(Bytes::from_static(b"ok")))),
+                }
+            }
+        }
+    }
+
+    /// Providers `a` then `b` (never dialled: the script answers), one route with `extra` lines.
+    fn generation(extra: &str, metrics: &Metrics) -> Arc<Generation> {
+        let yaml = format!(
+            "listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+providers:
+  a:
+    url: http://127.0.0.1:9
+    timeout: 2s
+  b:
+    url: http://127.0.0.1:9
+    timeout: 2s
+routes:
+  - name: payments
+    match: {{ path_prefix: / }}
+    timeout: 30s
+    targets:
+      - {{ provider: a, priority: 0 }}
+      - {{ provider: b, priority: 1 }}
+{extra}"
+        );
+        let snapshot = match crate::config::load(&yaml, Path::new("/"), &PlaceholderSecrets) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}\n{yaml}"),
+        };
+        let now = std::time::Instant::now();
+        let upstreams = match Upstreams::build(&snapshot, None) {
+            Ok(u) => u,
+            Err(problems) => panic!("{problems:?}"),
+        };
+        Arc::new(Generation {
+            number: 1,
+            upstreams,
+            health: States::build(&snapshot, None, metrics, now),
+            route_limits: RouteLimits::build(&snapshot, None),
+            idempotency: RouteStores::build(&snapshot, None, &metrics.idempotency_evictions_total),
+            pins: Arc::new(ObjectPins::new(
+                snapshot.pins.ttl,
+                snapshot.pins.max_entries,
+            )),
+            retry_budgets: RouteBudgets::build(&snapshot, None, now),
+            snapshot: Arc::new(snapshot),
+            sha256: String::new(),
+            loaded_at: std::time::SystemTime::now(),
+        })
+    }
+
+    /// A POST /v1/charges through the loop with `script`; keyed unless the route turns keys off.
+    async fn pay(extra: &str, script: &Script) -> Result<Response<ProxyBody>, ProxyError> {
+        send(extra, script, Method::POST).await
+    }
+
+    async fn send(
+        extra: &str,
+        script: &Script,
+        method: Method,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let metrics = Metrics::new();
+        let generation = generation(extra, &metrics);
+        let route = Arc::clone(&generation.snapshot.routes[0]);
+        let deadline = Instant::now() + route.timeout;
+        let mut req = Request::new(Bytes::from_static(b"amount=100"));
+        *req.method_mut() = method;
+        *req.uri_mut() = http::Uri::from_static("/v1/charges");
+        req.extensions_mut().insert(RouteCtx {
+            generation,
+            route,
+            deadline,
+        });
+        Forward::with_sender(metrics, script.clone())
+            .call(req)
+            .await
+    }
+
+    /// The provider that answered the shop.
+    fn answered_by(resp: &Response<ProxyBody>) -> &str {
+        resp.headers()
+            .get("x-switchyard-provider")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    const NO_KEYS: &str = "    idempotency: { mode: off }";
+    const NO_FAILOVER_ON_NOT_PROCESSED: &str = "    failover: { on_not_processed: false }";
+    const FOUR_ATTEMPTS: &str = "    retry: { attempts: 4 }";
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_refused_moves_to_the_next_target_at_once() {
+        let script = Script::new(&[("a", Reply::Fail(SendFailure::Connect))]);
+        let t0 = Instant::now();
+        let resp = pay("", &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "b"]);
+        assert_eq!((resp.status(), answered_by(&resp)), (StatusCode::OK, "b"));
+        assert_eq!(t0.elapsed(), Duration::ZERO, "no backoff before a failover");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn written_then_reset_stays_with_the_provider_and_needs_a_key() {
+        // Keyed: the same provider again, never another.
+        let script = Script::new(&[("a", Reply::Fail(SendFailure::AfterWrite))]);
+        let resp = pay("", &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "a"]);
+        assert_eq!((resp.status(), answered_by(&resp)), (StatusCode::OK, "a"));
+        // Without a key a POST is not sent again: the shop is told the outcome is unknown.
+        let script = Script::new(&[("a", Reply::Fail(SendFailure::AfterWrite))]);
+        let err = pay(NO_KEYS, &script).await.unwrap_err();
+        assert_eq!(script.calls(), ["a"]);
+        assert_eq!(err.kind(), ErrorKind::ProviderFailed);
+        // ... but an idempotent method is.
+        let script = Script::new(&[("a", Reply::Fail(SendFailure::AfterWrite))]);
+        let resp = send(NO_KEYS, &script, Method::GET).await.unwrap();
+        assert_eq!(script.calls(), ["a", "a"]);
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_after_the_write_retries_the_same_provider_after_its_timeout() {
+        let script = Script::new(&[("a", Reply::Hang)]);
+        let t0 = Instant::now();
+        let resp = pay("", &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "a"]);
+        assert_eq!(answered_by(&resp), "a");
+        assert!(t0.elapsed() >= Duration::from_secs(2));
+        // Every attempt hangs: the shop learns the provider timed out, with the outcome unknown.
+        let script = Script::new(&[("a", Reply::Hang), ("a", Reply::Hang), ("a", Reply::Hang)]);
+        let err = pay("", &script).await.unwrap_err();
+        assert_eq!(script.calls(), ["a", "a", "a"]);
+        assert_eq!(err.kind(), ErrorKind::ProviderTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_streams_and_goaway_below_our_stream_fail_over() {
+        for refusal in [SendFailure::RefusedStream, SendFailure::GoAway] {
+            let script = Script::new(&[("a", Reply::Fail(refusal))]);
+            let resp = pay("", &script).await.unwrap();
+            assert_eq!(script.calls(), ["a", "b"], "{refusal:?}");
+            assert_eq!(answered_by(&resp), "b");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn goaway_above_our_stream_is_unknown_and_never_fails_over() {
+        // The provider's GOAWAY covered our stream, then the connection went: it may have run it.
+        let script = Script::new(&[
+            ("a", Reply::Fail(SendFailure::AfterWrite)),
+            ("a", Reply::Fail(SendFailure::AfterWrite)),
+            ("a", Reply::Fail(SendFailure::AfterWrite)),
+        ]);
+        let err = pay("", &script).await.unwrap_err();
+        assert_eq!(script.calls(), ["a", "a", "a"]);
+        assert_eq!(err.kind(), ErrorKind::ProviderFailed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_fails_over_or_waits_its_retry_after() {
+        const THROTTLED: Reply = Reply::Answer(429, &[("retry-after", "1")]);
+        let script = Script::new(&[("a", THROTTLED)]);
+        let resp = pay("", &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "b"]);
+        assert_eq!(answered_by(&resp), "b");
+        // A route that keeps not-executed attempts at their provider waits as it was told.
+        let script = Script::new(&[("a", THROTTLED)]);
+        let t0 = Instant::now();
+        let resp = pay(NO_FAILOVER_ON_NOT_PROCESSED, &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "a"]);
+        assert_eq!(answered_by(&resp), "a");
+        assert!(t0.elapsed() >= Duration::from_secs(1));
+        // Throttled to the end: the shop gets the provider's own 429.
+        let script = Script::new(&[("a", THROTTLED), ("a", THROTTLED), ("a", THROTTLED)]);
+        let resp = pay(NO_FAILOVER_ON_NOT_PROCESSED, &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "a", "a"]);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_in_progress_409_to_a_retry_of_an_unknown_outcome_stays_with_the_provider() {
+        let script = Script::new(&[
+            ("a", Reply::Fail(SendFailure::AfterWrite)),
+            (
+                "a",
+                Reply::Answer(
+                    409,
+                    &[("stripe-should-retry", "true"), ("retry-after", "1")],
+                ),
+            ),
+        ]);
+        let resp = pay(FOUR_ATTEMPTS, &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "a", "a"]);
+        assert_eq!((resp.status(), answered_by(&resp)), (StatusCode::OK, "a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_5xx_is_unknown_unless_marked_not_executed() {
+        // No marker: the same provider again with the key, never another.
+        let script = Script::new(&[("a", Reply::Answer(503, &[]))]);
+        let resp = pay("", &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "a"]);
+        assert_eq!(answered_by(&resp), "a");
+        // Without a key: not sent again; the shop is told the outcome is unknown.
+        let script = Script::new(&[("a", Reply::Answer(500, &[]))]);
+        let err = pay(NO_KEYS, &script).await.unwrap_err();
+        assert_eq!(script.calls(), ["a"]);
+        assert!(matches!(
+            err,
+            ProxyError::OutcomeUnknown {
+                status: Some(500),
+                ..
+            }
+        ));
+        // Stripe-Should-Retry: false stops, key or not.
+        let script = Script::new(&[("a", Reply::Answer(500, &[("stripe-should-retry", "false")]))]);
+        let err = pay("", &script).await.unwrap_err();
+        assert_eq!(script.calls(), ["a"]);
+        assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
+        // Adyen's transient-error: not executed, so another provider may take it at once.
+        let script = Script::new(&[("a", Reply::Answer(503, &[("transient-error", "true")]))]);
+        let resp = pay("", &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "b"]);
+        assert_eq!(answered_by(&resp), "b");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_decline_is_the_answer_and_never_retried() {
+        let script = Script::new(&[("a", Reply::Answer(402, &[]))]);
+        let resp = pay("", &script).await.unwrap();
+        assert_eq!(script.calls(), ["a"]);
+        assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
     }
 }

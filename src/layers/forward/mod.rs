@@ -37,24 +37,33 @@ use super::BoxFuture;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::upstream::{SendAttempt, UpstreamClient};
 
 use handover::Detachable;
 use operation::Operation;
 
-/// Sends requests to providers.
+/// Sends requests to providers, each attempt through `S`.
 #[derive(Clone)]
-pub struct Forward {
+pub struct Forward<S = UpstreamClient> {
     metrics: Metrics,
+    sender: S,
 }
 
 impl Forward {
-    /// A forwarder recording in `metrics`.
+    /// A forwarder over the providers' own clients, recording in `metrics`.
     pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+        Self::with_sender(metrics, UpstreamClient)
     }
 }
 
-impl Service<Request<Bytes>> for Forward {
+impl<S: SendAttempt + Clone> Forward<S> {
+    /// A forwarder sending every attempt through `sender`.
+    pub fn with_sender(metrics: Metrics, sender: S) -> Self {
+        Self { metrics, sender }
+    }
+}
+
+impl<S: SendAttempt + Clone> Service<Request<Bytes>> for Forward<S> {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
     type Future = BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
@@ -64,7 +73,7 @@ impl Service<Request<Bytes>> for Forward {
     }
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
-        let op = match Operation::new(req, self.metrics.clone()) {
+        let op = match Operation::new(req, self.metrics.clone(), self.sender.clone()) {
             Ok(op) => op,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };

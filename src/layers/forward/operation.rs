@@ -7,7 +7,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::audit::Audit;
 use crate::body::{full, ProxyBody};
@@ -18,7 +17,7 @@ use crate::generation::Generation;
 use crate::idempotency::{self, Begin, Finish, MemoryStore, RecordKey, Store, StoredAnswer};
 use crate::layers::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER};
 use crate::metrics::Metrics;
-use crate::upstream::{headers, ProviderKey};
+use crate::upstream::{headers, ProviderKey, SendAttempt};
 
 /// The header on a replayed answer.
 pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -64,7 +63,7 @@ impl Drop for Settle<'_> {
 }
 
 /// One operation of the shop's: its request, the route and generation it runs on, and its key.
-pub(super) struct Operation {
+pub(super) struct Operation<S> {
     pub(super) metrics: Metrics,
     pub(super) audit: Audit,
     pub(super) request_id: String,
@@ -78,6 +77,8 @@ pub(super) struct Operation {
     /// When the route's timeout runs out.
     pub(super) deadline: tokio::time::Instant,
     pub(super) key: Option<Keyed>,
+    /// Sends each attempt.
+    pub(super) sender: S,
 }
 
 /// `x-switchyard-attempts` values for the usual counts, made once rather than per answer.
@@ -101,7 +102,7 @@ pub(super) fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-impl Operation {
+impl<S: SendAttempt> Operation<S> {
     /// Whether the operation has an idempotency key (its record must settle even if the shop hangs up).
     pub(super) fn is_keyed(&self) -> bool {
         self.key.is_some()
@@ -116,7 +117,11 @@ impl Operation {
         })
     }
 
-    pub(super) fn new(req: Request<Bytes>, metrics: Metrics) -> Result<Self, ProxyError> {
+    pub(super) fn new(
+        req: Request<Bytes>,
+        metrics: Metrics,
+        sender: S,
+    ) -> Result<Self, ProxyError> {
         let ctx = req.extensions().get::<RouteCtx>().cloned().ok_or_else(|| {
             ProxyError::Internal("request reached forwarding without a route".into())
         })?;
@@ -147,6 +152,7 @@ impl Operation {
             started,
             deadline,
             key,
+            sender,
         })
     }
 
@@ -285,7 +291,7 @@ impl Operation {
     /// A final answer: passed on, and for a keyed operation kept for replay.
     pub(super) async fn processed(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<S::Body>,
         provider: &Arc<str>,
         attempts: u32,
         settle: Option<&mut Settle<'_>>,
@@ -333,13 +339,16 @@ impl Operation {
 }
 
 /// A provider's answer, streamed to the shop.
-pub(super) fn respond(resp: Response<Incoming>) -> Response<ProxyBody> {
+pub(super) fn respond<B>(resp: Response<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes, Error: Into<crate::body::BoxError>> + Send + 'static,
+{
     let (mut parts, body) = resp.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_11;
     Response::from_parts(
         parts,
-        body.map_err(|e| -> crate::body::BoxError { Box::new(e) })
+        body.map_err(|e| -> crate::body::BoxError { e.into() })
             .boxed_unsync(),
     )
 }
