@@ -2,7 +2,9 @@
 //!
 //! Each error knows its [`ErrorKind`] (a closed set: it feeds metric labels and the
 //! `x-switchyard-error` header), where it came from ([`Origin`]), and whether the request can have
-//! reached a provider. The mapping from kinds to HTTP answers lives in one place,
+//! reached a provider ([`ProxyError::reached`]): an error that may follow an attempt which reached a
+//! provider carries the attempt loop's answer with it, so the shop is told "outcome unknown" from the
+//! error alone. The mapping from kinds to HTTP answers lives in one place,
 //! `layers::rescue`.
 
 use std::time::Duration;
@@ -78,6 +80,8 @@ pub enum ProxyError {
     DeadlineExceeded {
         /// The route timeout.
         timeout: Duration,
+        /// Whether an attempt may have reached a provider before it ran out.
+        reached: Reached,
     },
     /// The route's rate limit refused the request.
     #[error("the route's rate limit is exceeded; retry in {retry_after:?}")]
@@ -99,6 +103,8 @@ pub enum ProxyError {
         provider: String,
         /// When it has a slot again.
         retry_after: Duration,
+        /// Whether an earlier attempt of the operation may have reached it.
+        reached: Reached,
     },
     /// A POST/PATCH on a route that requires an idempotency key came without one.
     #[error("this route requires an idempotency key in the {header} header")]
@@ -121,6 +127,8 @@ pub enum ProxyError {
         provider: String,
         /// When it may take requests again.
         retry_after: Duration,
+        /// Whether an earlier attempt of the operation may have reached it (its outcome is unknown).
+        reached: Reached,
     },
     /// The provider may have executed the request, and no retry settled it.
     #[error("the outcome at provider {provider} is unknown{}; retry with the same idempotency key or reconcile", match status { Some(s) => format!(" (it answered {s})"), None => String::new() })]
@@ -196,6 +204,17 @@ pub enum Reached {
     Maybe,
 }
 
+impl Reached {
+    /// `Maybe` when `maybe`.
+    pub fn maybe(maybe: bool) -> Self {
+        if maybe {
+            Self::Maybe
+        } else {
+            Self::No
+        }
+    }
+}
+
 impl ProxyError {
     /// The error's kind.
     pub fn kind(&self) -> ErrorKind {
@@ -233,19 +252,26 @@ impl ProxyError {
         }
     }
 
-    /// Whether the request may have reached a provider (unknown outcome) or certainly did not.
+    /// Whether the request may have reached a provider (unknown outcome) or certainly did not: the
+    /// answer the error carries, or the one its kind implies.
     pub fn reached(&self) -> Reached {
+        match self {
+            Self::DeadlineExceeded { reached, .. }
+            | Self::ProviderQuotaExhausted { reached, .. }
+            | Self::PinnedProviderUnavailable { reached, .. } => return *reached,
+            _ => {}
+        }
         match self.kind() {
-            ErrorKind::ProviderTimeout
-            | ErrorKind::ProviderFailed
-            | ErrorKind::DeadlineExceeded
-            | ErrorKind::OutcomeUnknown => Reached::Maybe,
+            ErrorKind::ProviderTimeout | ErrorKind::ProviderFailed | ErrorKind::OutcomeUnknown => {
+                Reached::Maybe
+            }
             ErrorKind::NoRoute
             | ErrorKind::BodyTooLarge
             | ErrorKind::BadRequest
             | ErrorKind::ProviderUnreachable
             | ErrorKind::ProviderTls
             | ErrorKind::ProviderRefused
+            | ErrorKind::DeadlineExceeded
             | ErrorKind::RateLimited
             | ErrorKind::NoHealthyProvider
             | ErrorKind::ProviderQuotaExhausted

@@ -13,7 +13,7 @@ use super::operation::{is_idempotent, respond, Operation, Settle};
 use crate::audit::{AttemptEnd, AttemptReason, AttemptStart, RecordedBody};
 use crate::body::ProxyBody;
 use crate::config::validate::Provider;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, Reached};
 use crate::health::breaker::Admission;
 use crate::health::{self, Admitted};
 use crate::idempotency::{Finish, Store};
@@ -123,7 +123,9 @@ impl<S: SendAttempt> Operation<S> {
                     no_budget,
                     no_jitter,
                 ) {
-                    Step::Stop(stop) => return Err(refusal(stop, &provider, None)),
+                    Step::Stop(stop) => {
+                        return Err(refusal(stop, &provider, Reached::maybe(unsettled)))
+                    }
                     _ => {
                         cursor += 1;
                         continue;
@@ -142,7 +144,9 @@ impl<S: SendAttempt> Operation<S> {
                             tokio::time::sleep(after).await;
                             continue;
                         }
-                        Step::Stop(stop) => return Err(refusal(stop, &provider, None)),
+                        Step::Stop(stop) => {
+                            return Err(refusal(stop, &provider, Reached::maybe(unsettled)))
+                        }
                         Step::NextTarget | Step::Retry { .. } => {
                             skipped = Some(ProxyError::NoHealthyProvider {
                                 retry_after: breaker_wait(retry_in),
@@ -162,9 +166,10 @@ impl<S: SendAttempt> Operation<S> {
                         .with_label_values(&[&*route.name, "provider"])
                         .inc();
                     drop(admitted);
-                    let error = ProxyError::ProviderQuotaExhausted {
+                    let error = |reached| ProxyError::ProviderQuotaExhausted {
                         provider: provider.to_string(),
                         retry_after: wait,
+                        reached,
                     };
                     let refused = Attempt::QuotaExhausted;
                     match decide(
@@ -175,9 +180,14 @@ impl<S: SendAttempt> Operation<S> {
                         no_budget,
                         no_jitter,
                     ) {
-                        Step::Stop(stop) => return Err(refusal(stop, &provider, Some(error))),
+                        Step::Stop(Stop::PinnedQuotaExhausted) => {
+                            return Err(error(Reached::maybe(unsettled)))
+                        }
+                        Step::Stop(stop) => {
+                            return Err(refusal(stop, &provider, Reached::maybe(unsettled)))
+                        }
                         _ => {
-                            skipped = Some(error);
+                            skipped = Some(error(Reached::No));
                             failover = failover.or(Some((Arc::clone(&provider), "quota")));
                             cursor += 1;
                             continue;
@@ -252,6 +262,7 @@ impl<S: SendAttempt> Operation<S> {
                 {
                     e.error = ProxyError::DeadlineExceeded {
                         timeout: route.timeout,
+                        reached: Reached::Maybe,
                     };
                 }
             }
@@ -287,7 +298,7 @@ impl<S: SendAttempt> Operation<S> {
                 .attempts_total
                 .with_label_values(&[&*route.name, &*provider, c.class.as_str()])
                 .inc();
-            if c.class.may_have_reached() {
+            if c.class.reached() == Reached::Maybe {
                 unsettled = true;
                 if pin.is_none() {
                     pin = Some(Arc::clone(&provider));
@@ -358,6 +369,7 @@ impl<S: SendAttempt> Operation<S> {
         let Some((provider, class, result)) = last else {
             let error = skipped.unwrap_or(ProxyError::DeadlineExceeded {
                 timeout: route.timeout,
+                reached: Reached::maybe(unsettled),
             });
             return Err(error);
         };
@@ -431,18 +443,16 @@ fn no_jitter() -> f64 {
 }
 
 /// The proxy's answer when a refusal that sent nothing stops the operation: the pinned provider cannot
-/// take it, and no other may.
-fn refusal(stop: Stop, provider: &str, quota: Option<ProxyError>) -> ProxyError {
-    match (stop, quota) {
-        (Stop::PinnedQuotaExhausted, Some(error)) => error,
-        (Stop::PinnedUnavailable { retry_after }, _) => ProxyError::PinnedProviderUnavailable {
-            provider: provider.to_owned(),
-            retry_after,
-        },
-        (_, _) => ProxyError::PinnedProviderUnavailable {
-            provider: provider.to_owned(),
-            retry_after: std::time::Duration::from_secs(1),
-        },
+/// take it, and no other may; `reached` says whether an earlier attempt may have reached it.
+fn refusal(stop: Stop, provider: &str, reached: Reached) -> ProxyError {
+    let retry_after = match stop {
+        Stop::PinnedUnavailable { retry_after } => retry_after,
+        _ => std::time::Duration::from_secs(1),
+    };
+    ProxyError::PinnedProviderUnavailable {
+        provider: provider.to_owned(),
+        retry_after,
+        reached,
     }
 }
 
@@ -682,6 +692,11 @@ routes:
         let err = pay(NO_KEYS, &script).await.unwrap_err();
         assert_eq!(script.calls(), ["a"]);
         assert_eq!(err.kind(), ErrorKind::ProviderFailed);
+        assert_eq!(
+            err.reached(),
+            Reached::Maybe,
+            "the error says it may have run"
+        );
         // ... but an idempotent method is.
         let script = Script::new(&[("a", Reply::Fail(SendFailure::AfterWrite))]);
         let resp = send(NO_KEYS, &script, Method::GET).await.unwrap();
@@ -711,6 +726,14 @@ routes:
             let resp = pay("", &script).await.unwrap();
             assert_eq!(script.calls(), ["a", "b"], "{refusal:?}");
             assert_eq!(answered_by(&resp), "b");
+        }
+        // Refused everywhere: nothing ran anywhere, and the error says so.
+        for refusal in [SendFailure::RefusedStream, SendFailure::Connect] {
+            let no = Reply::Fail(refusal);
+            let script = Script::new(&[("a", no.clone()), ("b", no.clone()), ("b", no)]);
+            let err = pay("", &script).await.unwrap_err();
+            assert_eq!(script.calls(), ["a", "b", "b"], "{refusal:?}");
+            assert_eq!(err.reached(), Reached::No, "{refusal:?}");
         }
     }
 
