@@ -40,7 +40,9 @@ use crate::error::ProxyError;
 use crate::generation::Generation;
 use crate::health::breaker::Admission;
 use crate::health::{self, Outcome, ProviderState};
-use crate::idempotency::{self, Begin, Finish, MemoryStore, RecordKey, Store, StoredAnswer};
+use crate::idempotency::{
+    self, Begin, Finish, PinStore, RecordKey, RouteStore, Store, StoredAnswer,
+};
 use crate::metrics::Metrics;
 use crate::outcome::{classify, BreakerEffect, Classified, Observed, OutcomeClass, RetryHint};
 use crate::retry::backoff;
@@ -134,7 +136,7 @@ impl<T: Send + 'static> Drop for Detachable<T> {
 
 /// The idempotency side of a keyed operation.
 struct Keyed {
-    store: Arc<MemoryStore>,
+    store: Arc<RouteStore>,
     /// The record's identity; its `key` is the shop's key.
     record: RecordKey,
     /// The key as a header value: the shop's own, shared rather than copied for every attempt.
@@ -151,21 +153,30 @@ struct Settle<'a> {
 }
 
 impl Settle<'_> {
-    fn finish(&mut self, finish: Finish) {
+    async fn finish(&mut self, finish: Finish) {
         self.done = true;
-        self.keyed
-            .store
-            .finish(&self.keyed.record, finish, Instant::now());
+        // The shop gets what the provider said either way; a record left in flight ends with its ttl.
+        if let Err(e) = self.keyed.store.finish(&self.keyed.record, finish).await {
+            tracing::warn!(error = %e, "an idempotency record could not be settled");
+        }
     }
 }
 
 impl Drop for Settle<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            // Nothing more is known; a pin made on the way is kept by the store.
-            self.keyed
-                .store
-                .finish(&self.keyed.record, Finish::NothingSent, Instant::now());
+        // Nothing more is known; a pin made on the way is kept by the store.
+        if self.done || self.keyed.store.finish_nothing_sent_now(&self.keyed.record) {
+            return;
+        }
+        // A store that must be waited for is told in a task that owns what it needs.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::clone(&self.keyed.store);
+            let record = self.keyed.record.clone();
+            runtime.spawn(async move {
+                if let Err(e) = store.finish(&record, Finish::NothingSent).await {
+                    tracing::warn!(error = %e, "an idempotency record could not be settled");
+                }
+            });
         }
     }
 }
@@ -308,7 +319,7 @@ impl Operation {
                 self.parts.uri.path(),
                 &self.body,
             );
-            match k.store.begin(&k.record, fingerprint, Instant::now()) {
+            match k.store.begin(&k.record, fingerprint).await? {
                 Begin::New => self.count_idempotency("new"),
                 Begin::InFlight => {
                     self.count_idempotency("conflict");
@@ -397,11 +408,14 @@ impl Operation {
         }
         let now = Instant::now();
         // Follow-ups (capture, refund) go where the payment object lives.
-        let mut pin = resumed.or_else(|| {
-            g.pins
-                .find(self.parts.uri.path(), &self.body, now)
-                .filter(|p| g.upstreams.get(p).is_some())
-        });
+        let mut pin = match resumed {
+            Some(p) => Some(p),
+            None => g
+                .pins
+                .find(self.parts.uri.path(), &self.body)
+                .await?
+                .filter(|p| g.upstreams.get(p).is_some()),
+        };
         let order = self.order(pin.as_ref(), now)?;
         if let Some(b) = g.retry_budgets.get(&route.name) {
             b.lock().unwrap_or_else(|p| p.into_inner()).deposit(now);
@@ -611,7 +625,10 @@ impl Operation {
                     pin = Some(Arc::clone(&provider));
                 }
                 if let (Some(k), Some(_)) = (&self.key, &settle) {
-                    k.store.pin(&k.record, &provider);
+                    // This operation stays with the provider whatever the store says.
+                    if let Err(e) = k.store.pin(&k.record, &provider).await {
+                        tracing::warn!(error = %e, "an idempotency record could not be pinned");
+                    }
                 }
             }
             if let Some(info) = &self.info {
@@ -694,7 +711,8 @@ impl Operation {
             if let Some(s) = settle.as_mut() {
                 s.finish(Finish::Unknown {
                     provider: Arc::clone(&provider),
-                });
+                })
+                .await;
             }
             return Err(match (class, result) {
                 (OutcomeClass::Unknown, Err(e)) => e.error,
@@ -739,9 +757,11 @@ impl Operation {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 // The answer was lost on the way: whatever the provider did stays pinned to it.
-                settle.finish(Finish::Unknown {
-                    provider: Arc::clone(provider),
-                });
+                settle
+                    .finish(Finish::Unknown {
+                        provider: Arc::clone(provider),
+                    })
+                    .await;
                 self.metrics
                     .unknown_outcomes_total
                     .with_label_values(&[&*self.route.name, &**provider])
@@ -753,16 +773,19 @@ impl Operation {
             }
         };
         if parts.status.is_success() {
-            self.generation
-                .pins
-                .remember_answer(&body, provider, Instant::now());
+            // The answer is the provider's word: it goes to the shop even if the pin is not kept.
+            if let Err(e) = self.generation.pins.remember_answer(&body, provider).await {
+                tracing::warn!(error = %e, "a payment object could not be pinned");
+            }
         }
-        settle.finish(Finish::Final(StoredAnswer::new(
-            parts.status,
-            &parts.headers,
-            &body,
-            Arc::clone(provider),
-        )));
+        settle
+            .finish(Finish::Final(StoredAnswer::new(
+                parts.status,
+                &parts.headers,
+                &body,
+                Arc::clone(provider),
+            )))
+            .await;
         let mut resp = Response::from_parts(parts, full(body));
         *resp.version_mut() = Version::HTTP_11;
         self.decorate(&mut resp, provider, attempts);
