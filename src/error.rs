@@ -138,6 +138,15 @@ pub enum ProxyError {
         /// The provider's status, when its last answer was a 5xx.
         status: Option<u16>,
     },
+    /// The store of payment state (idempotency records, pins) could not answer; nothing was sent
+    /// anywhere, least of all to another provider.
+    #[error("the payment state cannot be reached ({reason}); retry in {retry_after:?} with the same key")]
+    StateUnavailable {
+        /// What failed, in words safe to show.
+        reason: String,
+        /// When the shop may try again.
+        retry_after: Duration,
+    },
     /// The proxy itself failed (a bug); the detail is logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -180,6 +189,8 @@ pub enum ErrorKind {
     PinnedProviderUnavailable,
     /// See [`ProxyError::OutcomeUnknown`].
     OutcomeUnknown,
+    /// See [`ProxyError::StateUnavailable`].
+    StateUnavailable,
     /// See [`ProxyError::Internal`].
     Internal,
 }
@@ -236,6 +247,7 @@ impl ProxyError {
             Self::IdempotencyMismatch => ErrorKind::IdempotencyMismatch,
             Self::PinnedProviderUnavailable { .. } => ErrorKind::PinnedProviderUnavailable,
             Self::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
+            Self::StateUnavailable { .. } => ErrorKind::StateUnavailable,
             Self::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -246,7 +258,8 @@ impl ProxyError {
             Self::RateLimited { retry_after }
             | Self::NoHealthyProvider { retry_after }
             | Self::ProviderQuotaExhausted { retry_after, .. }
-            | Self::PinnedProviderUnavailable { retry_after, .. } => Some(*retry_after),
+            | Self::PinnedProviderUnavailable { retry_after, .. }
+            | Self::StateUnavailable { retry_after, .. } => Some(*retry_after),
             Self::IdempotencyConflict => Some(Duration::from_secs(1)),
             _ => None,
         }
@@ -279,6 +292,7 @@ impl ProxyError {
             | ErrorKind::IdempotencyConflict
             | ErrorKind::IdempotencyMismatch
             | ErrorKind::PinnedProviderUnavailable
+            | ErrorKind::StateUnavailable
             | ErrorKind::Internal => Reached::No,
         }
     }
@@ -286,7 +300,7 @@ impl ProxyError {
 
 impl ErrorKind {
     /// Every kind, for metrics that want a zero for each.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         Self::NoRoute,
         Self::BodyTooLarge,
         Self::BadRequest,
@@ -304,6 +318,7 @@ impl ErrorKind {
         Self::IdempotencyMismatch,
         Self::PinnedProviderUnavailable,
         Self::OutcomeUnknown,
+        Self::StateUnavailable,
         Self::Internal,
     ];
 
@@ -327,6 +342,7 @@ impl ErrorKind {
             Self::IdempotencyMismatch => "idempotency_mismatch",
             Self::PinnedProviderUnavailable => "pinned_provider_unavailable",
             Self::OutcomeUnknown => "outcome_unknown",
+            Self::StateUnavailable => "state_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -341,7 +357,7 @@ impl ErrorKind {
             | Self::IdempotencyKeyRequired
             | Self::IdempotencyConflict
             | Self::IdempotencyMismatch => Origin::Shop,
-            Self::DeadlineExceeded | Self::Internal => Origin::Proxy,
+            Self::DeadlineExceeded | Self::StateUnavailable | Self::Internal => Origin::Proxy,
             Self::NoHealthyProvider
             | Self::ProviderQuotaExhausted
             | Self::PinnedProviderUnavailable

@@ -26,5 +26,6 @@ pub mod redact;
 pub mod retry;
 pub mod sandbox;
 pub mod server;
+pub mod state;
 pub mod upstream;
 pub mod webhooks;

@@ -68,6 +68,9 @@ pub fn status_and_title(kind: ErrorKind) -> (StatusCode, &'static str) {
             "The provider holding this payment is unavailable",
         ),
         ErrorKind::OutcomeUnknown => (StatusCode::BAD_GATEWAY, "Payment outcome unknown"),
+        ErrorKind::StateUnavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "Payment state unavailable")
+        }
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal proxy error"),
     }
 }

@@ -16,6 +16,7 @@ use crate::config::validate::Provider;
 use crate::error::{ProxyError, Reached};
 use crate::health::breaker::Admission;
 use crate::health::{self, Admitted};
+use crate::idempotency::PinStore;
 use crate::idempotency::{Finish, Store};
 use crate::metrics::InFlight;
 use crate::outcome::{classify, Observed, OutcomeClass};
@@ -83,7 +84,8 @@ impl<S: SendAttempt> Operation<S> {
             // Follow-ups (capture, refund) go where the payment object lives.
             None => g
                 .pins
-                .find(self.parts.uri.path(), &self.body, now.into_std())
+                .find(self.parts.uri.path(), &self.body)
+                .await?
                 .filter(|p| g.upstreams.get(p).is_some())
                 .inspect(|_| state.pinned = Some(PinReason::PaymentObject)),
         };
@@ -306,7 +308,10 @@ impl<S: SendAttempt> Operation<S> {
                     state.more_targets = false;
                 }
                 if let (Some(k), Some(_)) = (&self.key, &settle) {
-                    k.store.pin(&k.record, &provider);
+                    // This operation stays with the provider whatever the store says.
+                    if let Err(e) = k.store.pin(&k.record, &provider).await {
+                        tracing::warn!(error = %e, "an idempotency record could not be pinned");
+                    }
                 }
             }
             if let Some(info) = &self.info {
@@ -383,7 +388,8 @@ impl<S: SendAttempt> Operation<S> {
             if let Some(s) = settle.as_mut() {
                 s.finish(Finish::Unknown {
                     provider: Arc::clone(&provider),
-                });
+                })
+                .await;
             }
             return Err(match (class, result) {
                 (OutcomeClass::Unknown, Err(e)) => e.error,

@@ -2,7 +2,6 @@
 //! settling the record on every way out (a record never stays "in flight" after its operation).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
@@ -14,7 +13,9 @@ use crate::config::validate::{IdempotencyMode, Route};
 use crate::ctx::{RequestId, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Generation;
-use crate::idempotency::{self, Begin, Finish, MemoryStore, RecordKey, Store, StoredAnswer};
+use crate::idempotency::{
+    self, Begin, Finish, PinStore, RecordKey, RouteStore, Store, StoredAnswer,
+};
 use crate::layers::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER};
 use crate::metrics::Metrics;
 use crate::upstream::{headers, ProviderKey, SendAttempt};
@@ -26,7 +27,7 @@ const MAX_STORED_ANSWER: usize = 4 << 20;
 
 /// The idempotency side of a keyed operation.
 pub(super) struct Keyed {
-    pub(super) store: Arc<MemoryStore>,
+    pub(super) store: Arc<RouteStore>,
     /// The record's identity; its `key` is the shop's key.
     pub(super) record: RecordKey,
     /// The key as a header value: the shop's own, shared rather than copied for every attempt.
@@ -43,21 +44,30 @@ pub(super) struct Settle<'a> {
 }
 
 impl Settle<'_> {
-    pub(super) fn finish(&mut self, finish: Finish) {
+    pub(super) async fn finish(&mut self, finish: Finish) {
         self.done = true;
-        self.keyed
-            .store
-            .finish(&self.keyed.record, finish, Instant::now());
+        // The shop gets what the provider said either way; a record left in flight ends with its ttl.
+        if let Err(e) = self.keyed.store.finish(&self.keyed.record, finish).await {
+            tracing::warn!(error = %e, "an idempotency record could not be settled");
+        }
     }
 }
 
 impl Drop for Settle<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            // Nothing more is known; a pin made on the way is kept by the store.
-            self.keyed
-                .store
-                .finish(&self.keyed.record, Finish::NothingSent, Instant::now());
+        // Nothing more is known; a pin made on the way is kept by the store.
+        if self.done || self.keyed.store.finish_nothing_sent_now(&self.keyed.record) {
+            return;
+        }
+        // A store that must be waited for is told in a task that owns what it needs.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::clone(&self.keyed.store);
+            let record = self.keyed.record.clone();
+            runtime.spawn(async move {
+                if let Err(e) = store.finish(&record, Finish::NothingSent).await {
+                    tracing::warn!(error = %e, "an idempotency record could not be settled");
+                }
+            });
         }
     }
 }
@@ -228,7 +238,7 @@ impl<S: SendAttempt> Operation<S> {
                 self.parts.uri.path(),
                 &self.body,
             );
-            match k.store.begin(&k.record, fingerprint, Instant::now()) {
+            match k.store.begin(&k.record, fingerprint).await? {
                 Begin::New => self.count_idempotency("new"),
                 Begin::InFlight => {
                     self.count_idempotency("conflict");
@@ -307,9 +317,11 @@ impl<S: SendAttempt> Operation<S> {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 // The answer was lost on the way: whatever the provider did stays pinned to it.
-                settle.finish(Finish::Unknown {
-                    provider: Arc::clone(provider),
-                });
+                settle
+                    .finish(Finish::Unknown {
+                        provider: Arc::clone(provider),
+                    })
+                    .await;
                 self.metrics
                     .unknown_outcomes_total
                     .with_label_values(&[&*self.route.name, &**provider])
@@ -321,16 +333,19 @@ impl<S: SendAttempt> Operation<S> {
             }
         };
         if parts.status.is_success() {
-            self.generation
-                .pins
-                .remember_answer(&body, provider, Instant::now());
+            // The answer is the provider's word: it goes to the shop even if the pin is not kept.
+            if let Err(e) = self.generation.pins.remember_answer(&body, provider).await {
+                tracing::warn!(error = %e, "a payment object could not be pinned");
+            }
         }
-        settle.finish(Finish::Final(StoredAnswer::new(
-            parts.status,
-            &parts.headers,
-            &body,
-            Arc::clone(provider),
-        )));
+        settle
+            .finish(Finish::Final(StoredAnswer::new(
+                parts.status,
+                &parts.headers,
+                &body,
+                Arc::clone(provider),
+            )))
+            .await;
         let mut resp = Response::from_parts(parts, full(body));
         *resp.version_mut() = Version::HTTP_11;
         self.decorate(&mut resp, provider, attempts);
