@@ -15,7 +15,7 @@
 //!   stores read their own [`Clock`], which tests replace with a [`ManualClock`];
 //! - name records with stable digests ([`crate::idempotency::RecordKey`]), the same in every process.
 //!
-//! [`conformance`] is the one test suite every backend passes.
+//! `conformance` (test builds) is the one test suite every backend passes.
 
 #[cfg(test)]
 pub(crate) mod conformance;
