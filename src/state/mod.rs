@@ -15,7 +15,7 @@
 //!   stores read their own [`Clock`], which tests replace with a [`ManualClock`];
 //! - name records with stable digests ([`crate::idempotency::RecordKey`]), the same in every process.
 //!
-//! [`conformance`] is the one test suite every backend passes.
+//! `conformance` (test builds) is the one test suite every backend passes.
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -102,6 +102,18 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_that_cannot_answer_is_a_503_to_retry_that_sent_nothing() {
+        use crate::error::{ErrorKind, ProxyError, Reached};
+        let e = ProxyError::from(StateError::Timeout(Duration::from_millis(50)));
+        assert_eq!(e.kind(), ErrorKind::StateUnavailable);
+        assert_eq!(e.kind().as_str(), "state_unavailable");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(e.reached(), Reached::No);
+        let (status, _) = crate::layers::rescue::status_and_title(e.kind());
+        assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     #[test]
     fn a_manual_clock_moves_only_when_told_and_clones_share_it() {

@@ -285,6 +285,44 @@ mod tests {
         ));
     }
 
+    /// A store that cannot forget at once: the memory store, told only through `finish`.
+    #[derive(Default)]
+    struct Remote(DedupeStore<SystemClock>);
+
+    impl EventStore for Remote {
+        fn begin(&self, id: &str) -> impl Future<Output = Result<Begin<Token>, StateError>> + Send {
+            self.0.begin(id)
+        }
+
+        fn finish(
+            &self,
+            id: &str,
+            token: Token,
+            delivered: Option<Dedupe>,
+        ) -> impl Future<Output = Result<(), StateError>> + Send {
+            self.0.finish(id, token, delivered)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_claim_of_a_store_that_must_be_waited_for_is_released_by_a_task() {
+        let store = Arc::new(Remote::default());
+        let Ok(Begin::Deliver(claim)) = begin(&store, "evt_1").await else {
+            panic!("expected Deliver")
+        };
+        drop(claim);
+        assert_eq!(store.0.len(), 1, "still in flight until the task runs");
+        let Ok(Begin::Wait(mut rx)) = begin(&store, "evt_1").await else {
+            panic!("expected Wait")
+        };
+        let woken = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
+        assert!(matches!(woken, Ok(Err(_))), "released by the task");
+        assert!(matches!(
+            begin(&store, "evt_1").await,
+            Ok(Begin::Deliver(_))
+        ));
+    }
+
     #[tokio::test]
     async fn a_late_finish_of_an_old_delivery_changes_nothing() {
         let store = Arc::new(DedupeStore::<SystemClock>::default());
