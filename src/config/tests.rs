@@ -3,42 +3,16 @@
 //! Secrets come from a map, never from the process environment or the file system, so these tests
 //! neither read nor change anything outside the process.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
-use super::validate::{path_has_prefix, Match};
-use super::{load, ConfigError, Pins, Problem, SecretRef, SecretSource, Snapshot};
+use super::{load, ConfigError, MapSecrets as Secrets, Pins, Problem, SecretRef, Snapshot};
 
 /// The folder relative file names are resolved against.
 const BASE: &str = "/etc/switchyard";
-
-/// Secret values by environment variable name or by file path.
-#[derive(Default)]
-struct Secrets(HashMap<String, String>);
-
-impl Secrets {
-    fn with(mut self, key: &str, value: &str) -> Self {
-        self.0.insert(key.to_owned(), value.to_owned());
-        self
-    }
-}
-
-impl SecretSource for Secrets {
-    fn read(&self, secret: &SecretRef) -> Result<String, String> {
-        let key = match secret {
-            SecretRef::Env(name) => name.clone(),
-            SecretRef::File(path) => path.display().to_string(),
-        };
-        self.0
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| format!("{secret} is not set"))
-    }
-}
 
 fn load_with(text: &str, secrets: &Secrets) -> Result<Snapshot, ConfigError> {
     load(text, Path::new(BASE), secrets)
@@ -207,7 +181,7 @@ fn omitted_keys_take_their_defaults() {
     assert_eq!(p.authority.as_str(), "api.psp.example");
     assert_eq!(p.base_path, "");
     assert!(p.auth.is_none());
-    assert_eq!(p.tls, super::validate::Tls::default());
+    assert_eq!(p.tls, super::model::Tls::default());
     assert_eq!(p.connect_timeout, Duration::from_secs(1));
     assert_eq!(p.timeout, Duration::from_secs(10));
     assert_eq!(p.pool_idle_timeout, Duration::from_secs(90));
@@ -901,7 +875,7 @@ fn webhook(verify: &str, extra: &str) -> String {
 
 #[test]
 fn webhooks_parse_with_their_defaults() {
-    use super::validate::{SignatureScheme, DEFAULT_DEDUPE_TTL, DEFAULT_WEBHOOK_TOLERANCE};
+    use super::model::{SignatureScheme, DEFAULT_DEDUPE_TTL, DEFAULT_WEBHOOK_TOLERANCE};
     let secrets = Secrets::default()
         .with("WHSEC", "whsec_new")
         .with("WHSEC_OLD", "whsec_old");
@@ -940,7 +914,7 @@ fn webhooks_parse_with_their_defaults() {
 
 #[test]
 fn webhook_settings_are_kept_as_written() {
-    use super::validate::{SignatureEncoding, SignatureScheme};
+    use super::model::{SignatureEncoding, SignatureScheme};
     let secrets = Secrets::default()
         .with("CKO", "cko-secret")
         .with("SHOP", "shop-secret")
@@ -1166,7 +1140,7 @@ fn two_webhooks_may_not_share_a_name_or_a_path_on_one_listener() {
 
 #[test]
 fn audit_parses_with_its_defaults_and_resolves_its_folder() {
-    use super::validate::{AuditBodies, DEFAULT_AUDIT_RETENTION};
+    use super::model::{AuditBodies, DEFAULT_AUDIT_RETENTION};
     let s = valid(&config("", "", "audit: { dir: audit }\n"));
     let a = s.audit.unwrap();
     assert_eq!(a.dir, Path::new(BASE).join("audit"));
@@ -1338,7 +1312,8 @@ fn match_values_are_kept_as_configured() {
             HeaderValue::from_static("eu")
         )]
     );
-    let headers = header_map(&[("x-tenant", "eu")]);
+    let mut headers = HeaderMap::new();
+    headers.append("x-tenant", HeaderValue::from_static("eu"));
     assert!(m.matches(&Method::POST, "/v1/charges", Some("SHOP.example"), &headers));
     assert!(!m.matches(&Method::GET, "/v1/charges", Some("shop.example"), &headers));
 }
@@ -1388,114 +1363,6 @@ fn a_provider_with_a_bad_url_is_not_also_reported_as_unknown() {
     assert_eq!(all[0].path, "providers.psp.url");
 }
 
-fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in pairs {
-        map.append(*name, HeaderValue::from_static(value));
-    }
-    map
-}
-
-fn matcher(prefix: &str) -> Match {
-    Match {
-        path_prefix: prefix.to_owned(),
-        methods: None,
-        host: None,
-        headers: Vec::new(),
-    }
-}
-
-#[test]
-fn path_prefixes_match_on_segment_boundaries() {
-    let cases = [
-        ("/v1", "/v1", true),
-        ("/v1", "/v1/", true),
-        ("/v1", "/v1/charges", true),
-        ("/v1", "/v10", false),
-        ("/v1", "/v1charges", false),
-        ("/v1", "/v", false),
-        ("/v1", "/V1", false),
-        ("/v1/", "/v1/charges", true),
-        ("/v1/", "/v1/", true),
-        ("/v1/", "/v1", false),
-        ("/v1/", "/v10/x", false),
-        ("/", "/", true),
-        ("/", "/anything/at/all", true),
-    ];
-    for (prefix, path, expected) in cases {
-        assert_eq!(
-            path_has_prefix(path, prefix),
-            expected,
-            "path {path:?} with prefix {prefix:?}"
-        );
-        let none = HeaderMap::new();
-        assert_eq!(
-            matcher(prefix).matches(&Method::GET, path, None, &none),
-            expected,
-            "matcher: path {path:?} with prefix {prefix:?}"
-        );
-    }
-}
-
-#[test]
-fn a_matcher_checks_methods_host_and_headers() {
-    let none = HeaderMap::new();
-
-    let m = Match {
-        methods: Some(vec![Method::GET, Method::POST]),
-        ..matcher("/")
-    };
-    assert!(m.matches(&Method::GET, "/x", None, &none));
-    assert!(m.matches(&Method::POST, "/x", None, &none));
-    assert!(!m.matches(&Method::DELETE, "/x", None, &none));
-
-    let m = Match {
-        host: Some("shop.example".to_owned()),
-        ..matcher("/")
-    };
-    assert!(m.matches(&Method::GET, "/", Some("shop.example"), &none));
-    assert!(m.matches(&Method::GET, "/", Some("Shop.EXAMPLE"), &none));
-    assert!(!m.matches(&Method::GET, "/", Some("other.example"), &none));
-    assert!(!m.matches(&Method::GET, "/", Some("shop.example.evil"), &none));
-    assert!(!m.matches(&Method::GET, "/", None, &none));
-
-    let m = Match {
-        headers: vec![(
-            HeaderName::from_static("x-tenant"),
-            HeaderValue::from_static("eu"),
-        )],
-        ..matcher("/")
-    };
-    assert!(m.matches(&Method::GET, "/", None, &header_map(&[("x-tenant", "eu")])));
-    assert!(m.matches(
-        &Method::GET,
-        "/",
-        None,
-        &header_map(&[("x-tenant", "us"), ("x-tenant", "eu")])
-    ));
-    assert!(!m.matches(&Method::GET, "/", None, &header_map(&[("x-tenant", "EU")])));
-    assert!(!m.matches(&Method::GET, "/", None, &header_map(&[("x-tenant", "eu2")])));
-    assert!(!m.matches(&Method::GET, "/", None, &header_map(&[("x-other", "eu")])));
-    assert!(!m.matches(&Method::GET, "/", None, &none));
-
-    // All conditions must hold at once.
-    let m = Match {
-        path_prefix: "/v1".to_owned(),
-        methods: Some(vec![Method::POST]),
-        host: Some("shop.example".to_owned()),
-        headers: vec![(
-            HeaderName::from_static("x-tenant"),
-            HeaderValue::from_static("eu"),
-        )],
-    };
-    let eu = header_map(&[("x-tenant", "eu")]);
-    assert!(m.matches(&Method::POST, "/v1/charges", Some("shop.example"), &eu));
-    assert!(!m.matches(&Method::POST, "/v2/charges", Some("shop.example"), &eu));
-    assert!(!m.matches(&Method::GET, "/v1/charges", Some("shop.example"), &eu));
-    assert!(!m.matches(&Method::POST, "/v1/charges", Some("x.example"), &eu));
-    assert!(!m.matches(&Method::POST, "/v1/charges", Some("shop.example"), &none));
-}
-
 #[test]
 fn provider_health_settings_parse_with_defaults() {
     let text = config(
@@ -1525,7 +1392,7 @@ fn provider_health_settings_parse_with_defaults() {
 
     let plain = load_with(&config("", "", ""), &Secrets::default()).unwrap();
     let p = &plain.providers["psp"];
-    assert_eq!(p.breaker, super::validate::BreakerConfig::default());
+    assert_eq!(p.breaker, super::model::BreakerConfig::default());
     assert!(p.health_check.is_none() && p.quota.is_none());
     assert_eq!(p.slow_start, Duration::from_secs(10));
     assert_eq!(plain.routes[0].overprovisioning, 1.4);
@@ -1594,7 +1461,7 @@ fn provider_health_settings_are_checked() {
 
 #[test]
 fn route_rate_limits_parse_and_are_checked() {
-    use super::validate::RateLimitKey;
+    use super::model::RateLimitKey;
     let text = config("", "    rate_limit: { rps: 10, burst: 20, by: \"header:X-Shop-Id\" }\n    overprovisioning: 2.0\n", "");
     let s = load_with(&text, &Secrets::default()).unwrap();
     let r = &s.routes[0];

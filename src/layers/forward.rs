@@ -34,7 +34,7 @@ use super::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER};
 use super::BoxFuture;
 use crate::audit::{provider_request_id, AttemptReason, AttemptRecord, Audit, RecordedBody};
 use crate::body::{full, ProxyBody};
-use crate::config::validate::{path_has_prefix, IdempotencyMode, Provider, Route};
+use crate::config::{IdempotencyMode, Provider, Route};
 use crate::ctx::{RequestId, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Generation;
@@ -44,6 +44,7 @@ use crate::idempotency::{self, Begin, Finish, MemoryStore, RecordKey, Store, Sto
 use crate::metrics::Metrics;
 use crate::outcome::{classify, BreakerEffect, Classified, Observed, OutcomeClass, RetryHint};
 use crate::retry::backoff;
+use crate::routing::path_has_prefix;
 use crate::upstream::{headers, SendError, SendFailure};
 
 /// The header on a replayed answer.
@@ -984,7 +985,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::config::validate::Tls;
+    use crate::config::Tls;
     use std::time::Duration;
 
     fn provider(url_base: &str) -> Provider {

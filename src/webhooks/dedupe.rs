@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::config::validate::Dedupe;
+use crate::config::Dedupe;
 
 /// The ids of one webhook.
 #[derive(Debug, Default)]

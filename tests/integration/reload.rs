@@ -106,14 +106,17 @@ async fn bad_file_keeps_the_old_config_and_says_where() {
 async fn admin_reload_endpoint_needs_the_token_when_configured() {
     let (a, b) = two_mocks().await;
     let var = "SWITCHYARD_TEST_RELOAD_TOKEN";
-    std::env::set_var(var, "s3cret-admin");
     let with_token = |url: &str| {
         config(&[("psp", url)], "", "").replace(
             "admin:\n  listen: 127.0.0.1:0\n",
             &format!("admin:\n  listen: 127.0.0.1:0\n  token_env: {var}\n"),
         )
     };
-    let proxy = TestProxy::start(&with_token(&a.url())).await;
+    let proxy = TestProxy::start_with_secrets(
+        &with_token(&a.url()),
+        MapSecrets::new().with(var, "s3cret-admin"),
+    )
+    .await;
     proxy.write_config(&with_token(&b.url()));
     let reload = proxy.admin_url("/admin/reload");
 

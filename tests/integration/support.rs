@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use switchyard::app::{App, Options};
+pub use switchyard::config::MapSecrets;
 
 /// A request as a mock provider received it.
 #[derive(Debug, Clone)]
@@ -207,15 +208,29 @@ impl TestProxy {
     }
 
     pub async fn try_start(yaml: &str, watch: bool) -> Result<Self, switchyard::app::StartError> {
+        Self::try_start_with_secrets(yaml, watch, MapSecrets::new()).await
+    }
+
+    /// Starts on `yaml` without a file watch, reading the secrets it names from `secrets` (never from
+    /// the process environment, which tests running in parallel share).
+    pub async fn start_with_secrets(yaml: &str, secrets: MapSecrets) -> Self {
+        Self::try_start_with_secrets(yaml, false, secrets)
+            .await
+            .unwrap()
+    }
+
+    pub async fn try_start_with_secrets(
+        yaml: &str,
+        watch: bool,
+        secrets: MapSecrets,
+    ) -> Result<Self, switchyard::app::StartError> {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("routes.yaml");
         std::fs::write(&config_path, yaml).unwrap();
-        let app = App::start(Options {
-            config_path: config_path.clone(),
-            watch,
-            sighup: false,
-        })
-        .await?;
+        let mut options = Options::new(config_path.clone()).with_secrets(secrets);
+        options.watch = watch;
+        options.sighup = false;
+        let app = App::start(options).await?;
         Ok(Self {
             app: Some(app),
             dir,
