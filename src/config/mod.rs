@@ -120,8 +120,17 @@ fn check_nesting(text: &str, limit: usize) -> Result<(), ConfigError> {
     let mut parser = Parser::new_from_str(text);
     let mut depth = 0usize;
     loop {
-        let Ok((event, mark)) = parser.next_token() else {
-            return Ok(());
+        let (event, mark) = match parser.next_token() {
+            Ok(next) => next,
+            // The scanner has its own, higher, bound on flow nesting ('[' and '{'); it is this limit
+            // that was crossed, however the scanner words it.
+            Err(e) if e.info().contains("recursion limit") => {
+                return Err(ConfigError::TooDeep {
+                    line: e.marker().line(),
+                    limit,
+                })
+            }
+            Err(_) => return Ok(()),
         };
         match event {
             Event::MappingStart(..) | Event::SequenceStart(..) => {

@@ -296,9 +296,9 @@ fn values_of_the_wrong_type_are_parse_errors_naming_path_and_line() {
     );
     assert!(e.contains("line 9 "), "{e}");
 
-    let text = config("", "", "").replace("    match: {}\n", "");
+    let text = config("", "", "").replace("    targets:\n      - provider: psp\n", "");
     let e = parse_error(&text);
-    assert!(e.contains("routes[0]: missing field `match`"), "{e}");
+    assert!(e.contains("routes[0]: missing field `targets`"), "{e}");
 }
 
 #[test]
@@ -1549,5 +1549,168 @@ fn pinned_wait_defaults_to_5s_and_0s_turns_it_off() {
         &text,
         "pinned_wait",
         "duration",
+    );
+}
+
+#[test]
+fn a_route_without_match_takes_every_request() {
+    let text = "providers:\n  psp:\n    url: https://api.psp.example\nroutes:\n  - name: pay\n    targets:\n      - provider: psp\n";
+    let s = valid(text);
+    let m = &s.routes[0].matcher;
+    assert_eq!(m.path_prefix, "/");
+    assert!(m.methods.is_none());
+    assert!(m.host.is_none());
+    assert!(m.headers.is_empty());
+    assert!(m.matches(
+        &Method::DELETE,
+        "/any/path",
+        Some("x.example"),
+        &HeaderMap::new()
+    ));
+}
+
+/// `depth` nested flow lists under a top-level key.
+fn nested(depth: usize) -> String {
+    format!("listen: {}{}\n", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[test]
+fn nesting_deeper_than_the_limit_is_refused_naming_the_limit() {
+    for depth in [super::MAX_NESTING, 100_000] {
+        match load_with(&nested(depth), &Secrets::default()) {
+            Err(ConfigError::TooDeep { line, limit }) => {
+                assert_eq!((line, limit), (1, super::MAX_NESTING));
+            }
+            other => panic!("depth {depth}: expected TooDeep, got {other:?}"),
+        }
+    }
+    let message = match load_with(&nested(100_000), &Secrets::default()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(
+        message.contains("line 1") && message.contains("deeper than the limit of 64 levels"),
+        "{message}"
+    );
+    // At the limit the text gets as far as the schema, which has its own say.
+    let at_limit = nested(super::MAX_NESTING - 1);
+    assert!(
+        matches!(
+            load_with(&at_limit, &Secrets::default()),
+            Err(ConfigError::Parse(_))
+        ),
+        "{at_limit}"
+    );
+    // Block style counts the same way.
+    let mut block = String::from("providers:\n");
+    for level in 0..70 {
+        block.push_str(&format!("{}k{level}:\n", "  ".repeat(level + 1)));
+    }
+    block.push_str(&format!("{}x: 1\n", "  ".repeat(71)));
+    assert!(
+        matches!(
+            load_with(&block, &Secrets::default()),
+            Err(ConfigError::TooDeep { limit: 64, .. })
+        ),
+        "{block}"
+    );
+}
+
+#[test]
+fn a_text_larger_than_the_limit_is_refused_naming_the_limit() {
+    let mut text = config("", "", "");
+    let filler = "# padding padding padding padding padding padding padding padding\n";
+    while text.len() <= super::MAX_CONFIG_BYTES {
+        text.push_str(filler);
+    }
+    match load_with(&text, &Secrets::default()) {
+        Err(e @ ConfigError::TooLarge { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("limit of {} bytes", super::MAX_CONFIG_BYTES)),
+                "{message}"
+            );
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_file_larger_than_the_limit_is_refused_before_it_is_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, vec![b'#'; super::MAX_CONFIG_BYTES + 10]).unwrap();
+    match super::load_file(&path, &Secrets::default()) {
+        Err(ConfigError::TooLarge { size, limit }) => {
+            assert_eq!(size, super::MAX_CONFIG_BYTES as u64 + 10);
+            assert_eq!(limit, super::MAX_CONFIG_BYTES);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // A file at the limit is read.
+    std::fs::write(&path, vec![b'#'; super::MAX_CONFIG_BYTES]).unwrap();
+    assert!(super::read_file(&path).is_ok());
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_refused_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    let mut bytes = config("", "", "").into_bytes();
+    let line = 1 + bytes.iter().filter(|&&b| b == b'\n').count();
+    bytes.extend_from_slice(b"# caf\xe9 latin-1\n");
+    std::fs::write(&path, &bytes).unwrap();
+    match super::load_file(&path, &Secrets::default()) {
+        Err(e @ ConfigError::NotUtf8 { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.starts_with(&format!("line {line}: not UTF-8")),
+                "{message}"
+            );
+        }
+        other => panic!("expected NotUtf8, got {other:?}"),
+    }
+}
+
+#[test]
+fn empty_secrets_are_refused_at_their_key() {
+    let admin_env = "admin:\n  listen: 127.0.0.1:9901\n  token_env: ADMIN_TOKEN\n";
+    for value in ["", "\n", "   ", " \t\r\n"] {
+        let text = config("", "", admin_env);
+        let p = only_problem_with(&text, &Secrets::default().with("ADMIN_TOKEN", value));
+        assert_problem(&p, "admin.token_env", &text, "token_env", "is empty");
+        assert!(p.message.contains("ADMIN_TOKEN"), "{p:?}");
+    }
+
+    let admin_file = "admin:\n  listen: 127.0.0.1:9901\n  token_file: /run/admin.token\n";
+    let text = config("", "", admin_file);
+    let p = only_problem_with(&text, &Secrets::default().with("/run/admin.token", "\n\n"));
+    assert_problem(&p, "admin.token_file", &text, "token_file", "is empty");
+
+    let auth = "    auth: { value_env: PSP_KEY }\n";
+    let text = config(auth, "", "");
+    for value in ["", "\n", "  "] {
+        let p = only_problem_with(&text, &Secrets::default().with("PSP_KEY", value));
+        assert_problem(
+            &p,
+            "providers.psp.auth.value_env",
+            &text,
+            "value_env",
+            "is empty",
+        );
+    }
+
+    let auth = "    auth: { header: X-Api-Key, value_file: psp.key }\n";
+    let text = config(auth, "", "");
+    let p = only_problem_with(
+        &text,
+        &Secrets::default().with("/etc/switchyard/psp.key", ""),
+    );
+    assert_problem(
+        &p,
+        "providers.psp.auth.value_file",
+        &text,
+        "value_file",
+        "is empty",
     );
 }

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use switchyard::app::{App, Options};
-pub use switchyard::config::MapSecrets;
+pub use switchyard::config::{MapSecrets, SecretRef, SecretSource};
 
 /// A request as a mock provider received it.
 #[derive(Debug, Clone)]
@@ -213,7 +213,7 @@ impl TestProxy {
 
     /// Starts on `yaml` without a file watch, reading the secrets it names from `secrets` (never from
     /// the process environment, which tests running in parallel share).
-    pub async fn start_with_secrets(yaml: &str, secrets: MapSecrets) -> Self {
+    pub async fn start_with_secrets(yaml: &str, secrets: impl SecretSource + 'static) -> Self {
         Self::try_start_with_secrets(yaml, false, secrets)
             .await
             .unwrap()
@@ -222,7 +222,7 @@ impl TestProxy {
     pub async fn try_start_with_secrets(
         yaml: &str,
         watch: bool,
-        secrets: MapSecrets,
+        secrets: impl SecretSource + 'static,
     ) -> Result<Self, switchyard::app::StartError> {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("routes.yaml");
