@@ -104,9 +104,8 @@ impl SecretSource for PlaceholderSecrets {
     }
 }
 
-/// Secrets from an in-memory table keyed by environment variable name or by file path (as written in
-/// [`SecretRef`]'s `Display`-free form: the variable name, or the resolved path). For tests, and for
-/// embedding the proxy without touching the process environment.
+/// Secrets from an in-memory table, keyed by environment variable name or by the resolved file path.
+/// For tests, and for embedding the proxy without reading the process environment.
 #[derive(Debug, Default, Clone)]
 pub struct MapSecrets(HashMap<String, String>);
 

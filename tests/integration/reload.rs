@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard::config::SecretRef;
+
 use crate::support::*;
 
 async fn two_mocks() -> (MockProvider, MockProvider) {
