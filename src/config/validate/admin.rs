@@ -37,3 +37,69 @@ impl Validator<'_> {
         Admin { listen, token }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::*;
+
+    #[test]
+    fn the_admin_listener_is_never_the_shop_listener() {
+        let text = config(
+            "",
+            "",
+            "listen: 127.0.0.1:8080\nadmin:\n  listen: 127.0.0.1:8080\n",
+        );
+        assert_problem(
+            &only_problem(&text),
+            "admin.listen",
+            &text,
+            "  listen: 127.0.0.1:8080",
+            "must differ from listen",
+        );
+
+        // The default admin address against an explicit shop listener on it.
+        let text = config("", "", "listen: 127.0.0.1:9901\n");
+        let p = only_problem(&text);
+        assert_eq!(p.path, "admin.listen");
+        assert_eq!(p.line, None);
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token() {
+        let text = config("", "", "admin:\n  listen: 0.0.0.0:9901\n");
+        assert_problem(
+            &only_problem(&text),
+            "admin.listen",
+            &text,
+            "listen: 0.0.0.0",
+            "needs a token",
+        );
+
+        let text = config(
+            "",
+            "",
+            "admin:\n  listen: 0.0.0.0:9901\n  token_env: SWITCHYARD_ADMIN_TOKEN\n",
+        );
+        let secrets = Secrets::default().with("SWITCHYARD_ADMIN_TOKEN", "t0ken");
+        let s = valid_with(&text, &secrets);
+        assert_eq!(s.admin.listen, addr("0.0.0.0:9901"));
+        assert!(s.admin.token.as_ref().is_some_and(|t| t.matches(b"t0ken")));
+        assert_eq!(s.secrets.len(), 1);
+        assert_eq!(s.secrets[0].path, "admin.token_env");
+        assert_eq!(
+            s.secrets[0].source,
+            SecretRef::Env("SWITCHYARD_ADMIN_TOKEN".to_owned())
+        );
+
+        // A token that cannot be read is one problem, at the key that names it.
+        let p = only_problem(&text);
+        assert_eq!(p.path, "admin.token_env");
+        let text = text.replace(
+            "token_env: SWITCHYARD_ADMIN_TOKEN",
+            "token_file: admin.token",
+        );
+        let p = only_problem(&text);
+        assert_eq!(p.path, "admin.token_file");
+        assert!(p.message.contains("/etc/switchyard/admin.token"), "{p:?}");
+    }
+}

@@ -29,3 +29,28 @@ impl Validator<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::*;
+
+    #[test]
+    fn listen_addresses_must_be_ip_and_port() {
+        let text = config("", "", "listen: shop:8080\n");
+        assert_problem(
+            &only_problem(&text),
+            "listen",
+            &text,
+            "listen:",
+            "\"shop:8080\" is not an address",
+        );
+        let text = config("", "", "sandbox:\n  - { name: psp, listen: 127.0.0.1 }\n");
+        assert_problem(
+            &only_problem(&text),
+            "sandbox[0].listen",
+            &text,
+            "name: psp",
+            "is not an address",
+        );
+    }
+}

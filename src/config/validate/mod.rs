@@ -321,3 +321,181 @@ fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::*;
+
+    #[test]
+    fn a_missing_environment_variable_is_named() {
+        let text = config("    auth:\n      value_env: PSP_API_KEY\n", "", "");
+        let p = only_problem(&text);
+        assert_problem(
+            &p,
+            "providers.psp.auth.value_env",
+            &text,
+            "value_env",
+            "PSP_API_KEY",
+        );
+
+        let text = config("", "", "admin:\n  token_env: SWITCHYARD_ADMIN_TOKEN\n");
+        let p = only_problem(&text);
+        assert_problem(
+            &p,
+            "admin.token_env",
+            &text,
+            "token_env",
+            "SWITCHYARD_ADMIN_TOKEN",
+        );
+    }
+
+    #[test]
+    fn a_secret_comes_from_exactly_one_source() {
+        let text = config(
+            "    auth:\n      value_env: PSP_API_KEY\n      value_file: psp.key\n",
+            "",
+            "",
+        );
+        let secrets = Secrets::default()
+            .with("PSP_API_KEY", "a")
+            .with("/etc/switchyard/psp.key", "b");
+        let p = only_problem_with(&text, &secrets);
+        assert_eq!(p.path, "providers.psp.auth.value");
+        assert_eq!(p.line, Some(line_of(&text, "auth:")));
+        assert!(p.message.contains("not both"), "{p:?}");
+
+        let text = config("    auth: { header: X-Api-Key }\n", "", "");
+        assert_problem(
+            &only_problem(&text),
+            "providers.psp.auth",
+            &text,
+            "auth:",
+            "set value_env or value_file",
+        );
+
+        let text = config(
+            "",
+            "",
+            "admin:\n  token_env: A\n  token_file: admin.token\n",
+        );
+        let secrets = Secrets::default()
+            .with("A", "a")
+            .with("/etc/switchyard/admin.token", "b");
+        let p = only_problem_with(&text, &secrets);
+        assert_eq!(p.path, "admin.token");
+        assert!(p.message.contains("not both"), "{p:?}");
+
+        let text = config("    auth: { value_env: \"\" }\n", "", "");
+        let p = only_problem(&text);
+        assert_eq!(p.path, "providers.psp.auth.value");
+        assert!(p.message.contains("empty"), "{p:?}");
+    }
+
+    #[test]
+    fn a_secret_that_cannot_be_a_header_value_is_rejected_without_showing_it() {
+        let text = config("    auth: { value_env: PSP_API_KEY }\n", "", "");
+        let secrets = Secrets::default().with("PSP_API_KEY", "sk_live\nX-Evil: 1");
+        let p = only_problem_with(&text, &secrets);
+        assert_problem(
+            &p,
+            "providers.psp.auth.value_env",
+            &text,
+            "value_env",
+            "not allowed in an HTTP header",
+        );
+        assert!(p.message.contains("PSP_API_KEY"), "{p:?}");
+        assert!(!p.message.contains("sk_live"), "{p:?}");
+    }
+
+    #[test]
+    fn a_file_secret_loses_its_trailing_newline_and_is_never_shown() {
+        let text = config(
+            "    auth: { value_file: secrets/psp.key }\n",
+            "",
+            "admin:\n  listen: 0.0.0.0:9901\n  token_file: /run/admin.token\n",
+        );
+        let secrets = Secrets::default()
+            .with("/etc/switchyard/secrets/psp.key", "sk_live_file\n")
+            .with("/run/admin.token", "adm1n-t0ken\r\n");
+        let s = valid_with(&text, &secrets);
+
+        let auth = match &s.providers["psp"].auth {
+            Some(a) => a,
+            None => panic!("no auth"),
+        };
+        assert_eq!(auth.value.header_value(), "sk_live_file");
+        let token = match &s.admin.token {
+            Some(t) => t,
+            None => panic!("no admin token"),
+        };
+        assert!(token.matches(b"adm1n-t0ken"));
+
+        let debug = format!("{s:?}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        assert!(!debug.contains("sk_live_file"), "{debug}");
+        assert!(!debug.contains("adm1n-t0ken"), "{debug}");
+        assert_eq!(format!("{:?}", auth.value), "Secret(<redacted>)");
+
+        let uses: Vec<(&str, &SecretRef)> = s
+            .secrets
+            .iter()
+            .map(|u| (u.path.as_str(), &u.source))
+            .collect();
+        assert_eq!(
+            uses,
+            [
+                (
+                    "admin.token_file",
+                    &SecretRef::File(PathBuf::from("/run/admin.token"))
+                ),
+                (
+                    "providers.psp.auth.value_file",
+                    &SecretRef::File(PathBuf::from("/etc/switchyard/secrets/psp.key"))
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_secrets_are_refused_at_their_key() {
+        let admin_env = "admin:\n  listen: 127.0.0.1:9901\n  token_env: ADMIN_TOKEN\n";
+        for value in ["", "\n", "   ", " \t\r\n"] {
+            let text = config("", "", admin_env);
+            let p = only_problem_with(&text, &Secrets::default().with("ADMIN_TOKEN", value));
+            assert_problem(&p, "admin.token_env", &text, "token_env", "is empty");
+            assert!(p.message.contains("ADMIN_TOKEN"), "{p:?}");
+        }
+
+        let admin_file = "admin:\n  listen: 127.0.0.1:9901\n  token_file: /run/admin.token\n";
+        let text = config("", "", admin_file);
+        let p = only_problem_with(&text, &Secrets::default().with("/run/admin.token", "\n\n"));
+        assert_problem(&p, "admin.token_file", &text, "token_file", "is empty");
+
+        let auth = "    auth: { value_env: PSP_KEY }\n";
+        let text = config(auth, "", "");
+        for value in ["", "\n", "  "] {
+            let p = only_problem_with(&text, &Secrets::default().with("PSP_KEY", value));
+            assert_problem(
+                &p,
+                "providers.psp.auth.value_env",
+                &text,
+                "value_env",
+                "is empty",
+            );
+        }
+
+        let auth = "    auth: { header: X-Api-Key, value_file: psp.key }\n";
+        let text = config(auth, "", "");
+        let p = only_problem_with(
+            &text,
+            &Secrets::default().with("/etc/switchyard/psp.key", ""),
+        );
+        assert_problem(
+            &p,
+            "providers.psp.auth.value_file",
+            &text,
+            "value_file",
+            "is empty",
+        );
+    }
+}

@@ -190,3 +190,178 @@ impl Validator<'_> {
         Some((scheme, authority, base_path))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::*;
+
+    /// A config whose provider `psp` has `url` (quoted).
+    fn with_url(url: &str) -> String {
+        config("", "", "").replace("url: https://api.psp.example", &format!("url: \"{url}\""))
+    }
+
+    #[test]
+    fn bad_provider_urls_are_rejected_at_the_url() {
+        let cases = [
+            ("not a url", "is not a URL"),
+            ("ftp://files.psp.example", "must start with https://"),
+            ("api.psp.example", "must start with https://"),
+            ("https://", "\"https://\""),
+            ("https:///v1", "\"https:///v1\""),
+            ("https://api.psp.example/v1?mode=test", "no query"),
+            (
+                "https://user:pass@api.psp.example",
+                "credentials in the URL",
+            ),
+            (
+                "http://api.psp.example",
+                "only allowed to a loopback address",
+            ),
+            (
+                "http://localhost.psp.example",
+                "only allowed to a loopback address",
+            ),
+            ("http://10.0.0.1:8080", "only allowed to a loopback address"),
+        ];
+        for (url, phrase) in cases {
+            let text = with_url(url);
+            let p = only_problem(&text);
+            assert_problem(&p, "providers.psp.url", &text, "url:", phrase);
+            // The credentials never reach the log.
+            assert!(!p.message.contains("pass"), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn plain_http_is_allowed_to_loopback_only() {
+        for (url, authority) in [
+            ("http://127.0.0.1:9101", "127.0.0.1:9101"),
+            ("http://localhost:9101", "localhost:9101"),
+            ("http://[::1]:9101", "[::1]:9101"),
+        ] {
+            let s = valid(&with_url(url));
+            let p = &s.providers["psp"];
+            assert_eq!(p.scheme, http::uri::Scheme::HTTP, "{url}");
+            assert_eq!(p.authority.as_str(), authority, "{url}");
+        }
+    }
+
+    #[test]
+    fn an_https_url_keeps_its_base_path_without_the_trailing_slash() {
+        let s = valid(&with_url("https://api.psp.example:8443/v2/"));
+        let p = &s.providers["psp"];
+        assert_eq!(p.scheme, http::uri::Scheme::HTTPS);
+        assert_eq!(p.authority.as_str(), "api.psp.example:8443");
+        assert_eq!(p.base_path, "/v2");
+
+        let s = valid(&with_url("https://api.psp.example/a/b"));
+        assert_eq!(s.providers["psp"].base_path, "/a/b");
+    }
+
+    #[test]
+    fn provider_auth_reads_its_value_from_the_environment() {
+        let text = config(
+            "    auth: { header: X-Api-Key, value_env: PSP_API_KEY }\n",
+            "",
+            "",
+        );
+        let s = valid_with(&text, &Secrets::default().with("PSP_API_KEY", "sk_live_1"));
+        let auth = match &s.providers["psp"].auth {
+            Some(a) => a,
+            None => panic!("no auth"),
+        };
+        assert_eq!(auth.header, HeaderName::from_static("x-api-key"));
+        assert_eq!(auth.value.header_value(), "sk_live_1");
+        assert!(auth.value.header_value().is_sensitive());
+        assert!(auth.value.matches(b"sk_live_1"));
+        assert!(!auth.value.matches(b"sk_live_2"));
+        assert!(!auth.value.matches(b"sk_live_12"));
+
+        // `check` lists where each secret comes from.
+        assert_eq!(s.secrets.len(), 1);
+        assert_eq!(s.secrets[0].path, "providers.psp.auth.value_env");
+        assert_eq!(
+            s.secrets[0].source,
+            SecretRef::Env("PSP_API_KEY".to_owned())
+        );
+
+        // Without a header name the credential goes into Authorization.
+        let text = config("    auth: { value_env: PSP_API_KEY }\n", "", "");
+        let s = valid_with(&text, &Secrets::default().with("PSP_API_KEY", "Bearer x"));
+        let header = s.providers["psp"].auth.as_ref().map(|a| a.header.clone());
+        assert_eq!(header, Some(http::header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn an_auth_header_name_must_be_valid() {
+        let text = config(
+            "    auth: { header: \"Api Key\", value_env: PSP_API_KEY }\n",
+            "",
+            "",
+        );
+        let secrets = Secrets::default().with("PSP_API_KEY", "k");
+        assert_problem(
+            &only_problem_with(&text, &secrets),
+            "providers.psp.auth.header",
+            &text,
+            "auth:",
+            "\"Api Key\" is not a header name",
+        );
+    }
+
+    #[test]
+    fn tls_client_cert_and_key_go_together() {
+        let text = config("    tls:\n      client_cert_file: client.pem\n", "", "");
+        assert_problem(
+            &only_problem(&text),
+            "providers.psp.tls",
+            &text,
+            "tls:",
+            "client_cert_file and client_key_file go together",
+        );
+
+        let text = config("    tls: { client_key_file: client-key.pem }\n", "", "");
+        assert_eq!(only_problem(&text).path, "providers.psp.tls");
+    }
+
+    #[test]
+    fn tls_needs_an_https_url() {
+        let text = with_url("http://127.0.0.1:9101")
+            .replace("routes:", "    tls: { server_name: psp.example }\nroutes:");
+        assert_problem(
+            &only_problem(&text),
+            "providers.psp.tls",
+            &text,
+            "tls:",
+            "use https://",
+        );
+    }
+
+    #[test]
+    fn tls_files_are_resolved_against_the_config_folder() {
+        let text = config(
+        "    tls:\n      ca_file: ca.pem\n      client_cert_file: certs/client.pem\n      client_key_file: /keys/client-key.pem\n      server_name: api.psp.example\n",
+        "",
+        "",
+    );
+        let s = valid(&text);
+        let tls = &s.providers["psp"].tls;
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/switchyard/ca.pem")));
+        assert_eq!(
+            tls.client_cert,
+            Some((
+                PathBuf::from("/etc/switchyard/certs/client.pem"),
+                PathBuf::from("/keys/client-key.pem"),
+            ))
+        );
+        assert_eq!(tls.server_name.as_deref(), Some("api.psp.example"));
+    }
+
+    #[test]
+    fn a_provider_with_a_bad_url_is_not_also_reported_as_unknown() {
+        let text = with_url("ftp://api.psp.example");
+        let all = problems(&text);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert_eq!(all[0].path, "providers.psp.url");
+    }
+}

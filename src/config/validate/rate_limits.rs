@@ -35,3 +35,59 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::*;
+
+    #[test]
+    fn route_rate_limits_parse_and_are_checked() {
+        use crate::config::model::RateLimitKey;
+        let text = config("", "    rate_limit: { rps: 10, burst: 20, by: \"header:X-Shop-Id\" }\n    overprovisioning: 2.0\n", "");
+        let s = load_with(&text, &Secrets::default()).unwrap();
+        let r = &s.routes[0];
+        let l = r.rate_limit.as_ref().unwrap();
+        assert_eq!((l.rps, l.burst), (10, 20));
+        assert_eq!(
+            l.by,
+            RateLimitKey::Header(http::HeaderName::from_static("x-shop-id"))
+        );
+        assert_eq!(r.overprovisioning, 2.0);
+        let s = load_with(
+            &config("", "    rate_limit: { rps: 5, by: client_ip }\n", ""),
+            &Secrets::default(),
+        )
+        .unwrap();
+        let l = s.routes[0].rate_limit.as_ref().unwrap();
+        assert_eq!((l.burst, &l.by), (5, &RateLimitKey::ClientIp));
+        for (line, path, phrase) in [
+            (
+                "    rate_limit: { rps: 5, by: tenant }\n",
+                "routes[0].rate_limit.by",
+                "not one of",
+            ),
+            (
+                "    rate_limit: { rps: 5, by: \"header:bad header\" }\n",
+                "routes[0].rate_limit.by",
+                "not a header name",
+            ),
+            (
+                "    rate_limit: { rps: 0 }\n",
+                "routes[0].rate_limit.rps",
+                "at least 1",
+            ),
+            (
+                "    overprovisioning: 0.5\n",
+                "routes[0].overprovisioning",
+                "between 1.0 and 10.0",
+            ),
+        ] {
+            let all = problems(&config("", line, ""));
+            assert!(
+                all.iter()
+                    .any(|p| p.path == path && p.message.contains(phrase)),
+                "{path}: {all:#?}"
+            );
+        }
+    }
+}

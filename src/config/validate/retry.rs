@@ -40,3 +40,26 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::*;
+
+    #[test]
+    fn pinned_wait_defaults_to_5s_and_0s_turns_it_off() {
+        assert_eq!(
+            valid(&config("", "", "")).routes[0].retry.pinned_wait,
+            Duration::from_secs(5)
+        );
+        let s = valid(&config("", "    retry: { pinned_wait: 0s }\n", ""));
+        assert_eq!(s.routes[0].retry.pinned_wait, Duration::ZERO);
+        let text = config("", "    retry:\n      pinned_wait: soon\n", "");
+        assert_problem(
+            &only_problem(&text),
+            "routes[0].retry.pinned_wait",
+            &text,
+            "pinned_wait",
+            "duration",
+        );
+    }
+}

@@ -179,3 +179,196 @@ impl Validator<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::*;
+
+    #[test]
+    fn duplicate_route_names_are_rejected() {
+        let text = config("", "", "").replace(
+            "routes:\n",
+            "routes:\n  - name: pay\n    match: {}\n    targets: [{ provider: psp }]\n",
+        );
+        let p = only_problem(&text);
+        assert_eq!(p.path, "routes[1].name");
+        assert_eq!(p.line, Some(8));
+        assert!(p.message.contains("duplicate route name \"pay\""), "{p:?}");
+    }
+
+    #[test]
+    fn a_route_naming_an_unknown_provider_is_reported_at_the_target() {
+        let text = "\
+providers:
+  psp-primary:
+    url: https://api.primary.example
+  psp-backup:
+    url: https://api.backup.example
+routes:
+  - name: payments
+    match: { path_prefix: /v1/ }
+    targets:
+      - { provider: psp-primary, priority: 0 }
+      - { provider: psp-bakup, priority: 1 }
+";
+        let e = match load_with(text, &Secrets::default()) {
+            Err(ConfigError::Invalid(problems)) => {
+                assert_eq!(problems.len(), 1, "{problems:#?}");
+                let p = &problems[0];
+                assert_eq!(p.path, "routes[0].targets[1].provider");
+                assert_eq!(p.line, Some(11));
+                assert!(
+                    p.message.contains("unknown provider \"psp-bakup\""),
+                    "{p:?}"
+                );
+                // The message helps to spot the typo.
+                assert!(p.message.contains("psp-backup, psp-primary"), "{p:?}");
+                ConfigError::Invalid(problems).to_string()
+            }
+            other => panic!("expected a problem, got {other:?}"),
+        };
+        assert!(
+            e.contains("routes[0].targets[1].provider (line 11): unknown provider \"psp-bakup\""),
+            "{e}"
+        );
+
+        // In block style the line is the one of the `provider` key, not of the list item.
+        let text = text.replace(
+            "      - { provider: psp-bakup, priority: 1 }\n",
+            "      - priority: 1\n        provider: psp-bakup\n",
+        );
+        let p = only_problem(&text);
+        assert_eq!(p.path, "routes[0].targets[1].provider");
+        assert_eq!(p.line, Some(12));
+    }
+
+    #[test]
+    fn route_checks() {
+        let cases = [
+            // (text, path, needle for the line, phrase)
+            (
+                config("", "", "")
+                    .replace("    targets:\n      - provider: psp\n", "    targets: []\n"),
+                "routes[0].targets",
+                "targets:",
+                "at least one target",
+            ),
+            (
+                config("", "        weight: 0\n", ""),
+                "routes[0].targets[0].weight",
+                "weight",
+                "between 1 and 10000",
+            ),
+            (
+                config("", "        weight: 10001\n", ""),
+                "routes[0].targets[0].weight",
+                "weight",
+                "between 1 and 10000",
+            ),
+            (
+                config("", "      - { provider: psp, priority: 1 }\n", ""),
+                "routes[0].targets[1].provider",
+                "priority: 1",
+                "provider \"psp\" is already a target of this route",
+            ),
+            (
+                config("", "", "").replace("match: {}", "match: { methods: [GET, post] }"),
+                "routes[0].match.methods[1]",
+                "match:",
+                "\"post\" is not an HTTP method",
+            ),
+            (
+                config("", "", "").replace("match: {}", "match:\n      path_prefix: v1/"),
+                "routes[0].match.path_prefix",
+                "path_prefix",
+                "must start with '/'",
+            ),
+            (
+                config("", "    strip_prefix: psp\n", ""),
+                "routes[0].strip_prefix",
+                "strip_prefix",
+                "must start with '/'",
+            ),
+            (
+                config("", "", "").replace(
+                    "match: {}",
+                    "match:\n      headers:\n        x-tenant: eu\n        \"x tenant\": eu",
+                ),
+                "routes[0].match.headers.x tenant",
+                "\"x tenant\"",
+                "\"x tenant\" is not a header name",
+            ),
+            (
+                config("", "", "").replace("name: pay", "name: card payments"),
+                "routes[0].name",
+                "name:",
+                "route names use letters",
+            ),
+            (
+                config("", "", "")
+                    .replace("  psp:", "  psp one:")
+                    .replace("provider: psp", "provider: psp one"),
+                "providers.psp one",
+                "psp one:",
+                "provider names use letters",
+            ),
+        ];
+        for (text, path, needle, phrase) in cases {
+            assert_problem(&only_problem(&text), path, &text, needle, phrase);
+        }
+    }
+
+    #[test]
+    fn a_config_needs_a_route() {
+        let text = "providers:\n  psp:\n    url: https://api.psp.example\nroutes: []\n";
+        let p = only_problem(text);
+        assert_eq!(p.path, "routes");
+        assert_eq!(p.line, Some(4));
+        assert!(p.message.contains("at least one route"), "{p:?}");
+
+        let p = only_problem("listen: 127.0.0.1:8080\n");
+        assert_eq!(p.path, "routes");
+        assert_eq!(p.line, None);
+    }
+
+    #[test]
+    fn match_values_are_kept_as_configured() {
+        let text = config("", "", "").replace(
+        "match: {}",
+        "match:\n      path_prefix: /v1\n      methods: [POST, PATCH]\n      host: Shop.Example\n      headers: { x-tenant: eu }",
+    );
+        let s = valid(&text);
+        let m = &s.routes[0].matcher;
+        assert_eq!(m.path_prefix, "/v1");
+        assert_eq!(m.methods, Some(vec![Method::POST, Method::PATCH]));
+        assert_eq!(m.host.as_deref(), Some("shop.example"));
+        assert_eq!(
+            m.headers,
+            [(
+                HeaderName::from_static("x-tenant"),
+                HeaderValue::from_static("eu")
+            )]
+        );
+        let mut headers = HeaderMap::new();
+        headers.append("x-tenant", HeaderValue::from_static("eu"));
+        assert!(m.matches(&Method::POST, "/v1/charges", Some("SHOP.example"), &headers));
+        assert!(!m.matches(&Method::GET, "/v1/charges", Some("shop.example"), &headers));
+    }
+
+    #[test]
+    fn a_route_without_match_takes_every_request() {
+        let text = "providers:\n  psp:\n    url: https://api.psp.example\nroutes:\n  - name: pay\n    targets:\n      - provider: psp\n";
+        let s = valid(text);
+        let m = &s.routes[0].matcher;
+        assert_eq!(m.path_prefix, "/");
+        assert!(m.methods.is_none());
+        assert!(m.host.is_none());
+        assert!(m.headers.is_empty());
+        assert!(m.matches(
+            &Method::DELETE,
+            "/any/path",
+            Some("x.example"),
+            &HeaderMap::new()
+        ));
+    }
+}

@@ -34,3 +34,27 @@ impl Validator<'_> {
         sandbox
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::*;
+
+    #[test]
+    fn sandbox_names_are_unique_and_plain() {
+        let text = config(
+        "",
+        "",
+        "sandbox:\n  - { name: psp, listen: 127.0.0.1:9101 }\n  - { name: psp, listen: 127.0.0.1:9102 }\n  - { name: my psp, listen: 127.0.0.1:9103 }\n",
+    );
+        let all = problems(&text);
+        let found: Vec<(&str, Option<usize>)> =
+            all.iter().map(|p| (p.path.as_str(), p.line)).collect();
+        assert_eq!(
+            found,
+            [("sandbox[1].name", Some(11)), ("sandbox[2].name", Some(12))],
+            "{all:#?}"
+        );
+        assert!(all[0].message.contains("duplicate sandbox name \"psp\""));
+        assert!(all[1].message.contains("letters, digits"));
+    }
+}
