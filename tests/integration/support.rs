@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use switchyard::app::{App, Options};
-pub use switchyard::config::{MapSecrets, SecretSource};
+pub use switchyard::config::{EnvAndFiles, MapSecrets, SecretSource};
 
 /// A request as a mock provider received it.
 #[derive(Debug, Clone)]
@@ -208,7 +208,8 @@ impl TestProxy {
     }
 
     pub async fn try_start(yaml: &str, watch: bool) -> Result<Self, switchyard::app::StartError> {
-        Self::try_start_with_secrets(yaml, watch, MapSecrets::new()).await
+        // Secret files are per-test temporary files; the environment is read, never changed, by tests.
+        Self::try_start_with_secrets(yaml, watch, EnvAndFiles).await
     }
 
     /// Starts on `yaml` without a file watch, reading the secrets it names from `secrets` (never from
