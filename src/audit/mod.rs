@@ -56,7 +56,7 @@ pub use record::{
 pub use writer::file_name;
 
 use crate::body::ProxyBody;
-use crate::config::validate::{AuditBodies, AuditConfig};
+use crate::config::{AuditBodies, AuditConfig};
 use crate::metrics::Metrics;
 use record::Redaction;
 use writer::{Msg, Writer};

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde_json::{json, Map, Value};
 
 use super::clock::rfc3339_millis;
-use crate::config::validate::AuditBodies;
+use crate::config::AuditBodies;
 use crate::redact::{mask_pans, redact_body, redact_form};
 
 /// One audit record.

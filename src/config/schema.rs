@@ -240,8 +240,8 @@ pub struct RawTls {
 pub struct RawRoute {
     /// Route name, unique.
     pub name: String,
-    /// What the route matches.
-    #[serde(rename = "match")]
+    /// What the route matches; absent, every request (each key of `match` has its own default).
+    #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     /// Path prefix removed before forwarding.
     pub strip_prefix: Option<String>,
@@ -264,7 +264,7 @@ pub struct RawRoute {
 }
 
 /// `routes[N].match:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     /// Path prefix, on segment boundaries.

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 
-use crate::config::validate::{Problem, Provider, Snapshot};
+use crate::config::{Problem, Provider, Snapshot};
 use crate::error::ProxyError;
 
 pub use body::TrackedBody;
@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn no_early_data_ever() {
-        let built = tls::client_config(&crate::config::validate::Tls::default()).unwrap();
+        let built = tls::client_config(&crate::config::Tls::default()).unwrap();
         assert!(
             !built.config.enable_early_data,
             "a POST must never ride in 0-RTT"

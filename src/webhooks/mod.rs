@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::audit::{Audit, RecordedBody, WebhookRecord};
 use crate::body::{full, BoxError, ProxyBody};
-use crate::config::validate::{SignatureScheme, Webhook};
+use crate::config::{SignatureScheme, Webhook};
 use crate::metrics::Metrics;
 use crate::redact::mask_pans;
 use crate::upstream::headers::remove_hop_by_hop;

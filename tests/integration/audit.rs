@@ -12,7 +12,7 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use switchyard::audit::{Audit, Clock, ManualClock, WebhookRecord};
-use switchyard::config::validate::{AuditBodies, AuditConfig};
+use switchyard::config::{AuditBodies, AuditConfig};
 use switchyard::metrics::Metrics;
 
 use crate::support::*;

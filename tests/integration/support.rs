@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use switchyard::app::{App, Options};
+#[allow(unused_imports)] // tests/cli.rs shares this file and uses none of them
+pub use switchyard::config::{EnvAndFiles, MapSecrets, SecretSource};
 
 /// A request as a mock provider received it.
 #[derive(Debug, Clone)]
@@ -207,15 +209,30 @@ impl TestProxy {
     }
 
     pub async fn try_start(yaml: &str, watch: bool) -> Result<Self, switchyard::app::StartError> {
+        // Secret files are per-test temporary files; the environment is read, never changed, by tests.
+        Self::try_start_with_secrets(yaml, watch, EnvAndFiles).await
+    }
+
+    /// Starts on `yaml` without a file watch, reading the secrets it names from `secrets` (never from
+    /// the process environment, which tests running in parallel share).
+    pub async fn start_with_secrets(yaml: &str, secrets: impl SecretSource + 'static) -> Self {
+        Self::try_start_with_secrets(yaml, false, secrets)
+            .await
+            .unwrap()
+    }
+
+    pub async fn try_start_with_secrets(
+        yaml: &str,
+        watch: bool,
+        secrets: impl SecretSource + 'static,
+    ) -> Result<Self, switchyard::app::StartError> {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("routes.yaml");
         std::fs::write(&config_path, yaml).unwrap();
-        let app = App::start(Options {
-            config_path: config_path.clone(),
-            watch,
-            sighup: false,
-        })
-        .await?;
+        let mut options = Options::new(config_path.clone()).with_secrets(secrets);
+        options.watch = watch;
+        options.sighup = false;
+        let app = App::start(options).await?;
         Ok(Self {
             app: Some(app),
             dir,

@@ -12,7 +12,7 @@ use super::decide::{breaker_wait, decide, Attempt, OpState, PinReason, Policy, S
 use super::operation::{is_idempotent, respond, Operation, Settle};
 use crate::audit::{AttemptEnd, AttemptReason, AttemptStart, RecordedBody};
 use crate::body::ProxyBody;
-use crate::config::validate::Provider;
+use crate::config::Provider;
 use crate::error::{ProxyError, Reached};
 use crate::health::breaker::Admission;
 use crate::health::{self, Admitted};
