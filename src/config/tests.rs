@@ -1174,11 +1174,12 @@ fn audit_parses_with_its_defaults_and_resolves_its_folder() {
     assert_eq!(a.bodies, AuditBodies::None);
     assert_eq!(a.max_body, 64 << 10);
     assert_eq!(a.queue, 10_000);
+    assert_eq!(a.max_bytes, 10 << 30);
 
     let s = valid(&config(
         "",
         "",
-        "audit:\n  dir: /var/lib/switchyard/audit\n  retention: 180d\n  bodies: redacted\n  max_body: 16KiB\n  queue: 50\n",
+        "audit:\n  dir: /var/lib/switchyard/audit\n  retention: 180d\n  bodies: redacted\n  max_body: 16KiB\n  queue: 50\n  max_bytes: 512MiB\n",
     ));
     let a = s.audit.unwrap();
     assert_eq!(a.dir, PathBuf::from("/var/lib/switchyard/audit"));
@@ -1186,6 +1187,7 @@ fn audit_parses_with_its_defaults_and_resolves_its_folder() {
     assert_eq!(a.bodies, AuditBodies::Redacted);
     assert_eq!(a.max_body, 16 << 10);
     assert_eq!(a.queue, 50);
+    assert_eq!(a.max_bytes, 512 << 20);
 }
 
 #[test]
@@ -1214,6 +1216,18 @@ fn audit_problems_name_their_path_and_line() {
             "audit.dir",
             "dir: ''",
             "must name a folder",
+        ),
+        (
+            "audit:\n  dir: a\n  max_bytes: 64KiB\n",
+            "audit.max_bytes",
+            "max_bytes: 64KiB",
+            "between 1048576 and",
+        ),
+        (
+            "audit:\n  dir: a\n  max_bytes: lots\n",
+            "audit.max_bytes",
+            "max_bytes: lots",
+            "not a size",
         ),
         (
             "audit:\n  dir: a\n  max_body: 2MiB\n",

@@ -31,6 +31,8 @@ pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(365 * 24 * 360
 pub const DEFAULT_AUDIT_MAX_BODY: u64 = 64 << 10;
 /// Default most audit records waiting for the writer.
 pub const DEFAULT_AUDIT_QUEUE: usize = 10_000;
+/// Default most bytes of all the audit files together.
+pub(crate) const DEFAULT_AUDIT_MAX_BYTES: u64 = 10 << 30;
 
 /// A webhook endpoint: events a provider posts, verified, deduplicated and passed on to the shop.
 #[derive(Debug)]
@@ -168,6 +170,8 @@ pub struct AuditConfig {
     pub max_body: usize,
     /// Most records waiting for the writer; more are dropped and counted.
     pub queue: usize,
+    /// Most bytes of the audit files together; past it records are dropped and counted.
+    pub max_bytes: u64,
 }
 
 /// Whether audit records keep bodies.
@@ -576,12 +580,20 @@ impl Validator<'_> {
         if !(1..=1_000_000).contains(&queue) {
             self.problem("audit.queue", "must be between 1 and 1000000");
         }
+        let max_bytes = self.size(
+            "audit.max_bytes",
+            raw.max_bytes.as_deref(),
+            DEFAULT_AUDIT_MAX_BYTES,
+            1 << 20,
+            u64::MAX,
+        ) as u64;
         AuditConfig {
             dir: self.file(raw.dir.trim()),
             retention,
             bodies,
             max_body,
             queue: queue.clamp(1, 1_000_000),
+            max_bytes,
         }
     }
 }
