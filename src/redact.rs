@@ -1,16 +1,19 @@
 //! Removes card data and secrets from any text the proxy writes: logs, error details, problem bodies, and
-//! the request and response bodies kept in the audit trail (`PAYMENT_RULES.md` §6).
+//! the request and response bodies and paths kept in the audit trail (`PAYMENT_RULES.md` §6).
 //!
 //! Two mechanisms, applied together:
-//! - **Card numbers anywhere.** A run of 13–19 digits (single spaces or dashes between groups allowed, as
-//!   people type them) that passes the Luhn check is shown as its first 6 and last 4 digits with the rest
-//!   masked, as PCI DSS allows. A longer run of groups (a card number followed by its CVC, say) is
-//!   searched for such a number on group boundaries.
+//! - **Card numbers anywhere, however written.** Digits with any run of separators between them (spaces,
+//!   tabs, `- . / _ +`, Unicode spaces and dashes, percent-encoded and JSON-escaped separators) form a
+//!   run; every window of 13–19 digits of a run that passes the Luhn check has its middle masked, so
+//!   at most its first 6 and last 4 digits show, as PCI DSS allows. A card number inside a longer run (a
+//!   card number followed by its expiry or CVC) is found too, at the price of masking a few numbers
+//!   that are not card numbers ([`mask_pans`]). Paths and queries are also checked percent-decoded
+//!   ([`redact_path`]).
 //! - **Known sensitive fields.** A field whose name says it holds a card number, CVC/CVV, track data, PIN,
 //!   expiry, cryptogram, IBAN or account number, or a secret (password, API key, token, client secret), has
 //!   its value replaced by [`REDACTED`] (a card number keeps its first 6 and last 4 digits). Fields are
-//!   found in JSON (parsed), form-encoded bodies (parsed) and, as a fallback, in any text that looks like
-//!   `name=value`, `"name": value` or `<name>value`.
+//!   found in JSON (parsed), form-encoded and multipart bodies (parsed) and, as a fallback, in any text
+//!   that looks like `name=value`, `"name": value` or `<name>value`.
 //!
 //! Text without anything to mask is returned as is, without allocating.
 

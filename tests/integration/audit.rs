@@ -632,3 +632,51 @@ async fn refused_webhooks_are_recorded_without_their_body_and_at_a_bounded_rate(
             > 0.0
     );
 }
+
+#[tokio::test]
+async fn the_audit_files_stay_under_max_bytes_and_what_is_over_is_counted() {
+    let provider = MockProvider::start(|_| Reply::ok(r#"{"id":"pi_1"}"#)).await;
+    let audit_dir = tempfile::tempdir().unwrap();
+    // Today's file already holds all but 100 bytes of the 1 MiB budget.
+    let today = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    let file = audit_dir
+        .path()
+        .join(switchyard::audit::file_name(today as i64));
+    let filler = format!(
+        "{{\"type\":\"filler\",\"pad\":\"{}\"}}\n",
+        "x".repeat((1 << 20) - 130)
+    );
+    std::fs::write(&file, &filler).unwrap();
+    let yaml = config(&[("psp", &provider.url())], "", "")
+        + &format!(
+            "audit: {{ dir: \"{}\", bodies: none, max_bytes: 1MiB }}\n",
+            audit_dir.path().display()
+        );
+    let proxy = TestProxy::start(&yaml).await;
+    for i in 0..3 {
+        assert_eq!(
+            post(&proxy.url(&format!("/v1/p{i}")), "amount=1")
+                .await
+                .status,
+            200
+        );
+    }
+    let series = r#"switchyard_audit_dropped_total{reason="disk_budget"}"#;
+    let ok = eventually(Duration::from_secs(5), || {
+        let proxy = &proxy;
+        async move { metric(proxy, series).await >= 3.0 }
+    })
+    .await;
+    assert!(
+        ok,
+        "{} records counted as over the budget",
+        metric(&proxy, series).await
+    );
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size <= 1 << 20, "{size} bytes");
+    assert_eq!(metric(&proxy, "switchyard_audit_records_total").await, 0.0);
+}
