@@ -111,6 +111,7 @@ impl Writer {
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
+                    self.write_summaries(true);
                     self.finish();
                     return;
                 }
