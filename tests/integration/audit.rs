@@ -407,7 +407,12 @@ async fn the_record_holds_the_operations_key_from_the_routes_header_or_made_by_t
             .clone()
     };
     assert_eq!(key_of("/v1/a"), "ord-7");
-    assert_eq!(key_of("/v1/b"), made.as_str());
+    // A generated key is a UUID: now and then (under 1%) its digits hold a Luhn-valid window and are
+    // masked like any other.
+    assert_eq!(
+        key_of("/v1/b"),
+        switchyard::redact::mask_pans(&made).as_ref()
+    );
 }
 
 /// The digits of `text` with every separator removed (`%XX` escapes decoded first), `*` kept: a card
