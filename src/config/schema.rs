@@ -384,6 +384,8 @@ pub struct RawAudit {
     pub max_body: Option<String>,
     /// Most records waiting for the writer.
     pub queue: Option<usize>,
+    /// Most bytes of all the audit files together (a size: `512MiB`, `10GiB`).
+    pub max_bytes: Option<String>,
 }
 
 /// A map that refuses a key written twice: serde's maps would silently keep the last one, so a second

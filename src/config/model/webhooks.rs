@@ -25,6 +25,8 @@ pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(365 * 24 * 360
 pub const DEFAULT_AUDIT_MAX_BODY: u64 = 64 << 10;
 /// Default most audit records waiting for the writer.
 pub const DEFAULT_AUDIT_QUEUE: usize = 10_000;
+/// Default most bytes of all the audit files together.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 10 << 30;
 
 /// A webhook endpoint: events a provider posts, verified, deduplicated and passed on to the shop.
 #[derive(Debug)]
@@ -162,6 +164,8 @@ pub struct AuditConfig {
     pub max_body: usize,
     /// Most records waiting for the writer; more are dropped and counted.
     pub queue: usize,
+    /// Most bytes of the audit files together; past it records are dropped and counted.
+    pub max_bytes: u64,
 }
 
 /// Whether audit records keep bodies.

@@ -11,8 +11,8 @@ use http::Uri;
 use super::{is_loopback_host, valid_name, Validator};
 use crate::config::model::{
     AuditBodies, AuditConfig, Dedupe, GenericHmac, SignForShop, SignatureEncoding, SignatureScheme,
-    SigningKey, Verify, Webhook, DEFAULT_AUDIT_MAX_BODY, DEFAULT_AUDIT_QUEUE,
-    DEFAULT_AUDIT_RETENTION, DEFAULT_DEDUPE_MAX_ENTRIES, DEFAULT_DEDUPE_TTL,
+    SigningKey, Verify, Webhook, DEFAULT_AUDIT_MAX_BODY, DEFAULT_AUDIT_MAX_BYTES,
+    DEFAULT_AUDIT_QUEUE, DEFAULT_AUDIT_RETENTION, DEFAULT_DEDUPE_MAX_ENTRIES, DEFAULT_DEDUPE_TTL,
     DEFAULT_SHOP_SIGNATURE_HEADER, DEFAULT_WEBHOOK_MAX_BODY, DEFAULT_WEBHOOK_TIMEOUT,
     DEFAULT_WEBHOOK_TOLERANCE,
 };
@@ -394,12 +394,20 @@ impl Validator<'_> {
         if !(1..=1_000_000).contains(&queue) {
             self.problem("audit.queue", "must be between 1 and 1000000");
         }
+        let max_bytes = self.size(
+            "audit.max_bytes",
+            raw.max_bytes.as_deref(),
+            DEFAULT_AUDIT_MAX_BYTES,
+            1 << 20,
+            u64::MAX,
+        ) as u64;
         AuditConfig {
             dir: self.file(raw.dir.trim()),
             retention,
             bodies,
             max_body,
             queue: queue.clamp(1, 1_000_000),
+            max_bytes,
         }
     }
 }
@@ -701,11 +709,12 @@ mod tests {
         assert_eq!(a.bodies, AuditBodies::None);
         assert_eq!(a.max_body, 64 << 10);
         assert_eq!(a.queue, 10_000);
+        assert_eq!(a.max_bytes, 10 << 30);
 
         let s = valid(&config(
         "",
         "",
-        "audit:\n  dir: /var/lib/switchyard/audit\n  retention: 180d\n  bodies: redacted\n  max_body: 16KiB\n  queue: 50\n",
+        "audit:\n  dir: /var/lib/switchyard/audit\n  retention: 180d\n  bodies: redacted\n  max_body: 16KiB\n  queue: 50\n  max_bytes: 512MiB\n",
     ));
         let a = s.audit.unwrap();
         assert_eq!(a.dir, PathBuf::from("/var/lib/switchyard/audit"));
@@ -713,6 +722,7 @@ mod tests {
         assert_eq!(a.bodies, AuditBodies::Redacted);
         assert_eq!(a.max_body, 16 << 10);
         assert_eq!(a.queue, 50);
+        assert_eq!(a.max_bytes, 512 << 20);
     }
 
     #[test]
@@ -741,6 +751,18 @@ mod tests {
                 "audit.dir",
                 "dir: ''",
                 "must name a folder",
+            ),
+            (
+                "audit:\n  dir: a\n  max_bytes: 64KiB\n",
+                "audit.max_bytes",
+                "max_bytes: 64KiB",
+                "between 1048576 and",
+            ),
+            (
+                "audit:\n  dir: a\n  max_bytes: lots\n",
+                "audit.max_bytes",
+                "max_bytes: lots",
+                "not a size",
             ),
             (
                 "audit:\n  dir: a\n  max_body: 2MiB\n",
