@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use switchyard::app::{App, Options};
-pub use switchyard::config::{EnvAndFiles, MapSecrets, SecretSource};
+pub use switchyard::config::{EnvAndFiles, SecretSource};
 
 /// A request as a mock provider received it.
 #[derive(Debug, Clone)]
