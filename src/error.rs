@@ -2,7 +2,9 @@
 //!
 //! Each error knows its [`ErrorKind`] (a closed set: it feeds metric labels and the
 //! `x-switchyard-error` header), where it came from ([`Origin`]), and whether the request can have
-//! reached a provider. The mapping from kinds to HTTP answers lives in one place,
+//! reached a provider ([`ProxyError::reached`]): an error that may follow an attempt which reached a
+//! provider carries the attempt loop's answer with it, so the shop is told "outcome unknown" from the
+//! error alone. The mapping from kinds to HTTP answers lives in one place,
 //! `layers::rescue`.
 
 use std::time::Duration;
@@ -78,6 +80,8 @@ pub enum ProxyError {
     DeadlineExceeded {
         /// The route timeout.
         timeout: Duration,
+        /// Whether an attempt may have reached a provider before it ran out.
+        reached: Reached,
     },
     /// The route's rate limit refused the request.
     #[error("the route's rate limit is exceeded; retry in {retry_after:?}")]
@@ -99,6 +103,8 @@ pub enum ProxyError {
         provider: String,
         /// When it has a slot again.
         retry_after: Duration,
+        /// Whether an earlier attempt of the operation may have reached it.
+        reached: Reached,
     },
     /// A POST/PATCH on a route that requires an idempotency key came without one.
     #[error("this route requires an idempotency key in the {header} header")]
@@ -121,6 +127,8 @@ pub enum ProxyError {
         provider: String,
         /// When it may take requests again.
         retry_after: Duration,
+        /// Whether an earlier attempt of the operation may have reached it (its outcome is unknown).
+        reached: Reached,
     },
     /// The provider may have executed the request, and no retry settled it.
     #[error("the outcome at provider {provider} is unknown{}; retry with the same idempotency key or reconcile", match status { Some(s) => format!(" (it answered {s})"), None => String::new() })]
@@ -129,6 +137,15 @@ pub enum ProxyError {
         provider: String,
         /// The provider's status, when its last answer was a 5xx.
         status: Option<u16>,
+    },
+    /// The store of payment state (idempotency records, pins) could not answer; nothing was sent
+    /// anywhere, least of all to another provider.
+    #[error("the payment state cannot be reached ({reason}); retry in {retry_after:?} with the same key")]
+    StateUnavailable {
+        /// What failed, in words safe to show.
+        reason: String,
+        /// When the shop may try again.
+        retry_after: Duration,
     },
     /// The proxy itself failed (a bug); the detail is logged, not shown.
     #[error("internal error: {0}")]
@@ -172,6 +189,8 @@ pub enum ErrorKind {
     PinnedProviderUnavailable,
     /// See [`ProxyError::OutcomeUnknown`].
     OutcomeUnknown,
+    /// See [`ProxyError::StateUnavailable`].
+    StateUnavailable,
     /// See [`ProxyError::Internal`].
     Internal,
 }
@@ -196,6 +215,17 @@ pub enum Reached {
     Maybe,
 }
 
+impl Reached {
+    /// `Maybe` when `maybe`.
+    pub fn maybe(maybe: bool) -> Self {
+        if maybe {
+            Self::Maybe
+        } else {
+            Self::No
+        }
+    }
+}
+
 impl ProxyError {
     /// The error's kind.
     pub fn kind(&self) -> ErrorKind {
@@ -217,6 +247,7 @@ impl ProxyError {
             Self::IdempotencyMismatch => ErrorKind::IdempotencyMismatch,
             Self::PinnedProviderUnavailable { .. } => ErrorKind::PinnedProviderUnavailable,
             Self::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
+            Self::StateUnavailable { .. } => ErrorKind::StateUnavailable,
             Self::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -227,25 +258,33 @@ impl ProxyError {
             Self::RateLimited { retry_after }
             | Self::NoHealthyProvider { retry_after }
             | Self::ProviderQuotaExhausted { retry_after, .. }
-            | Self::PinnedProviderUnavailable { retry_after, .. } => Some(*retry_after),
+            | Self::PinnedProviderUnavailable { retry_after, .. }
+            | Self::StateUnavailable { retry_after, .. } => Some(*retry_after),
             Self::IdempotencyConflict => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
 
-    /// Whether the request may have reached a provider (unknown outcome) or certainly did not.
+    /// Whether the request may have reached a provider (unknown outcome) or certainly did not: the
+    /// answer the error carries, or the one its kind implies.
     pub fn reached(&self) -> Reached {
+        match self {
+            Self::DeadlineExceeded { reached, .. }
+            | Self::ProviderQuotaExhausted { reached, .. }
+            | Self::PinnedProviderUnavailable { reached, .. } => return *reached,
+            _ => {}
+        }
         match self.kind() {
-            ErrorKind::ProviderTimeout
-            | ErrorKind::ProviderFailed
-            | ErrorKind::DeadlineExceeded
-            | ErrorKind::OutcomeUnknown => Reached::Maybe,
+            ErrorKind::ProviderTimeout | ErrorKind::ProviderFailed | ErrorKind::OutcomeUnknown => {
+                Reached::Maybe
+            }
             ErrorKind::NoRoute
             | ErrorKind::BodyTooLarge
             | ErrorKind::BadRequest
             | ErrorKind::ProviderUnreachable
             | ErrorKind::ProviderTls
             | ErrorKind::ProviderRefused
+            | ErrorKind::DeadlineExceeded
             | ErrorKind::RateLimited
             | ErrorKind::NoHealthyProvider
             | ErrorKind::ProviderQuotaExhausted
@@ -253,6 +292,7 @@ impl ProxyError {
             | ErrorKind::IdempotencyConflict
             | ErrorKind::IdempotencyMismatch
             | ErrorKind::PinnedProviderUnavailable
+            | ErrorKind::StateUnavailable
             | ErrorKind::Internal => Reached::No,
         }
     }
@@ -260,7 +300,7 @@ impl ProxyError {
 
 impl ErrorKind {
     /// Every kind, for metrics that want a zero for each.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         Self::NoRoute,
         Self::BodyTooLarge,
         Self::BadRequest,
@@ -278,6 +318,7 @@ impl ErrorKind {
         Self::IdempotencyMismatch,
         Self::PinnedProviderUnavailable,
         Self::OutcomeUnknown,
+        Self::StateUnavailable,
         Self::Internal,
     ];
 
@@ -301,6 +342,7 @@ impl ErrorKind {
             Self::IdempotencyMismatch => "idempotency_mismatch",
             Self::PinnedProviderUnavailable => "pinned_provider_unavailable",
             Self::OutcomeUnknown => "outcome_unknown",
+            Self::StateUnavailable => "state_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -315,7 +357,7 @@ impl ErrorKind {
             | Self::IdempotencyKeyRequired
             | Self::IdempotencyConflict
             | Self::IdempotencyMismatch => Origin::Shop,
-            Self::DeadlineExceeded | Self::Internal => Origin::Proxy,
+            Self::DeadlineExceeded | Self::StateUnavailable | Self::Internal => Origin::Proxy,
             Self::NoHealthyProvider
             | Self::ProviderQuotaExhausted
             | Self::PinnedProviderUnavailable

@@ -27,5 +27,6 @@ pub mod retry;
 pub mod routing;
 pub mod sandbox;
 pub mod server;
+pub mod state;
 pub mod upstream;
 pub mod webhooks;

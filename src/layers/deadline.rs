@@ -1,4 +1,6 @@
-//! Bounds the whole request (body read and every attempt) by the route's `timeout`.
+//! Bounds the whole request (body read and every attempt) by the route's `timeout`: by the one
+//! deadline instant the router put in [`RouteCtx`], which the attempt loop reads too, so both stop at
+//! the same instant and agree that the route's time ran out.
 
 use std::task::{Context, Poll};
 
@@ -6,8 +8,8 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use crate::ctx::RouteCtx;
-use crate::error::ProxyError;
+use crate::ctx::{RequestInfo, RouteCtx};
+use crate::error::{ProxyError, Reached};
 
 /// Applies the route timeout.
 #[derive(Debug, Clone, Copy, Default)]
@@ -40,14 +42,27 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let timeout = req.extensions().get::<RouteCtx>().map(|c| c.route.timeout);
+        let deadline = req
+            .extensions()
+            .get::<RouteCtx>()
+            .map(|c| (c.deadline, c.route.timeout));
+        // What the attempt loop knew when the deadline cut it short (it may go on in a task of its
+        // own): whether an attempt may have reached a provider.
+        let info = req
+            .extensions()
+            .get::<std::sync::Arc<RequestInfo>>()
+            .cloned();
         let fut = self.inner.call(req);
         Box::pin(async move {
-            match timeout {
+            match deadline {
                 None => fut.await,
-                Some(timeout) => tokio::time::timeout(timeout, fut)
-                    .await
-                    .unwrap_or(Err(ProxyError::DeadlineExceeded { timeout })),
+                Some((deadline, timeout)) => match tokio::time::timeout_at(deadline, fut).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(ProxyError::DeadlineExceeded {
+                        timeout,
+                        reached: Reached::maybe(info.is_some_and(|i| i.maybe_sent())),
+                    }),
+                },
             }
         })
     }
