@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
+use switchyard::config::MapSecrets;
+
 use crate::support::*;
 
 fn echo() -> impl Fn(&Received) -> Reply + Send + Sync + 'static {
