@@ -534,3 +534,38 @@ async fn card_numbers_are_masked_in_the_proxys_own_answers() {
     assert!(!detail.contains("4242424242424242"), "{detail}");
     assert!(detail.contains("424242******4242"), "{detail}");
 }
+
+/// A route limited to `/v1/refunds` (with the provider credential injected) is never a way to reach
+/// another provider endpoint: `..` is resolved before matching, and encoded dots and slashes, which a
+/// provider or the proxy in front of it may decode, are refused.
+#[tokio::test]
+async fn dot_segments_never_escape_a_routes_prefix() {
+    let mock = MockProvider::start(echo()).await;
+    let yaml = config(&[("psp", &mock.url())], "", "")
+        .replace("path_prefix: /", "path_prefix: /v1/refunds");
+    let proxy = TestProxy::start(&yaml).await;
+    let get = |path: &str| Request::get(proxy.url(path)).body(Full::default()).unwrap();
+
+    let escaped = send(get("/v1/refunds/../payouts")).await;
+    assert_eq!(escaped.status, 404, "{}", escaped.text());
+    assert_eq!(escaped.header("x-switchyard-error"), Some("no_route"));
+    for encoded in [
+        "/v1/refunds/%2e%2e/payouts",
+        "/v1/refunds/%2E%2E/payouts",
+        "/v1/refunds/.%2e/payouts",
+        "/v1/refunds/..%2fpayouts",
+        "/v1/refunds%2f..%2f..%2fpayouts",
+    ] {
+        let refused = send(get(encoded)).await;
+        assert_eq!(refused.status, 400, "{encoded}: {}", refused.text());
+        assert_eq!(refused.header("x-switchyard-error"), Some("bad_request"));
+    }
+    assert!(mock.received().is_empty(), "nothing reached the provider");
+
+    // Inside the prefix, the provider gets the resolved path, query untouched.
+    let inside = send(get("/v1/refunds/x/../re_1/./?expand[]=charge")).await;
+    assert_eq!(inside.status, 200, "{}", inside.text());
+    let got = mock.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].uri, "/v1/refunds/re_1/?expand[]=charge");
+}
