@@ -569,3 +569,58 @@ async fn dot_segments_never_escape_a_routes_prefix() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].uri, "/v1/refunds/re_1/?expand[]=charge");
 }
+
+/// Tenants share the sidecar's provider account (the credential is injected) and each may pick any
+/// key: the provider gets a key derived from tenant and key, so tenant B's "order-1" is never answered
+/// with tenant A's payment. Stable: a retry of the same tenant's key carries the same derived key.
+#[tokio::test]
+async fn tenants_on_one_provider_account_never_share_a_key_at_the_provider() {
+    let var = "SWITCHYARD_TEST_TENANT_KEY";
+    let mock = MockProvider::start(echo()).await;
+    let extra = format!("auth: {{ header: Authorization, value_env: {var} }}");
+    let yaml = config(
+        &[("psp", &mock.url())],
+        &extra,
+        "idempotency: { scope_header: X-Tenant }",
+    );
+    let proxy =
+        TestProxy::start_with_secrets(&yaml, MapSecrets::new().with(var, "sk_test_shared")).await;
+    let pay = |tenant: &str, body: &'static str| {
+        Request::post(proxy.url("/v1/payment_intents"))
+            .header("x-tenant", tenant)
+            .header("idempotency-key", "order-1")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    assert_eq!(send(pay("tenant-a", "amount=100")).await.status, 200);
+    assert_eq!(send(pay("tenant-b", "amount=999")).await.status, 200);
+    let got = mock.received();
+    assert_eq!(got.len(), 2, "tenant B's payment was made, not replayed");
+    let key = |i: usize| {
+        got[i].headers["idempotency-key"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(key(0), key(1));
+    for i in 0..2 {
+        assert!(key(i).starts_with("sy-"), "{}", key(i));
+        assert_ne!(key(i), "order-1");
+    }
+
+    // Without an injected credential each tenant brings its own account: the shop's key as it is.
+    let own = MockProvider::start(echo()).await;
+    let yaml = config(
+        &[("psp", &own.url())],
+        "",
+        "idempotency: { scope_header: X-Tenant }",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let req = Request::post(proxy.url("/v1/payment_intents"))
+        .header("x-tenant", "tenant-a")
+        .header("idempotency-key", "order-1")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(req).await.status, 200);
+    assert_eq!(own.received()[0].headers["idempotency-key"], "order-1");
+}
