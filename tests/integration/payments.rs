@@ -504,6 +504,19 @@ async fn a_route_that_requires_keys_refuses_a_post_without_one() {
     assert_eq!(mock.count(), 0);
     let bad = post_with_key(&proxy.url(PAY), "has space", FORM).await;
     assert_eq!(bad.status, 400);
+    // Two keys: which one would the provider deduplicate on? Refused, never guessed.
+    let twice = http::Request::post(proxy.url(PAY))
+        .header("idempotency-key", "order-a")
+        .header("idempotency-key", "order-b")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            FORM.as_bytes(),
+        )))
+        .unwrap();
+    let twice = send(twice).await;
+    assert_eq!(twice.status, 400, "{}", twice.text());
+    assert_eq!(twice.header("x-switchyard-error"), Some("bad_request"));
+    assert!(twice.text().contains("sent once"), "{}", twice.text());
+    assert_eq!(mock.count(), 0);
     // GETs need none.
     assert_eq!(
         get(&proxy.url("/v1/payment_intents/pi_1")).await.status,

@@ -177,7 +177,15 @@ impl<S: SendAttempt> Operation<S> {
         let Some(store) = ctx.generation.idempotency.get(&ctx.route.name) else {
             return Ok(None);
         };
-        let (key, value, generated) = match parts.headers.get(&cfg.header) {
+        let mut sent = parts.headers.get_all(&cfg.header).iter();
+        let first = sent.next();
+        if sent.next().is_some() {
+            // Which one would the provider deduplicate on? Neither guess is safe.
+            return Err(ProxyError::BadRequest {
+                reason: format!("the {} header must be sent once", cfg.header),
+            });
+        }
+        let (key, value, generated) = match first {
             Some(v) if idempotency::valid_key(v.as_bytes()) => (
                 String::from_utf8_lossy(v.as_bytes()).into_owned(),
                 v.clone(),
