@@ -37,6 +37,14 @@ fn is_shop_private(name: &str) -> bool {
     )
 }
 
+/// Headers the proxy relies on end to end, which a `Connection` header may not name away: the request
+/// id (the one id the shop, the audit trail and the provider share) and the body's framing and type.
+fn is_end_to_end_for_us(name: &HeaderName) -> bool {
+    name == header::CONTENT_TYPE
+        || name == header::CONTENT_LENGTH
+        || name.as_str() == "x-request-id"
+}
+
 /// Removes every header for which `drop` holds, plus those the `Connection` header names. One pass over
 /// the names (a `HeaderName` is already lower case); nothing is allocated unless something goes.
 fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
@@ -50,7 +58,7 @@ fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
         let Ok(value) = value.to_str() else { continue };
         for named in value.split(',') {
             if let Ok(name) = HeaderName::from_bytes(named.trim().as_bytes()) {
-                if !doomed.contains(&name) {
+                if !doomed.contains(&name) && !is_end_to_end_for_us(&name) {
                     doomed.push(name);
                 }
             }
@@ -126,6 +134,24 @@ mod tests {
         for_provider(&mut h, None);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-length"]);
+    }
+
+    #[test]
+    fn connection_cannot_name_away_the_request_id_or_the_body_framing() {
+        let mut h = map(&[
+            (
+                "connection",
+                "x-request-id, content-type, content-length, x-hop",
+            ),
+            ("x-request-id", "req-1"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+            ("x-hop", "1"),
+        ]);
+        for_provider(&mut h, None);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "content-type", "x-request-id"]);
     }
 
     #[test]
