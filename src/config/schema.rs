@@ -324,6 +324,8 @@ pub struct RawWebhook {
     pub max_body: Option<String>,
     /// How long the shop may take to answer.
     pub timeout: Option<String>,
+    /// Pass the provider's `Authorization` header on to the shop (default true).
+    pub forward_authorization: Option<bool>,
 }
 
 /// `webhooks[N].verify:`

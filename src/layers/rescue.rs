@@ -204,9 +204,10 @@ where
             let mut resp = problem(kind, &detail, request_id.as_ref());
             if let Some(wait) = err.retry_after() {
                 // Whole seconds, rounded up, never 0: a client must not retry at once in a loop.
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(crate::error::RetryIn(wait).secs()),
+                );
             }
             if let Some(info) = &info {
                 info.set_error(kind);
