@@ -261,6 +261,8 @@ pub struct RawRoute {
     pub overprovisioning: Option<f64>,
     /// Failover policy.
     pub failover: Option<RawFailover>,
+    /// Dialect of the proxy's own error answers: `problem` (default), `stripe` or `adyen`.
+    pub errors: Option<String>,
 }
 
 /// `routes[N].match:`

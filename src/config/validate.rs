@@ -14,7 +14,9 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use super::schema::{self, RawConfig};
 use super::units::{parse_duration, parse_size};
 
+mod dialect;
 mod webhooks;
+pub use self::dialect::ErrorDialect;
 pub use self::webhooks::{
     AuditBodies, AuditConfig, Dedupe, GenericHmac, SignForShop, SignatureEncoding, SignatureScheme,
     SigningKey, Verify, Webhook, DEFAULT_AUDIT_MAX_BODY, DEFAULT_AUDIT_QUEUE,
@@ -360,6 +362,8 @@ pub struct Route {
     pub idempotency: Idempotency,
     /// Whether an attempt a provider did not execute may move to another target.
     pub failover_on_not_processed: bool,
+    /// How the proxy's own answers on this route are written.
+    pub errors: ErrorDialect,
 }
 
 /// A route's request matcher.
@@ -1060,6 +1064,7 @@ impl Validator<'_> {
             retry,
             idempotency,
             failover_on_not_processed,
+            errors: self.error_dialect(&format!("{path}.errors"), r.errors.as_deref()),
         }
     }
 
