@@ -4,7 +4,7 @@
 //! Stripe's SDKs pick the exception from the status and `error.type` (400/404 + `idempotency_error`
 //! is an `IdempotencyError`, 429 a `RateLimitError`, other statuses an `APIError`), and retry by
 //! `Stripe-Should-Retry`. So the Stripe dialect answers a reused key with 400 (as Stripe does, where
-//! the problem dialect says 422), and sets `Stripe-Should-Retry` to what is true: `true` where a retry
+//! the problem dialect says 422) and a body over `max_body` with 400 (413 there), and sets `Stripe-Should-Retry` to what is true: `true` where a retry
 //! with the same key is safe, `false` where it never helps. Adyen's libraries read
 //! `{status, errorCode, message, errorType}`. Everything here is a pure function of the kind.
 
@@ -38,7 +38,12 @@ pub fn stripe(kind: ErrorKind, status: StatusCode) -> StripeError {
     const API: &str = "api_error";
     match kind {
         ErrorKind::NoRoute => e(INVALID, "resource_missing", Some(false)),
-        ErrorKind::BodyTooLarge | ErrorKind::BadRequest | ErrorKind::IdempotencyKeyRequired => {
+        // The SDKs type only 400 and 404 as invalid requests; a 413 would be an untyped APIError.
+        ErrorKind::BodyTooLarge => StripeError {
+            status: StatusCode::BAD_REQUEST,
+            ..e(INVALID, kind.as_str(), Some(false))
+        },
+        ErrorKind::BadRequest | ErrorKind::IdempotencyKeyRequired => {
             e(INVALID, kind.as_str(), Some(false))
         }
         ErrorKind::IdempotencyMismatch => StripeError {
@@ -164,7 +169,7 @@ mod tests {
             ),
             (
                 BodyTooLarge,
-                413,
+                400,
                 "invalid_request_error",
                 "body_too_large",
                 Some(false),
