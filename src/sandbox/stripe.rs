@@ -2,8 +2,8 @@
 //! moves and error envelope.
 //!
 //! - `POST /v1/payment_intents` creates a PaymentIntent. It is confirmed at once when `confirm=true`,
-//!   or when neither `confirm` nor `payment_method` is given (the sandbox's default card); otherwise it
-//!   waits in `requires_confirmation` / `requires_payment_method`.
+//!   or when neither `confirm` nor `payment_method` is given (card data, or the sandbox's default
+//!   card); otherwise it waits in `requires_confirmation` / `requires_payment_method`.
 //! - Confirming takes the money (`succeeded`), or with `capture_method=manual` only authorises it
 //!   (`requires_capture`) and `…/capture` takes it. `…/cancel` cancels what is not yet paid.
 //! - Stripe's decline test cards (by number in `payment_method_data[card][number]` or `card[number]`,
@@ -120,9 +120,11 @@ impl Stripe {
             "provider": provider,
             "livemode": false,
         });
+        // Card data (`card[number]`, `payment_method_data`) is confirmed at once, as Stripe only takes it
+        // with a confirm; a `payment_method` alone waits for one.
         let confirm = match call.param("confirm") {
             Some(v) => v == "true",
-            None => card.is_none(),
+            None => call.param("payment_method").is_none(),
         };
         if confirm {
             return self.confirm(book, pi, card.as_deref());
