@@ -232,6 +232,15 @@ impl AdminState {
             "restart_required": status.restart_required,
             "routes": snap.routes.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
             "providers": snap.providers.keys().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "webhooks": snap.webhooks.iter().map(|w| serde_json::json!({
+                "name": &*w.name,
+                "path": w.path,
+                "listen": w.listen.map(|l| l.to_string()),
+                "forward_to": w.forward_to_shown(),
+                "scheme": w.verify.scheme.as_str(),
+                "keys": w.verify.keys.len(),
+                "forward_authorization": w.forward_authorization,
+            })).collect::<Vec<_>>(),
         })
     }
 }

@@ -53,7 +53,7 @@ pub enum ProxyError {
         source: BoxError,
     },
     /// The provider did not answer within its attempt `timeout`.
-    #[error("provider {provider} did not answer within {timeout:?}")]
+    #[error("provider {provider} did not answer within {}", Human(*timeout))]
     ProviderTimeout {
         /// The provider's config name.
         provider: String,
@@ -76,7 +76,7 @@ pub enum ProxyError {
         provider: String,
     },
     /// The route's overall `timeout` ran out.
-    #[error("the route's timeout of {timeout:?} ran out")]
+    #[error("the route's timeout of {} ran out", Human(*timeout))]
     DeadlineExceeded {
         /// The route timeout.
         timeout: Duration,
@@ -84,20 +84,20 @@ pub enum ProxyError {
         reached: Reached,
     },
     /// The route's rate limit refused the request.
-    #[error("the route's rate limit is exceeded; retry in {retry_after:?}")]
+    #[error("the route's rate limit is exceeded; retry in {}", RetryIn(*retry_after))]
     RateLimited {
         /// When a request may be allowed again.
         retry_after: Duration,
     },
     /// No target of the route can take the request now (breakers open, checks failing, drained,
     /// throttled).
-    #[error("no provider of this route can take requests now; retry in {retry_after:?}")]
+    #[error("no provider of this route can take requests now; retry in {}", RetryIn(*retry_after))]
     NoHealthyProvider {
         /// When one may take requests again.
         retry_after: Duration,
     },
     /// Every provider that could take the request is at its account quota.
-    #[error("provider {provider} is at its rate quota; retry in {retry_after:?}")]
+    #[error("provider {provider} is at its rate quota; retry in {}", RetryIn(*retry_after))]
     ProviderQuotaExhausted {
         /// The provider's config name.
         provider: String,
@@ -121,7 +121,7 @@ pub enum ProxyError {
     #[error("this idempotency key was used with another request (method, path or body differ)")]
     IdempotencyMismatch,
     /// The operation is pinned to a provider that cannot take it now; no other provider may.
-    #[error("this payment is pinned to provider {provider}, which cannot take requests now; retry in {retry_after:?} with the same key")]
+    #[error("this payment is pinned to provider {provider}, which cannot take requests now; retry in {} with the same key", RetryIn(*retry_after))]
     PinnedProviderUnavailable {
         /// The provider holding the operation.
         provider: String,
@@ -375,8 +375,82 @@ impl ErrorKind {
     }
 }
 
+/// A duration for people: `250ms`, `1.5s`, `10s`, `2m 30s` (never `994.516443ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Human(pub Duration);
+
+impl std::fmt::Display for Human {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms < 1_000 {
+            return write!(f, "{ms}ms");
+        }
+        let tenths = (ms + 50) / 100;
+        if tenths < 600 {
+            return match tenths % 10 {
+                0 => write!(f, "{}s", tenths / 10),
+                t => write!(f, "{}.{t}s", tenths / 10),
+            };
+        }
+        let secs = (ms + 500) / 1_000;
+        match (secs / 60, secs % 60) {
+            (m, 0) => write!(f, "{m}m"),
+            (m, s) => write!(f, "{m}m {s}s"),
+        }
+    }
+}
+
+/// A wait before a retry, as the shop should read it: whole seconds rounded up and at least 1, the
+/// same figure as the `Retry-After` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryIn(pub Duration);
+
+impl RetryIn {
+    /// The wait in whole seconds, rounded up, at least 1.
+    pub fn secs(self) -> u64 {
+        (self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0)).max(1)
+    }
+}
+
+impl std::fmt::Display for RetryIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", Human(Duration::from_secs(self.secs())))
+    }
+}
+
 impl std::fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_details_read_like_people_write_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(Human(ms(250)).to_string(), "250ms");
+        assert_eq!(Human(ms(1_000)).to_string(), "1s");
+        assert_eq!(Human(ms(1_520)).to_string(), "1.5s");
+        assert_eq!(Human(ms(30_000)).to_string(), "30s");
+        assert_eq!(Human(ms(150_000)).to_string(), "2m 30s");
+        assert_eq!(Human(ms(120_000)).to_string(), "2m");
+        assert_eq!(RetryIn(Duration::from_nanos(994_516_443)).to_string(), "1s");
+        assert_eq!(RetryIn(ms(0)).to_string(), "1s");
+        assert_eq!(RetryIn(ms(2_001)).to_string(), "3s");
+        let e = ProxyError::RateLimited {
+            retry_after: Duration::from_nanos(994_516_443),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the route's rate limit is exceeded; retry in 1s"
+        );
+        let e = ProxyError::ProviderTimeout {
+            provider: "psp".into(),
+            timeout: ms(2_500),
+        };
+        assert_eq!(e.to_string(), "provider psp did not answer within 2.5s");
     }
 }

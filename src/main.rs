@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use switchyard::app::{self, Options};
 use switchyard::config::{self, EnvAndFiles, PlaceholderSecrets, SecretSource, Snapshot};
+use switchyard::error::Human;
 use switchyard::sandbox::{self, Registry, Sandbox};
 use switchyard::upstream::Upstreams;
 
@@ -207,8 +208,13 @@ fn summary(path: &std::path::Path, s: &Snapshot, text: &str) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:<16} {}://{}{}  timeout {:?}, connect {:?}, {auth}{tls}",
-            p.name, p.scheme, p.authority, p.base_path, p.timeout, p.connect_timeout
+            "  {:<16} {}://{}{}  timeout {}, connect {}, {auth}{tls}",
+            p.name,
+            p.scheme,
+            p.authority,
+            p.base_path,
+            Human(p.timeout),
+            Human(p.connect_timeout)
         );
     }
     let _ = writeln!(out, "routes ({}):", s.routes.len());
@@ -231,7 +237,7 @@ fn summary(path: &std::path::Path, s: &Snapshot, text: &str) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "  {:<16} {} {}{}  -> {}  timeout {:?}, max_body {} B",
+            "  {:<16} {} {}{}  -> {}  timeout {}, max_body {} B",
             r.name,
             methods,
             r.matcher.path_prefix,
@@ -241,9 +247,31 @@ fn summary(path: &std::path::Path, s: &Snapshot, text: &str) -> String {
                 .map(|h| format!(" host {h}"))
                 .unwrap_or_default(),
             targets.join(", "),
-            r.timeout,
+            Human(r.timeout),
             r.max_body
         );
+    }
+    if !s.webhooks.is_empty() {
+        let _ = writeln!(out, "webhooks ({}):", s.webhooks.len());
+        for w in &s.webhooks {
+            let listen = w.listen.map(|l| format!(" on {l}")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<16} POST {}{listen}  -> {}  verify {} ({} key{}), timeout {}{}",
+                w.name,
+                w.path,
+                w.forward_to_shown(),
+                w.verify.scheme.as_str(),
+                w.verify.keys.len(),
+                if w.verify.keys.len() == 1 { "" } else { "s" },
+                Human(w.timeout),
+                if w.forward_authorization {
+                    ""
+                } else {
+                    ", Authorization not forwarded"
+                },
+            );
+        }
     }
     if !s.sandbox.is_empty() {
         let list: Vec<String> = s

@@ -148,6 +148,51 @@ fn check_refuses_a_file_too_deep_or_too_large_naming_the_limit() {
     assert!(text.contains("line 3: not UTF-8"), "{text}");
 }
 
+#[test]
+fn check_lists_the_webhooks() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("whsec"), "whsec_test\n").unwrap();
+    let yaml = format!(
+        "\
+listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+providers:
+  psp-primary:
+    url: http://127.0.0.1:9101
+routes:
+  - name: payments
+    match: {{ path_prefix: /v1/ }}
+    timeout: 1500ms
+    targets:
+      - {{ provider: psp-primary }}
+webhooks:
+  - name: stripe-events
+    path: /webhooks/stripe
+    forward_to: http://127.0.0.1:3000/payments/webhook?token=hidden
+    verify: {{ scheme: stripe, secrets_file: [\"{}\"] }}
+    forward_authorization: false
+",
+        dir.path().join("whsec").display()
+    );
+    let path = write_config(dir.path(), &yaml);
+    let out = run_check(&["--config", path.to_str().unwrap()], &[], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    for expected in [
+        "webhooks (1):",
+        "stripe-events",
+        "POST /webhooks/stripe",
+        "-> http://127.0.0.1:3000/payments/webhook ",
+        "verify stripe (1 key)",
+        "Authorization not forwarded",
+        "timeout 1.5s",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("hidden"), "{text}");
+}
+
 fn config_with_auth_env(var: &str) -> String {
     format!(
         "\

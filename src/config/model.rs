@@ -372,6 +372,8 @@ pub struct Route {
     pub idempotency: Idempotency,
     /// Whether an attempt a provider did not execute may move to another target.
     pub failover_on_not_processed: bool,
+    /// How the proxy's own answers on this route are written.
+    pub errors: ErrorDialect,
 }
 
 /// A route's request matcher.
@@ -405,4 +407,27 @@ pub struct Sandbox {
     pub name: String,
     /// Address.
     pub listen: SocketAddr,
+}
+
+/// How the proxy's own answers on a route are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorDialect {
+    /// `application/problem+json` (RFC 9457).
+    #[default]
+    Problem,
+    /// Stripe's error envelope and `Stripe-Should-Retry`.
+    Stripe,
+    /// Adyen's service error body.
+    Adyen,
+}
+
+impl ErrorDialect {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Problem => "problem",
+            Self::Stripe => "stripe",
+            Self::Adyen => "adyen",
+        }
+    }
 }

@@ -261,6 +261,8 @@ pub struct RawRoute {
     pub overprovisioning: Option<f64>,
     /// Failover policy.
     pub failover: Option<RawFailover>,
+    /// Dialect of the proxy's own error answers: `problem` (default), `stripe` or `adyen`.
+    pub errors: Option<String>,
 }
 
 /// `routes[N].match:`
@@ -324,6 +326,8 @@ pub struct RawWebhook {
     pub max_body: Option<String>,
     /// How long the shop may take to answer.
     pub timeout: Option<String>,
+    /// Pass the provider's `Authorization` header on to the shop (default true).
+    pub forward_authorization: Option<bool>,
 }
 
 /// `webhooks[N].verify:`

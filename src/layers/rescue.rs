@@ -1,8 +1,9 @@
 //! The one place where proxy errors become answers to the shop.
 //!
-//! Every [`ProxyError`] becomes an `application/problem+json` response (RFC 9457) with the header
+//! Every [`ProxyError`] becomes an `application/problem+json` response (RFC 9457), or the route's
+//! provider dialect (`errors: stripe | adyen`, see [`dialect`]), with the header
 //! `x-switchyard-error: <kind>`, so the shop can always tell an answer the proxy made from one a provider
-//! made. Panics below this layer become a 500 `internal` answer too. The match over [`ErrorKind`] is exhaustive: a new kind cannot be added without its answer.
+//! made. `Retry-After` and the `x-switchyard-*` headers are the same in every dialect. Panics below this layer become a 500 `internal` answer too. The match over [`ErrorKind`] is exhaustive: a new kind cannot be added without its answer.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -14,9 +15,12 @@ use futures_util::FutureExt;
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
+pub mod dialect;
+
 use super::BoxFuture;
 use crate::body::{full, ProxyBody};
-use crate::ctx::{RequestId, RequestInfo};
+use crate::config::ErrorDialect;
+use crate::ctx::{Entered, RequestId, RequestInfo};
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::metrics::{Metrics, NONE};
 use crate::redact::redact_text;
@@ -29,6 +33,10 @@ pub const X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchy
 pub const X_SWITCHYARD_OUTCOME: HeaderName = HeaderName::from_static("x-switchyard-outcome");
 /// The header counting the attempts sent to providers for this answer.
 pub const X_SWITCHYARD_ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
+/// Stripe's retry hint, read by its SDKs.
+pub const STRIPE_SHOULD_RETRY: HeaderName = HeaderName::from_static("stripe-should-retry");
+/// Stripe's request id header, which its SDKs show on every error.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 
 /// The status and title of each error kind.
@@ -100,6 +108,41 @@ pub fn problem(
     resp
 }
 
+/// An answer of `kind` with `detail` in `dialect`.
+pub fn answer(
+    dialect: ErrorDialect,
+    kind: ErrorKind,
+    detail: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<ProxyBody> {
+    let (status, _) = status_and_title(kind);
+    let id = request_id.and_then(|v| v.to_str().ok());
+    let Some((status, body, should_retry)) = dialect::render(dialect, kind, status, detail, id)
+    else {
+        return problem(kind, detail, request_id);
+    };
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(X_SWITCHYARD_ERROR, HeaderValue::from_static(kind.as_str()));
+    if dialect == ErrorDialect::Stripe {
+        if let Some(retry) = should_retry {
+            h.insert(
+                STRIPE_SHOULD_RETRY,
+                HeaderValue::from_static(if retry { "true" } else { "false" }),
+            );
+        }
+        if let Some(id) = request_id {
+            h.insert(REQUEST_ID, id.clone());
+        }
+    }
+    resp
+}
+
 /// The answer to a panic below this layer: a 500, the panic itself is logged, not shown.
 pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response<ProxyBody> {
     let what = err
@@ -165,6 +208,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let info = req.extensions().get::<Arc<RequestInfo>>().cloned();
         let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let generation = req.extensions().get::<Entered>().map(|e| e.0.clone());
         let metrics = self.metrics.clone();
         // A panic below (a bug) becomes a 500 here instead of a dropped connection.
         let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
@@ -204,12 +248,19 @@ where
                 ErrorKind::Internal => "the proxy failed to handle this request".to_owned(),
                 _ => redact_text(&err.to_string()).into_owned(),
             };
-            let mut resp = problem(kind, &detail, request_id.as_ref());
+            let dialect = route
+                .as_ref()
+                .zip(generation.as_ref())
+                .and_then(|(name, g)| g.snapshot.routes.iter().find(|r| r.name == *name))
+                .map(|r| r.errors)
+                .unwrap_or_default();
+            let mut resp = answer(dialect, kind, &detail, request_id.as_ref());
             if let Some(wait) = err.retry_after() {
                 // Whole seconds, rounded up, never 0: a client must not retry at once in a loop.
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(crate::error::RetryIn(wait).secs()),
+                );
             }
             if let Some(info) = &info {
                 info.set_error(kind);

@@ -1,6 +1,6 @@
 //! The sandbox control API, served on the sidecar's admin listener (and by `switchyard sandbox
 //! --control`): `GET /admin/sandbox` lists them, `GET /admin/sandbox/{name}` returns the mode and
-//! counters, `POST /admin/sandbox/{name}` with `{"mode": "ok|down|error503|error500|slow|throttle|flaky",
+//! counters, `POST /admin/sandbox/{name}` with `{"mode": "ok|down|error503|error500|slow|throttle|flaky|reset|in_progress",
 //! ...}` switches the mode, `POST /admin/sandbox/{name}/reset` clears the counters.
 
 use std::collections::BTreeMap;
@@ -92,7 +92,7 @@ pub fn control_response(
         (Method::POST, None) => match serde_json::from_slice::<ModeSpec>(body) {
             Err(e) => problem(
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"mode\": \"ok|down|error503|error500|slow|throttle|flaky\", \"delay_ms\", \"ratio\", \"retry_after_s\", \"process_ms\"}}: {e}"),
+                format!("expected {{\"mode\": \"ok|down|error503|error500|slow|throttle|flaky|reset|in_progress\", \"delay_ms\", \"ratio\", \"retry_after_s\", \"process_ms\"}}: {e}"),
             ),
             Ok(spec) => match spec.validate() {
                 Err(e) => problem(StatusCode::BAD_REQUEST, e),

@@ -1,17 +1,22 @@
-//! A small Stripe-like simulated payment provider, for trying switchyard offline, for the tests and for
-//! the loadtest.
+//! A small simulated payment provider, for trying switchyard offline, for the tests and for the
+//! loadtest.
 //!
-//! `POST` to any path creates a payment (`pi_…`) and answers JSON. A repeated `Idempotency-Key` replays
-//! the first answer (`Idempotent-Replayed: true`); the same key while the first is still processing gets
-//! 409; the same key with a different body gets 400 — as Stripe does. `GET /v1/payment_intents/{id}`
-//! reads a payment back. Its behaviour is switched at run time ([`Mode`]), and it counts requests and
-//! charges per key, so a test can prove that nothing was charged twice.
+//! The engine here is the same for every provider API: run-time modes ([`Mode`]), idempotency keys (a
+//! repeated `Idempotency-Key` replays the first answer with `Idempotent-Replayed: true`; the same key
+//! while the first is still processing gets Stripe's 409 `idempotency_key_in_use`; the same key with
+//! another body gets 400 — as Stripe does), and counters of requests, charges and refunds per key, so a
+//! test can prove that nothing was charged twice. What a call does is a [`model::Model`]'s business:
+//! [`stripe`] (PaymentIntents, Refunds, Customers under `/v1/`) and [`adyen`] (`/payments`,
+//! `/payments/{id}/captures`), chosen by path. A charge is counted only for what takes money.
 //!
-//! A charge is made in a task of its own: once a request is accepted it is charged even if the caller
+//! A call is made in a task of its own: once a request is accepted it is done even if the caller
 //! hangs up, exactly like a real provider, so a proxy that gives up on a slow answer cannot hide a
 //! charge from the counters.
 
+pub mod adyen;
 mod control;
+pub mod model;
+pub mod stripe;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -30,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use control::{control_response, serve_control, ControlAnswer, Registry};
+use model::{Failure, Model};
 
 use crate::body::{full, ProxyBody};
 
@@ -52,6 +58,12 @@ pub enum Mode {
     Throttle,
     /// Answers 503 without charging for a share `ratio` of requests; else as `Ok`.
     Flaky,
+    /// Does the call (charges), then drops the connection without an answer.
+    Reset,
+    /// Answers every POST with Stripe's 409 `idempotency_key_in_use` (the key is still being
+    /// processed), without doing anything.
+    #[serde(rename = "in_progress")]
+    InProgress,
 }
 
 /// A mode and its parameters, as set through the admin API.
@@ -104,12 +116,14 @@ pub struct Stats {
     pub mode: Mode,
     /// Every request received (health checks excluded).
     pub requests: u64,
-    /// Payments created.
+    /// Calls that took money (a confirm that captures, a capture).
     pub charges: u64,
-    /// Payments created with an idempotency key, per key.
+    /// Calls that took money with an idempotency key, per key.
     pub charges_by_key: BTreeMap<String, u64>,
-    /// Payments created without a key.
+    /// Calls that took money without a key.
     pub unkeyed_charges: u64,
+    /// Refunds made.
+    pub refunds: u64,
     /// Answers replayed for a repeated key.
     pub replays: u64,
     /// Requests refused because their key was still in flight.
@@ -131,8 +145,7 @@ struct State {
     spec: ModeSpec,
     stats: Stats,
     records: HashMap<String, Record>,
-    payments: HashMap<String, Bytes>,
-    counter: u64,
+    book: model::Book,
 }
 
 /// A running sandbox provider. Cheap to clone; all clones control the same provider.
@@ -219,7 +232,7 @@ impl Sandbox {
             ..Stats::default()
         };
         st.records.clear();
-        st.payments.clear();
+        st.book.clear();
     }
 
     async fn serve(self, first: TcpListener, mut mode_rx: watch::Receiver<Mode>) {
@@ -258,7 +271,7 @@ impl Sandbox {
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 let this = this.clone();
-                                async move { Ok::<_, std::convert::Infallible>(this.handle(req).await) }
+                                async move { this.handle(req).await }
                             });
                             let builder = auto::Builder::new(TokioExecutor::new());
                             let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -274,50 +287,67 @@ impl Sandbox {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Dropped> {
         let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let model: &'static dyn Model = if adyen::Adyen.serves(&path) {
+            &adyen::Adyen
+        } else {
+            &stripe::Stripe
+        };
+        let failure = |f: Failure, message: &str| {
+            let (status, body) = model.failure(f, message);
+            json(status, Bytes::from(body.to_string()))
+        };
         let body = match body.collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "body not read",
-                )
-            }
+            Err(_) => return Ok(failure(Failure::BadRequest, "body not read")),
         };
-        if parts.uri.path() == "/healthz" {
-            return self.health();
+        if path == "/healthz" {
+            return Ok(self.health());
         }
         let spec = {
             let mut st = self.lock();
             st.stats.requests += 1;
             st.spec
         };
+        let call = decode(&parts.method, &path, parts.uri.query(), &body);
         match parts.method {
             Method::POST => {}
-            Method::GET => return self.read_payment(parts.uri.path()),
+            Method::GET => {
+                let answer = model.call(&mut self.lock().book, &self.name, &call);
+                return Ok(json(answer.status, answer.body));
+            }
             _ => {
-                return error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "invalid_request_error",
+                return Ok(failure(
+                    Failure::BadRequest,
                     "the sandbox answers GET and POST",
-                )
+                ))
             }
         }
         match spec.mode {
             Mode::Throttle => {
-                let mut resp = error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit_error",
-                    "too many requests",
-                );
+                let mut resp = failure(Failure::RateLimited, "too many requests");
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(spec.retry_after_s));
-                return resp;
+                return Ok(resp);
             }
-            Mode::Error503 => return unavailable(),
-            Mode::Flaky if rand::random::<f64>() < spec.ratio => return unavailable(),
+            Mode::Error503 => {
+                return Ok(failure(
+                    Failure::Unavailable,
+                    "the service is temporarily unavailable",
+                ))
+            }
+            Mode::Flaky if rand::random::<f64>() < spec.ratio => {
+                return Ok(failure(
+                    Failure::Unavailable,
+                    "the service is temporarily unavailable",
+                ))
+            }
+            Mode::InProgress => {
+                self.lock().stats.conflicts += 1;
+                return Ok(failure(Failure::KeyInUse, KEY_IN_USE));
+            }
             _ => {}
         }
         let key = parts
@@ -328,7 +358,7 @@ impl Sandbox {
         let fingerprint: [u8; 32] = Sha256::new()
             .chain_update(parts.method.as_str())
             .chain_update([0])
-            .chain_update(parts.uri.path())
+            .chain_update(&path)
             .chain_update([0])
             .chain_update(&body)
             .finalize()
@@ -338,97 +368,94 @@ impl Sandbox {
             match st.records.get(key).cloned() {
                 Some(Record::InFlight) => {
                     st.stats.conflicts += 1;
-                    return error(
-                        StatusCode::CONFLICT,
-                        "idempotency_error",
-                        "a request with this idempotency key is still being processed",
-                    );
+                    return Ok(failure(Failure::KeyInUse, KEY_IN_USE));
                 }
                 Some(Record::Done { fingerprint: f, .. }) if f != fingerprint => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "idempotency_error",
+                    return Ok(failure(
+                        Failure::KeyReused,
                         "keys for idempotent requests can only be used with the same parameters",
-                    );
+                    ));
                 }
                 Some(Record::Done { status, body, .. }) => {
                     st.stats.replays += 1;
                     let mut resp = json(status, body);
                     resp.headers_mut()
                         .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                    return resp;
+                    return Ok(resp);
                 }
                 None => {
                     st.records.insert(key.clone(), Record::InFlight);
                 }
             }
         }
-        // Charge in a task of its own: it completes even if the caller goes away.
+        // Do the call in a task of its own: it completes even if the caller goes away.
         let this = self.clone();
-        let charged = tokio::spawn(async move { this.charge(key, fingerprint, &body, spec).await });
-        let (status, body) = match charged.await {
+        let params = call.params;
+        let json_body = call.json;
+        let method = parts.method.clone();
+        let done = tokio::spawn(async move {
+            let call = model::Call {
+                method: &method,
+                path: &path,
+                params,
+                json: json_body,
+            };
+            this.execute(model, key, fingerprint, &call, spec).await
+        });
+        let (status, body) = match done.await {
             Ok(answer) => answer,
             Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(b"{}")),
         };
         match spec.mode {
-            Mode::Error500 => error(
+            Mode::Error500 => Ok(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "api_error",
                 "an error occurred while processing the request",
-            ),
+            )),
             Mode::Slow => {
                 tokio::time::sleep(Duration::from_millis(spec.delay_ms)).await;
-                json(status, body)
+                Ok(json(status, body))
             }
-            _ => json(status, body),
+            Mode::Reset => Err(Dropped),
+            _ => Ok(json(status, body)),
         }
     }
 
-    async fn charge(
+    async fn execute(
         &self,
+        model: &dyn Model,
         key: Option<String>,
         fingerprint: [u8; 32],
-        body: &[u8],
+        call: &model::Call<'_>,
         spec: ModeSpec,
     ) -> (StatusCode, Bytes) {
         if spec.process_ms > 0 {
             tokio::time::sleep(Duration::from_millis(spec.process_ms)).await;
         }
-        let fields = payment_fields(body);
-        let mut st = self.lock();
-        st.counter += 1;
-        let id = format!(
-            "pi_{}_{:06}",
-            self.name.replace(['-', '.'], "_"),
-            st.counter
-        );
-        let payment = serde_json::json!({
-            "id": id,
-            "object": "payment_intent",
-            "amount": fields.amount,
-            "currency": fields.currency.unwrap_or_else(|| "eur".into()),
-            "status": "succeeded",
-            "provider": &*self.name,
-            "livemode": false,
-        });
-        let bytes = Bytes::from(payment.to_string());
-        st.payments.insert(id, bytes.clone());
-        st.stats.charges += 1;
-        match &key {
-            Some(k) => {
-                *st.stats.charges_by_key.entry(k.clone()).or_default() += 1;
-                st.records.insert(
-                    k.clone(),
-                    Record::Done {
-                        fingerprint,
-                        status: StatusCode::OK,
-                        body: bytes.clone(),
-                    },
-                );
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let answer = model.call(&mut st.book, &self.name, call);
+        if answer.charged {
+            st.stats.charges += 1;
+            match &key {
+                Some(k) => *st.stats.charges_by_key.entry(k.clone()).or_default() += 1,
+                None => st.stats.unkeyed_charges += 1,
             }
-            None => st.stats.unkeyed_charges += 1,
         }
-        (StatusCode::OK, bytes)
+        if answer.refunded {
+            st.stats.refunds += 1;
+        }
+        if let Some(k) = &key {
+            st.records.insert(
+                k.clone(),
+                Record::Done {
+                    fingerprint,
+                    status: answer.status,
+                    body: answer.body.clone(),
+                },
+            );
+        }
+        (answer.status, answer.body)
     }
 
     fn health(&self) -> Response<ProxyBody> {
@@ -437,17 +464,44 @@ impl Sandbox {
             _ => json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
         }
     }
+}
 
-    fn read_payment(&self, path: &str) -> Response<ProxyBody> {
-        let id = path.rsplit('/').next().unwrap_or("");
-        match self.lock().payments.get(id) {
-            Some(body) => json(StatusCode::OK, body.clone()),
-            None => error(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "no such payment_intent",
-            ),
-        }
+/// The message of Stripe's 409 for a key still being processed.
+const KEY_IN_USE: &str = "There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): please try again later.";
+
+/// The `reset` mode's "answer": hyper closes the connection without a response.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by the sandbox's reset mode")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+/// The call's parameters: the query, and the body as a form or as JSON.
+fn decode<'a>(
+    method: &'a Method,
+    path: &'a str,
+    query: Option<&str>,
+    body: &[u8],
+) -> model::Call<'a> {
+    let mut params = BTreeMap::new();
+    if let Some(q) = query {
+        model::form(q, &mut params);
+    }
+    let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+    match &json {
+        Some(v @ serde_json::Value::Object(_)) => model::flatten("", v, &mut params),
+        _ => model::form(&String::from_utf8_lossy(body), &mut params),
+    }
+    model::Call {
+        method,
+        path,
+        params,
+        json,
     }
 }
 
@@ -459,39 +513,6 @@ async fn bind_again(addr: SocketAddr) -> Option<TcpListener> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
-}
-
-struct PaymentFields {
-    amount: Option<i64>,
-    currency: Option<String>,
-}
-
-/// Reads `amount` and `currency` from a form-encoded (Stripe style) or JSON body.
-fn payment_fields(body: &[u8]) -> PaymentFields {
-    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
-        return PaymentFields {
-            amount: v.get("amount").and_then(|a| a.as_i64()),
-            currency: v
-                .get("currency")
-                .and_then(|c| c.as_str())
-                .map(str::to_owned),
-        };
-    }
-    let text = String::from_utf8_lossy(body);
-    let mut fields = PaymentFields {
-        amount: None,
-        currency: None,
-    };
-    for pair in text.split('&') {
-        match pair.split_once('=') {
-            Some(("amount", v)) => fields.amount = v.parse().ok(),
-            Some(("currency", v)) if v.chars().all(|c| c.is_ascii_alphabetic()) => {
-                fields.currency = Some(v.to_ascii_lowercase())
-            }
-            _ => {}
-        }
-    }
-    fields
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
@@ -522,13 +543,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_form_and_json_fields() {
-        let f = payment_fields(b"amount=1000&currency=USD");
-        assert_eq!((f.amount, f.currency.as_deref()), (Some(1000), Some("usd")));
-        let f = payment_fields(br#"{"amount": 250, "currency": "jpy"}"#);
-        assert_eq!((f.amount, f.currency.as_deref()), (Some(250), Some("jpy")));
-        let f = payment_fields(b"");
-        assert_eq!(f.amount, None);
+    fn calls_decode_form_json_and_query() {
+        let m = Method::POST;
+        let c = decode(&m, "/v1/x", Some("limit=3"), b"amount=1000&currency=USD");
+        assert_eq!(c.param("amount"), Some("1000"));
+        assert_eq!(c.param("currency"), Some("USD"));
+        assert_eq!(c.param("limit"), Some("3"));
+        let c = decode(&m, "/v1/x", None, br#"{"amount": 250, "currency": "jpy"}"#);
+        assert_eq!(c.param("amount"), Some("250"));
+        assert!(c.json.is_some());
     }
 
     #[test]

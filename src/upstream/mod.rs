@@ -220,7 +220,7 @@ impl Upstream {
                 .insert(auth.header.clone(), auth.value.header_value().clone());
         }
         match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => Err(format!("no answer within {}", crate::error::Human(timeout))),
             Ok(Err(e)) => Err(root_cause(&e)),
             Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
             Ok(Ok(resp)) => Err(format!("status {}", resp.status().as_u16())),
@@ -253,7 +253,11 @@ impl Upstream {
                 failure: SendFailure::BeforeWrite,
                 error: ProxyError::ProviderUnreachable {
                     provider: provider.to_string(),
-                    source: format!("no connection ready within {timeout:?}").into(),
+                    source: format!(
+                        "no connection ready within {}",
+                        crate::error::Human(timeout)
+                    )
+                    .into(),
                 },
             }),
             Ok(Ok(resp)) => Ok(resp),

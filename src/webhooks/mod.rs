@@ -8,7 +8,8 @@
 //! 2. the body is read up to `max_body` (413);
 //! 3. the signature is verified on the raw bytes with every active key, in constant time (401
 //!    `bad_signature` or `stale`; 400 `malformed` when the body is not what the scheme needs);
-//! 4. deduplication by event id ([`dedupe`]): a copy of an event the shop already accepted is answered
+//! 4. deduplication by event id ([`dedupe`]; an Adyen batch item by item, and only its new items are
+//!    forwarded): a copy of an event the shop already accepted is answered
 //!    200 without forwarding; a copy that arrives while another is being delivered waits for it;
 //! 5. the event goes to the shop (`forward_to`), with `sign_for_shop`'s signature when configured. Only
 //!    a 2xx from the shop marks it delivered; otherwise the provider gets the shop's status (or a 502/504
@@ -297,51 +298,89 @@ impl Webhooks {
         record.event_id = Some(verified.event_id.clone());
 
         let store = self.store(&hook.name);
+        // A batch (Adyen) is deduplicated item by item: the shop gets only the items it lacks.
+        let mut keys: Vec<String> = Vec::new();
+        if verified.item_ids.len() > 1 {
+            for id in &verified.item_ids {
+                if !keys.contains(id) {
+                    keys.push(id.clone());
+                }
+            }
+        } else {
+            keys.push(verified.event_id.clone());
+        }
         let wait_until = Instant::now() + hook.timeout + Duration::from_secs(1);
         let mut waited = false;
-        let claim = loop {
-            let begun = match dedupe::begin(&store, &verified.event_id).await {
-                Ok(b) => b,
-                Err(e) => {
-                    // The event is neither forwarded nor marked: the provider redelivers it later.
-                    tracing::warn!(webhook = %hook.name, error = %e, "webhook dedupe state unavailable");
-                    record.dedupe = Some("state_unavailable");
-                    let (mut resp, r) = reject(
-                        WebhookResult::StateUnavailable,
-                        "the event's delivery state cannot be read now; retry later",
-                    );
-                    let secs = e.retry_after().as_secs().max(1);
-                    resp.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                    return (resp, r);
-                }
-            };
-            match begun {
-                Begin::Deliver(claim) => break claim,
-                Begin::Duplicate => {
-                    record.dedupe = Some("duplicate");
-                    return (
-                        duplicate_answer(&hook.verify.scheme),
-                        WebhookResult::Duplicate,
-                    );
-                }
-                Begin::Wait(mut rx) => {
-                    waited = true;
-                    let left = wait_until.saturating_duration_since(Instant::now());
-                    if tokio::time::timeout(left, rx.changed()).await.is_err() {
-                        record.dedupe = Some("in_flight");
+        let (claims, known) = loop {
+            let mut claims = Vec::new();
+            let mut known = Vec::new();
+            let mut busy = None;
+            for key in &keys {
+                let begun = match dedupe::begin(&store, key).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Neither forwarded nor marked (claims made so far are given back on drop):
+                        // the provider redelivers it later.
+                        tracing::warn!(webhook = %hook.name, error = %e, "webhook dedupe state unavailable");
+                        record.dedupe = Some("state_unavailable");
                         let (mut resp, r) = reject(
-                            WebhookResult::InFlight,
-                            "the same event is being delivered; retry later",
+                            WebhookResult::StateUnavailable,
+                            "the event's delivery state cannot be read now; retry later",
                         );
+                        let secs = e.retry_after().as_secs().max(1);
                         resp.headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                         return (resp, r);
+                    }
+                };
+                match begun {
+                    Begin::Deliver(claim) => claims.push(claim),
+                    Begin::Duplicate => known.push(key.clone()),
+                    Begin::Wait(rx) => {
+                        busy = Some(rx);
+                        break;
                     }
                 }
             }
+            let Some(mut rx) = busy else {
+                break (claims, known);
+            };
+            // Another copy holds an item: give back what this one claimed, wait, and begin again.
+            drop(claims);
+            waited = true;
+            let left = wait_until.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, rx.changed()).await.is_err() {
+                record.dedupe = Some("in_flight");
+                let (mut resp, r) = reject(
+                    WebhookResult::InFlight,
+                    "the same event is being delivered; retry later",
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return (resp, r);
+            }
         };
-        record.dedupe = Some(if waited { "waited" } else { "new" });
+        if claims.is_empty() {
+            record.dedupe = Some("duplicate");
+            return (
+                duplicate_answer(&hook.verify.scheme),
+                WebhookResult::Duplicate,
+            );
+        }
+        let partial = !known.is_empty();
+        record.dedupe = Some(match (partial, waited) {
+            (true, _) => "partial",
+            (false, true) => "waited",
+            (false, false) => "new",
+        });
+        let body = if partial {
+            match without_items(&body, &known) {
+                Some(b) => b,
+                None => return reject(WebhookResult::Malformed, "the batch could not be split"),
+            }
+        } else {
+            body
+        };
 
         let out = shop_request(hook, &parts.headers, &body, &record.request_id);
         let client = self.client.clone();
@@ -351,15 +390,24 @@ impl Webhooks {
         let delivery = tokio::spawn(async move {
             let outcome = deliver(&client, out, timeout).await;
             let accepted = matches!(&outcome, Ok((status, ..)) if status.is_success());
-            if let Err(e) = claim.finish(accepted, settings).await {
-                // Not marked delivered: a redelivery is passed on again, which the shop must accept.
-                tracing::warn!(error = %e, "a webhook delivery could not be recorded");
+            for claim in claims {
+                if let Err(e) = claim.finish(accepted, settings).await {
+                    // Not marked delivered: a redelivery is passed on again, which the shop must accept.
+                    tracing::warn!(error = %e, "a webhook delivery could not be recorded");
+                }
             }
             outcome
         });
         match delivery.await {
             Ok(Ok((status, headers, answer))) => {
                 record.shop_status = Some(status.as_u16());
+                if partial && status.is_success() {
+                    // The shop answered for part of the batch; the provider wants the batch's answer.
+                    return (
+                        duplicate_answer(&hook.verify.scheme),
+                        WebhookResult::Forwarded,
+                    );
+                }
                 let mut resp = Response::new(full(answer));
                 *resp.status_mut() = status;
                 if let Some(ct) = headers.get(header::CONTENT_TYPE) {
@@ -372,14 +420,14 @@ impl Webhooks {
                 };
                 (resp, result)
             }
-            Ok(Err(ShopFailure::Timeout)) => {
-                let (mut resp, r) = reject(
+            Ok(Err(ShopFailure::Timeout)) => (
+                problem_with_status(
                     WebhookResult::ShopError,
+                    StatusCode::GATEWAY_TIMEOUT,
                     "the shop did not answer in time; the event was not marked delivered",
-                );
-                *resp.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-                (resp, r)
-            }
+                ),
+                WebhookResult::ShopError,
+            ),
             Ok(Err(ShopFailure::Unreachable)) | Err(_) => reject(
                 WebhookResult::ShopError,
                 "the shop could not be reached; the event was not marked delivered",
@@ -417,7 +465,7 @@ async fn deliver(
 }
 
 /// The request to the shop: the provider's end-to-end headers (its signature included, so the shop may
-/// verify it too), the request id, the webhook's name, and `sign_for_shop`'s signature.
+/// verify it too; its `Authorization` unless `forward_authorization: false`), the request id, the webhook's name, and `sign_for_shop`'s signature.
 fn shop_request(
     hook: &Webhook,
     headers: &HeaderMap,
@@ -432,7 +480,9 @@ fn shop_request(
     remove_hop_by_hop(h);
     h.remove(header::HOST);
     h.remove(header::CONTENT_LENGTH);
-    h.remove(header::AUTHORIZATION);
+    if !hook.forward_authorization {
+        h.remove(header::AUTHORIZATION);
+    }
     h.remove(header::COOKIE);
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(HeaderName::from_static("x-request-id"), v);
@@ -461,9 +511,33 @@ fn duplicate_answer(scheme: &SignatureScheme) -> Response<ProxyBody> {
     resp
 }
 
+/// The body of an Adyen batch without the items whose id is in `known` (each item is signed on its
+/// own, so the rest still verifies at the shop). `None` when the body is not a batch.
+fn without_items(body: &[u8], known: &[String]) -> Option<Bytes> {
+    let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let items = doc.get_mut("notificationItems")?.as_array_mut()?;
+    items.retain(|wrapper| {
+        wrapper
+            .get("NotificationRequestItem")
+            .map(|item| !known.contains(&verify::adyen_item(item).event_id))
+            .unwrap_or(true)
+    });
+    serde_json::to_vec(&doc).ok().map(Bytes::from)
+}
+
 /// A problem+json answer for `result`.
 fn problem(result: WebhookResult, detail: &str) -> Response<ProxyBody> {
-    let (status, title) = result.status_and_title();
+    let (status, _) = result.status_and_title();
+    problem_with_status(result, status, detail)
+}
+
+/// A problem+json answer for `result` with `status` (the body's `status` is always the status line's).
+fn problem_with_status(
+    result: WebhookResult,
+    status: StatusCode,
+    detail: &str,
+) -> Response<ProxyBody> {
+    let (_, title) = result.status_and_title();
     let body = serde_json::json!({
         "type": format!("urn:switchyard:webhook:{}", result.as_str()),
         "title": title,

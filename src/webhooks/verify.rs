@@ -326,6 +326,9 @@ pub struct Verified {
     /// The event id: Stripe's and Checkout.com's `id`; for Adyen, `pspReference:eventCode:success` of
     /// each item; `sha256:…` of the body when the body has no id.
     pub event_id: String,
+    /// For a batch (Adyen), each item's id in body order, so that the items the shop already has are
+    /// not delivered again; empty for single events.
+    pub item_ids: Vec<String>,
 }
 
 /// Verifies an event by its webhook's scheme and finds its id. The raw body is checked before anything
@@ -336,6 +339,7 @@ pub fn verify(
     body: &[u8],
     now: SystemTime,
 ) -> Result<Verified, Rejection> {
+    let mut item_ids = Vec::new();
     let event_id = match &v.scheme {
         SignatureScheme::Stripe => {
             verify_stripe(&v.keys, headers, body, now, v.tolerance)?;
@@ -343,8 +347,8 @@ pub fn verify(
         }
         SignatureScheme::Adyen => {
             let items = verify_adyen(&v.keys, body)?;
-            let ids: Vec<String> = items.into_iter().map(|i| i.event_id).collect();
-            ids.join(",")
+            item_ids = items.into_iter().map(|i| i.event_id).collect();
+            item_ids.join(",")
         }
         SignatureScheme::HmacSha256(g) => {
             verify_generic(g, &v.keys, headers, body, now, v.tolerance)?;
@@ -354,7 +358,7 @@ pub fn verify(
             }
         }
     };
-    Ok(Verified { event_id })
+    Ok(Verified { event_id, item_ids })
 }
 
 /// The top-level `"id"` of a JSON event (a string or a number), or the body's digest when it has none.

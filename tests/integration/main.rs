@@ -4,6 +4,7 @@ mod support;
 
 mod audit;
 mod dashboards;
+mod dialect;
 mod forwarding;
 mod health;
 mod outcomes;

@@ -587,8 +587,15 @@ async fn a_capture_goes_to_the_provider_that_holds_the_payment() {
     .await;
     a.set_mode(mode(Mode::Down));
     tokio::time::sleep(Duration::from_millis(30)).await;
-    let created = pay(&proxy, "order-follow").await;
+    let created = pay_at(
+        &proxy,
+        PAY,
+        "order-follow",
+        "amount=1000&currency=eur&capture_method=manual",
+    )
+    .await;
     assert_eq!(created.header("x-switchyard-provider"), Some("backup"));
+    assert_eq!(created.json()["status"], "requires_capture");
     let id = created.json()["id"].as_str().unwrap().to_owned();
     // The primary is back and takes new traffic...
     a.set_mode(mode(Mode::Ok));
@@ -615,7 +622,9 @@ async fn a_capture_goes_to_the_provider_that_holds_the_payment() {
     )
     .await;
     assert_eq!(refund.header("x-switchyard-provider"), Some("backup"));
+    assert_eq!(refund.json()["object"], "refund");
     assert_eq!(b.stats().charges_by_key.get("capture-1"), Some(&1));
+    assert_eq!(b.stats().refunds, 1);
 }
 
 async fn pay_at(proxy: &TestProxy, path: &str, key: &str, body: &str) -> Answer {

@@ -505,3 +505,180 @@ async fn with_an_admin_token_sandbox_writes_need_the_bearer_token() {
     assert_eq!(sandbox.stats().charges, 0);
     proxy.shutdown().await;
 }
+
+/// A sandbox on port 0, called directly (no proxy).
+async fn bare(name: &str) -> (Sandbox, String) {
+    let sandbox = Sandbox::start(name, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}", sandbox.addr());
+    (sandbox, url)
+}
+
+#[tokio::test]
+async fn stripe_objects_move_through_their_states_and_only_money_is_counted() {
+    let (sandbox, url) = bare("psp-stripe").await;
+    let customer = post(&format!("{url}/v1/customers"), "email=a%40shop.test").await;
+    assert_eq!(customer.json()["object"], "customer");
+    assert_eq!(customer.json()["email"], "a@shop.test");
+
+    // Authorise only: no money yet.
+    let pi = post_with_key(
+        &format!("{url}{PAY}"),
+        "create-1",
+        "amount=1500&currency=eur&capture_method=manual&payment_method=pm_card_visa&confirm=true",
+    )
+    .await
+    .json();
+    assert_eq!(pi["object"], "payment_intent");
+    assert_eq!(pi["status"], "requires_capture");
+    assert_eq!(sandbox.stats().charges, 0);
+    let id = pi["id"].as_str().unwrap();
+    let captured = post_with_key(&format!("{url}{PAY}/{id}/capture"), "cap-1", "").await;
+    assert_eq!(captured.status, 200, "{}", captured.text());
+    assert_eq!(captured.json()["status"], "succeeded");
+    assert_eq!(captured.json()["amount_received"], 1500);
+    let again = post_with_key(&format!("{url}{PAY}/{id}/capture"), "cap-2", "").await;
+    assert_eq!(again.status, 400);
+    assert_eq!(
+        again.json()["error"]["code"],
+        "payment_intent_unexpected_state"
+    );
+    assert_eq!(charges_by_key(&sandbox.stats(), "cap-1"), 1);
+
+    // A refund is a Refund against its payment, and takes no money.
+    let refund = post(
+        &format!("{url}/v1/refunds"),
+        &format!("payment_intent={id}&amount=500"),
+    )
+    .await;
+    assert_eq!(refund.json()["object"], "refund");
+    assert_eq!(refund.json()["payment_intent"], id);
+    assert_eq!(refund.json()["amount"], 500);
+    let rid = refund.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get(&format!("{url}/v1/refunds/{rid}")).await.json()["amount"],
+        500
+    );
+    assert_eq!(
+        get(&format!("{url}{PAY}/{id}")).await.json()["amount_refunded"],
+        500
+    );
+
+    // Created without confirming, then confirmed; another one cancelled.
+    let waiting = post(
+        &format!("{url}{PAY}"),
+        "amount=700&currency=usd&payment_method=pm_card_visa",
+    )
+    .await;
+    assert_eq!(waiting.json()["status"], "requires_confirmation");
+    let wid = waiting.json()["id"].as_str().unwrap().to_owned();
+    let confirmed = post(&format!("{url}{PAY}/{wid}/confirm"), "").await;
+    assert_eq!(confirmed.json()["status"], "succeeded");
+    let other = post(
+        &format!("{url}{PAY}"),
+        "amount=900&currency=usd&confirm=false",
+    )
+    .await;
+    let oid = other.json()["id"].as_str().unwrap().to_owned();
+    let cancelled = post(&format!("{url}{PAY}/{oid}/cancel"), "").await;
+    assert_eq!(cancelled.json()["status"], "canceled");
+
+    let list = get(&format!("{url}{PAY}?limit=2")).await.json();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert_eq!(list["has_more"], true);
+    assert_eq!(list["data"][0]["id"], oid.as_str(), "newest first");
+
+    let stats = sandbox.stats();
+    assert_eq!((stats.charges, stats.refunds), (2, 1));
+}
+
+#[tokio::test]
+async fn stripe_decline_test_cards_answer_402_card_error_without_charging() {
+    let (sandbox, url) = bare("psp-decline").await;
+    for (card, decline) in [
+        ("4000000000000002", "generic_decline"),
+        ("4000000000009995", "insufficient_funds"),
+    ] {
+        let a = post(
+            &format!("{url}{PAY}"),
+            &format!("amount=100&currency=eur&confirm=true&payment_method_data%5Bcard%5D%5Bnumber%5D={card}"),
+        )
+        .await;
+        assert_eq!(a.status, 402, "{}", a.text());
+        let e = &a.json()["error"];
+        assert_eq!(e["type"], "card_error");
+        assert_eq!(e["code"], "card_declined");
+        assert_eq!(e["decline_code"], decline);
+        assert_eq!(e["payment_intent"]["status"], "requires_payment_method");
+        assert!(!a.text().contains(card), "the card number is never echoed");
+    }
+    let a = post(
+        &format!("{url}{PAY}"),
+        "amount=100&currency=eur&confirm=true&payment_method=pm_card_chargeDeclined",
+    )
+    .await;
+    assert_eq!(a.status, 402);
+    assert_eq!(sandbox.stats().charges, 0);
+}
+
+#[tokio::test]
+async fn reset_charges_then_drops_the_connection_and_in_progress_answers_409_in_use() {
+    let (sandbox, url) = bare("psp-reset").await;
+    sandbox.set_mode(mode(Mode::Reset));
+    let req = Request::post(format!("{url}{PAY}"))
+        .header("idempotency-key", "reset-1")
+        .body(Full::new(Bytes::from_static(FORM.as_bytes())))
+        .unwrap();
+    let result = client().request(req).await;
+    assert!(result.is_err(), "no answer: the connection is dropped");
+    assert_eq!(charges_by_key(&sandbox.stats(), "reset-1"), 1);
+
+    // The retry with the same key gets the stored answer.
+    sandbox.set_mode(mode(Mode::Ok));
+    let replay = post_with_key(&format!("{url}{PAY}"), "reset-1", FORM).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json()["status"], "succeeded");
+
+    sandbox.set_mode(mode(Mode::InProgress));
+    let a = post_with_key(&format!("{url}{PAY}"), "busy-1", FORM).await;
+    assert_eq!(a.status, 409);
+    assert_eq!(a.json()["error"]["type"], "idempotency_error");
+    assert_eq!(a.json()["error"]["code"], "idempotency_key_in_use");
+    assert_eq!(sandbox.stats().charges, 1);
+    let spec: ModeSpec = serde_json::from_str(r#"{"mode":"in_progress"}"#).unwrap();
+    assert_eq!(spec.mode, Mode::InProgress);
+}
+
+#[tokio::test]
+async fn the_adyen_model_authorises_and_captures() {
+    let (sandbox, url) = bare("psp-adyen").await;
+    let body = r#"{"merchantAccount":"Shop","reference":"order-9","amount":{"value":1130,"currency":"EUR"},"paymentMethod":{"type":"scheme","number":"4111111111111111"},"additionalData":{"manualCapture":"true"}}"#;
+    let a = post(&format!("{url}/v71/payments"), body).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["resultCode"], "Authorised");
+    assert_eq!(sandbox.stats().charges, 0);
+    let psp = a.json()["pspReference"].as_str().unwrap().to_owned();
+    let c = post(
+        &format!("{url}/v71/payments/{psp}/captures"),
+        r#"{"merchantAccount":"Shop","amount":{"value":1130,"currency":"EUR"}}"#,
+    )
+    .await;
+    assert_eq!(c.status, 201, "{}", c.text());
+    assert_eq!(c.json()["paymentPspReference"], psp.as_str());
+    assert_eq!(c.json()["status"], "received");
+    assert_eq!(sandbox.stats().charges, 1);
+    let twice = post(&format!("{url}/v71/payments/{psp}/captures"), "{}").await;
+    assert_eq!(twice.status, 422);
+    assert_eq!(twice.json()["errorType"], "validation");
+
+    let refused = post(
+        &format!("{url}/payments"),
+        &body.replace("4111111111111111", "4000000000009995"),
+    )
+    .await;
+    assert_eq!(refused.json()["resultCode"], "Refused");
+    assert_eq!(refused.json()["refusalReason"], "Not enough balance");
+    assert_eq!(sandbox.stats().charges, 1);
+}

@@ -463,3 +463,108 @@ async fn a_webhook_with_its_own_listener_is_served_only_there() {
     );
     assert_eq!(shop.count(), 1);
 }
+
+fn adyen_hook(shop: &MockProvider, key_file: &str, extra: &str) -> String {
+    format!(
+        "  - name: adyen
+    path: /webhooks/adyen
+    forward_to: {}/adyen
+    verify: {{ scheme: adyen, secrets_file: [\"{key_file}\"] }}
+{extra}",
+        shop.url()
+    )
+}
+
+async fn post_basic(proxy: &TestProxy, body: &str) -> Answer {
+    send(
+        Request::post(proxy.url("/webhooks/adyen"))
+            .header("content-type", "application/json")
+            .header("authorization", "Basic YWR5ZW46c2VjcmV0")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn adyen_basic_auth_reaches_the_shop_and_a_partly_known_batch_forwards_only_new_items() {
+    let key = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056";
+    let keys = secrets(&[("k", key)]);
+    let shop = MockProvider::start(|_| {
+        Reply::status(200, "[accepted]").header("content-type", "text/plain")
+    })
+    .await;
+    let (proxy, _p) = proxy_with(&adyen_hook(&shop, &path_of(&keys, "k"), "")).await;
+    let key = hex::decode(key).unwrap();
+    let first = adyen_item(&key, "1111", "AUTHORISATION");
+    let second = adyen_item(&key, "2222", "AUTHORISATION");
+    let a = post_basic(
+        &proxy,
+        &format!(r#"{{"live":"false","notificationItems":[{first}]}}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let got = shop.received();
+    assert_eq!(
+        got[0].headers["authorization"], "Basic YWR5ZW46c2VjcmV0",
+        "the shop checks Adyen's Basic auth itself"
+    );
+
+    // One known item and one new: the shop gets only the new one, the provider `[accepted]`.
+    let batch = format!(r#"{{"live":"false","notificationItems":[{first},{second}]}}"#);
+    let a = post_basic(&proxy, &batch).await;
+    assert_eq!((a.status.as_u16(), a.text().as_str()), (200, "[accepted]"));
+    let got = shop.received();
+    assert_eq!(got.len(), 2);
+    let sent: serde_json::Value = serde_json::from_slice(&got[1].body).unwrap();
+    let items = sent["notificationItems"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{sent}");
+    assert_eq!(items[0]["NotificationRequestItem"]["pspReference"], "2222");
+    assert_eq!(sent["live"], "false");
+
+    // Now both are known: a duplicate, not forwarded.
+    let a = post_basic(&proxy, &batch).await;
+    assert_eq!((a.status.as_u16(), a.text().as_str()), (200, "[accepted]"));
+    assert_eq!(shop.count(), 2);
+}
+
+#[tokio::test]
+async fn authorization_is_dropped_when_the_webhook_says_so() {
+    let key = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056";
+    let keys = secrets(&[("k", key)]);
+    let shop = MockProvider::start(|_| Reply::status(200, "[accepted]")).await;
+    let hook = adyen_hook(
+        &shop,
+        &path_of(&keys, "k"),
+        "    forward_authorization: false\n",
+    );
+    let (proxy, _p) = proxy_with(&hook).await;
+    let item = adyen_item(&hex::decode(key).unwrap(), "3333", "CAPTURE");
+    let a = post_basic(
+        &proxy,
+        &format!(r#"{{"live":"false","notificationItems":[{item}]}}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert!(!shop.received()[0].headers.contains_key("authorization"));
+
+    // /admin/config lists the webhook and the option.
+    let view = get(&proxy.admin_url("/admin/config")).await.json();
+    assert_eq!(view["webhooks"][0]["name"], "adyen");
+    assert_eq!(view["webhooks"][0]["scheme"], "adyen");
+    assert_eq!(view["webhooks"][0]["forward_authorization"], false);
+}
+
+#[tokio::test]
+async fn a_shop_that_times_out_gets_a_504_whose_body_says_504() {
+    let keys = secrets(&[("k", "whsec_k")]);
+    let shop = MockProvider::start(|_| Reply::hang()).await;
+    let hook = stripe_hook(&shop, &[path_of(&keys, "k")], "    timeout: 300ms\n");
+    let (proxy, _p) = proxy_with(&hook).await;
+    let body = r#"{"id":"evt_slow"}"#;
+    let sig = stripe_signature("whsec_k", now(), body);
+    let a = post_signed(&proxy, "/webhooks/stripe", ("stripe-signature", &sig), body).await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.json()["status"], 504);
+    assert_eq!(a.header("x-switchyard-error"), Some("shop_error"));
+}

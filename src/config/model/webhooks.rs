@@ -51,6 +51,24 @@ pub struct Webhook {
     pub max_body: usize,
     /// How long the shop may take to answer.
     pub timeout: Duration,
+    /// Whether the provider's `Authorization` header reaches the shop (Adyen's Basic auth for
+    /// webhooks is checked by the shop).
+    pub forward_authorization: bool,
+}
+
+impl Webhook {
+    /// `forward_to` safe to print: scheme, host, port and path, never user info or a query (which
+    /// may carry a token).
+    pub fn forward_to_shown(&self) -> String {
+        let u = &self.forward_to;
+        let host = u.host().unwrap_or("");
+        let port = u.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+        format!(
+            "{}://{host}{port}{}",
+            u.scheme_str().unwrap_or("http"),
+            u.path()
+        )
+    }
 }
 
 /// How a webhook's signature is checked.

@@ -19,6 +19,7 @@ use super::units::{parse_duration, parse_size};
 
 mod admin;
 mod breaker;
+mod dialect;
 mod health_checks;
 mod idempotency;
 mod listeners;

@@ -132,6 +132,7 @@ impl Validator<'_> {
             retry,
             idempotency,
             failover_on_not_processed,
+            errors: self.error_dialect(&format!("{path}.errors"), r.errors.as_deref()),
         }
     }
 

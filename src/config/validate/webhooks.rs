@@ -163,6 +163,7 @@ impl Validator<'_> {
             sign_for_shop,
             max_body,
             timeout,
+            forward_authorization: w.forward_authorization.unwrap_or(true),
         })
     }
 
