@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::admin::{AdminState, Reload, ReloadStatus};
 use crate::audit::{Audit, SystemClock};
@@ -21,7 +22,9 @@ use crate::limits::RouteLimits;
 use crate::metrics::Metrics;
 use crate::retry::RouteBudgets;
 use crate::sandbox::{Registry, Sandbox};
-use crate::server::{Limits, Server};
+use crate::budget::BufferBudget;
+use crate::server::{Limits, Server, Shared};
+use crate::side_runtime::SideRuntime;
 use crate::upstream::Upstreams;
 use crate::webhooks::Webhooks;
 
@@ -79,6 +82,15 @@ pub enum StartError {
         #[source]
         source: notify::Error,
     },
+    /// A runtime thread could not be started.
+    #[error("cannot start the runtime of the {what}: {source}")]
+    Runtime {
+        /// What it is for.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The audit folder could not be created or the writer not started.
     #[error("cannot start the audit trail in {dir}: {source}")]
     Audit {
@@ -102,6 +114,8 @@ pub struct App {
     background: Vec<tokio::task::JoinHandle<()>>,
     /// Webhook listeners: (configured address, server).
     webhook_servers: Vec<(std::net::SocketAddr, Server)>,
+    /// The runtime the webhook listeners run on, when there are any.
+    side: Option<SideRuntime>,
     audit: Audit,
 }
 
@@ -174,9 +188,19 @@ impl App {
             .config_last_reload_success_timestamp_seconds
             .set(unix_now());
 
-        let limits = Limits {
-            max_header_bytes: snapshot.max_header_bytes,
-            header_read_timeout: Duration::from_secs(30),
+        let limits_of = |listener| {
+            Limits::new(snapshot.max_header_bytes, &snapshot.limits, listener)
+        };
+        let shared = Shared {
+            metrics: metrics.clone(),
+            budget: BufferBudget::new(
+                snapshot.limits.max_buffered_bytes,
+                metrics.buffered_bytes.clone(),
+                metrics.overload_rejections_total.clone(),
+            ),
+            // The shop and webhook listeners share it; the admin listener has only its own, so that
+            // probes and scrapes still get in when the shop side is full.
+            connections: Some(Arc::new(Semaphore::new(snapshot.limits.max_connections))),
         };
         let shop_listener = bind(snapshot.listen, "shop listener").await?;
         let admin_listener = bind(snapshot.admin.listen, "admin listener").await?;
@@ -191,7 +215,17 @@ impl App {
         };
         let webhooks = Arc::new(Webhooks::new(metrics.clone(), audit.clone()));
         let mut webhook_servers = Vec::new();
-        for addr in webhook_listeners(&snapshot) {
+        let listeners = webhook_listeners(&snapshot);
+        let side = match listeners.is_empty() {
+            true => None,
+            false => Some(
+                SideRuntime::start("switchyard-webhooks").map_err(|source| StartError::Runtime {
+                    what: "webhook listeners".to_owned(),
+                    source,
+                })?,
+            ),
+        };
+        for addr in listeners {
             let listener = bind(addr, "webhook listener").await?;
             let service = layers::webhook_stack(
                 Arc::clone(&current),
@@ -199,7 +233,24 @@ impl App {
                 Arc::clone(&webhooks),
                 addr,
             );
-            webhook_servers.push((addr, Server::spawn(listener, service, limits, "webhooks")));
+            let server = match &side {
+                Some(side) => Server::spawn_on(
+                    side.handle(),
+                    listener,
+                    service,
+                    limits_of(&snapshot.limits.webhooks),
+                    "webhooks",
+                    shared.clone(),
+                ),
+                None => Server::spawn(
+                    listener,
+                    service,
+                    limits_of(&snapshot.limits.webhooks),
+                    "webhooks",
+                    shared.clone(),
+                ),
+            };
+            webhook_servers.push((addr, server));
         }
 
         let status = Arc::new(Mutex::new(ReloadStatus::default()));
@@ -223,14 +274,29 @@ impl App {
             config_path: path.clone(),
         };
         let admin_service = tower::service_fn(move |req| admin_state.clone().handle(req));
-        let admin = Server::spawn(admin_listener, admin_service, limits, "admin");
+        let admin = Server::spawn(
+            admin_listener,
+            admin_service,
+            limits_of(&snapshot.limits.admin),
+            "admin",
+            Shared {
+                connections: None,
+                ..shared.clone()
+            },
+        );
         let shop_service = layers::stack(
             Arc::clone(&current),
             metrics.clone(),
             audit.clone(),
             webhooks,
         );
-        let shop = Server::spawn(shop_listener, shop_service, limits, "shop");
+        let shop = Server::spawn(
+            shop_listener,
+            shop_service,
+            limits_of(&snapshot.limits.shop),
+            "shop",
+            shared,
+        );
 
         let mut background = Vec::new();
         if options.watch {
@@ -285,6 +351,7 @@ impl App {
             metrics,
             background,
             webhook_servers,
+            side,
             audit,
         })
     }
@@ -345,6 +412,9 @@ impl App {
         self.shop.shutdown(drain).await;
         for (_, server) in self.webhook_servers {
             server.shutdown(drain).await;
+        }
+        if let Some(side) = self.side {
+            side.stop().await;
         }
         // Every request has ended: write out what the audit queue still holds.
         self.audit.close().await;
@@ -503,6 +573,9 @@ fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     }
     if old.max_header_bytes != new.max_header_bytes {
         out.push("max_header_bytes changed".to_owned());
+    }
+    if old.limits != new.limits {
+        out.push("the limits section changed".to_owned());
     }
     if old.audit != new.audit {
         out.push("the audit section changed".to_owned());

@@ -133,6 +133,21 @@ pub enum ProxyError {
     /// The proxy itself failed (a bug); the detail is logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request body did not arrive in full within the listener's `body_read_timeout`.
+    #[error("the request body did not arrive within {timeout:?}")]
+    BodyTimeout {
+        /// The listener's body read timeout.
+        timeout: Duration,
+    },
+    /// The proxy is at a process-wide bound (buffered bytes) and refuses more work for now.
+    #[error("the proxy is overloaded ({reason}); retry shortly")]
+    Overloaded {
+        /// Which bound (`buffered_bytes`).
+        reason: &'static str,
+    },
+    /// The drain timeout of a shutdown ran out while the request was in flight.
+    #[error("the proxy is shutting down and its drain timeout ran out before this request ended")]
+    ShuttingDown,
 }
 
 /// The closed set of error kinds, used as metric label values and in the `x-switchyard-error` header.
@@ -174,6 +189,12 @@ pub enum ErrorKind {
     OutcomeUnknown,
     /// See [`ProxyError::Internal`].
     Internal,
+    /// See [`ProxyError::BodyTimeout`].
+    BodyTimeout,
+    /// See [`ProxyError::Overloaded`].
+    Overloaded,
+    /// See [`ProxyError::ShuttingDown`].
+    ShuttingDown,
 }
 
 /// Where an error came from.
@@ -218,6 +239,9 @@ impl ProxyError {
             Self::PinnedProviderUnavailable { .. } => ErrorKind::PinnedProviderUnavailable,
             Self::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
             Self::Internal(_) => ErrorKind::Internal,
+            Self::BodyTimeout { .. } => ErrorKind::BodyTimeout,
+            Self::Overloaded { .. } => ErrorKind::Overloaded,
+            Self::ShuttingDown => ErrorKind::ShuttingDown,
         }
     }
 
@@ -228,7 +252,7 @@ impl ProxyError {
             | Self::NoHealthyProvider { retry_after }
             | Self::ProviderQuotaExhausted { retry_after, .. }
             | Self::PinnedProviderUnavailable { retry_after, .. } => Some(*retry_after),
-            Self::IdempotencyConflict => Some(Duration::from_secs(1)),
+            Self::IdempotencyConflict | Self::Overloaded { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -253,14 +277,18 @@ impl ProxyError {
             | ErrorKind::IdempotencyConflict
             | ErrorKind::IdempotencyMismatch
             | ErrorKind::PinnedProviderUnavailable
-            | ErrorKind::Internal => Reached::No,
+            | ErrorKind::Internal
+            | ErrorKind::BodyTimeout
+            | ErrorKind::Overloaded
+            // Whether a cut request was sent is the request's own record (`maybe_sent`), not this error's.
+            | ErrorKind::ShuttingDown => Reached::No,
         }
     }
 }
 
 impl ErrorKind {
     /// Every kind, for metrics that want a zero for each.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 21] = [
         Self::NoRoute,
         Self::BodyTooLarge,
         Self::BadRequest,
@@ -279,6 +307,9 @@ impl ErrorKind {
         Self::PinnedProviderUnavailable,
         Self::OutcomeUnknown,
         Self::Internal,
+        Self::BodyTimeout,
+        Self::Overloaded,
+        Self::ShuttingDown,
     ];
 
     /// The kind's stable name, as used in headers, metric labels and problem types.
@@ -302,6 +333,9 @@ impl ErrorKind {
             Self::PinnedProviderUnavailable => "pinned_provider_unavailable",
             Self::OutcomeUnknown => "outcome_unknown",
             Self::Internal => "internal",
+            Self::BodyTimeout => "body_timeout",
+            Self::Overloaded => "overloaded",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 
@@ -314,8 +348,11 @@ impl ErrorKind {
             | Self::RateLimited
             | Self::IdempotencyKeyRequired
             | Self::IdempotencyConflict
-            | Self::IdempotencyMismatch => Origin::Shop,
-            Self::DeadlineExceeded | Self::Internal => Origin::Proxy,
+            | Self::IdempotencyMismatch
+            | Self::BodyTimeout => Origin::Shop,
+            Self::DeadlineExceeded | Self::Internal | Self::Overloaded | Self::ShuttingDown => {
+                Origin::Proxy
+            }
             Self::NoHealthyProvider
             | Self::ProviderQuotaExhausted
             | Self::PinnedProviderUnavailable

@@ -14,7 +14,9 @@ use http::{HeaderName, HeaderValue, Method, Uri};
 use super::schema::{self, RawConfig};
 use super::units::{parse_duration, parse_size};
 
+mod limits;
 mod webhooks;
+pub use self::limits::{Limits, ListenerLimits};
 pub use self::webhooks::{
     AuditBodies, AuditConfig, Dedupe, GenericHmac, SignForShop, SignatureEncoding, SignatureScheme,
     SigningKey, Verify, Webhook, DEFAULT_AUDIT_MAX_BODY, DEFAULT_AUDIT_QUEUE,
@@ -77,6 +79,8 @@ pub struct Snapshot {
     pub audit: Option<AuditConfig>,
     /// Payment objects pinned to their provider.
     pub pins: Pins,
+    /// Bounds on connections, buffered bytes and slow clients.
+    pub limits: Limits,
     /// Every secret the config reads, where from (never the value).
     pub secrets: Vec<SecretUse>,
 }
@@ -755,6 +759,13 @@ impl Validator<'_> {
             });
         }
 
+        let largest_body = routes
+            .iter()
+            .map(|r| r.max_body)
+            .chain(webhooks.iter().map(|w| w.max_body))
+            .max()
+            .unwrap_or(0);
+        let limits = self.limits(raw.limits, largest_body);
         Snapshot {
             listen,
             admin,
@@ -766,6 +777,7 @@ impl Validator<'_> {
             webhooks,
             audit,
             pins,
+            limits,
             secrets: Vec::new(),
         }
     }

@@ -1,4 +1,6 @@
-//! Bounds the whole request (body read and every attempt) by the route's `timeout`.
+//! Bounds the whole request (body read and every attempt) by the route's `timeout`, and by the end of
+//! a shutdown's drain: a request still in flight when the drain timeout runs out is answered here
+//! (`shutting_down`), above the layers that log and audit it, instead of being cut with its connection.
 
 use std::task::{Context, Poll};
 
@@ -6,6 +8,7 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
+use crate::budget::ListenerCtx;
 use crate::ctx::RouteCtx;
 use crate::error::ProxyError;
 
@@ -41,13 +44,26 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let timeout = req.extensions().get::<RouteCtx>().map(|c| c.route.timeout);
+        let cutoff = req
+            .extensions()
+            .get::<ListenerCtx>()
+            .map(|l| l.cutoff.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
-            match timeout {
-                None => fut.await,
-                Some(timeout) => tokio::time::timeout(timeout, fut)
-                    .await
-                    .unwrap_or(Err(ProxyError::DeadlineExceeded { timeout })),
+            let bounded = async move {
+                match timeout {
+                    None => fut.await,
+                    Some(timeout) => tokio::time::timeout(timeout, fut)
+                        .await
+                        .unwrap_or(Err(ProxyError::DeadlineExceeded { timeout })),
+                }
+            };
+            match cutoff {
+                None => bounded.await,
+                Some(cutoff) => tokio::select! {
+                    answer = bounded => answer,
+                    () = cutoff.cut() => Err(ProxyError::ShuttingDown),
+                },
             }
         })
     }

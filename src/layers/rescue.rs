@@ -69,6 +69,12 @@ pub fn status_and_title(kind: ErrorKind) -> (StatusCode, &'static str) {
         ),
         ErrorKind::OutcomeUnknown => (StatusCode::BAD_GATEWAY, "Payment outcome unknown"),
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal proxy error"),
+        ErrorKind::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Request body too slow"),
+        ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Proxy overloaded"),
+        ErrorKind::ShuttingDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Proxy shut down before the request ended",
+        ),
     }
 }
 
@@ -219,7 +225,9 @@ where
             // An answer that may hide a charge says so: the shop must retry with the same key or
             // reconcile, never re-send the payment under a new key.
             let unknown = match kind {
-                ErrorKind::DeadlineExceeded => info.as_ref().is_some_and(|i| i.maybe_sent()),
+                ErrorKind::DeadlineExceeded | ErrorKind::ShuttingDown => {
+                    info.as_ref().is_some_and(|i| i.maybe_sent())
+                }
                 _ => {
                     err.reached() == crate::error::Reached::Maybe
                         || info.as_ref().is_some_and(|i| i.maybe_sent())
@@ -228,6 +236,11 @@ where
             if unknown {
                 resp.headers_mut()
                     .insert(X_SWITCHYARD_OUTCOME, HeaderValue::from_static("unknown"));
+            }
+            if matches!(kind, ErrorKind::BodyTimeout | ErrorKind::ShuttingDown) {
+                // The rest of a slow body is not worth waiting for, and a drained server ends here.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok(resp)
         })

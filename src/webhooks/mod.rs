@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -37,6 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::audit::{Audit, RecordedBody, WebhookRecord};
 use crate::body::{full, BoxError, ProxyBody};
+use crate::budget::{read_body, ListenerCtx, ReadError};
 use crate::config::validate::{SignatureScheme, Webhook};
 use crate::metrics::Metrics;
 use crate::redact::mask_pans;
@@ -74,11 +75,15 @@ pub enum WebhookResult {
     InFlight,
     /// The shop did not accept it (non-2xx, unreachable, timeout); the provider redelivers.
     ShopError,
+    /// The body did not arrive within the listener's `body_read_timeout`.
+    BodyTimeout,
+    /// The process-wide buffer budget had no room for the body.
+    Overloaded,
 }
 
 impl WebhookResult {
     /// Every result, for zeroed series.
-    pub const ALL: [WebhookResult; 10] = [
+    pub const ALL: [WebhookResult; 12] = [
         Self::Forwarded,
         Self::Duplicate,
         Self::BadSignature,
@@ -89,6 +94,8 @@ impl WebhookResult {
         Self::MethodNotAllowed,
         Self::InFlight,
         Self::ShopError,
+        Self::BodyTimeout,
+        Self::Overloaded,
     ];
 
     /// The label value.
@@ -104,6 +111,8 @@ impl WebhookResult {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InFlight => "in_flight",
             Self::ShopError => "shop_error",
+            Self::BodyTimeout => "body_timeout",
+            Self::Overloaded => "overloaded",
         }
     }
 
@@ -121,6 +130,8 @@ impl WebhookResult {
                 "The same event is being delivered",
             ),
             Self::ShopError => (StatusCode::BAD_GATEWAY, "The shop did not accept the event"),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Webhook body too slow"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Proxy overloaded"),
         }
     }
 }
@@ -249,21 +260,34 @@ impl Webhooks {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > hook.max_body as u64) {
-            return reject(
-                WebhookResult::TooLarge,
-                "the body is over the webhook's max_body",
-            );
-        }
-        let body = match Limited::new(body, hook.max_body).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<LengthLimitError>() => {
+        let listener = parts.extensions.get::<ListenerCtx>();
+        // `_reserved` holds the body's share of the buffer budget until the event is dealt with.
+        let (body, _reserved) = match read_body(body, hook.max_body, declared, listener).await {
+            Ok(read) => read,
+            Err(ReadError::TooLarge { .. }) => {
                 return reject(
                     WebhookResult::TooLarge,
                     "the body is over the webhook's max_body",
                 )
             }
-            Err(_) => return reject(WebhookResult::Malformed, "the body could not be read"),
+            Err(ReadError::Timeout { .. }) => {
+                let (mut resp, r) = reject(
+                    WebhookResult::BodyTimeout,
+                    "the body did not arrive within the listener's body_read_timeout",
+                );
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return (resp, r);
+            }
+            Err(ReadError::Overloaded(_)) => {
+                let (mut resp, r) = reject(WebhookResult::Overloaded, "retry shortly");
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return (resp, r);
+            }
+            Err(ReadError::Failed(_)) => {
+                return reject(WebhookResult::Malformed, "the body could not be read")
+            }
         };
         if self.audit.keeps_bodies() {
             record.body = Some(RecordedBody::new(&parts.headers, body.clone()));

@@ -6,6 +6,7 @@ mod audit;
 mod dashboards;
 mod forwarding;
 mod health;
+mod hostile;
 mod payments;
 mod reload;
 mod sandbox;
