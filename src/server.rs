@@ -339,7 +339,12 @@ async fn run<S>(
                                 }
                             });
                             let conn = h2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-                            drive(Box::pin(conn), phase, Some((activity, limits.h2_idle_timeout)), name).await;
+                            let idle = Idle {
+                                activity,
+                                timeout: limits.h2_idle_timeout,
+                                grace: limits.h2_keep_alive_timeout,
+                            };
+                            drive(Box::pin(conn), phase, Some(idle), name).await;
                         }
                         Protocol::Http1 => {
                             let conn = h1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
@@ -430,29 +435,44 @@ type Connection = std::pin::Pin<
     Box<dyn GracefulConnection<Error = hyper::Error, Output = Result<(), hyper::Error>> + Send>,
 >;
 
+/// How an HTTP/2 connection's idleness is bounded.
+struct Idle {
+    activity: Arc<Activity>,
+    /// Time without a request before the GOAWAY.
+    timeout: Duration,
+    /// Time after the GOAWAY for a peer that neither opens nor ends a stream before it is closed (a
+    /// peer that never answers the GOAWAY's ping would otherwise keep it open).
+    grace: Duration,
+}
+
 /// Runs a connection to its end: asks it to finish when the server drains or (HTTP/2) it has been idle
-/// too long, and drops it when the server closes.
+/// too long, and drops it when the server closes or (HTTP/2) it stays idle after being asked.
 async fn drive(
     mut conn: Connection,
     mut phase: watch::Receiver<Phase>,
-    idle: Option<(Arc<Activity>, Duration)>,
+    idle: Option<Idle>,
     name: &'static str,
 ) {
-    let mut finishing = false;
+    // Set once the connection is asked to finish: when an idle one is closed for good.
+    let mut finish_by: Option<Instant> = None;
     loop {
         let now = *phase.borrow_and_update();
         if now == Phase::Closed {
             return;
         }
-        if now >= Phase::Draining && !finishing {
+        if now >= Phase::Draining && finish_by.is_none() {
             conn.as_mut().graceful_shutdown();
-            finishing = true;
+            finish_by = idle.as_ref().map(|i| Instant::now() + i.grace);
+            if idle.is_none() {
+                // HTTP/1.1 ends by itself after the request in flight.
+                finish_by = Some(far_future());
+            }
         }
-        let watched = idle.as_ref().filter(|_| !finishing);
-        let idle_for = async move {
-            match watched {
-                Some((activity, timeout)) => activity.idle_for(*timeout).await,
-                None => std::future::pending().await,
+        let watch_idle = async {
+            match (&idle, finish_by) {
+                (Some(i), None) => i.activity.idle_for(i.timeout).await,
+                (Some(_), Some(at)) => tokio::time::sleep_until(at).await,
+                (None, _) => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -467,13 +487,25 @@ async fn drive(
                     return;
                 }
             }
-            _ = idle_for => {
-                tracing::debug!(server = name, "closing an idle HTTP/2 connection");
-                conn.as_mut().graceful_shutdown();
-                finishing = true;
+            () = watch_idle => {
+                let Some(i) = &idle else { continue };
+                match finish_by {
+                    None => {
+                        tracing::debug!(server = name, "closing an idle HTTP/2 connection");
+                        conn.as_mut().graceful_shutdown();
+                        finish_by = Some(Instant::now() + i.grace);
+                    }
+                    Some(_) if i.activity.idle_deadline(Duration::ZERO).is_some() => return,
+                    Some(_) => finish_by = Some(Instant::now() + i.grace),
+                }
             }
         }
     }
+}
+
+/// A time no timer reaches.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 /// Which protocol a new connection speaks.
