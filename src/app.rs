@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::admin::{AdminState, Reload, ReloadStatus};
 use crate::audit::{Audit, SystemClock};
+use crate::budget::BufferBudget;
 use crate::config::{self, ConfigError, EnvAndFiles, Snapshot};
 use crate::generation::{Current, Generation};
 use crate::health::States;
@@ -22,7 +23,6 @@ use crate::limits::RouteLimits;
 use crate::metrics::Metrics;
 use crate::retry::RouteBudgets;
 use crate::sandbox::{Registry, Sandbox};
-use crate::budget::BufferBudget;
 use crate::server::{Limits, Server, Shared};
 use crate::side_runtime::SideRuntime;
 use crate::upstream::Upstreams;
@@ -188,9 +188,8 @@ impl App {
             .config_last_reload_success_timestamp_seconds
             .set(unix_now());
 
-        let limits_of = |listener| {
-            Limits::new(snapshot.max_header_bytes, &snapshot.limits, listener)
-        };
+        let limits_of =
+            |listener| Limits::new(snapshot.max_header_bytes, &snapshot.limits, listener);
         let shared = Shared {
             metrics: metrics.clone(),
             budget: BufferBudget::new(
@@ -218,12 +217,12 @@ impl App {
         let listeners = webhook_listeners(&snapshot);
         let side = match listeners.is_empty() {
             true => None,
-            false => Some(
-                SideRuntime::start("switchyard-webhooks").map_err(|source| StartError::Runtime {
+            false => Some(SideRuntime::start("switchyard-webhooks").map_err(|source| {
+                StartError::Runtime {
                     what: "webhook listeners".to_owned(),
                     source,
-                })?,
-            ),
+                }
+            })?),
         };
         for addr in listeners {
             let listener = bind(addr, "webhook listener").await?;

@@ -284,11 +284,8 @@ mod tests {
     use http_body_util::{Full, StreamBody};
 
     fn budget(max: usize) -> BufferBudget {
-        let rejections = IntCounterVec::new(
-            prometheus::Opts::new("r", "r"),
-            &["listener", "reason"],
-        )
-        .unwrap();
+        let rejections =
+            IntCounterVec::new(prometheus::Opts::new("r", "r"), &["listener", "reason"]).unwrap();
         BufferBudget::new(max, IntGauge::new("g", "g").unwrap(), rejections)
     }
 
@@ -329,10 +326,11 @@ mod tests {
     async fn a_body_is_read_whole_and_its_bytes_stay_reserved_while_held() {
         let b = budget(1000);
         let c = ctx(&b, Duration::from_secs(5));
-        let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = ["ab", "cd", "e"]
-            .iter()
-            .map(|s| Ok(http_body::Frame::data(Bytes::from_static(s.as_bytes()))))
-            .collect();
+        let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> =
+            ["ab", "cd", "e"]
+                .iter()
+                .map(|s| Ok(http_body::Frame::data(Bytes::from_static(s.as_bytes()))))
+                .collect();
         let body = StreamBody::new(futures_util::stream::iter(chunks));
         let (bytes, reservation) = read_body(body, 10, None, Some(&c)).await.unwrap();
         assert_eq!(&bytes[..], b"abcde");

@@ -258,7 +258,10 @@ async fn run<S>(
         .metrics
         .overload_rejections_total
         .with_label_values(&[name, REASON_CONNECTIONS]);
-    let accept_errors = shared.metrics.accept_errors_total.with_label_values(&[name]);
+    let accept_errors = shared
+        .metrics
+        .accept_errors_total
+        .with_label_values(&[name]);
     let (mut accept_log, mut refuse_log) = (Throttled::default(), Throttled::default());
     let mut backoff = ACCEPT_BACKOFF.0;
     let drain = loop {

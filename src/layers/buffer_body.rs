@@ -70,26 +70,26 @@ where
                 .and_then(|v| v.parse::<u64>().ok());
             let listener = req.extensions().get::<ListenerCtx>().cloned();
             let (parts, body) = req.into_parts();
-            let (bytes, _reserved) =
-                match read_body(body, limit, declared, listener.as_ref()).await {
-                    Ok(read) => read,
-                    Err(ReadError::TooLarge { limit }) => {
-                        return Err(ProxyError::BodyTooLarge { limit })
-                    }
-                    Err(ReadError::Timeout { timeout }) => {
-                        return Err(ProxyError::BodyTimeout { timeout })
-                    }
-                    Err(ReadError::Overloaded(_)) => {
-                        return Err(ProxyError::Overloaded {
-                            reason: REASON_BUFFERED_BYTES,
-                        })
-                    }
-                    Err(ReadError::Failed(_)) => {
-                        return Err(ProxyError::BadRequest {
-                            reason: "the request body could not be read to its end".into(),
-                        })
-                    }
-                };
+            let (bytes, _reserved) = match read_body(body, limit, declared, listener.as_ref()).await
+            {
+                Ok(read) => read,
+                Err(ReadError::TooLarge { limit }) => {
+                    return Err(ProxyError::BodyTooLarge { limit })
+                }
+                Err(ReadError::Timeout { timeout }) => {
+                    return Err(ProxyError::BodyTimeout { timeout })
+                }
+                Err(ReadError::Overloaded(_)) => {
+                    return Err(ProxyError::Overloaded {
+                        reason: REASON_BUFFERED_BYTES,
+                    })
+                }
+                Err(ReadError::Failed(_)) => {
+                    return Err(ProxyError::BadRequest {
+                        reason: "the request body could not be read to its end".into(),
+                    })
+                }
+            };
             // `_reserved` holds the bytes' share of the budget until the request has its answer.
             inner.call(Request::from_parts(parts, bytes)).await
         })

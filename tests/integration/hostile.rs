@@ -246,7 +246,9 @@ async fn an_idle_h2c_connection_is_closed_after_the_idle_timeout() {
     // A working h2c client is served first: the limit is on idleness, not on HTTP/2.
     let a = send_with(
         &h2c_client(),
-        Request::get(proxy.url("/v1/x")).body(Full::default()).unwrap(),
+        Request::get(proxy.url("/v1/x"))
+            .body(Full::default())
+            .unwrap(),
     )
     .await;
     assert_eq!(a.status, 200);

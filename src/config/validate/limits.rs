@@ -109,11 +109,7 @@ impl Default for Limits {
 impl Validator<'_> {
     /// The `limits:` section. `largest_body` is the largest `max_body` of any route or webhook: a
     /// buffer budget below it could never let such a body through.
-    pub(super) fn limits(
-        &mut self,
-        raw: Option<schema::RawLimits>,
-        largest_body: usize,
-    ) -> Limits {
+    pub(super) fn limits(&mut self, raw: Option<schema::RawLimits>, largest_body: usize) -> Limits {
         let d = Limits::default();
         let Some(raw) = raw else {
             if largest_body > d.max_buffered_bytes {
@@ -275,8 +271,7 @@ mod tests {
         assert_eq!(l.webhooks.body_read_timeout, Duration::from_millis(500));
         assert_eq!(l.admin.max_connections, 2);
         assert_eq!(
-            l.admin.body_read_timeout,
-            DEFAULT_ADMIN_BODY_READ_TIMEOUT,
+            l.admin.body_read_timeout, DEFAULT_ADMIN_BODY_READ_TIMEOUT,
             "an absent field keeps its default"
         );
     }
@@ -286,7 +281,10 @@ mod tests {
         for (yaml, path) in [
             ("limits:\n  max_connections: 0\n", "limits.max_connections"),
             ("limits:\n  max_headers: 0\n", "limits.max_headers"),
-            ("limits:\n  max_buffered_bytes: 1KiB\n", "limits.max_buffered_bytes"),
+            (
+                "limits:\n  max_buffered_bytes: 1KiB\n",
+                "limits.max_buffered_bytes",
+            ),
             ("limits:\n  h2_idle_timeout: 0s\n", "limits.h2_idle_timeout"),
             (
                 "limits:\n  webhooks: { body_read_timeout: soon }\n",
@@ -300,7 +298,9 @@ mod tests {
             let errors = check(yaml).unwrap_err().join("\n");
             assert!(errors.contains(path), "{yaml}: {errors}");
         }
-        let unknown = check("limits:\n  max_conections: 3\n").unwrap_err().join("\n");
+        let unknown = check("limits:\n  max_conections: 3\n")
+            .unwrap_err()
+            .join("\n");
         assert!(unknown.contains("max_conections"), "{unknown}");
     }
 
