@@ -216,7 +216,7 @@ where
         // Known up front: take it all now, so a burst of large uploads is refused before any is read.
         r.grow(n as usize)?;
     }
-    let read = collect(body, limit, &mut reservation);
+    let read = collect(body, limit, declared, &mut reservation);
     let bytes = match ctx {
         Some(c) => tokio::time::timeout_at(c.body_deadline, read)
             .await
@@ -228,9 +228,13 @@ where
     Ok((bytes, reservation))
 }
 
+/// Reads the frames into one buffer. With a declared length the buffer is allocated once at that size:
+/// growing it by doubling would hold up to twice the bytes for a while, and leave the allocator with
+/// freed blocks of every size.
 async fn collect<B>(
     body: B,
     limit: usize,
+    declared: Option<u64>,
     reservation: &mut Option<Reservation>,
 ) -> Result<Bytes, ReadError>
 where
@@ -263,7 +267,8 @@ where
         match (&mut first, &mut rest) {
             (None, _) => first = Some(data),
             (Some(f), None) => {
-                let mut buf = BytesMut::with_capacity(f.len() + data.len());
+                let expected = declared.map_or(0, |n| n as usize).min(limit);
+                let mut buf = BytesMut::with_capacity(expected.max(f.len() + data.len()));
                 buf.extend_from_slice(f);
                 buf.extend_from_slice(&data);
                 rest = Some(buf);
