@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -336,9 +337,16 @@ async fn run<S>(
                                 let busy = tracked.enter();
                                 let answer = svc.clone().oneshot(req);
                                 async move {
-                                    let answer = answer.await;
-                                    drop(busy);
-                                    answer
+                                    // The stream is in flight until its response body ends too.
+                                    answer.await.map(|resp| {
+                                        resp.map(|body| {
+                                            body.map_frame(move |frame| {
+                                                let _busy = &busy;
+                                                frame
+                                            })
+                                            .boxed_unsync()
+                                        })
+                                    })
                                 }
                             });
                             let conn = h2.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
@@ -589,6 +597,36 @@ mod tests {
         let got = sniff(&server, within).await;
         drop(writer.await.unwrap());
         got
+    }
+
+    #[test]
+    fn repeated_events_are_logged_once_per_interval_with_the_count_skipped() {
+        let t0 = Instant::now();
+        let mut log = Throttled::default();
+        assert_eq!(log.tick(t0), Some(0));
+        assert_eq!(log.tick(t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.tick(t0 + Duration::from_secs(2)), None);
+        assert_eq!(log.tick(t0 + LOG_EVERY), Some(2));
+        assert_eq!(log.tick(t0 + LOG_EVERY), None);
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_idle_only_with_nothing_in_flight() {
+        let activity = Arc::new(Activity::default());
+        let timeout = Duration::from_millis(50);
+        let busy = activity.enter();
+        assert_eq!(activity.idle_deadline(timeout), None);
+        tokio::time::sleep(timeout * 2).await;
+        assert_eq!(
+            activity.idle_deadline(timeout),
+            None,
+            "a long request is not idleness"
+        );
+        drop(busy);
+        let deadline = activity.idle_deadline(timeout).unwrap();
+        assert!(deadline > Instant::now());
+        activity.idle_for(timeout).await;
+        assert!(Instant::now() >= deadline);
     }
 
     #[tokio::test]
