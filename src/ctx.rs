@@ -53,7 +53,9 @@ impl RequestInfo {
         self.with(|f| f.attempts += 1);
     }
 
-    /// Notes whether an attempt may have reached a provider without a settled outcome.
+    /// Notes whether an attempt may have reached a provider without a settled outcome: the attempt
+    /// loop's answer, for the deadline layer when it cuts the loop short (the loop's own errors carry
+    /// it, see [`crate::error::ProxyError::reached`]).
     pub fn set_maybe_sent(&self, maybe: bool) {
         self.with(|f| f.maybe_sent = maybe);
     }
@@ -111,6 +113,9 @@ pub struct RouteCtx {
     pub generation: Arc<Generation>,
     /// The matched route.
     pub route: Arc<Route>,
+    /// When the route's `timeout` runs out: computed once where the route is picked, and the one
+    /// instant both the deadline layer and the attempt loop bound the request by.
+    pub deadline: tokio::time::Instant,
 }
 
 /// The shop connection's peer address.

@@ -2,7 +2,9 @@
 //!
 //! Each error knows its [`ErrorKind`] (a closed set: it feeds metric labels and the
 //! `x-switchyard-error` header), where it came from ([`Origin`]), and whether the request can have
-//! reached a provider. The mapping from kinds to HTTP answers lives in one place,
+//! reached a provider ([`ProxyError::reached`]): an error that may follow an attempt which reached a
+//! provider carries the attempt loop's answer with it, so the shop is told "outcome unknown" from the
+//! error alone. The mapping from kinds to HTTP answers lives in one place,
 //! `layers::rescue`.
 
 use std::time::Duration;
@@ -78,6 +80,8 @@ pub enum ProxyError {
     DeadlineExceeded {
         /// The route timeout.
         timeout: Duration,
+        /// Whether an attempt may have reached a provider before it ran out.
+        reached: Reached,
     },
     /// The route's rate limit refused the request.
     #[error("the route's rate limit is exceeded; retry in {retry_after:?}")]
@@ -99,6 +103,8 @@ pub enum ProxyError {
         provider: String,
         /// When it has a slot again.
         retry_after: Duration,
+        /// Whether an earlier attempt of the operation may have reached it.
+        reached: Reached,
     },
     /// A POST/PATCH on a route that requires an idempotency key came without one.
     #[error("this route requires an idempotency key in the {header} header")]
@@ -121,6 +127,8 @@ pub enum ProxyError {
         provider: String,
         /// When it may take requests again.
         retry_after: Duration,
+        /// Whether an earlier attempt of the operation may have reached it (its outcome is unknown).
+        reached: Reached,
     },
     /// The provider may have executed the request, and no retry settled it.
     #[error("the outcome at provider {provider} is unknown{}; retry with the same idempotency key or reconcile", match status { Some(s) => format!(" (it answered {s})"), None => String::new() })]
@@ -129,6 +137,15 @@ pub enum ProxyError {
         provider: String,
         /// The provider's status, when its last answer was a 5xx.
         status: Option<u16>,
+    },
+    /// The store of payment state (idempotency records, pins) could not answer; nothing was sent
+    /// anywhere, least of all to another provider.
+    #[error("the payment state cannot be reached ({reason}); retry in {retry_after:?} with the same key")]
+    StateUnavailable {
+        /// What failed, in words safe to show.
+        reason: String,
+        /// When the shop may try again.
+        retry_after: Duration,
     },
     /// The proxy itself failed (a bug); the detail is logged, not shown.
     #[error("internal error: {0}")]
@@ -147,7 +164,10 @@ pub enum ProxyError {
     },
     /// The drain timeout of a shutdown ran out while the request was in flight.
     #[error("the proxy is shutting down and its drain timeout ran out before this request ended")]
-    ShuttingDown,
+    ShuttingDown {
+        /// Whether an attempt may have reached a provider before the cut.
+        reached: Reached,
+    },
 }
 
 /// The closed set of error kinds, used as metric label values and in the `x-switchyard-error` header.
@@ -187,6 +207,8 @@ pub enum ErrorKind {
     PinnedProviderUnavailable,
     /// See [`ProxyError::OutcomeUnknown`].
     OutcomeUnknown,
+    /// See [`ProxyError::StateUnavailable`].
+    StateUnavailable,
     /// See [`ProxyError::Internal`].
     Internal,
     /// See [`ProxyError::BodyTimeout`].
@@ -217,6 +239,17 @@ pub enum Reached {
     Maybe,
 }
 
+impl Reached {
+    /// `Maybe` when `maybe`.
+    pub fn maybe(maybe: bool) -> Self {
+        if maybe {
+            Self::Maybe
+        } else {
+            Self::No
+        }
+    }
+}
+
 impl ProxyError {
     /// The error's kind.
     pub fn kind(&self) -> ErrorKind {
@@ -238,10 +271,11 @@ impl ProxyError {
             Self::IdempotencyMismatch => ErrorKind::IdempotencyMismatch,
             Self::PinnedProviderUnavailable { .. } => ErrorKind::PinnedProviderUnavailable,
             Self::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
+            Self::StateUnavailable { .. } => ErrorKind::StateUnavailable,
             Self::Internal(_) => ErrorKind::Internal,
             Self::BodyTimeout { .. } => ErrorKind::BodyTimeout,
             Self::Overloaded { .. } => ErrorKind::Overloaded,
-            Self::ShuttingDown => ErrorKind::ShuttingDown,
+            Self::ShuttingDown { .. } => ErrorKind::ShuttingDown,
         }
     }
 
@@ -251,25 +285,34 @@ impl ProxyError {
             Self::RateLimited { retry_after }
             | Self::NoHealthyProvider { retry_after }
             | Self::ProviderQuotaExhausted { retry_after, .. }
-            | Self::PinnedProviderUnavailable { retry_after, .. } => Some(*retry_after),
+            | Self::PinnedProviderUnavailable { retry_after, .. }
+            | Self::StateUnavailable { retry_after, .. } => Some(*retry_after),
             Self::IdempotencyConflict | Self::Overloaded { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
 
-    /// Whether the request may have reached a provider (unknown outcome) or certainly did not.
+    /// Whether the request may have reached a provider (unknown outcome) or certainly did not: the
+    /// answer the error carries, or the one its kind implies.
     pub fn reached(&self) -> Reached {
+        match self {
+            Self::DeadlineExceeded { reached, .. }
+            | Self::ProviderQuotaExhausted { reached, .. }
+            | Self::PinnedProviderUnavailable { reached, .. }
+            | Self::ShuttingDown { reached } => return *reached,
+            _ => {}
+        }
         match self.kind() {
-            ErrorKind::ProviderTimeout
-            | ErrorKind::ProviderFailed
-            | ErrorKind::DeadlineExceeded
-            | ErrorKind::OutcomeUnknown => Reached::Maybe,
+            ErrorKind::ProviderTimeout | ErrorKind::ProviderFailed | ErrorKind::OutcomeUnknown => {
+                Reached::Maybe
+            }
             ErrorKind::NoRoute
             | ErrorKind::BodyTooLarge
             | ErrorKind::BadRequest
             | ErrorKind::ProviderUnreachable
             | ErrorKind::ProviderTls
             | ErrorKind::ProviderRefused
+            | ErrorKind::DeadlineExceeded
             | ErrorKind::RateLimited
             | ErrorKind::NoHealthyProvider
             | ErrorKind::ProviderQuotaExhausted
@@ -277,10 +320,11 @@ impl ProxyError {
             | ErrorKind::IdempotencyConflict
             | ErrorKind::IdempotencyMismatch
             | ErrorKind::PinnedProviderUnavailable
+            | ErrorKind::StateUnavailable
             | ErrorKind::Internal
             | ErrorKind::BodyTimeout
             | ErrorKind::Overloaded
-            // Whether a cut request was sent is the request's own record (`maybe_sent`), not this error's.
+            // Carried by the error itself (above).
             | ErrorKind::ShuttingDown => Reached::No,
         }
     }
@@ -288,7 +332,7 @@ impl ProxyError {
 
 impl ErrorKind {
     /// Every kind, for metrics that want a zero for each.
-    pub const ALL: [ErrorKind; 21] = [
+    pub const ALL: [ErrorKind; 22] = [
         Self::NoRoute,
         Self::BodyTooLarge,
         Self::BadRequest,
@@ -306,6 +350,7 @@ impl ErrorKind {
         Self::IdempotencyMismatch,
         Self::PinnedProviderUnavailable,
         Self::OutcomeUnknown,
+        Self::StateUnavailable,
         Self::Internal,
         Self::BodyTimeout,
         Self::Overloaded,
@@ -332,6 +377,7 @@ impl ErrorKind {
             Self::IdempotencyMismatch => "idempotency_mismatch",
             Self::PinnedProviderUnavailable => "pinned_provider_unavailable",
             Self::OutcomeUnknown => "outcome_unknown",
+            Self::StateUnavailable => "state_unavailable",
             Self::Internal => "internal",
             Self::BodyTimeout => "body_timeout",
             Self::Overloaded => "overloaded",
@@ -350,9 +396,11 @@ impl ErrorKind {
             | Self::IdempotencyConflict
             | Self::IdempotencyMismatch
             | Self::BodyTimeout => Origin::Shop,
-            Self::DeadlineExceeded | Self::Internal | Self::Overloaded | Self::ShuttingDown => {
-                Origin::Proxy
-            }
+            Self::DeadlineExceeded
+            | Self::StateUnavailable
+            | Self::Internal
+            | Self::Overloaded
+            | Self::ShuttingDown => Origin::Proxy,
             Self::NoHealthyProvider
             | Self::ProviderQuotaExhausted
             | Self::PinnedProviderUnavailable

@@ -28,5 +28,6 @@ pub mod retry;
 pub mod sandbox;
 pub mod server;
 pub mod side_runtime;
+pub mod state;
 pub mod upstream;
 pub mod webhooks;

@@ -449,3 +449,21 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// Counts a request as in flight to a provider until dropped, even when the shop goes away first.
+#[derive(Debug)]
+pub struct InFlight(IntGauge);
+
+impl InFlight {
+    /// Counts one more in `gauge` until the guard is dropped.
+    pub fn start(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 
+use crate::error::Reached;
+
 /// The outcome class of one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutcomeClass {
@@ -39,9 +41,13 @@ impl OutcomeClass {
         }
     }
 
-    /// Whether the attempt may have reached the provider (and so pins the operation to it).
-    pub fn may_have_reached(self) -> bool {
-        matches!(self, Self::Unknown | Self::Processed)
+    /// Whether the attempt may have reached the provider (and so pins the operation to it): the one
+    /// answer the attempt loop, its errors and the shop's "outcome unknown" header follow.
+    pub fn reached(self) -> Reached {
+        match self {
+            Self::Unknown | Self::Processed => Reached::Maybe,
+            Self::NotSent | Self::NotProcessed => Reached::No,
+        }
     }
 }
 
@@ -309,9 +315,9 @@ mod tests {
 
     #[test]
     fn only_unknown_and_processed_pin() {
-        assert!(!C::NotSent.may_have_reached());
-        assert!(!C::NotProcessed.may_have_reached());
-        assert!(C::Unknown.may_have_reached());
-        assert!(C::Processed.may_have_reached());
+        assert_eq!(C::NotSent.reached(), Reached::No);
+        assert_eq!(C::NotProcessed.reached(), Reached::No);
+        assert_eq!(C::Unknown.reached(), Reached::Maybe);
+        assert_eq!(C::Processed.reached(), Reached::Maybe);
     }
 }

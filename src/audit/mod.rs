@@ -50,8 +50,8 @@ use prometheus::IntCounter;
 pub use capture::{Capture, CaptureSlot, Captured};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use record::{
-    content_type, provider_request_id, AttemptOutcome, AttemptReason, AttemptRecord, Record,
-    RecordedBody, ShopRequestRecord, WebhookRecord,
+    content_type, provider_request_id, AttemptEnd, AttemptOutcome, AttemptReason, AttemptRecord,
+    AttemptStart, Record, RecordedBody, ShopRequestRecord, WebhookRecord,
 };
 pub use writer::file_name;
 

@@ -190,6 +190,90 @@ pub struct AttemptRecord {
     pub response_body: Option<RecordedBody>,
 }
 
+/// What an attempt's record takes from the provider request before it is sent (the request itself
+/// moves into the send).
+#[derive(Debug)]
+pub struct AttemptStart {
+    timestamp: SystemTime,
+    path: String,
+    idempotency_key: Option<String>,
+}
+
+/// What an attempt's record takes from its end.
+#[derive(Debug)]
+pub struct AttemptEnd<'a> {
+    /// The shop request's id.
+    pub request_id: &'a str,
+    /// Route name.
+    pub route: &'a Arc<str>,
+    /// Provider name.
+    pub provider: &'a Arc<str>,
+    /// 1 for the first attempt of the shop's request, then 2, 3, ...
+    pub attempt: u32,
+    /// Why this provider.
+    pub reason: AttemptReason,
+    /// Method sent.
+    pub method: &'a Method,
+    /// The provider's status and headers, when it answered.
+    pub answer: Option<(http::StatusCode, &'a HeaderMap)>,
+    /// The outcome class.
+    pub outcome: AttemptOutcome,
+    /// Time to the response head (or to the failure).
+    pub latency: Duration,
+    /// The shop's request body, when bodies are kept.
+    pub request_body: Option<RecordedBody>,
+}
+
+impl AttemptStart {
+    /// Notes the attempt starting at `timestamp` with `request`; `key_header` is the provider's
+    /// idempotency header when the operation is keyed.
+    pub fn new(
+        timestamp: SystemTime,
+        request: &http::Request<Bytes>,
+        key_header: Option<&http::HeaderName>,
+    ) -> Self {
+        Self {
+            timestamp,
+            path: request
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            idempotency_key: key_header
+                .and_then(|h| request.headers().get(h))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
+
+    /// The attempt's record, once it ended.
+    pub fn finish(self, end: AttemptEnd<'_>) -> AttemptRecord {
+        let headers = end.answer.map(|(_, h)| h);
+        AttemptRecord {
+            timestamp: self.timestamp,
+            request_id: end.request_id.to_owned(),
+            route: Arc::clone(end.route),
+            provider: Arc::clone(end.provider),
+            attempt: end.attempt,
+            reason: end.reason,
+            method: end.method.clone(),
+            path: self.path,
+            status: end.answer.map(|(s, _)| s.as_u16()),
+            outcome: end.outcome,
+            latency: end.latency,
+            idempotency_key: self.idempotency_key,
+            provider_request_id: headers.and_then(provider_request_id),
+            replayed: headers.is_some_and(|h| {
+                h.get("idempotent-replayed")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+            }),
+            request_body: end.request_body,
+            // The answer's body is in the shop request's record, which sees it stream by.
+            response_body: None,
+        }
+    }
+}
+
 /// A webhook a provider posted, and what became of it.
 #[derive(Debug, Clone)]
 pub struct WebhookRecord {

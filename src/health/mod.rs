@@ -17,6 +17,7 @@ use crate::config::validate::{HealthCheck, Provider, Route};
 use crate::config::Snapshot;
 use crate::limits::QuotaGate;
 use crate::metrics::Metrics;
+use crate::outcome::{BreakerEffect, RetryHint};
 
 use breaker::{Admission, Breaker, BreakerState, CallResult, Transition};
 use checks::CheckTracker;
@@ -48,6 +49,60 @@ struct Inner {
     throttled_until: Option<Instant>,
     drained: bool,
     recovered_at: Option<Instant>,
+}
+
+/// An attempt the breaker admitted: reports its outcome to the provider's health, or gives back its
+/// probe slot if it ends without one (dropped, or with nothing to count).
+pub struct Admitted<'a> {
+    state: &'a ProviderState,
+    probe: bool,
+    done: bool,
+}
+
+impl<'a> Admitted<'a> {
+    /// An attempt `state` admitted, as a probe of a half-open breaker or not.
+    pub fn new(state: &'a ProviderState, probe: bool) -> Self {
+        Self {
+            state,
+            probe,
+            done: false,
+        }
+    }
+
+    /// Reports the attempt: what the breaker makes of it, and the provider's retry hint (a 429's
+    /// `Retry-After` sets the throttle window).
+    pub fn finish(
+        mut self,
+        effect: BreakerEffect,
+        hint: RetryHint,
+        elapsed: Duration,
+        now: Instant,
+    ) {
+        self.done = true;
+        let outcome = match effect {
+            BreakerEffect::Success => Outcome::Answered,
+            BreakerEffect::Failure => Outcome::Failed,
+            BreakerEffect::Throttled => Outcome::Throttled(match hint {
+                RetryHint::After(d) => Some(d),
+                _ => None,
+            }),
+            BreakerEffect::None => {
+                if self.probe {
+                    self.state.release_probe();
+                }
+                return;
+            }
+        };
+        self.state.record(now, self.probe, outcome, elapsed);
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if !self.done && self.probe {
+            self.state.release_probe();
+        }
+    }
 }
 
 /// One provider's health state.

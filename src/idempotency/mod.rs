@@ -6,13 +6,16 @@
 //! the pinned provider only, with the same key, so the provider deduplicates). A request whose attempts
 //! all failed before sending anything leaves no record. A reuse of the key with another payload gets 422.
 //!
-//! [`MemoryStore`] keeps records in memory, bounded by entries and bytes (stored answers included),
-//! oldest first out (records still in flight are never evicted), each for `ttl`. The [`Store`] trait is
-//! what a shared store (Redis, for a fleet of sidecars) implements later. Everything takes `now`.
+//! Records are used through the [`Store`] trait (async, fallible: see [`crate::state`]), so that a
+//! store on disk or one shared by a fleet of sidecars can replace the in-memory one. [`MemoryStore`],
+//! the default, keeps records in memory, bounded by entries and bytes (stored answers included),
+//! oldest first out (records still in flight are never evicted), each for `ttl`; it reads the time
+//! from its own clock. A record is named by a stable digest of its scope and key ([`RecordKey`]).
 
 mod pins;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +23,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use sha2::{Digest, Sha256};
 
-pub use pins::ObjectPins;
+use crate::state::{Clock, StateError, SystemClock};
+
+pub use pins::{answer_id, candidate_ids, Candidates, ObjectPins, PinStore};
 
 /// A final answer kept for replay: status and provider, and the headers and body in one allocation
 /// of their own (never a slice of a connection buffer, which a record would keep alive for its ttl).
@@ -131,19 +136,44 @@ pub enum Finish {
     NothingSent,
 }
 
-/// A record's identity inside one route's store.
+/// A record's identity: its name in any store, and the hash of that name in this process's tables.
 ///
-/// Its hash is computed once, with a key random per process: the store's table is keyed by it and
-/// rehashes without hashing strings again. A table that records come into and go out of all day
-/// rebuilds itself now and then to clear deleted slots; with strings hashed again, that rebuild of
-/// ten thousand records stalled every request behind it for ~10 ms.
+/// The name is a stable digest (the first 16 bytes of SHA-256 over scope, a zero byte and key), the
+/// same in every process, so a store shared by a fleet of sidecars names a record as each of them
+/// does; two records share a name with odds of 2⁻¹²⁸. It is computed once per request. The table
+/// hash of the name is computed once too, with a key random per process (a name is public: an
+/// unkeyed table hash could be steered into collisions), and the store's table rehashes without
+/// hashing anything again. A table that records come into and go out of all day rebuilds itself now
+/// and then to clear deleted slots; with strings hashed again, that rebuild of ten thousand records
+/// stalled every request behind it for ~10 ms.
 #[derive(Debug, Clone)]
 pub struct RecordKey {
     /// The client scope (tenant header and credential digest).
     pub scope: String,
     /// The shop's key.
     pub key: String,
+    name: Name,
+}
+
+/// A record's stable name, with this process's table hash of it.
+#[derive(Debug, Clone, Copy)]
+struct Name {
+    digest: [u8; 16],
     hash: u64,
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl Eq for Name {}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 impl RecordKey {
@@ -151,26 +181,36 @@ impl RecordKey {
     pub fn new(scope: String, key: String) -> Self {
         use std::hash::BuildHasher;
         static SEED: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        let full = Sha256::new()
+            .chain_update(scope.as_bytes())
+            .chain_update([0])
+            .chain_update(key.as_bytes())
+            .finalize();
+        let mut digest = [0u8; 16];
+        digest.copy_from_slice(&full[..16]);
         let hash = SEED
             .get_or_init(std::hash::RandomState::new)
-            .hash_one((&scope, &key));
-        Self { scope, key, hash }
+            .hash_one(digest);
+        Self {
+            scope,
+            key,
+            name: Name { digest, hash },
+        }
+    }
+
+    /// The record's stable name: the same in every process.
+    pub fn digest(&self) -> &[u8; 16] {
+        &self.name.digest
     }
 }
 
 impl PartialEq for RecordKey {
     fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.key == other.key && self.scope == other.scope
+        self.name == other.name
     }
 }
 
 impl Eq for RecordKey {}
-
-impl std::hash::Hash for RecordKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
 
 /// The fingerprint of a payload: method, route, path and body.
 pub fn fingerprint(method: &Method, route: &str, path: &str, body: &[u8]) -> [u8; 32] {
@@ -213,19 +253,42 @@ pub fn valid_key(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= 255 && key.iter().all(|c| c.is_ascii_graphic())
 }
 
-/// An idempotency record store.
-pub trait Store: Send + Sync {
+/// An idempotency record store: what rules 2 and 3 need to know about a key.
+///
+/// Every method may fail with [`StateError`] (a shared store may be unreachable or slow); the caller
+/// then answers `state_unavailable` and sends nothing anywhere else. A record lives for the store's
+/// ttl from its last write, and the store counts the records it evicts for room.
+///
+/// Later backends: `pin` is the point where an attempt is recorded ("key K goes to provider P"); a
+/// store that survives a restart confirms it before the first byte of the attempt is sent. `begin`
+/// is where a claim with a lease and a fencing token goes, so that a record whose sidecar died in
+/// flight is not held for the whole ttl (not implemented: the in-memory store dies with its records).
+pub trait Store: Send + Sync + 'static {
     /// Looks the key up and, when it may go ahead, marks it in flight.
-    fn begin(&self, key: &RecordKey, fingerprint: [u8; 32], now: Instant) -> Begin;
-    /// Pins the in-flight operation to `provider` (an attempt may have reached it).
-    fn pin(&self, key: &RecordKey, provider: &Arc<str>);
+    fn begin(
+        &self,
+        key: &RecordKey,
+        fingerprint: [u8; 32],
+    ) -> impl Future<Output = Result<Begin, StateError>> + Send;
+    /// Pins the in-flight operation to `provider` (an attempt may have reached it); a pin already
+    /// made stays.
+    fn pin(
+        &self,
+        key: &RecordKey,
+        provider: &Arc<str>,
+    ) -> impl Future<Output = Result<(), StateError>> + Send;
     /// Ends the operation.
-    fn finish(&self, key: &RecordKey, finish: Finish, now: Instant);
-    /// Records held.
-    fn len(&self) -> usize;
-    /// Whether it holds no record.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn finish(
+        &self,
+        key: &RecordKey,
+        finish: Finish,
+    ) -> impl Future<Output = Result<(), StateError>> + Send;
+    /// Ends the operation with [`Finish::NothingSent`] at once, without waiting, when this store can
+    /// (the in-memory one can): for a settle from `Drop`. `false`: the caller runs [`Store::finish`]
+    /// in a task of its own.
+    fn finish_nothing_sent_now(&self, key: &RecordKey) -> bool {
+        let _ = key;
+        false
     }
 }
 
@@ -258,39 +321,48 @@ pub struct Limits {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Keys are shared with `order`: one allocation of a key per record, whatever its writes.
-    map: HashMap<Arc<RecordKey>, Entry, pins::Prehashed>,
-    order: VecDeque<(u64, Arc<RecordKey>)>,
+    /// Keyed by the record's name alone: a record holds no copy of its key or scope.
+    map: HashMap<Name, Entry, pins::Prehashed>,
+    order: VecDeque<(u64, Name)>,
     seq: u64,
     bytes: usize,
     evictions: u64,
 }
 
-/// The in-memory store.
+/// The in-memory store, reading the time from `C`.
 #[derive(Debug)]
-pub struct MemoryStore {
+pub struct MemoryStore<C: Clock = SystemClock> {
     limits: Mutex<Limits>,
     inner: Mutex<Inner>,
     evicted: Option<prometheus::IntCounter>,
+    clock: C,
 }
+
+/// The store each route uses.
+pub type RouteStore = MemoryStore;
 
 const ENTRY_OVERHEAD: usize = 128;
 
 impl MemoryStore {
     /// An empty store.
     pub fn new(limits: Limits) -> Self {
-        Self {
-            limits: Mutex::new(limits),
-            inner: Mutex::new(Inner::default()),
-            evicted: None,
-        }
+        Self::with_clock(limits, SystemClock, None)
     }
 
     /// An empty store counting its evictions in `counter` too.
     pub fn with_eviction_counter(limits: Limits, counter: prometheus::IntCounter) -> Self {
+        Self::with_clock(limits, SystemClock, Some(counter))
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    /// An empty store reading the time from `clock`, counting its evictions in `counter` if any.
+    pub fn with_clock(limits: Limits, clock: C, counter: Option<prometheus::IntCounter>) -> Self {
         Self {
-            evicted: Some(counter),
-            ..Self::new(limits)
+            limits: Mutex::new(limits),
+            inner: Mutex::new(Inner::default()),
+            evicted: counter,
+            clock,
         }
     }
 
@@ -314,6 +386,16 @@ impl MemoryStore {
         self.lock().bytes
     }
 
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -329,13 +411,13 @@ impl MemoryStore {
 
     fn tidy_inner(inner: &mut Inner, limits: Limits, now: Instant) {
         // Expired records: the order queue is by last write, and every write sets `now + ttl`.
-        while let Some((seq, key)) = inner.order.front().cloned() {
-            match inner.map.get(&key) {
+        while let Some(&(seq, name)) = inner.order.front() {
+            match inner.map.get(&name) {
                 Some(e) if e.seq == seq => {
                     if e.expires > now {
                         break;
                     }
-                    let e = inner.map.remove(&key).map(|e| e.bytes).unwrap_or(0);
+                    let e = inner.map.remove(&name).map(|e| e.bytes).unwrap_or(0);
                     inner.bytes -= e;
                 }
                 _ => {}
@@ -344,24 +426,24 @@ impl MemoryStore {
         }
         let mut skipped = VecDeque::new();
         while inner.map.len() > limits.max_entries || inner.bytes > limits.max_bytes {
-            let Some((seq, key)) = inner.order.pop_front() else {
+            let Some((seq, name)) = inner.order.pop_front() else {
                 break;
             };
-            let Some(e) = inner.map.get(&key) else {
+            let Some(e) = inner.map.get(&name) else {
                 continue;
             };
             if e.seq != seq {
                 continue;
             }
             if matches!(e.state, State::InFlight { .. }) {
-                skipped.push_back((seq, key));
+                skipped.push_back((seq, name));
                 continue;
             }
             if matches!(e.state, State::Unknown { .. }) {
                 tracing::warn!("idempotency store full: evicting a record whose outcome is unknown; size the store for your traffic");
             }
             let bytes = e.bytes;
-            inner.map.remove(&key);
+            inner.map.remove(&name);
             inner.bytes -= bytes;
             inner.evictions += 1;
         }
@@ -393,24 +475,19 @@ impl MemoryStore {
             seq,
             bytes,
         };
-        let shared = match inner.map.get_key_value(key) {
-            Some((k, _)) => Arc::clone(k),
-            None => Arc::new(key.clone()),
-        };
-        if let Some(old) = inner.map.insert(Arc::clone(&shared), entry) {
+        if let Some(old) = inner.map.insert(key.name, entry) {
             inner.bytes -= old.bytes;
         }
         inner.bytes += bytes;
-        inner.order.push_back((seq, shared));
+        inner.order.push_back((seq, key.name));
     }
-}
 
-impl Store for MemoryStore {
-    fn begin(&self, key: &RecordKey, fingerprint: [u8; 32], now: Instant) -> Begin {
+    fn begin_now(&self, key: &RecordKey, fingerprint: [u8; 32]) -> Begin {
         let limits = self.limits();
+        let now = self.clock.now();
         let mut inner = self.lock();
         self.tidy(&mut inner, limits, now);
-        let existing = inner.map.get(key).map(|e| {
+        let existing = inner.map.get(&key.name).map(|e| {
             let state = match &e.state {
                 State::InFlight { .. } => Begin::InFlight,
                 State::Done(answer) => Begin::Replay(Arc::clone(answer)),
@@ -444,12 +521,12 @@ impl Store for MemoryStore {
         }
     }
 
-    fn pin(&self, key: &RecordKey, provider: &Arc<str>) {
+    fn pin_now(&self, key: &RecordKey, provider: &Arc<str>) {
         let mut inner = self.lock();
         if let Some(Entry {
             state: State::InFlight { pinned },
             ..
-        }) = inner.map.get_mut(key)
+        }) = inner.map.get_mut(&key.name)
         {
             if pinned.is_none() {
                 *pinned = Some(Arc::clone(provider));
@@ -457,16 +534,17 @@ impl Store for MemoryStore {
         }
     }
 
-    fn finish(&self, key: &RecordKey, finish: Finish, now: Instant) {
+    fn finish_now(&self, key: &RecordKey, finish: Finish) {
         let limits = self.limits();
+        let now = self.clock.now();
         let mut inner = self.lock();
-        let Some(fingerprint) = inner.map.get(key).map(|e| e.fingerprint) else {
+        let Some(fingerprint) = inner.map.get(&key.name).map(|e| e.fingerprint) else {
             return;
         };
         match finish {
             Finish::NothingSent => {
                 // Keep a pin made by an earlier request of this operation.
-                let pinned = match &inner.map.get(key).map(|e| &e.state) {
+                let pinned = match &inner.map.get(&key.name).map(|e| &e.state) {
                     Some(State::InFlight { pinned: Some(p) }) => Some(Arc::clone(p)),
                     _ => None,
                 };
@@ -479,7 +557,7 @@ impl Store for MemoryStore {
                         now + limits.ttl,
                     ),
                     None => {
-                        if let Some(e) = inner.map.remove(key) {
+                        if let Some(e) = inner.map.remove(&key.name) {
                             inner.bytes -= e.bytes;
                         }
                     }
@@ -502,16 +580,46 @@ impl Store for MemoryStore {
         }
         self.tidy(&mut inner, limits, now);
     }
+}
 
-    fn len(&self) -> usize {
-        self.lock().map.len()
+/// Never fails, never waits: every future is ready when made.
+impl<C: Clock> Store for MemoryStore<C> {
+    fn begin(
+        &self,
+        key: &RecordKey,
+        fingerprint: [u8; 32],
+    ) -> impl Future<Output = Result<Begin, StateError>> + Send {
+        std::future::ready(Ok(self.begin_now(key, fingerprint)))
+    }
+
+    fn pin(
+        &self,
+        key: &RecordKey,
+        provider: &Arc<str>,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
+        self.pin_now(key, provider);
+        std::future::ready(Ok(()))
+    }
+
+    fn finish(
+        &self,
+        key: &RecordKey,
+        finish: Finish,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
+        self.finish_now(key, finish);
+        std::future::ready(Ok(()))
+    }
+
+    fn finish_nothing_sent_now(&self, key: &RecordKey) -> bool {
+        self.finish_now(key, Finish::NothingSent);
+        true
     }
 }
 
 /// One store per route, kept across reloads by route name.
 #[derive(Debug, Default)]
 pub struct RouteStores {
-    by_route: crate::config::NameMap<Arc<MemoryStore>>,
+    by_route: crate::config::NameMap<Arc<RouteStore>>,
 }
 
 impl RouteStores {
@@ -534,10 +642,7 @@ impl RouteStores {
                     s.set_limits(limits);
                     Arc::clone(s)
                 }
-                None => Arc::new(MemoryStore::with_eviction_counter(
-                    limits,
-                    evictions.clone(),
-                )),
+                None => Arc::new(RouteStore::with_eviction_counter(limits, evictions.clone())),
             };
             by_route.insert(Arc::clone(&route.name), store);
         }
@@ -545,7 +650,7 @@ impl RouteStores {
     }
 
     /// The store of route `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<MemoryStore>> {
+    pub fn get(&self, name: &str) -> Option<&Arc<RouteStore>> {
         self.by_route.get(name)
     }
 
@@ -561,41 +666,20 @@ impl RouteStores {
 mod tests {
     use super::*;
 
-    fn key(k: &str) -> RecordKey {
-        RecordKey::new(String::new(), k.to_owned())
-    }
-
-    fn answer(body: &str) -> StoredAnswer {
-        StoredAnswer::new(
-            StatusCode::OK,
-            &HeaderMap::new(),
-            body.as_bytes(),
-            Arc::from("a"),
-        )
-    }
-
-    fn store(max_entries: usize) -> MemoryStore {
-        MemoryStore::new(Limits {
-            ttl: Duration::from_secs(60),
-            max_entries,
-            max_bytes: 1 << 20,
-        })
-    }
-
-    const F1: [u8; 32] = [1; 32];
-    const F2: [u8; 32] = [2; 32];
-
     #[test]
     fn record_keys_are_equal_only_for_the_same_scope_and_key() {
         let k = |s: &str, k: &str| RecordKey::new(s.to_owned(), k.to_owned());
         assert_eq!(k("t1", "order-1"), k("t1", "order-1"));
         assert_ne!(k("t1", "order-1"), k("t2", "order-1"));
         assert_ne!(k("a", "bc"), k("ab", "c"));
-        let s = store(10);
-        let t = Instant::now();
-        assert!(matches!(s.begin(&k("a", "bc"), F1, t), Begin::New));
-        assert!(matches!(s.begin(&k("ab", "c"), F1, t), Begin::New));
-        assert!(matches!(s.begin(&k("a", "bc"), F1, t), Begin::InFlight));
+        assert_ne!(k("", "abc"), k("abc", ""));
+    }
+
+    #[test]
+    fn a_record_is_named_alike_in_every_process() {
+        // The first 16 bytes of SHA-256("t1\0order-1"): a fixed value, not a per-process one.
+        let k = RecordKey::new("t1".to_owned(), "order-1".to_owned());
+        assert_eq!(hex::encode(k.digest()), "96f3de99b092b837174dc3b2f77e0c86");
     }
 
     #[test]
@@ -613,107 +697,6 @@ mod tests {
         assert_eq!(&**a.provider(), "p");
         let none = StoredAnswer::new(StatusCode::OK, &HeaderMap::new(), b"", Arc::from("p"));
         assert!(none.headers().is_empty() && none.body().is_empty());
-    }
-
-    #[test]
-    fn in_flight_then_replay_byte_for_byte() {
-        let s = store(10);
-        let t = Instant::now();
-        assert!(matches!(s.begin(&key("k"), F1, t), Begin::New));
-        assert!(matches!(s.begin(&key("k"), F1, t), Begin::InFlight));
-        assert!(matches!(s.begin(&key("k"), F2, t), Begin::Mismatch));
-        s.finish(&key("k"), Finish::Final(answer("{\"id\":\"pi_1\"}")), t);
-        match s.begin(&key("k"), F1, t) {
-            Begin::Replay(a) => assert_eq!(a.body(), "{\"id\":\"pi_1\"}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(s.begin(&key("k"), F2, t), Begin::Mismatch));
-    }
-
-    #[test]
-    fn unknown_outcomes_resume_at_the_pinned_provider() {
-        let s = store(10);
-        let t = Instant::now();
-        assert!(matches!(s.begin(&key("k"), F1, t), Begin::New));
-        s.pin(&key("k"), &Arc::from("primary"));
-        s.finish(
-            &key("k"),
-            Finish::Unknown {
-                provider: Arc::from("primary"),
-            },
-            t,
-        );
-        match s.begin(&key("k"), F1, t) {
-            Begin::Resume { pinned } => assert_eq!(&*pinned, "primary"),
-            other => panic!("{other:?}"),
-        }
-        // Resumed: in flight again.
-        assert!(matches!(s.begin(&key("k"), F1, t), Begin::InFlight));
-        // This time nothing could be sent (breaker open): the pin stays.
-        s.finish(&key("k"), Finish::NothingSent, t);
-        assert!(matches!(s.begin(&key("k"), F1, t), Begin::Resume { .. }));
-    }
-
-    #[test]
-    fn nothing_sent_leaves_no_record() {
-        let s = store(10);
-        let t = Instant::now();
-        assert!(matches!(s.begin(&key("k"), F1, t), Begin::New));
-        s.finish(&key("k"), Finish::NothingSent, t);
-        assert_eq!(s.len(), 0);
-        assert!(
-            matches!(s.begin(&key("k"), F2, t), Begin::New),
-            "a fresh start, any payload"
-        );
-    }
-
-    #[test]
-    fn records_expire_after_ttl() {
-        let s = store(10);
-        let t = Instant::now();
-        s.begin(&key("k"), F1, t);
-        s.finish(&key("k"), Finish::Final(answer("x")), t);
-        assert!(matches!(
-            s.begin(&key("k"), F1, t + Duration::from_secs(59)),
-            Begin::Replay(_)
-        ));
-        assert!(matches!(
-            s.begin(&key("k"), F1, t + Duration::from_secs(61)),
-            Begin::New
-        ));
-        assert_eq!(s.evictions(), 0, "expiry is not an eviction");
-    }
-
-    #[test]
-    fn bounded_oldest_first_never_evicting_in_flight() {
-        let s = store(3);
-        let t = Instant::now();
-        s.begin(&key("in-flight"), F1, t);
-        for i in 0..5 {
-            let k = key(&format!("k{i}"));
-            s.begin(&k, F1, t);
-            s.finish(&k, Finish::Final(answer("x")), t);
-        }
-        assert_eq!(s.len(), 3);
-        assert_eq!(s.evictions(), 3);
-        assert!(matches!(s.begin(&key("in-flight"), F1, t), Begin::InFlight));
-        assert!(matches!(s.begin(&key("k4"), F1, t), Begin::Replay(_)));
-        assert!(matches!(s.begin(&key("k3"), F1, t), Begin::Replay(_)));
-
-        // By bytes: big answers push the oldest out.
-        let s = MemoryStore::new(Limits {
-            ttl: Duration::from_secs(60),
-            max_entries: 100,
-            max_bytes: 3_000,
-        });
-        for i in 0..5 {
-            let k = key(&format!("b{i}"));
-            s.begin(&k, F1, t);
-            s.finish(&k, Finish::Final(answer(&"x".repeat(1_000))), t);
-        }
-        assert!(s.bytes() <= 3_000, "{}", s.bytes());
-        assert!(s.evictions() >= 2);
-        assert!(matches!(s.begin(&key("b4"), F1, t), Begin::Replay(_)));
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Bounds the whole request (body read and every attempt) by the route's `timeout`, and by the end of
-//! a shutdown's drain: a request still in flight when the drain timeout runs out is answered here
+//! Bounds the whole request (body read and every attempt) by the route's `timeout`: by the one
+//! deadline instant the router put in [`RouteCtx`], which the attempt loop reads too, so both stop at
+//! the same instant and agree that the route's time ran out. It also bounds it by the end of a
+//! shutdown's drain: a request still in flight when the drain timeout runs out is answered here
 //! (`shutting_down`), above the layers that log and audit it, instead of being cut with its connection.
 
 use std::task::{Context, Poll};
@@ -9,8 +11,8 @@ use tower::{Layer, Service};
 
 use super::BoxFuture;
 use crate::budget::ListenerCtx;
-use crate::ctx::RouteCtx;
-use crate::error::ProxyError;
+use crate::ctx::{RequestInfo, RouteCtx};
+use crate::error::{ProxyError, Reached};
 
 /// Applies the route timeout.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,26 +45,47 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let timeout = req.extensions().get::<RouteCtx>().map(|c| c.route.timeout);
+        let deadline = req
+            .extensions()
+            .get::<RouteCtx>()
+            .map(|c| (c.deadline, c.route.timeout));
+        // What the attempt loop knew when the deadline (or the drain) cut it short (it may go on in a
+        // task of its own): whether an attempt may have reached a provider.
+        let info = req
+            .extensions()
+            .get::<std::sync::Arc<RequestInfo>>()
+            .cloned();
         let cutoff = req
             .extensions()
             .get::<ListenerCtx>()
             .map(|l| l.cutoff.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
+            let reached = |info: &Option<std::sync::Arc<RequestInfo>>| {
+                Reached::maybe(info.as_ref().is_some_and(|i| i.maybe_sent()))
+            };
+            let info_cut = info.clone();
             let bounded = async move {
-                match timeout {
+                match deadline {
                     None => fut.await,
-                    Some(timeout) => tokio::time::timeout(timeout, fut)
-                        .await
-                        .unwrap_or(Err(ProxyError::DeadlineExceeded { timeout })),
+                    Some((deadline, timeout)) => {
+                        match tokio::time::timeout_at(deadline, fut).await {
+                            Ok(answer) => answer,
+                            Err(_) => Err(ProxyError::DeadlineExceeded {
+                                timeout,
+                                reached: reached(&info),
+                            }),
+                        }
+                    }
                 }
             };
             match cutoff {
                 None => bounded.await,
                 Some(cutoff) => tokio::select! {
                     answer = bounded => answer,
-                    () = cutoff.cut() => Err(ProxyError::ShuttingDown),
+                    () = cutoff.cut() => Err(ProxyError::ShuttingDown {
+                        reached: reached(&info_cut),
+                    }),
                 },
             }
         })

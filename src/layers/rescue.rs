@@ -68,6 +68,9 @@ pub fn status_and_title(kind: ErrorKind) -> (StatusCode, &'static str) {
             "The provider holding this payment is unavailable",
         ),
         ErrorKind::OutcomeUnknown => (StatusCode::BAD_GATEWAY, "Payment outcome unknown"),
+        ErrorKind::StateUnavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "Payment state unavailable")
+        }
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal proxy error"),
         ErrorKind::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Request body too slow"),
         ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Proxy overloaded"),
@@ -224,15 +227,7 @@ where
             }
             // An answer that may hide a charge says so: the shop must retry with the same key or
             // reconcile, never re-send the payment under a new key.
-            let unknown = match kind {
-                ErrorKind::DeadlineExceeded | ErrorKind::ShuttingDown => {
-                    info.as_ref().is_some_and(|i| i.maybe_sent())
-                }
-                _ => {
-                    err.reached() == crate::error::Reached::Maybe
-                        || info.as_ref().is_some_and(|i| i.maybe_sent())
-                }
-            };
+            let unknown = err.reached() == crate::error::Reached::Maybe;
             if unknown {
                 resp.headers_mut()
                     .insert(X_SWITCHYARD_OUTCOME, HeaderValue::from_static("unknown"));

@@ -88,7 +88,12 @@ where
         if let Some(info) = req.extensions().get::<Arc<RequestInfo>>() {
             info.set_route(Arc::clone(&route.name));
         }
-        req.extensions_mut().insert(RouteCtx { generation, route });
+        let deadline = tokio::time::Instant::now() + route.timeout;
+        req.extensions_mut().insert(RouteCtx {
+            generation,
+            route,
+            deadline,
+        });
         Either::Left(self.inner.call(req))
     }
 }

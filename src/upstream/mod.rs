@@ -6,6 +6,7 @@
 
 mod body;
 pub mod headers;
+mod request;
 mod tls;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::config::validate::{Problem, Provider, Snapshot};
 use crate::error::ProxyError;
 
 pub use body::TrackedBody;
+pub use request::{provider_request, provider_uri, ProviderKey};
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, TrackedBody>;
 
@@ -52,6 +54,42 @@ pub struct SendError {
     pub failure: SendFailure,
     /// The error.
     pub error: ProxyError,
+}
+
+/// What one attempt's send came to: the provider's response head, or how the attempt failed.
+pub type AttemptResult<B> = Result<Response<B>, SendError>;
+
+/// Sends one attempt to a provider. The proxy's own sender is [`UpstreamClient`] (each provider's
+/// pooled client); tests script one, so the attempt loop runs without a network. Generic rather than
+/// boxed: choosing the sender costs nothing per request.
+pub trait SendAttempt: Send + Sync + 'static {
+    /// The body of a provider's answer.
+    type Body: http_body::Body<Data = Bytes, Error: Into<crate::body::BoxError>> + Send + 'static;
+
+    /// Sends `req` to `upstream` and waits for the response head, within `timeout`.
+    fn send(
+        &self,
+        upstream: &Upstream,
+        req: Request<Bytes>,
+        timeout: std::time::Duration,
+    ) -> impl std::future::Future<Output = AttemptResult<Self::Body>> + Send;
+}
+
+/// The proxy's sender: each provider's pooled client ([`Upstream::send`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamClient;
+
+impl SendAttempt for UpstreamClient {
+    type Body = Incoming;
+
+    fn send(
+        &self,
+        upstream: &Upstream,
+        req: Request<Bytes>,
+        timeout: std::time::Duration,
+    ) -> impl std::future::Future<Output = AttemptResult<Incoming>> + Send {
+        upstream.send(req, timeout)
+    }
 }
 
 /// One provider's endpoint and client.

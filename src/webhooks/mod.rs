@@ -42,7 +42,7 @@ use crate::config::validate::{SignatureScheme, Webhook};
 use crate::metrics::Metrics;
 use crate::redact::mask_pans;
 use crate::upstream::headers::remove_hop_by_hop;
-use dedupe::{Begin, DedupeStore};
+use dedupe::{Begin, WebhookStore};
 use verify::Rejection;
 
 /// Header naming the webhook on events passed to the shop.
@@ -75,6 +75,8 @@ pub enum WebhookResult {
     InFlight,
     /// The shop did not accept it (non-2xx, unreachable, timeout); the provider redelivers.
     ShopError,
+    /// The dedupe state could not be read; nothing was forwarded, the provider redelivers.
+    StateUnavailable,
     /// The body did not arrive within the listener's `body_read_timeout`.
     BodyTimeout,
     /// The process-wide buffer budget had no room for the body.
@@ -83,7 +85,7 @@ pub enum WebhookResult {
 
 impl WebhookResult {
     /// Every result, for zeroed series.
-    pub const ALL: [WebhookResult; 12] = [
+    pub const ALL: [WebhookResult; 13] = [
         Self::Forwarded,
         Self::Duplicate,
         Self::BadSignature,
@@ -94,6 +96,7 @@ impl WebhookResult {
         Self::MethodNotAllowed,
         Self::InFlight,
         Self::ShopError,
+        Self::StateUnavailable,
         Self::BodyTimeout,
         Self::Overloaded,
     ];
@@ -111,6 +114,7 @@ impl WebhookResult {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InFlight => "in_flight",
             Self::ShopError => "shop_error",
+            Self::StateUnavailable => "state_unavailable",
             Self::BodyTimeout => "body_timeout",
             Self::Overloaded => "overloaded",
         }
@@ -130,6 +134,10 @@ impl WebhookResult {
                 "The same event is being delivered",
             ),
             Self::ShopError => (StatusCode::BAD_GATEWAY, "The shop did not accept the event"),
+            Self::StateUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The event's delivery state is unavailable",
+            ),
             Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Webhook body too slow"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Proxy overloaded"),
         }
@@ -140,7 +148,7 @@ type ShopClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The webhook runtime: dedupe state per webhook name, the client to the shop, metrics and audit.
 pub struct Webhooks {
-    stores: Mutex<HashMap<Arc<str>, Arc<DedupeStore>>>,
+    stores: Mutex<HashMap<Arc<str>, Arc<WebhookStore>>>,
     client: ShopClient,
     metrics: Metrics,
     audit: Audit,
@@ -173,7 +181,7 @@ impl Webhooks {
     }
 
     /// The dedupe store of webhook `name` (created on first use, kept across reloads).
-    pub fn store(&self, name: &Arc<str>) -> Arc<DedupeStore> {
+    pub fn store(&self, name: &Arc<str>) -> Arc<WebhookStore> {
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(stores.entry(Arc::clone(name)).or_default())
     }
@@ -311,7 +319,23 @@ impl Webhooks {
         let wait_until = Instant::now() + hook.timeout + Duration::from_secs(1);
         let mut waited = false;
         let claim = loop {
-            match store.begin(&verified.event_id, Instant::now()) {
+            let begun = match dedupe::begin(&store, &verified.event_id).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // The event is neither forwarded nor marked: the provider redelivers it later.
+                    tracing::warn!(webhook = %hook.name, error = %e, "webhook dedupe state unavailable");
+                    record.dedupe = Some("state_unavailable");
+                    let (mut resp, r) = reject(
+                        WebhookResult::StateUnavailable,
+                        "the event's delivery state cannot be read now; retry later",
+                    );
+                    let secs = e.retry_after().as_secs().max(1);
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    return (resp, r);
+                }
+            };
+            match begun {
                 Begin::Deliver(claim) => break claim,
                 Begin::Duplicate => {
                     record.dedupe = Some("duplicate");
@@ -346,7 +370,10 @@ impl Webhooks {
         let delivery = tokio::spawn(async move {
             let outcome = deliver(&client, out, timeout).await;
             let accepted = matches!(&outcome, Ok((status, ..)) if status.is_success());
-            claim.finish(accepted, Instant::now(), settings);
+            if let Err(e) = claim.finish(accepted, settings).await {
+                // Not marked delivered: a redelivery is passed on again, which the shop must accept.
+                tracing::warn!(error = %e, "a webhook delivery could not be recorded");
+            }
             outcome
         });
         match delivery.await {

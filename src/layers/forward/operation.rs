@@ -1,0 +1,369 @@
+//! The keyed operation: its idempotency key, claiming its record, replaying a settled answer, and
+//! settling the record on every way out (a record never stays "in flight" after its operation).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
+use http_body_util::{BodyExt, Limited};
+
+use crate::audit::Audit;
+use crate::body::{full, ProxyBody};
+use crate::config::validate::{IdempotencyMode, Route};
+use crate::ctx::{RequestId, RequestInfo, RouteCtx};
+use crate::error::ProxyError;
+use crate::generation::Generation;
+use crate::idempotency::{
+    self, Begin, Finish, PinStore, RecordKey, RouteStore, Store, StoredAnswer,
+};
+use crate::layers::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER};
+use crate::metrics::Metrics;
+use crate::upstream::{headers, ProviderKey, SendAttempt};
+
+/// The header on a replayed answer.
+pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// Largest provider answer kept for replay; a larger one is passed on but its outcome stays pinned.
+const MAX_STORED_ANSWER: usize = 4 << 20;
+
+/// The idempotency side of a keyed operation.
+pub(super) struct Keyed {
+    pub(super) store: Arc<RouteStore>,
+    /// The record's identity; its `key` is the shop's key.
+    pub(super) record: RecordKey,
+    /// The key as a header value: the shop's own, shared rather than copied for every attempt.
+    pub(super) value: HeaderValue,
+    /// The shop's header, and whether the key was made here (then it is returned to the shop).
+    pub(super) header: HeaderName,
+    pub(super) generated: bool,
+}
+
+/// Settles the record on every way out; a record never stays "in flight" after its operation.
+pub(super) struct Settle<'a> {
+    keyed: &'a Keyed,
+    done: bool,
+}
+
+impl Settle<'_> {
+    pub(super) async fn finish(&mut self, finish: Finish) {
+        self.done = true;
+        // The shop gets what the provider said either way; a record left in flight ends with its ttl.
+        if let Err(e) = self.keyed.store.finish(&self.keyed.record, finish).await {
+            tracing::warn!(error = %e, "an idempotency record could not be settled");
+        }
+    }
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        // Nothing more is known; a pin made on the way is kept by the store.
+        if self.done || self.keyed.store.finish_nothing_sent_now(&self.keyed.record) {
+            return;
+        }
+        // A store that must be waited for is told in a task that owns what it needs.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::clone(&self.keyed.store);
+            let record = self.keyed.record.clone();
+            runtime.spawn(async move {
+                if let Err(e) = store.finish(&record, Finish::NothingSent).await {
+                    tracing::warn!(error = %e, "an idempotency record could not be settled");
+                }
+            });
+        }
+    }
+}
+
+/// One operation of the shop's: its request, the route and generation it runs on, and its key.
+pub(super) struct Operation<S> {
+    pub(super) metrics: Metrics,
+    pub(super) audit: Audit,
+    pub(super) request_id: String,
+    pub(super) generation: Arc<Generation>,
+    pub(super) route: Arc<Route>,
+    pub(super) info: Option<Arc<RequestInfo>>,
+    pub(super) parts: http::request::Parts,
+    pub(super) body: Bytes,
+    /// When the operation began (a pinned operation waits for its provider from then on).
+    pub(super) started: tokio::time::Instant,
+    /// When the route's timeout runs out.
+    pub(super) deadline: tokio::time::Instant,
+    pub(super) key: Option<Keyed>,
+    /// Sends each attempt.
+    pub(super) sender: S,
+}
+
+/// `x-switchyard-attempts` values for the usual counts, made once rather than per answer.
+static ATTEMPT_COUNTS: [HeaderValue; 10] = [
+    HeaderValue::from_static("0"),
+    HeaderValue::from_static("1"),
+    HeaderValue::from_static("2"),
+    HeaderValue::from_static("3"),
+    HeaderValue::from_static("4"),
+    HeaderValue::from_static("5"),
+    HeaderValue::from_static("6"),
+    HeaderValue::from_static("7"),
+    HeaderValue::from_static("8"),
+    HeaderValue::from_static("9"),
+];
+
+pub(super) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl<S: SendAttempt> Operation<S> {
+    /// Whether the operation has an idempotency key (its record must settle even if the shop hangs up).
+    pub(super) fn is_keyed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The key as the provider request takes it.
+    pub(super) fn provider_key(&self) -> Option<ProviderKey<'_>> {
+        self.key.as_ref().map(|k| ProviderKey {
+            key: &k.record.key,
+            value: &k.value,
+            shop_header: &k.header,
+        })
+    }
+
+    pub(super) fn new(
+        req: Request<Bytes>,
+        metrics: Metrics,
+        sender: S,
+    ) -> Result<Self, ProxyError> {
+        let ctx = req.extensions().get::<RouteCtx>().cloned().ok_or_else(|| {
+            ProxyError::Internal("request reached forwarding without a route".into())
+        })?;
+        let info = req.extensions().get::<Arc<RequestInfo>>().cloned();
+        let audit = req.extensions().get::<Audit>().cloned().unwrap_or_default();
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .and_then(|r| r.0.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let started = tokio::time::Instant::now();
+        let deadline = ctx.deadline;
+        let (parts, body) = req.into_parts();
+        let key = Self::key(&ctx, &parts)?;
+        if let (Some(info), Some(k)) = (&info, &key) {
+            info.set_idempotency_key(Arc::from(k.record.key.as_str()));
+        }
+        Ok(Self {
+            metrics,
+            audit,
+            request_id,
+            generation: ctx.generation,
+            route: ctx.route,
+            info,
+            parts,
+            body,
+            started,
+            deadline,
+            key,
+            sender,
+        })
+    }
+
+    /// The operation's idempotency key, for a POST or PATCH on a route that uses keys.
+    fn key(ctx: &RouteCtx, parts: &http::request::Parts) -> Result<Option<Keyed>, ProxyError> {
+        let cfg = &ctx.route.idempotency;
+        let writes = parts.method == Method::POST || parts.method == Method::PATCH;
+        if !writes || cfg.mode == IdempotencyMode::Off {
+            return Ok(None);
+        }
+        let Some(store) = ctx.generation.idempotency.get(&ctx.route.name) else {
+            return Ok(None);
+        };
+        let (key, value, generated) = match parts.headers.get(&cfg.header) {
+            Some(v) if idempotency::valid_key(v.as_bytes()) => (
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                v.clone(),
+                false,
+            ),
+            Some(_) => {
+                return Err(ProxyError::BadRequest {
+                    reason: format!(
+                        "the {} header must hold 1 to 255 visible ASCII characters",
+                        cfg.header
+                    ),
+                })
+            }
+            None if cfg.mode == IdempotencyMode::Require => {
+                return Err(ProxyError::IdempotencyKeyRequired {
+                    header: cfg.header.to_string(),
+                })
+            }
+            None => {
+                let key = uuid::Uuid::new_v4().to_string();
+                let value = HeaderValue::from_str(&key)
+                    .map_err(|_| ProxyError::Internal("a UUID is not a header value".into()))?;
+                (key, value, true)
+            }
+        };
+        let scope = idempotency::scope(
+            cfg.scope_header
+                .as_ref()
+                .and_then(|h| parts.headers.get(h))
+                .and_then(|v| v.to_str().ok()),
+            parts
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        );
+        Ok(Some(Keyed {
+            store: Arc::clone(store),
+            record: RecordKey::new(scope, key),
+            value,
+            header: cfg.header.clone(),
+            generated,
+        }))
+    }
+
+    fn count_idempotency(&self, result: &str) {
+        self.metrics
+            .idempotency_total
+            .with_label_values(&[&*self.route.name, result])
+            .inc();
+    }
+
+    pub(super) async fn run(self) -> Result<Response<ProxyBody>, ProxyError> {
+        let mut pinned = None;
+        let mut settle = None;
+        if let Some(k) = &self.key {
+            let fingerprint = idempotency::fingerprint(
+                &self.parts.method,
+                &self.route.name,
+                self.parts.uri.path(),
+                &self.body,
+            );
+            match k.store.begin(&k.record, fingerprint).await? {
+                Begin::New => self.count_idempotency("new"),
+                Begin::InFlight => {
+                    self.count_idempotency("conflict");
+                    return Err(ProxyError::IdempotencyConflict);
+                }
+                Begin::Mismatch => {
+                    self.count_idempotency("mismatch");
+                    return Err(ProxyError::IdempotencyMismatch);
+                }
+                Begin::Replay(answer) => {
+                    self.count_idempotency("replayed");
+                    return Ok(self.replay(&answer));
+                }
+                Begin::Resume { pinned: p } => {
+                    self.count_idempotency("resumed");
+                    pinned = Some(p);
+                }
+            }
+            settle = Some(Settle {
+                keyed: k,
+                done: false,
+            });
+        }
+        self.attempts(pinned, settle.as_mut()).await
+    }
+
+    /// The stored answer, as the shop gets it again.
+    fn replay(&self, answer: &StoredAnswer) -> Response<ProxyBody> {
+        let mut resp = Response::new(full(answer.body()));
+        *resp.status_mut() = answer.status();
+        *resp.headers_mut() = answer.headers();
+        resp.headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        if let Some(info) = &self.info {
+            info.set_provider(Arc::clone(answer.provider()));
+        }
+        self.decorate(&mut resp, answer.provider(), 0);
+        resp
+    }
+
+    pub(super) fn decorate(&self, resp: &mut Response<ProxyBody>, provider: &str, attempts: u32) {
+        let h = resp.headers_mut();
+        let name = match self.generation.upstreams.get(provider) {
+            Some(u) => u.name_value.clone(),
+            None => HeaderValue::from_str(provider).ok(),
+        };
+        if let Some(name) = name {
+            h.insert(X_SWITCHYARD_PROVIDER, name);
+        }
+        let attempts = match ATTEMPT_COUNTS.get(attempts as usize) {
+            Some(v) => v.clone(),
+            None => HeaderValue::from(attempts),
+        };
+        h.insert(X_SWITCHYARD_ATTEMPTS, attempts);
+        if let Some(k) = self.key.as_ref().filter(|k| k.generated) {
+            h.insert(k.header.clone(), k.value.clone());
+        }
+    }
+
+    /// A final answer: passed on, and for a keyed operation kept for replay.
+    pub(super) async fn processed(
+        &self,
+        resp: Response<S::Body>,
+        provider: &Arc<str>,
+        attempts: u32,
+        settle: Option<&mut Settle<'_>>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Some(settle) = settle else {
+            let mut resp = respond(resp);
+            self.decorate(&mut resp, provider, attempts);
+            return Ok(resp);
+        };
+        let (mut parts, body) = resp.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers);
+        let body = match Limited::new(body, MAX_STORED_ANSWER).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                // The answer was lost on the way: whatever the provider did stays pinned to it.
+                settle
+                    .finish(Finish::Unknown {
+                        provider: Arc::clone(provider),
+                    })
+                    .await;
+                self.metrics
+                    .unknown_outcomes_total
+                    .with_label_values(&[&*self.route.name, &**provider])
+                    .inc();
+                return Err(ProxyError::ProviderFailed {
+                    provider: provider.to_string(),
+                    source: format!("the answer could not be read: {e}").into(),
+                });
+            }
+        };
+        if parts.status.is_success() {
+            // The answer is the provider's word: it goes to the shop even if the pin is not kept.
+            if let Err(e) = self.generation.pins.remember_answer(&body, provider).await {
+                tracing::warn!(error = %e, "a payment object could not be pinned");
+            }
+        }
+        settle
+            .finish(Finish::Final(StoredAnswer::new(
+                parts.status,
+                &parts.headers,
+                &body,
+                Arc::clone(provider),
+            )))
+            .await;
+        let mut resp = Response::from_parts(parts, full(body));
+        *resp.version_mut() = Version::HTTP_11;
+        self.decorate(&mut resp, provider, attempts);
+        Ok(resp)
+    }
+}
+
+/// A provider's answer, streamed to the shop.
+pub(super) fn respond<B>(resp: Response<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes, Error: Into<crate::body::BoxError>> + Send + 'static,
+{
+    let (mut parts, body) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(
+        parts,
+        body.map_err(|e| -> crate::body::BoxError { e.into() })
+            .boxed_unsync(),
+    )
+}

@@ -1,0 +1,462 @@
+//! The behaviour every backend of payment state shows, written once against the traits: a backend
+//! (in memory today; on disk and shared later) runs the whole suite with [`suite!`].
+//!
+//! A backend supplies fresh stores and a way to let time pass for them ([`Backend`]); each case is a
+//! function of its own, so a failure names the rule that broke.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+use prometheus::IntCounter;
+
+use crate::config::validate::Dedupe;
+use crate::idempotency::{Begin, Finish, Limits, PinStore, RecordKey, Store, StoredAnswer};
+use crate::webhooks::dedupe::{self, EventStore};
+
+/// A backend under test: fresh stores, and a clock to move.
+pub(crate) trait Backend: Send + Sync {
+    /// Its idempotency store.
+    type Records: Store;
+    /// Its pin store.
+    type Pins: PinStore;
+    /// Its webhook event store.
+    type Events: EventStore;
+    /// An empty idempotency store bounded by `limits`, counting evictions in `evictions`.
+    fn records(&self, limits: Limits, evictions: IntCounter) -> Self::Records;
+    /// An empty pin store keeping pins for `ttl`, at most `max` of them.
+    fn pins(&self, ttl: Duration, max: usize) -> Self::Pins;
+    /// An empty event store.
+    fn events(&self) -> Arc<Self::Events>;
+    /// Lets `by` pass for every store this backend made.
+    fn advance(&self, by: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// One test per case, against the backend `$make` builds.
+macro_rules! suite {
+    ($make:expr) => {
+        $crate::state::conformance::suite!(@cases $make;
+            records_conflict_while_in_flight,
+            records_mismatch_on_another_payload,
+            records_replay_the_final_answer,
+            records_resume_an_unknown_outcome_at_the_pinned_provider,
+            records_keep_a_pin_when_nothing_more_is_sent,
+            records_leave_nothing_when_nothing_was_sent,
+            records_are_named_by_scope_and_key,
+            records_finished_without_a_begin_change_nothing,
+            records_expire_after_their_ttl,
+            records_are_bounded_by_entries_never_evicting_in_flight,
+            records_are_bounded_by_bytes,
+            pins_are_found_by_path_or_body,
+            pins_the_first_pinned_candidate_wins,
+            pins_expire_after_their_ttl,
+            pins_are_bounded_oldest_first,
+            events_are_duplicates_until_their_ttl,
+            events_not_delivered_are_forgotten,
+            events_in_flight_make_copies_wait,
+            events_of_a_dropped_claim_are_forgotten,
+            events_are_bounded_oldest_first,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let backend = $make;
+                $crate::state::conformance::$case(&backend).await;
+            }
+        )*
+    };
+}
+pub(crate) use suite;
+
+const F1: [u8; 32] = [1; 32];
+const F2: [u8; 32] = [2; 32];
+
+fn key(k: &str) -> RecordKey {
+    RecordKey::new(String::new(), k.to_owned())
+}
+
+fn answer(body: &str) -> StoredAnswer {
+    StoredAnswer::new(
+        StatusCode::OK,
+        &HeaderMap::new(),
+        body.as_bytes(),
+        Arc::from("a"),
+    )
+}
+
+fn counter() -> IntCounter {
+    IntCounter::new("evictions", "evictions").unwrap()
+}
+
+fn records<B: Backend>(b: &B, max_entries: usize) -> (B::Records, IntCounter) {
+    let c = counter();
+    let limits = Limits {
+        ttl: Duration::from_secs(60),
+        max_entries,
+        max_bytes: 1 << 20,
+    };
+    (b.records(limits, c.clone()), c)
+}
+
+async fn begin(s: &impl Store, k: &RecordKey, f: [u8; 32]) -> Begin {
+    s.begin(k, f).await.unwrap()
+}
+
+async fn finish(s: &impl Store, k: &RecordKey, f: Finish) {
+    s.finish(k, f).await.unwrap()
+}
+
+/// 409: a key in flight is not begun again.
+pub(crate) async fn records_conflict_while_in_flight<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::New));
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::InFlight));
+    assert!(matches!(begin(&s, &key("other"), F1).await, Begin::New));
+}
+
+/// 422: a key reused with another payload, in flight or settled.
+pub(crate) async fn records_mismatch_on_another_payload<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    begin(&s, &key("k"), F1).await;
+    assert!(matches!(begin(&s, &key("k"), F2).await, Begin::Mismatch));
+    finish(&s, &key("k"), Finish::Final(answer("x"))).await;
+    assert!(matches!(begin(&s, &key("k"), F2).await, Begin::Mismatch));
+}
+
+/// A final answer is replayed byte for byte, as often as asked.
+pub(crate) async fn records_replay_the_final_answer<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    begin(&s, &key("k"), F1).await;
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    h.append("set-cookie", "a=1".parse().unwrap());
+    h.append("set-cookie", "b=2".parse().unwrap());
+    let body = b"{\"id\":\"pi_1\"}";
+    let stored = StoredAnswer::new(StatusCode::CREATED, &h, body, Arc::from("primary"));
+    finish(&s, &key("k"), Finish::Final(stored)).await;
+    for _ in 0..2 {
+        match begin(&s, &key("k"), F1).await {
+            Begin::Replay(a) => {
+                assert_eq!(a.status(), StatusCode::CREATED);
+                assert_eq!(a.headers(), h);
+                assert_eq!(&a.body()[..], body);
+                assert_eq!(&**a.provider(), "primary");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// An unknown outcome resumes at its provider only, in flight again; a resumed request that sends
+/// nothing keeps the pin.
+pub(crate) async fn records_resume_an_unknown_outcome_at_the_pinned_provider<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    begin(&s, &key("k"), F1).await;
+    s.pin(&key("k"), &Arc::from("primary")).await.unwrap();
+    let unknown = Finish::Unknown {
+        provider: Arc::from("primary"),
+    };
+    finish(&s, &key("k"), unknown).await;
+    match begin(&s, &key("k"), F1).await {
+        Begin::Resume { pinned } => assert_eq!(&*pinned, "primary"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::InFlight));
+    finish(&s, &key("k"), Finish::NothingSent).await;
+    match begin(&s, &key("k"), F1).await {
+        Begin::Resume { pinned } => assert_eq!(&*pinned, "primary"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A pin made during an operation outlives an end that knows nothing more (a cancelled request), and
+/// a later pin never moves it.
+pub(crate) async fn records_keep_a_pin_when_nothing_more_is_sent<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    begin(&s, &key("k"), F1).await;
+    s.pin(&key("k"), &Arc::from("primary")).await.unwrap();
+    s.pin(&key("k"), &Arc::from("backup")).await.unwrap();
+    finish(&s, &key("k"), Finish::NothingSent).await;
+    match begin(&s, &key("k"), F1).await {
+        Begin::Resume { pinned } => assert_eq!(&*pinned, "primary"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A request that sent nothing anywhere leaves no record: a retry starts afresh, with any payload.
+pub(crate) async fn records_leave_nothing_when_nothing_was_sent<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    begin(&s, &key("k"), F1).await;
+    finish(&s, &key("k"), Finish::NothingSent).await;
+    assert!(matches!(begin(&s, &key("k"), F2).await, Begin::New));
+}
+
+/// Scope and key together name a record, with no way to shift characters between them.
+pub(crate) async fn records_are_named_by_scope_and_key<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    let k = |s: &str, k: &str| RecordKey::new(s.to_owned(), k.to_owned());
+    assert!(matches!(begin(&s, &k("a", "bc"), F1).await, Begin::New));
+    assert!(matches!(begin(&s, &k("ab", "c"), F1).await, Begin::New));
+    assert!(matches!(begin(&s, &k("t2", "bc"), F1).await, Begin::New));
+    assert!(matches!(
+        begin(&s, &k("a", "bc"), F1).await,
+        Begin::InFlight
+    ));
+}
+
+/// Ending or pinning a key that has no record creates none.
+pub(crate) async fn records_finished_without_a_begin_change_nothing<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    s.pin(&key("k"), &Arc::from("primary")).await.unwrap();
+    finish(&s, &key("k"), Finish::Final(answer("x"))).await;
+    finish(&s, &key("k"), Finish::NothingSent).await;
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::New));
+}
+
+/// A record lives for the ttl from its last write; expiry is not an eviction.
+pub(crate) async fn records_expire_after_their_ttl<B: Backend>(b: &B) {
+    let (s, evictions) = records(b, 10);
+    begin(&s, &key("k"), F1).await;
+    finish(&s, &key("k"), Finish::Final(answer("x"))).await;
+    b.advance(Duration::from_secs(59)).await;
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::Replay(_)));
+    b.advance(Duration::from_secs(2)).await;
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::New));
+    assert_eq!(evictions.get(), 0, "expiry is not an eviction");
+}
+
+/// Past `max_entries` the oldest settled records go, counted; a record in flight never goes.
+pub(crate) async fn records_are_bounded_by_entries_never_evicting_in_flight<B: Backend>(b: &B) {
+    let (s, evictions) = records(b, 3);
+    begin(&s, &key("in-flight"), F1).await;
+    for i in 0..5 {
+        let k = key(&format!("k{i}"));
+        begin(&s, &k, F1).await;
+        finish(&s, &k, Finish::Final(answer("x"))).await;
+    }
+    assert_eq!(evictions.get(), 3);
+    assert!(matches!(
+        begin(&s, &key("in-flight"), F1).await,
+        Begin::InFlight
+    ));
+    assert!(matches!(begin(&s, &key("k4"), F1).await, Begin::Replay(_)));
+    assert!(matches!(begin(&s, &key("k3"), F1).await, Begin::Replay(_)));
+    assert!(matches!(begin(&s, &key("k0"), F1).await, Begin::New));
+}
+
+/// Past `max_bytes` (stored answers included) the oldest settled records go, counted.
+pub(crate) async fn records_are_bounded_by_bytes<B: Backend>(b: &B) {
+    let c = counter();
+    let limits = Limits {
+        ttl: Duration::from_secs(60),
+        max_entries: 100,
+        max_bytes: 3_000,
+    };
+    let s = b.records(limits, c.clone());
+    for i in 0..5 {
+        let k = key(&format!("b{i}"));
+        begin(&s, &k, F1).await;
+        finish(&s, &k, Finish::Final(answer(&"x".repeat(1_000)))).await;
+    }
+    assert!(c.get() >= 2, "{}", c.get());
+    assert!(matches!(begin(&s, &key("b4"), F1).await, Begin::Replay(_)));
+    assert!(matches!(begin(&s, &key("b0"), F1).await, Begin::New));
+}
+
+const PI: &str = "pi_3MtwBwLkdIwHu7ix28a3tqPa";
+
+async fn find(p: &impl PinStore, path: &str, body: &[u8]) -> Option<String> {
+    p.find(path, body).await.unwrap().map(|p| p.to_string())
+}
+
+/// A follow-up that names a pinned object in its path or its body finds the object's provider.
+pub(crate) async fn pins_are_found_by_path_or_body<B: Backend>(b: &B) {
+    let p = b.pins(Duration::from_secs(60), 100);
+    let primary: Arc<str> = Arc::from("primary");
+    let body = format!(r#"{{"id":"{PI}","object":"payment_intent"}}"#);
+    p.remember_answer(body.as_bytes(), &primary).await.unwrap();
+    let path = format!("/v1/payment_intents/{PI}/capture");
+    assert_eq!(find(&p, &path, b"").await.as_deref(), Some("primary"));
+    let form = format!("payment_intent={PI}&amount=100");
+    let found = find(&p, "/v1/refunds", form.as_bytes()).await;
+    assert_eq!(found.as_deref(), Some("primary"));
+    let other = br#"{"payment_intent":"pi_other1234"}"#;
+    assert_eq!(find(&p, "/v1/refunds", other).await, None);
+    // An answer without a usable id pins nothing.
+    p.remember_answer(br#"{"id":"short"}"#, &primary)
+        .await
+        .unwrap();
+    assert_eq!(find(&p, "/v1/x/short", b"").await, None);
+}
+
+/// Of several pinned objects a request names, the first named decides.
+pub(crate) async fn pins_the_first_pinned_candidate_wins<B: Backend>(b: &B) {
+    let p = b.pins(Duration::from_secs(60), 100);
+    p.remember("pi_first_object", &Arc::from("a"))
+        .await
+        .unwrap();
+    p.remember("pi_second_object", &Arc::from("b"))
+        .await
+        .unwrap();
+    let path = "/v1/payment_intents/pi_second_object/capture";
+    assert_eq!(find(&p, path, b"").await.as_deref(), Some("b"));
+    let found = find(&p, path, b"related=pi_first_object").await;
+    assert_eq!(found.as_deref(), Some("b"), "the path comes first");
+    let found = find(&p, "/v1/refunds", b"a=pi_first_object&b=pi_second_object").await;
+    assert_eq!(found.as_deref(), Some("a"));
+}
+
+/// A pin lives for the ttl.
+pub(crate) async fn pins_expire_after_their_ttl<B: Backend>(b: &B) {
+    let p = b.pins(Duration::from_secs(60), 100);
+    p.remember(PI, &Arc::from("primary")).await.unwrap();
+    let path = format!("/v1/payment_intents/{PI}");
+    b.advance(Duration::from_secs(59)).await;
+    assert_eq!(find(&p, &path, b"").await.as_deref(), Some("primary"));
+    b.advance(Duration::from_secs(2)).await;
+    assert_eq!(find(&p, &path, b"").await, None);
+}
+
+/// Past the bound the oldest pins go.
+pub(crate) async fn pins_are_bounded_oldest_first<B: Backend>(b: &B) {
+    let p = b.pins(Duration::from_secs(60), 10);
+    let a: Arc<str> = Arc::from("a");
+    for i in 0..50 {
+        p.remember(&format!("pi_{i:08}"), &a).await.unwrap();
+    }
+    assert!(find(&p, "/x/pi_00000049", b"").await.is_some());
+    assert!(find(&p, "/x/pi_00000040", b"").await.is_some());
+    assert!(find(&p, "/x/pi_00000001", b"").await.is_none());
+}
+
+const SETTINGS: Dedupe = Dedupe {
+    ttl: Duration::from_secs(60),
+    max_entries: 2,
+};
+
+async fn claim<S: EventStore>(s: &Arc<S>, id: &str) -> dedupe::Claim<S> {
+    match dedupe::begin(s, id).await.unwrap() {
+        dedupe::Begin::Deliver(c) => c,
+        other => panic!("{id}: expected Deliver, got {other:?}"),
+    }
+}
+
+async fn is_duplicate<S: EventStore>(s: &Arc<S>, id: &str) -> bool {
+    matches!(
+        dedupe::begin(s, id).await.unwrap(),
+        dedupe::Begin::Duplicate
+    )
+}
+
+/// An event the shop accepted is a duplicate until its ttl ends, then new again.
+pub(crate) async fn events_are_duplicates_until_their_ttl<B: Backend>(b: &B) {
+    let s = b.events();
+    claim(&s, "evt_1")
+        .await
+        .finish(true, SETTINGS)
+        .await
+        .unwrap();
+    b.advance(Duration::from_secs(59)).await;
+    assert!(is_duplicate(&s, "evt_1").await);
+    b.advance(Duration::from_secs(2)).await;
+    claim(&s, "evt_1").await;
+}
+
+/// An event the shop did not accept is forgotten: the redelivery goes through.
+pub(crate) async fn events_not_delivered_are_forgotten<B: Backend>(b: &B) {
+    let s = b.events();
+    claim(&s, "evt_1")
+        .await
+        .finish(false, SETTINGS)
+        .await
+        .unwrap();
+    claim(&s, "evt_1")
+        .await
+        .finish(true, SETTINGS)
+        .await
+        .unwrap();
+    assert!(is_duplicate(&s, "evt_1").await);
+}
+
+/// A copy that comes during a delivery waits, and is woken by the outcome.
+pub(crate) async fn events_in_flight_make_copies_wait<B: Backend>(b: &B) {
+    let s = b.events();
+    let first = claim(&s, "evt_1").await;
+    let dedupe::Begin::Wait(mut rx) = dedupe::begin(&s, "evt_1").await.unwrap() else {
+        panic!("expected Wait")
+    };
+    first.finish(true, SETTINGS).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
+    assert!(matches!(woken, Ok(Err(_))), "the waiter is woken");
+    assert!(is_duplicate(&s, "evt_1").await);
+}
+
+/// A claim dropped without an outcome frees its id (at once, or soon after for a store that is
+/// told in a task of its own).
+pub(crate) async fn events_of_a_dropped_claim_are_forgotten<B: Backend>(b: &B) {
+    let s = b.events();
+    drop(claim(&s, "evt_1").await);
+    for _ in 0..50 {
+        match dedupe::begin(&s, "evt_1").await.unwrap() {
+            dedupe::Begin::Deliver(_) => return,
+            dedupe::Begin::Wait(mut rx) => {
+                let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+            }
+            dedupe::Begin::Duplicate => panic!("a dropped claim is not a delivery"),
+        }
+    }
+    panic!("the dropped claim's id stayed in flight");
+}
+
+/// Past `max_entries` the oldest delivered ids go first.
+pub(crate) async fn events_are_bounded_oldest_first<B: Backend>(b: &B) {
+    let s = b.events();
+    for id in ["a", "b", "c"] {
+        claim(&s, id).await.finish(true, SETTINGS).await.unwrap();
+        b.advance(Duration::from_secs(1)).await;
+    }
+    assert!(is_duplicate(&s, "b").await);
+    assert!(is_duplicate(&s, "c").await);
+    claim(&s, "a").await;
+}
+
+/// The in-memory backend, with one manual clock for all its stores.
+mod memory {
+    use super::*;
+    use crate::idempotency::{MemoryStore, ObjectPins};
+    use crate::state::ManualClock;
+    use crate::webhooks::dedupe::DedupeStore;
+
+    #[derive(Default)]
+    struct Memory {
+        clock: ManualClock,
+    }
+
+    impl Backend for Memory {
+        type Records = MemoryStore<ManualClock>;
+        type Pins = ObjectPins<ManualClock>;
+        type Events = DedupeStore<ManualClock>;
+
+        fn records(&self, limits: Limits, evictions: IntCounter) -> Self::Records {
+            MemoryStore::with_clock(limits, self.clock.clone(), Some(evictions))
+        }
+
+        fn pins(&self, ttl: Duration, max: usize) -> Self::Pins {
+            ObjectPins::with_clock(ttl, max, self.clock.clone())
+        }
+
+        fn events(&self) -> Arc<Self::Events> {
+            Arc::new(DedupeStore::with_clock(self.clock.clone()))
+        }
+
+        fn advance(&self, by: Duration) -> impl Future<Output = ()> + Send {
+            self.clock.advance(by);
+            std::future::ready(())
+        }
+    }
+
+    suite!(Memory::default());
+}
