@@ -1,35 +1,30 @@
 //! Wiring: load the config, start the sandboxes, build the upstreams and the request stack, bind the
 //! listeners, watch the file (and SIGHUP) for reloads, and drain on SIGTERM/SIGINT.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::admin::{AdminState, Reload, ReloadStatus};
 use crate::audit::{Audit, SystemClock};
 use crate::budget::BufferBudget;
-use crate::config::{self, ConfigError, EnvAndFiles, Snapshot};
+use crate::config::reload::{self, Reloader};
+use crate::config::{ConfigError, EnvAndFiles, SecretSource};
 use crate::generation::{Current, Generation};
-use crate::health::States;
-use crate::idempotency::{ObjectPins, RouteStores};
-use crate::layers::{self, BoxFuture};
-use crate::limits::RouteLimits;
+use crate::layers;
 use crate::metrics::Metrics;
-use crate::retry::RouteBudgets;
 use crate::sandbox::{Registry, Sandbox};
 use crate::server::{Limits, Server, Shared};
 use crate::side_runtime::SideRuntime;
-use crate::upstream::Upstreams;
 use crate::webhooks::Webhooks;
 
 /// How to run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// The config file.
     pub config_path: PathBuf,
@@ -37,16 +32,36 @@ pub struct Options {
     pub watch: bool,
     /// Reload on SIGHUP.
     pub sighup: bool,
+    /// Where the secrets the config names are read, at start and on every reload.
+    pub secrets: Arc<dyn SecretSource>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("config_path", &self.config_path)
+            .field("watch", &self.watch)
+            .field("sighup", &self.sighup)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Options {
-    /// Runs `path` with the file watch on and SIGHUP handled.
+    /// Runs `path` with the file watch on, SIGHUP handled, and secrets read from the process
+    /// environment and the file system.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             config_path: path.into(),
             watch: true,
             sighup: true,
+            secrets: Arc::new(EnvAndFiles),
         }
+    }
+
+    /// Reads secrets from `secrets` instead (tests pass a table, never the process environment).
+    pub fn with_secrets(mut self, secrets: impl SecretSource + 'static) -> Self {
+        self.secrets = Arc::new(secrets);
+        self
     }
 }
 
@@ -119,17 +134,6 @@ pub struct App {
     audit: Audit,
 }
 
-fn sha256_hex(text: &str) -> String {
-    hex::encode(Sha256::digest(text.as_bytes()))
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -148,9 +152,13 @@ impl App {
             path: path.display().to_string(),
             source,
         };
-        let (snapshot, text) = config::load_file(&path, &EnvAndFiles).map_err(config_error)?;
-        let upstreams = Upstreams::build(&snapshot, None)
+        let (snapshot, text) = reload::load_file_off_thread(&path, Arc::clone(&options.secrets))
+            .await
+            .map_err(config_error)?;
+        let metrics = Metrics::new();
+        let generation = Generation::build(snapshot, &text, None, &metrics, Instant::now())
             .map_err(|problems| config_error(ConfigError::Invalid(problems)))?;
+        let snapshot = Arc::clone(&generation.snapshot);
 
         let mut sandboxes = Registry::default();
         for s in &snapshot.sandbox {
@@ -166,27 +174,11 @@ impl App {
             sandboxes.insert(sandbox);
         }
 
-        let metrics = Metrics::new();
-        let snapshot = Arc::new(snapshot);
-        let current: Current = Arc::new(ArcSwap::from_pointee(Generation {
-            number: 1,
-            health: States::build(&snapshot, None, &metrics, Instant::now()),
-            route_limits: RouteLimits::build(&snapshot, None),
-            idempotency: RouteStores::build(&snapshot, None, &metrics.idempotency_evictions_total),
-            pins: Arc::new(ObjectPins::new(
-                snapshot.pins.ttl,
-                snapshot.pins.max_entries,
-            )),
-            retry_budgets: RouteBudgets::build(&snapshot, None, Instant::now()),
-            snapshot: Arc::clone(&snapshot),
-            upstreams,
-            sha256: sha256_hex(&text),
-            loaded_at: SystemTime::now(),
-        }));
+        let current: Current = Arc::new(ArcSwap::from_pointee(generation));
         metrics.config_generation.set(1);
         metrics
             .config_last_reload_success_timestamp_seconds
-            .set(unix_now());
+            .set(reload::unix_now());
 
         let limits_of =
             |listener| Limits::new(snapshot.max_header_bytes, &snapshot.limits, listener);
@@ -214,7 +206,7 @@ impl App {
         };
         let webhooks = Arc::new(Webhooks::new(metrics.clone(), audit.clone()));
         let mut webhook_servers = Vec::new();
-        let listeners = webhook_listeners(&snapshot);
+        let listeners = snapshot.webhook_listeners();
         let side = match listeners.is_empty() {
             true => None,
             false => Some(SideRuntime::start("switchyard-webhooks").map_err(|source| {
@@ -253,14 +245,13 @@ impl App {
         }
 
         let status = Arc::new(Mutex::new(ReloadStatus::default()));
-        let reloader = Arc::new(Reloader {
-            path: path.clone(),
-            current: Arc::clone(&current),
-            metrics: metrics.clone(),
-            status: Arc::clone(&status),
-            lock: Mutex::new(()),
-            checks: Mutex::new(Vec::new()),
-        });
+        let reloader = Arc::new(Reloader::new(
+            path.clone(),
+            Arc::clone(&options.secrets),
+            Arc::clone(&current),
+            metrics.clone(),
+            Arc::clone(&status),
+        ));
         reloader.restart_checks(&current.load());
         let ready = Arc::new(AtomicBool::new(false));
         let admin_state = AdminState {
@@ -300,7 +291,7 @@ impl App {
         let mut background = Vec::new();
         if options.watch {
             let (watch, mut changes) =
-                config::reload::watch(&path).map_err(|source| StartError::Watch {
+                reload::watch(&path).map_err(|source| StartError::Watch {
                     path: path.display().to_string(),
                     source,
                 })?;
@@ -309,7 +300,7 @@ impl App {
                 let _watch = watch;
                 while changes.recv().await.is_some() {
                     // Let a burst of writes settle, then reload once.
-                    tokio::time::sleep(config::reload::SETTLE).await;
+                    tokio::time::sleep(reload::SETTLE).await;
                     while changes.try_recv().is_ok() {}
                     let _ = reloader.reload().await;
                 }
@@ -420,183 +411,6 @@ impl App {
         self.admin.shutdown(Duration::from_secs(1)).await;
         tracing::info!("stopped");
     }
-}
-
-/// Reloads the file: parse, validate, build upstreams, swap. Reloads run one at a time.
-struct Reloader {
-    path: PathBuf,
-    current: Current,
-    metrics: Metrics,
-    status: Arc<Mutex<ReloadStatus>>,
-    lock: Mutex<()>,
-    checks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-impl Reload for Reloader {
-    fn reload(&self) -> BoxFuture<Result<u64, String>> {
-        // Config parsing is synchronous and small; run it here and hand back a ready future.
-        let result = self.reload_now();
-        Box::pin(std::future::ready(result))
-    }
-}
-
-impl Reloader {
-    fn reload_now(&self) -> Result<u64, String> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.current.load_full();
-        let attempt = load_generation(&self.path, &old, &self.metrics);
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        status.last_attempt_at = Some(SystemTime::now());
-        match attempt {
-            Err(error) => {
-                self.metrics
-                    .config_reloads_total
-                    .with_label_values(&["failure"])
-                    .inc();
-                tracing::error!(path = %self.path.display(), %error, "config reload rejected; the previous config keeps serving");
-                status.last_error = Some(error.clone());
-                self.metrics.config_last_reload_successful.set(0);
-                Err(error)
-            }
-            Ok(next) => {
-                let number = next.number;
-                status.restart_required = restart_required(&old.snapshot, &next.snapshot);
-                for change in &status.restart_required {
-                    tracing::warn!(change = %change, "config change needs a restart to apply");
-                }
-                status.last_error = None;
-                let next = Arc::new(next);
-                self.current.store(Arc::clone(&next));
-                self.restart_checks(&next);
-                self.metrics
-                    .config_reloads_total
-                    .with_label_values(&["success"])
-                    .inc();
-                self.metrics.config_generation.set(number as i64);
-                self.metrics.config_last_reload_successful.set(1);
-                self.metrics
-                    .config_restart_required
-                    .set(i64::from(!status.restart_required.is_empty()));
-                self.metrics
-                    .config_last_reload_success_timestamp_seconds
-                    .set(unix_now());
-                tracing::info!(generation = number, "config reloaded");
-                Ok(number)
-            }
-        }
-    }
-}
-
-impl Reloader {
-    /// Runs active health checks for the providers of `generation` that some route uses and that
-    /// have checks configured; stops every check of the previous generation.
-    fn restart_checks(&self, generation: &Generation) {
-        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
-        for task in checks.drain(..) {
-            task.abort();
-        }
-        let used: std::collections::HashSet<&str> = generation
-            .snapshot
-            .routes
-            .iter()
-            .flat_map(|r| r.targets.iter().map(|t| &*t.provider))
-            .collect();
-        for (name, provider) in &generation.snapshot.providers {
-            let Some(cfg) = provider.health_check.clone() else {
-                continue;
-            };
-            if !used.contains(&**name) {
-                continue;
-            }
-            let (Some(upstream), Some(state)) =
-                (generation.upstreams.get(name), generation.health.get(name))
-            else {
-                continue;
-            };
-            checks.push(tokio::spawn(crate::health::checks::run(
-                Arc::clone(upstream),
-                Arc::clone(state),
-                cfg,
-            )));
-        }
-    }
-
-    fn stop_checks(&self) {
-        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
-        for task in checks.drain(..) {
-            task.abort();
-        }
-    }
-}
-
-fn load_generation(path: &Path, old: &Generation, metrics: &Metrics) -> Result<Generation, String> {
-    let (snapshot, text) = config::load_file(path, &EnvAndFiles).map_err(|e| e.to_string())?;
-    let upstreams = Upstreams::build(&snapshot, Some(&old.upstreams))
-        .map_err(|problems| ConfigError::Invalid(problems).to_string())?;
-    Ok(Generation {
-        number: old.number + 1,
-        health: States::build(&snapshot, Some(&old.health), metrics, Instant::now()),
-        route_limits: RouteLimits::build(&snapshot, Some(&old.route_limits)),
-        idempotency: RouteStores::build(
-            &snapshot,
-            Some(&old.idempotency),
-            &metrics.idempotency_evictions_total,
-        ),
-        pins: {
-            old.pins
-                .set_limits(snapshot.pins.ttl, snapshot.pins.max_entries);
-            Arc::clone(&old.pins)
-        },
-        retry_budgets: RouteBudgets::build(&snapshot, Some(&old.retry_budgets), Instant::now()),
-        snapshot: Arc::new(snapshot),
-        upstreams,
-        sha256: sha256_hex(&text),
-        loaded_at: SystemTime::now(),
-    })
-}
-
-/// What changed between `old` and `new` that a reload cannot apply: listeners are never rebound.
-fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<String> {
-    let mut out = Vec::new();
-    if old.listen != new.listen {
-        out.push(format!(
-            "listen changed from {} to {}; still listening on {}",
-            old.listen, new.listen, old.listen
-        ));
-    }
-    if old.admin.listen != new.admin.listen {
-        out.push(format!(
-            "admin.listen changed from {} to {}; still listening on {}",
-            old.admin.listen, new.admin.listen, old.admin.listen
-        ));
-    }
-    if old.max_header_bytes != new.max_header_bytes {
-        out.push("max_header_bytes changed".to_owned());
-    }
-    if old.limits != new.limits {
-        out.push("the limits section changed".to_owned());
-    }
-    if old.audit != new.audit {
-        out.push("the audit section changed".to_owned());
-    }
-    if webhook_listeners(old) != webhook_listeners(new) {
-        out.push("the webhook listen addresses changed".to_owned());
-    }
-    if old.sandbox != new.sandbox {
-        out.push("the sandbox section changed".to_owned());
-    }
-    out
-}
-
-/// The distinct `listen` addresses of the webhooks, in file order.
-fn webhook_listeners(snapshot: &Snapshot) -> Vec<std::net::SocketAddr> {
-    let mut out = Vec::new();
-    for addr in snapshot.webhooks.iter().filter_map(|w| w.listen) {
-        if !out.contains(&addr) {
-            out.push(addr);
-        }
-    }
-    out
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.

@@ -4,14 +4,16 @@
 //! on that generation, even if a reload happens meanwhile.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
 
-use crate::config::Snapshot;
+use crate::config::{Problem, Snapshot};
 use crate::health::States;
 use crate::idempotency::{ObjectPins, RouteStores};
 use crate::limits::RouteLimits;
+use crate::metrics::Metrics;
 use crate::retry::RouteBudgets;
 use crate::upstream::Upstreams;
 
@@ -42,3 +44,46 @@ pub struct Generation {
 
 /// The generation in use, swapped atomically on reload.
 pub type Current = Arc<ArcSwap<Generation>>;
+
+impl Generation {
+    /// Builds the generation that runs `snapshot`, loaded from `text` (for its digest). `previous` is
+    /// the generation it replaces on a reload, `None` at start: the state that must survive a reload
+    /// (health, limiters, idempotency records, pins, retry budgets, pooled clients) is carried over from
+    /// it by name. Fails only when an upstream client cannot be built (a TLS file that does not load).
+    pub fn build(
+        snapshot: Snapshot,
+        text: &str,
+        previous: Option<&Generation>,
+        metrics: &Metrics,
+        now: Instant,
+    ) -> Result<Self, Vec<Problem>> {
+        let upstreams = Upstreams::build(&snapshot, previous.map(|p| &p.upstreams))?;
+        let pins = match previous {
+            Some(old) => {
+                old.pins
+                    .set_limits(snapshot.pins.ttl, snapshot.pins.max_entries);
+                Arc::clone(&old.pins)
+            }
+            None => Arc::new(ObjectPins::new(
+                snapshot.pins.ttl,
+                snapshot.pins.max_entries,
+            )),
+        };
+        Ok(Self {
+            number: previous.map_or(1, |p| p.number + 1),
+            health: States::build(&snapshot, previous.map(|p| &p.health), metrics, now),
+            route_limits: RouteLimits::build(&snapshot, previous.map(|p| &p.route_limits)),
+            idempotency: RouteStores::build(
+                &snapshot,
+                previous.map(|p| &p.idempotency),
+                &metrics.idempotency_evictions_total,
+            ),
+            pins,
+            retry_budgets: RouteBudgets::build(&snapshot, previous.map(|p| &p.retry_budgets), now),
+            snapshot: Arc::new(snapshot),
+            upstreams,
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            loaded_at: SystemTime::now(),
+        })
+    }
+}

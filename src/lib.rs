@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod redact;
 pub mod retry;
+pub mod routing;
 pub mod sandbox;
 pub mod server;
 pub mod side_runtime;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota as Gcra, RateLimiter};
 
-use crate::config::validate::{Quota, RateLimit};
 use crate::config::Snapshot;
+use crate::config::{Quota, RateLimit};
 
 fn gcra(rps: u32, burst: u32) -> Gcra {
     let rps = NonZeroU32::new(rps).unwrap_or(NonZeroU32::MIN);
@@ -159,7 +159,7 @@ impl QuotaGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::validate::RateLimitKey;
+    use crate::config::RateLimitKey;
 
     fn limit(rps: u32, burst: u32, max_keys: usize) -> RateLimit {
         RateLimit {

@@ -9,6 +9,17 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+/// The `reason` label values of `switchyard_audit_dropped_total`: the writer's queue was full, the trail
+/// was closed (shutdown), the file could not be written, the files reached `audit.max_bytes`, or a
+/// refused webhook was over its per-second record limit (counted in a summary record instead).
+pub const AUDIT_DROP_REASONS: [&str; 5] = [
+    "queue_full",
+    "closed",
+    "write_failed",
+    "disk_budget",
+    "refused_webhook_limit",
+];
+
 /// Label value used where no route or no provider was involved.
 pub const NONE: &str = "none";
 
@@ -89,8 +100,8 @@ pub struct Families {
     pub webhooks_total: IntCounterVec,
     /// Audit records written.
     pub audit_records_total: prometheus::IntCounter,
-    /// Audit records lost: the queue was full, or the file could not be written.
-    pub audit_dropped_total: prometheus::IntCounter,
+    /// Audit records not written, by reason (see [`AUDIT_DROP_REASONS`]).
+    pub audit_dropped_total: IntCounterVec,
     /// Connections and requests refused at a bound, by listener and reason (`connections`,
     /// `buffered_bytes`).
     pub overload_rejections_total: IntCounterVec,
@@ -352,10 +363,16 @@ impl Families {
             "switchyard_audit_records_total",
             "Audit records written.",
         )?;
-        let audit_dropped_total = prometheus::IntCounter::new(
-            "switchyard_audit_dropped_total",
-            "Audit records lost because the queue was full or the file could not be written.",
+        let audit_dropped_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_audit_dropped_total",
+                "Audit records not written, by reason: queue_full, closed, write_failed, disk_budget, refused_webhook_limit.",
+            ),
+            &["reason"],
         )?;
+        for reason in AUDIT_DROP_REASONS {
+            audit_dropped_total.with_label_values(&[reason]);
+        }
         registry.register(Box::new(webhooks_total.clone()))?;
         registry.register(Box::new(audit_records_total.clone()))?;
         registry.register(Box::new(audit_dropped_total.clone()))?;

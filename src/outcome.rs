@@ -1,9 +1,11 @@
 //! What one attempt at a provider means for the payment: the outcome classes of
-//! `PAYMENT_RULES.md` §1, as one pure function of what was observed.
+//! `PAYMENT_RULES.md` §1, as one pure function of what was seen of it: the provider's answer, or how
+//! the send failed ([`SendFailure`]). A local refusal (breaker open, quota exhausted) sends nothing
+//! and is not classified: the attempt loop's `decide` takes it as such.
 //!
-//! | observed | class |
+//! | seen | class |
 //! |---|---|
-//! | connect refused / timeout, DNS, TLS handshake failure, local breaker open, local quota exhausted | [`OutcomeClass::NotSent`] |
+//! | connect refused / timeout, DNS, TLS handshake failure | [`OutcomeClass::NotSent`] |
 //! | a pooled connection that failed before the request was written | [`OutcomeClass::NotSent`] |
 //! | HTTP/2 REFUSED_STREAM, GOAWAY below our stream, 429, Adyen `transient-error: true`, 409 with `Stripe-Should-Retry: true` | [`OutcomeClass::NotProcessed`] |
 //! | timeout or reset after the request was written, any other 5xx | [`OutcomeClass::Unknown`] |
@@ -51,34 +53,23 @@ impl OutcomeClass {
     }
 }
 
-/// What was seen of one attempt.
-#[derive(Debug, Clone, Copy)]
-pub enum Observed<'a> {
-    /// DNS failure, connection refused, connect timeout.
-    ConnectFailed,
-    /// The TLS handshake failed (or the provider refused it).
-    TlsFailed,
-    /// The provider's breaker refused the attempt locally.
-    BreakerOpen,
-    /// The provider account's quota had no slot in time.
-    QuotaExhausted,
-    /// The connection failed before the request was written.
-    FailedBeforeWrite,
-    /// HTTP/2 RST_STREAM with REFUSED_STREAM.
+/// How an attempt failed, as far as telling whether the request was written goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// DNS, refused, connect timeout.
+    Connect,
+    /// TLS handshake failed or was refused.
+    Tls,
+    /// Failed before the request was written (a pooled connection closed first).
+    BeforeWrite,
+    /// HTTP/2 REFUSED_STREAM: the provider did not process it.
     RefusedStream,
-    /// HTTP/2 GOAWAY whose last stream id is below ours.
-    GoAwayUnprocessed,
+    /// HTTP/2 GOAWAY that excluded our stream: the provider did not process it.
+    GoAway,
     /// The attempt timed out after the request was (or may have been) written.
     TimeoutAfterWrite,
-    /// The connection failed after the request was (or may have been) written.
-    FailedAfterWrite,
-    /// The provider answered.
-    Response {
-        /// Its status.
-        status: StatusCode,
-        /// Its headers.
-        headers: &'a HeaderMap,
-    },
+    /// The exchange failed after the request was (or may have been) written.
+    AfterWrite,
 }
 
 /// What the provider's breaker makes of the attempt.
@@ -149,27 +140,28 @@ fn http_date(value: &str) -> Option<std::time::SystemTime> {
     humantime::parse_rfc3339_weak(&format!("{year}-{m:02}-{day:0>2} {time}")).ok()
 }
 
+/// What was seen of one attempt: the provider's status and headers, or how the send failed.
+pub type Seen<'a> = Result<(StatusCode, &'a HeaderMap), SendFailure>;
+
 /// Classifies one attempt.
-pub fn classify(observed: Observed<'_>, now: std::time::SystemTime) -> Classified {
+pub fn classify(seen: Seen<'_>, now: std::time::SystemTime) -> Classified {
     let plain = |class, breaker| Classified {
         class,
         breaker,
         hint: RetryHint::None,
     };
-    match observed {
-        Observed::ConnectFailed | Observed::TlsFailed => {
+    match seen {
+        Err(SendFailure::Connect | SendFailure::Tls) => {
             plain(OutcomeClass::NotSent, BreakerEffect::Failure)
         }
-        Observed::BreakerOpen | Observed::QuotaExhausted | Observed::FailedBeforeWrite => {
-            plain(OutcomeClass::NotSent, BreakerEffect::None)
-        }
-        Observed::RefusedStream | Observed::GoAwayUnprocessed => {
+        Err(SendFailure::BeforeWrite) => plain(OutcomeClass::NotSent, BreakerEffect::None),
+        Err(SendFailure::RefusedStream | SendFailure::GoAway) => {
             plain(OutcomeClass::NotProcessed, BreakerEffect::Failure)
         }
-        Observed::TimeoutAfterWrite | Observed::FailedAfterWrite => {
+        Err(SendFailure::TimeoutAfterWrite | SendFailure::AfterWrite) => {
             plain(OutcomeClass::Unknown, BreakerEffect::Failure)
         }
-        Observed::Response { status, headers } => {
+        Ok((status, headers)) => {
             let hint = if header_is(headers, "stripe-should-retry", "false") {
                 RetryHint::DoNotRetry
             } else {
@@ -227,29 +219,21 @@ mod tests {
     fn every_row_of_the_outcome_table() {
         let now = SystemTime::now();
         let none = HeaderMap::new();
-        let cases: Vec<(Observed<'_>, C, B)> = vec![
-            (Observed::ConnectFailed, C::NotSent, B::Failure),
-            (Observed::TlsFailed, C::NotSent, B::Failure),
-            (Observed::BreakerOpen, C::NotSent, B::None),
-            (Observed::QuotaExhausted, C::NotSent, B::None),
-            (Observed::FailedBeforeWrite, C::NotSent, B::None),
-            (Observed::RefusedStream, C::NotProcessed, B::Failure),
-            (Observed::GoAwayUnprocessed, C::NotProcessed, B::Failure),
-            (Observed::TimeoutAfterWrite, C::Unknown, B::Failure),
-            (Observed::FailedAfterWrite, C::Unknown, B::Failure),
+        let cases: Vec<(SendFailure, C, B)> = vec![
+            (SendFailure::Connect, C::NotSent, B::Failure),
+            (SendFailure::Tls, C::NotSent, B::Failure),
+            (SendFailure::BeforeWrite, C::NotSent, B::None),
+            (SendFailure::RefusedStream, C::NotProcessed, B::Failure),
+            (SendFailure::GoAway, C::NotProcessed, B::Failure),
+            (SendFailure::TimeoutAfterWrite, C::Unknown, B::Failure),
+            (SendFailure::AfterWrite, C::Unknown, B::Failure),
         ];
-        for (observed, class, breaker) in cases {
-            let c = classify(observed, now);
-            assert_eq!((c.class, c.breaker), (class, breaker), "{observed:?}");
+        for (failure, class, breaker) in cases {
+            let c = classify(Err(failure), now);
+            assert_eq!((c.class, c.breaker), (class, breaker), "{failure:?}");
         }
         let response = |status: u16, h: &HeaderMap| {
-            let c = classify(
-                Observed::Response {
-                    status: StatusCode::from_u16(status).unwrap(),
-                    headers: h,
-                },
-                now,
-            );
+            let c = classify(Ok((StatusCode::from_u16(status).unwrap(), h)), now);
             (c.class, c.breaker)
         };
         for ok in [200, 201, 202, 204] {
@@ -283,22 +267,10 @@ mod tests {
     fn provider_retry_hints() {
         let now = SystemTime::now();
         let h = headers(&[("stripe-should-retry", "false"), ("retry-after", "5")]);
-        let c = classify(
-            Observed::Response {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                headers: &h,
-            },
-            now,
-        );
+        let c = classify(Ok((StatusCode::SERVICE_UNAVAILABLE, &h)), now);
         assert_eq!(c.hint, RetryHint::DoNotRetry, "should-retry false wins");
         let h = headers(&[("retry-after", "3")]);
-        let c = classify(
-            Observed::Response {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                headers: &h,
-            },
-            now,
-        );
+        let c = classify(Ok((StatusCode::TOO_MANY_REQUESTS, &h)), now);
         assert_eq!(c.hint, RetryHint::After(Duration::from_secs(3)));
     }
 

@@ -37,7 +37,7 @@ use tower::{Service, ServiceExt};
 
 use crate::body::ProxyBody;
 use crate::budget::{BufferBudget, Cutoff, ListenerCtx, REASON_CONNECTIONS};
-use crate::config::validate::{Limits as LimitsConfig, ListenerLimits};
+use crate::config::{Limits as LimitsConfig, ListenerLimits};
 use crate::ctx::ClientAddr;
 use crate::metrics::Metrics;
 

@@ -115,6 +115,39 @@ routes:
     assert!(text.contains("INVALID"), "{text}");
 }
 
+#[test]
+fn check_refuses_a_file_too_deep_or_too_large_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = format!("listen: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let path = write_config(dir.path(), &deep);
+    let out = run_check(&["--config", path.to_str().unwrap()], &[], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(text.contains("INVALID"), "{text}");
+    assert!(
+        text.contains("line 1: mappings and lists nest deeper than the limit of 64 levels"),
+        "{text}"
+    );
+
+    std::fs::write(&path, vec![b'#'; (4 << 20) + 1]).unwrap();
+    let out = run_check(&["--config", path.to_str().unwrap()], &[], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(text.contains("INVALID"), "{text}");
+    assert!(
+        text.contains("more than the limit of 4194304 bytes (4 MiB)"),
+        "{text}"
+    );
+
+    let mut not_utf8 = b"listen: 127.0.0.1:0\nroutes:\n  - name: caf".to_vec();
+    not_utf8.extend_from_slice(b"\xe9\n");
+    std::fs::write(&path, not_utf8).unwrap();
+    let out = run_check(&["--config", path.to_str().unwrap()], &[], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(text.contains("line 3: not UTF-8"), "{text}");
+}
+
 fn config_with_auth_env(var: &str) -> String {
     format!(
         "\

@@ -5,7 +5,12 @@
 //! Guarantees:
 //! - **Never blocks a payment.** [`Audit::record`] puts the record on a bounded queue and returns; a
 //!   writer thread redacts and writes. When the queue is full the record is dropped and counted in
-//!   `switchyard_audit_dropped_total` (so is a record the disk refused), never silently lost.
+//!   `switchyard_audit_dropped_total{reason}` (so is a record the disk refused), never silently lost.
+//! - **Never fills the disk.** The files the writer owns stay under `max_bytes`: past it, records are
+//!   dropped and counted (`reason="disk_budget"`) until retention frees room. Refused webhooks, which
+//!   anyone can send at line rate, are recorded without their body (SHA-256 and size only) and at most
+//!   [`limit::REFUSED_PER_SECOND`] per webhook and second; the rest become one counted summary record
+//!   per second ([`limit`]).
 //! - **No secrets in files.** Records have no header fields at all; paths, keys and ids lose card
 //!   numbers; bodies are kept only with `bodies: redacted`, cut to `max_body`, with sensitive fields
 //!   masked ([`crate::redact::redact_body`]).
@@ -35,29 +40,32 @@
 
 mod capture;
 pub mod clock;
+pub mod limit;
 mod record;
 mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use http_body_util::BodyExt;
-use prometheus::IntCounter;
+use prometheus::IntCounterVec;
 
 pub use capture::{Capture, CaptureSlot, Captured};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use record::{
     content_type, provider_request_id, AttemptEnd, AttemptOutcome, AttemptReason, AttemptRecord,
-    AttemptStart, Record, RecordedBody, ShopRequestRecord, WebhookRecord,
+    AttemptStart, BodyDigest, Record, RecordedBody, ShopRequestRecord, SuppressedRecord,
+    WebhookRecord,
 };
 pub use writer::file_name;
 
 use crate::body::ProxyBody;
-use crate::config::validate::{AuditBodies, AuditConfig};
+use crate::config::{AuditBodies, AuditConfig};
 use crate::metrics::Metrics;
+use limit::{RefusedLimit, REFUSED_PER_SECOND};
 use record::Redaction;
 use writer::{Msg, Writer};
 
@@ -73,8 +81,50 @@ struct Shared {
     bodies: AuditBodies,
     max_body: usize,
     clock: Arc<dyn Clock>,
-    dropped: IntCounter,
+    dropped: IntCounterVec,
+    refused: Arc<Mutex<RefusedLimit>>,
     closed: AtomicBool,
+}
+
+/// Why a record was not written: the `reason` label of `switchyard_audit_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The writer's queue was full.
+    QueueFull,
+    /// The trail was closed (shutdown) or its writer stopped.
+    Closed,
+    /// The file could not be written.
+    WriteFailed,
+    /// The files reached `audit.max_bytes`.
+    DiskBudget,
+    /// A refused webhook over its per-second record limit (counted in a summary record instead).
+    RefusedWebhookLimit,
+}
+
+impl DropReason {
+    /// Every reason, for zeroed series.
+    pub const ALL: [DropReason; 5] = [
+        Self::QueueFull,
+        Self::Closed,
+        Self::WriteFailed,
+        Self::DiskBudget,
+        Self::RefusedWebhookLimit,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::Closed => "closed",
+            Self::WriteFailed => "write_failed",
+            Self::DiskBudget => "disk_budget",
+            Self::RefusedWebhookLimit => "refused_webhook_limit",
+        }
+    }
+
+    pub(crate) fn count(self, dropped: &IntCounterVec) {
+        dropped.with_label_values(&[self.as_str()]).inc();
+    }
 }
 
 impl std::fmt::Debug for Audit {
@@ -129,13 +179,16 @@ impl Audit {
             bodies: config.bodies,
             max_body: config.max_body,
         };
+        let refused = Arc::new(Mutex::new(RefusedLimit::new(REFUSED_PER_SECOND)));
         let writer = Writer::new(
             config.dir.clone(),
             config.retention,
+            config.max_bytes,
             redaction,
             Arc::clone(&clock),
             metrics.audit_records_total.clone(),
             metrics.audit_dropped_total.clone(),
+            Arc::clone(&refused),
             rx,
         );
         let shared = Shared {
@@ -144,6 +197,7 @@ impl Audit {
             max_body: config.max_body,
             clock,
             dropped: metrics.audit_dropped_total.clone(),
+            refused,
             closed: AtomicBool::new(false),
         };
         Ok((
@@ -179,21 +233,33 @@ impl Audit {
     }
 
     /// Queues `record` for writing. Never blocks: when the queue is full (or the trail is closed) the
-    /// record is dropped and counted in `switchyard_audit_dropped_total`.
+    /// record is dropped and counted in `switchyard_audit_dropped_total`. A refused webhook (one whose
+    /// signature did not verify) over its webhook's per-second limit is counted for a summary record
+    /// instead ([`limit`]).
     pub fn record(&self, record: impl Into<Record>) {
         let Some(shared) = &self.inner else { return };
         if shared.closed.load(Ordering::Acquire) {
-            shared.dropped.inc();
+            DropReason::Closed.count(&shared.dropped);
             return;
         }
-        match shared.tx.try_send(Msg::Record(Box::new(record.into()))) {
+        let record = record.into();
+        if let Record::Webhook(w) = &record {
+            if !w.verified {
+                let mut refused = shared.refused.lock().unwrap_or_else(|p| p.into_inner());
+                if !refused.admit(&w.webhook, w.timestamp) {
+                    DropReason::RefusedWebhookLimit.count(&shared.dropped);
+                    return;
+                }
+            }
+        }
+        match shared.tx.try_send(Msg::Record(Box::new(record))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                shared.dropped.inc();
+                DropReason::QueueFull.count(&shared.dropped);
                 tracing::warn!("audit queue full: a record was dropped");
             }
             Err(TrySendError::Disconnected(_)) => {
-                shared.dropped.inc();
+                DropReason::Closed.count(&shared.dropped);
                 tracing::error!("audit writer stopped: a record was dropped");
             }
         }
@@ -272,6 +338,7 @@ mod tests {
             bodies,
             max_body: 1024,
             queue,
+            max_bytes: 10 << 30,
         }
     }
 
@@ -288,7 +355,15 @@ mod tests {
             shop_status: Some(200),
             latency: Duration::from_millis(3),
             body: None,
+            body_digest: None,
         }
+    }
+
+    fn dropped(metrics: &Metrics, reason: DropReason) -> u64 {
+        metrics
+            .audit_dropped_total
+            .with_label_values(&[reason.as_str()])
+            .get()
     }
 
     fn lines(dir: &Path, day: &str) -> Vec<serde_json::Value> {
@@ -351,7 +426,9 @@ mod tests {
         assert!(dir.path().join("notes.txt").exists());
         audit.close().await;
         assert_eq!(metrics.audit_records_total.get(), 3);
-        assert_eq!(metrics.audit_dropped_total.get(), 0);
+        for reason in DropReason::ALL {
+            assert_eq!(dropped(&metrics, reason), 0);
+        }
     }
 
     #[tokio::test]
@@ -372,12 +449,94 @@ mod tests {
             started.elapsed() < Duration::from_secs(1),
             "record never waits"
         );
-        assert_eq!(metrics.audit_dropped_total.get(), 3);
+        assert_eq!(dropped(&metrics, DropReason::QueueFull), 3);
         writer.start().unwrap();
         audit.close().await;
         assert_eq!(metrics.audit_records_total.get(), 2);
         // After close, records are dropped and counted too.
         audit.record(webhook(SystemTime::now(), "late"));
-        assert_eq!(metrics.audit_dropped_total.get(), 4);
+        assert_eq!(dropped(&metrics, DropReason::Closed), 1);
+    }
+
+    #[test]
+    fn the_drop_reasons_are_the_metrics_zeroed_series() {
+        let reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(reasons, crate::metrics::AUDIT_DROP_REASONS);
+    }
+
+    #[tokio::test]
+    async fn the_files_never_grow_past_max_bytes_and_what_is_over_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        // A file of an earlier day already holds 600 bytes of the 2000-byte budget.
+        std::fs::write(dir.path().join("audit-2023-12-31.jsonl"), vec![b'x'; 600]).unwrap();
+        let clock = Arc::new(ManualClock::at_unix(1_704_067_200));
+        let mut c = config(dir.path(), AuditBodies::None, 1000);
+        c.max_bytes = 2000;
+        let audit = Audit::start(&c, &metrics, clock as Arc<dyn Clock>).unwrap();
+        for i in 0..40 {
+            audit.record(webhook(audit.now(), &format!("r{i}")));
+        }
+        audit.close().await;
+        let total: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert!(total <= 2000, "{total} bytes on disk");
+        let written = metrics.audit_records_total.get();
+        assert!(written > 0 && written < 40, "{written}");
+        assert_eq!(dropped(&metrics, DropReason::DiskBudget), 40 - written);
+    }
+
+    #[tokio::test]
+    async fn refused_webhooks_are_limited_per_second_and_the_rest_summarised() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let clock = Arc::new(ManualClock::at_unix(1_704_067_200));
+        let audit = Audit::start(
+            &config(dir.path(), AuditBodies::Redacted, 1000),
+            &metrics,
+            Arc::clone(&clock) as Arc<dyn Clock>,
+        )
+        .unwrap();
+        for i in 0..20 {
+            let mut r = webhook(audit.now(), &format!("bad{i}"));
+            r.verified = false;
+            r.result = "bad_signature";
+            audit.record(r);
+        }
+        // Verified webhooks are never limited.
+        for i in 0..10 {
+            audit.record(webhook(audit.now(), &format!("good{i}")));
+        }
+        audit.flush().await;
+        let all = lines(dir.path(), "2024-01-01");
+        let refused = all
+            .iter()
+            .filter(|v| v["result"] == "bad_signature")
+            .count();
+        assert_eq!(refused, limit::REFUSED_PER_SECOND as usize);
+        assert_eq!(
+            all.iter().filter(|v| v["result"] == "forwarded").count(),
+            10
+        );
+        let summary: Vec<_> = all
+            .iter()
+            .filter(|v| v["type"] == "webhook_refused_suppressed")
+            .collect();
+        assert_eq!(summary.len(), 1, "{all:?}");
+        assert_eq!(summary[0]["webhook"], "hook");
+        assert_eq!(summary[0]["suppressed"], 15);
+        assert_eq!(summary[0]["message"], "15 refused webhooks suppressed");
+        assert_eq!(dropped(&metrics, DropReason::RefusedWebhookLimit), 15);
+        // The next second admits again.
+        clock.advance(Duration::from_secs(1));
+        let mut r = webhook(audit.now(), "later");
+        r.verified = false;
+        audit.record(r);
+        audit.close().await;
+        let all = lines(dir.path(), "2024-01-01");
+        assert!(all.iter().any(|v| v["request_id"] == "later"));
     }
 }

@@ -13,8 +13,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde_json::{json, Map, Value};
 
 use super::clock::rfc3339_millis;
-use crate::config::validate::AuditBodies;
-use crate::redact::{mask_pans, redact_body, redact_form};
+use crate::config::AuditBodies;
+use crate::redact::{mask_pans, redact_body, redact_path};
 
 /// One audit record.
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub enum Record {
     Attempt(AttemptRecord),
     /// A webhook a provider posted.
     Webhook(WebhookRecord),
+    /// Refused webhooks over the per-second limit, counted instead of recorded one by one.
+    Suppressed(SuppressedRecord),
 }
 
 impl From<ShopRequestRecord> for Record {
@@ -36,6 +38,12 @@ impl From<ShopRequestRecord> for Record {
 impl From<AttemptRecord> for Record {
     fn from(r: AttemptRecord) -> Self {
         Self::Attempt(r)
+    }
+}
+
+impl From<SuppressedRecord> for Record {
+    fn from(r: SuppressedRecord) -> Self {
+        Self::Suppressed(r)
     }
 }
 
@@ -297,8 +305,46 @@ pub struct WebhookRecord {
     pub shop_status: Option<u16>,
     /// Time until the answer to the provider.
     pub latency: Duration,
-    /// The event body.
+    /// The event body: only for a verified webhook (with `bodies: redacted`).
     pub body: Option<RecordedBody>,
+    /// What a refused webhook's body was, without the body: its SHA-256 and size.
+    pub body_digest: Option<BodyDigest>,
+}
+
+/// The SHA-256 and size of a body that is not kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyDigest {
+    /// Lowercase hex SHA-256 of the body.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub size: u64,
+}
+
+impl BodyDigest {
+    /// The digest of `body`.
+    pub fn of(body: &[u8]) -> Self {
+        use sha2::Digest;
+        Self {
+            sha256: hex::encode(sha2::Sha256::digest(body)),
+            size: body.len() as u64,
+        }
+    }
+}
+
+/// Refused webhooks of one webhook that were over the per-second record limit: written once their second
+/// is over (see [`super::limit`]).
+#[derive(Debug, Clone)]
+pub struct SuppressedRecord {
+    /// When the summary was made.
+    pub timestamp: SystemTime,
+    /// Webhook name.
+    pub webhook: Arc<str>,
+    /// How many refused requests had no record of their own.
+    pub suppressed: u64,
+    /// When the first of them arrived.
+    pub first: SystemTime,
+    /// When the last of them arrived.
+    pub last: SystemTime,
 }
 
 /// What the writer applies to every record.
@@ -316,12 +362,10 @@ fn opt_text(s: Option<&str>) -> Value {
     s.map_or(Value::Null, text)
 }
 
-/// A path with its query: card numbers masked in the path, sensitive fields masked in the query.
+/// A path with its query: card numbers masked in the path and the query, as written and as decoded;
+/// sensitive fields masked in the query.
 fn path_value(path: &str) -> Value {
-    match path.split_once('?') {
-        None => text(path),
-        Some((p, q)) => text(&format!("{}?{}", mask_pans(p), redact_form(q))),
-    }
+    Value::String(redact_path(path))
 }
 
 fn millis(d: Duration) -> Value {
@@ -415,7 +459,25 @@ impl Redaction {
                 m.insert("dedupe".into(), json!(r.dedupe));
                 m.insert("shop_status".into(), json!(r.shop_status));
                 m.insert("latency_ms".into(), millis(r.latency));
-                self.body(&mut m, "request", r.body.as_ref());
+                if r.verified {
+                    self.body(&mut m, "request", r.body.as_ref());
+                }
+                if let Some(d) = &r.body_digest {
+                    m.insert("request_body_sha256".into(), json!(d.sha256));
+                    m.insert("request_body_bytes".into(), json!(d.size));
+                }
+            }
+            Record::Suppressed(r) => {
+                m.insert("type".into(), json!("webhook_refused_suppressed"));
+                m.insert("ts".into(), json!(rfc3339_millis(r.timestamp)));
+                m.insert("webhook".into(), text(&r.webhook));
+                m.insert("suppressed".into(), json!(r.suppressed));
+                m.insert("first_ts".into(), json!(rfc3339_millis(r.first)));
+                m.insert("last_ts".into(), json!(rfc3339_millis(r.last)));
+                m.insert(
+                    "message".into(),
+                    json!(format!("{} refused webhooks suppressed", r.suppressed)),
+                );
             }
         }
         Value::Object(m).to_string()
@@ -427,6 +489,7 @@ impl Redaction {
             Record::ShopRequest(r) => r.timestamp,
             Record::Attempt(r) => r.timestamp,
             Record::Webhook(r) => r.timestamp,
+            Record::Suppressed(r) => r.timestamp,
         }
     }
 }
@@ -522,5 +585,51 @@ mod tests {
         assert_eq!(provider_request_id(&h).as_deref(), Some("cko-1"));
         h.insert("request-id", HeaderValue::from_static("req_1"));
         assert_eq!(provider_request_id(&h).as_deref(), Some("req_1"));
+    }
+
+    #[test]
+    fn a_refused_webhook_keeps_the_digest_and_size_of_its_body_never_the_body() {
+        let r = Redaction {
+            bodies: AuditBodies::Redacted,
+            max_body: 1024,
+        };
+        let body = br#"{"note":"card 4242 4242 4242 4242"}"#;
+        let record = WebhookRecord {
+            timestamp: UNIX_EPOCH,
+            request_id: "req-1".into(),
+            webhook: Arc::from("hook"),
+            scheme: "stripe",
+            result: "bad_signature",
+            verified: false,
+            event_id: None,
+            dedupe: None,
+            shop_status: None,
+            latency: Duration::ZERO,
+            body: Some(RecordedBody {
+                content_type: Some("application/json".into()),
+                bytes: Bytes::from_static(body),
+                truncated: false,
+            }),
+            body_digest: Some(BodyDigest::of(body)),
+        };
+        let v: Value = serde_json::from_str(&r.line(&record.into())).unwrap();
+        assert!(v.get("request_body").is_none(), "{v}");
+        assert_eq!(v["request_body_bytes"], body.len());
+        assert_eq!(
+            v["request_body_sha256"],
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body))
+        );
+    }
+
+    #[test]
+    fn a_path_with_a_percent_encoded_card_number_is_kept_masked() {
+        let r = Redaction {
+            bodies: AuditBodies::None,
+            max_body: 0,
+        };
+        let mut a = attempt(b"", "text/plain");
+        a.path = "/v1/payment_methods/3782%20822463%2010005".into();
+        let v: Value = serde_json::from_str(&r.line(&a.into())).unwrap();
+        assert_eq!(v["path"], "/v1/payment_methods/3782%2082****%20*0005");
     }
 }

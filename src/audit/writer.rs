@@ -3,18 +3,25 @@
 //!
 //! It runs on a thread of its own so that disk latency never reaches a request; the queue between the
 //! request path and this thread is bounded, and a full queue drops (and counts) rather than waits.
+//!
+//! The files it owns (the `audit-YYYY-MM-DD.jsonl` files of its folder, counted at start and after each
+//! retention sweep) never grow past `max_bytes` together: a record that would cross it is dropped and
+//! counted (`reason="disk_budget"`), until retention deletes old files. Every second it also writes the
+//! summaries of refused webhooks that were over their record limit ([`super::limit`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 
 use super::clock::{day_name, day_number, parse_day, Clock};
+use super::limit::RefusedLimit;
 use super::record::{Record, Redaction};
+use super::DropReason;
 
 /// Messages to the writer.
 pub(crate) enum Msg {
@@ -27,6 +34,8 @@ pub(crate) enum Msg {
 
 /// How often retention runs besides at start and at each new day.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How often the writer wakes up when idle, to write due summaries of suppressed records.
+const TICK: Duration = Duration::from_secs(1);
 
 /// The file name of a day.
 pub fn file_name(day: i64) -> String {
@@ -41,33 +50,48 @@ fn file_day(name: &str) -> Option<i64> {
 pub(crate) struct Writer {
     pub(crate) dir: PathBuf,
     pub(crate) retention: Duration,
+    pub(crate) max_bytes: u64,
     pub(crate) redaction: Redaction,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) written: IntCounter,
-    pub(crate) dropped: IntCounter,
+    pub(crate) dropped: IntCounterVec,
+    refused: Arc<Mutex<RefusedLimit>>,
     pub(crate) rx: Receiver<Msg>,
     file: Option<(i64, BufWriter<File>)>,
+    /// Bytes in the files this writer owns (as of the last sweep, plus what was written since).
+    used: u64,
+    /// Whether the last record was dropped for the budget (logged once per episode).
+    over_budget: bool,
+    last_sweep: Instant,
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         dir: PathBuf,
         retention: Duration,
+        max_bytes: u64,
         redaction: Redaction,
         clock: Arc<dyn Clock>,
         written: IntCounter,
-        dropped: IntCounter,
+        dropped: IntCounterVec,
+        refused: Arc<Mutex<RefusedLimit>>,
         rx: Receiver<Msg>,
     ) -> Self {
         Self {
             dir,
             retention,
+            max_bytes,
             redaction,
             clock,
             written,
             dropped,
+            refused,
             rx,
             file: None,
+            used: 0,
+            over_budget: false,
+            last_sweep: Instant::now(),
         }
     }
 
@@ -75,13 +99,19 @@ impl Writer {
     pub(crate) fn run(mut self) {
         self.sweep();
         loop {
-            let msg = match self.rx.recv_timeout(SWEEP_EVERY) {
+            if self.last_sweep.elapsed() >= SWEEP_EVERY {
+                self.sweep();
+            }
+            let msg = match self.rx.recv_timeout(TICK) {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.sweep();
+                    if self.write_summaries(false) {
+                        self.flush();
+                    }
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
+                    self.write_summaries(true);
                     self.finish();
                     return;
                 }
@@ -95,6 +125,7 @@ impl Writer {
                     return;
                 }
             }
+            self.write_summaries(false);
             self.flush();
         }
     }
@@ -104,6 +135,7 @@ impl Writer {
         match msg {
             Msg::Record(record) => self.write(&record),
             Msg::Flush(ack) => {
+                self.write_summaries(true);
                 self.flush();
                 let _ = ack.send(());
             }
@@ -120,6 +152,7 @@ impl Writer {
                     }
                 }
                 drop(rx);
+                self.write_summaries(true);
                 self.finish();
                 let _ = ack.send(());
                 return true;
@@ -128,17 +161,48 @@ impl Writer {
         false
     }
 
+    /// Writes the due summaries of suppressed refused webhooks (all of them when `all`); true when
+    /// there was one.
+    fn write_summaries(&mut self, all: bool) -> bool {
+        let now = self.clock.now();
+        let due = self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .summaries(now, all);
+        let any = !due.is_empty();
+        for summary in due {
+            self.write(&summary.into());
+        }
+        any
+    }
+
     fn write(&mut self, record: &Record) {
         let day = day_number(Redaction::timestamp(record));
         let mut line = self.redaction.line(record);
         line.push('\n');
-        let result = self
-            .file_for(day)
+        let len = line.len() as u64;
+        // Open (or move to) the day's file first: a new day runs retention, which may free room.
+        let opened = self.file_for(day).map(|_| ());
+        if opened.is_ok() && self.used.saturating_add(len) > self.max_bytes {
+            DropReason::DiskBudget.count(&self.dropped);
+            if !self.over_budget {
+                self.over_budget = true;
+                tracing::error!(dir = %self.dir.display(), max_bytes = self.max_bytes, "audit files reached audit.max_bytes: records are dropped until retention frees room");
+            }
+            return;
+        }
+        self.over_budget = false;
+        let result = opened
+            .and_then(|()| self.file_for(day))
             .and_then(|f| f.write_all(line.as_bytes()));
         match result {
-            Ok(()) => self.written.inc(),
+            Ok(()) => {
+                self.used += len;
+                self.written.inc();
+            }
             Err(e) => {
-                self.dropped.inc();
+                DropReason::WriteFailed.count(&self.dropped);
                 tracing::error!(dir = %self.dir.display(), error = %e, "audit record could not be written");
                 // Reopen on the next record.
                 self.file = None;
@@ -178,8 +242,30 @@ impl Writer {
         }
     }
 
-    /// Deletes the files whose whole day is older than the retention, by the clock.
+    /// Deletes the files whose whole day is older than the retention, by the clock, and counts the
+    /// bytes of the files that are left.
     fn sweep(&mut self) {
+        self.last_sweep = Instant::now();
+        self.delete_expired();
+        // What is still buffered is not on disk yet: flush it so the count is exact.
+        self.flush();
+        self.used = self.owned_bytes();
+    }
+
+    /// The size of the files this writer owns.
+    fn owned_bytes(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_str().and_then(file_day).is_some())
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    fn delete_expired(&mut self) {
         let now_secs = self
             .clock
             .now()

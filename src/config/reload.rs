@@ -1,14 +1,26 @@
-//! Watches the config file and says when it may have changed.
+//! Hot reload: watches the config file, and swaps in a new generation when it changed and loads.
+//!
+//! A reload parses and validates on a blocking thread, then builds the next [`Generation`] from the
+//! running one (state that must survive a reload is carried over by name) and swaps it in whole. A file
+//! that does not load never replaces a good one. Listeners are never rebound: a change that needs a
+//! restart is reported, not applied.
 //!
 //! The folder is watched rather than the file, because editors and config-management tools replace a
 //! file by renaming a new one over it, which ends a watch on the old inode. Events are coalesced: a
 //! burst of writes yields one signal, and the consumer reloads once.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+
+use super::{ConfigError, SecretSource, Snapshot};
+use crate::admin::{Reload, ReloadStatus};
+use crate::generation::{Current, Generation};
+use crate::layers::BoxFuture;
+use crate::metrics::Metrics;
 
 /// Keeps the watch alive; dropping it stops the watch.
 pub struct FileWatch {
@@ -43,4 +55,205 @@ pub fn watch(file: &Path) -> notify::Result<(FileWatch, mpsc::Receiver<()>)> {
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     Ok((FileWatch { _watcher: watcher }, rx))
+}
+
+/// Reads, parses and validates `path` on a blocking thread, so that a large or slow file never stalls
+/// the threads serving requests. Returns the snapshot and the file's text (for the digest).
+pub async fn load_file_off_thread(
+    path: &Path,
+    secrets: Arc<dyn SecretSource>,
+) -> Result<(Snapshot, String), ConfigError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || super::load_file(&path, &*secrets))
+        .await
+        .map_err(|e| ConfigError::Aborted(e.to_string()))?
+}
+
+/// Reloads the file: parse and validate (on a blocking thread), build the next generation, swap.
+/// Reloads run one at a time; a file that does not load leaves the running generation serving.
+pub struct Reloader {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    secrets: Arc<dyn SecretSource>,
+    current: Current,
+    metrics: Metrics,
+    status: Arc<Mutex<ReloadStatus>>,
+    lock: tokio::sync::Mutex<()>,
+    checks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Reloader {
+    /// A reloader of `path` into `current`; `status` is what the admin API shows of the last reload.
+    pub fn new(
+        path: PathBuf,
+        secrets: Arc<dyn SecretSource>,
+        current: Current,
+        metrics: Metrics,
+        status: Arc<Mutex<ReloadStatus>>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                path,
+                secrets,
+                current,
+                metrics,
+                status,
+                lock: tokio::sync::Mutex::new(()),
+                checks: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Runs active health checks for the providers of `generation` that some route uses and that
+    /// have checks configured; stops every check of the previous generation.
+    pub fn restart_checks(&self, generation: &Generation) {
+        self.inner.restart_checks(generation);
+    }
+
+    /// Stops every active health check (on shutdown).
+    pub fn stop_checks(&self) {
+        self.inner.stop_checks();
+    }
+}
+
+impl Reload for Reloader {
+    fn reload(&self) -> BoxFuture<Result<u64, String>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { inner.reload().await })
+    }
+}
+
+impl Inner {
+    async fn reload(&self) -> Result<u64, String> {
+        let _guard = self.lock.lock().await;
+        let old = self.current.load_full();
+        let attempt = match load_file_off_thread(&self.path, Arc::clone(&self.secrets)).await {
+            Ok((snapshot, text)) => {
+                Generation::build(snapshot, &text, Some(&old), &self.metrics, Instant::now())
+                    .map_err(|problems| ConfigError::Invalid(problems).to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        status.last_attempt_at = Some(SystemTime::now());
+        match attempt {
+            Err(error) => {
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(path = %self.path.display(), %error, "config reload rejected; the previous config keeps serving");
+                status.last_error = Some(error.clone());
+                self.metrics.config_last_reload_successful.set(0);
+                Err(error)
+            }
+            Ok(next) => {
+                let number = next.number;
+                status.restart_required = restart_required(&old.snapshot, &next.snapshot);
+                for change in &status.restart_required {
+                    tracing::warn!(change = %change, "config change needs a restart to apply");
+                }
+                status.last_error = None;
+                let next = Arc::new(next);
+                self.current.store(Arc::clone(&next));
+                self.restart_checks(&next);
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["success"])
+                    .inc();
+                self.metrics.config_generation.set(number as i64);
+                self.metrics.config_last_reload_successful.set(1);
+                self.metrics
+                    .config_restart_required
+                    .set(i64::from(!status.restart_required.is_empty()));
+                self.metrics
+                    .config_last_reload_success_timestamp_seconds
+                    .set(unix_now());
+                tracing::info!(generation = number, "config reloaded");
+                Ok(number)
+            }
+        }
+    }
+
+    fn restart_checks(&self, generation: &Generation) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        for task in checks.drain(..) {
+            task.abort();
+        }
+        let used: std::collections::HashSet<&str> = generation
+            .snapshot
+            .routes
+            .iter()
+            .flat_map(|r| r.targets.iter().map(|t| &*t.provider))
+            .collect();
+        for (name, provider) in &generation.snapshot.providers {
+            let Some(cfg) = provider.health_check.clone() else {
+                continue;
+            };
+            if !used.contains(&**name) {
+                continue;
+            }
+            let (Some(upstream), Some(state)) =
+                (generation.upstreams.get(name), generation.health.get(name))
+            else {
+                continue;
+            };
+            checks.push(tokio::spawn(crate::health::checks::run(
+                Arc::clone(upstream),
+                Arc::clone(state),
+                cfg,
+            )));
+        }
+    }
+
+    fn stop_checks(&self) {
+        let mut checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        for task in checks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for the reload timestamp metric.
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What changed between `old` and `new` that a reload cannot apply: listeners are never rebound.
+fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.listen != new.listen {
+        out.push(format!(
+            "listen changed from {} to {}; still listening on {}",
+            old.listen, new.listen, old.listen
+        ));
+    }
+    if old.admin.listen != new.admin.listen {
+        out.push(format!(
+            "admin.listen changed from {} to {}; still listening on {}",
+            old.admin.listen, new.admin.listen, old.admin.listen
+        ));
+    }
+    if old.max_header_bytes != new.max_header_bytes {
+        out.push("max_header_bytes changed".to_owned());
+    }
+    if old.limits != new.limits {
+        out.push("the limits section changed".to_owned());
+    }
+    if old.audit != new.audit {
+        out.push("the audit section changed".to_owned());
+    }
+    if old.webhook_listeners() != new.webhook_listeners() {
+        out.push("the webhook listen addresses changed".to_owned());
+    }
+    if old.sandbox != new.sandbox {
+        out.push("the sandbox section changed".to_owned());
+    }
+    out
 }

@@ -280,8 +280,8 @@ pub struct RawTls {
 pub struct RawRoute {
     /// Route name, unique.
     pub name: String,
-    /// What the route matches.
-    #[serde(rename = "match")]
+    /// What the route matches; absent, every request (each key of `match` has its own default).
+    #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     /// Path prefix removed before forwarding.
     pub strip_prefix: Option<String>,
@@ -304,7 +304,7 @@ pub struct RawRoute {
 }
 
 /// `routes[N].match:`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     /// Path prefix, on segment boundaries.
@@ -424,6 +424,8 @@ pub struct RawAudit {
     pub max_body: Option<String>,
     /// Most records waiting for the writer.
     pub queue: Option<usize>,
+    /// Most bytes of all the audit files together (a size: `512MiB`, `10GiB`).
+    pub max_bytes: Option<String>,
 }
 
 /// A map that refuses a key written twice: serde's maps would silently keep the last one, so a second

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-pub use crate::config::validate::BreakerConfig;
+pub use crate::config::BreakerConfig;
 
 /// The standard breaker states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::validate::HealthCheck;
+use crate::config::HealthCheck;
 use crate::upstream::Upstream;
 
 use super::ProviderState;

@@ -13,8 +13,8 @@ pub mod score;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::validate::{HealthCheck, Provider, Route};
 use crate::config::Snapshot;
+use crate::config::{HealthCheck, Provider, Route};
 use crate::limits::QuotaGate;
 use crate::metrics::Metrics;
 use crate::outcome::{BreakerEffect, RetryHint};

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use http::Request;
 use tower::{Layer, Service};
 
-use crate::config::validate::RateLimitKey;
+use crate::config::RateLimitKey;
 use crate::ctx::{ClientAddr, RouteCtx};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 use prometheus::IntCounter;
 
-use crate::config::validate::Dedupe;
+use crate::config::Dedupe;
 use crate::idempotency::{Begin, Finish, Limits, PinStore, RecordKey, Store, StoredAnswer};
 use crate::webhooks::dedupe::{self, EventStore};
 

@@ -20,32 +20,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 
-use crate::config::validate::{Problem, Provider, Snapshot};
+use crate::config::{Problem, Provider, Snapshot};
 use crate::error::ProxyError;
 
+pub use crate::outcome::SendFailure;
 pub use body::TrackedBody;
 pub use request::{provider_request, provider_uri, ProviderKey};
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, TrackedBody>;
-
-/// How an attempt failed, as far as telling whether the request was written goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendFailure {
-    /// DNS, refused, connect timeout.
-    Connect,
-    /// TLS handshake failed or was refused.
-    Tls,
-    /// Failed before the request was written (a pooled connection closed first).
-    BeforeWrite,
-    /// HTTP/2 REFUSED_STREAM: the provider did not process it.
-    RefusedStream,
-    /// HTTP/2 GOAWAY that excluded our stream: the provider did not process it.
-    GoAway,
-    /// The attempt timed out after the request was (or may have been) written.
-    TimeoutAfterWrite,
-    /// The exchange failed after the request was (or may have been) written.
-    AfterWrite,
-}
 
 /// A failed attempt: what kind of failure, and the error to answer with.
 #[derive(Debug)]
@@ -461,7 +443,7 @@ mod tests {
 
     #[test]
     fn no_early_data_ever() {
-        let built = tls::client_config(&crate::config::validate::Tls::default()).unwrap();
+        let built = tls::client_config(&crate::config::Tls::default()).unwrap();
         assert!(
             !built.config.enable_early_data,
             "a POST must never ride in 0-RTT"

@@ -9,9 +9,10 @@ use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Request, Uri, Version};
 
 use super::headers;
-use crate::config::validate::{path_has_prefix, Provider};
+use crate::config::Provider;
 use crate::error::ProxyError;
 use crate::idempotency;
+use crate::routing::path_has_prefix;
 
 /// The operation's idempotency key, as the provider request needs it.
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +107,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::validate::Tls;
+    use crate::config::Tls;
 
     fn provider(url_base: &str) -> Provider {
         Provider {

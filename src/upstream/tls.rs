@@ -11,7 +11,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use crate::config::validate::Tls;
+use crate::config::Tls;
 
 /// A built TLS config and a digest of every input it was built from, so a reload can tell whether
 /// the files changed.

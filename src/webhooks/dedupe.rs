@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::config::validate::Dedupe;
+use crate::config::Dedupe;
 use crate::state::{Clock, StateError, SystemClock};
 
 /// A store of webhook event ids.

@@ -35,10 +35,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::audit::{Audit, RecordedBody, WebhookRecord};
+use crate::audit::{Audit, BodyDigest, RecordedBody, WebhookRecord};
 use crate::body::{full, BoxError, ProxyBody};
 use crate::budget::{read_body, ListenerCtx, ReadError};
-use crate::config::validate::{SignatureScheme, Webhook};
+use crate::config::{SignatureScheme, Webhook};
 use crate::metrics::Metrics;
 use crate::redact::mask_pans;
 use crate::upstream::headers::remove_hop_by_hop;
@@ -211,6 +211,7 @@ impl Webhooks {
             shop_status: None,
             latency: Duration::ZERO,
             body: None,
+            body_digest: None,
         };
         let (resp, result) = self.run(&hook, req, origin.peer, &mut record).await;
         record.result = result.as_str();
@@ -297,21 +298,25 @@ impl Webhooks {
                 return reject(WebhookResult::Malformed, "the body could not be read")
             }
         };
-        if self.audit.keeps_bodies() {
-            record.body = Some(RecordedBody::new(&parts.headers, body.clone()));
-        }
         let verified = match verify::verify(&hook.verify, &parts.headers, &body, SystemTime::now())
         {
             Ok(v) => v,
-            Err(Rejection::BadSignature(why)) => return reject(WebhookResult::BadSignature, why),
-            Err(Rejection::Stale) => {
-                return reject(
-                    WebhookResult::Stale,
-                    "the signature's timestamp is outside the tolerance",
-                )
+            // A refused webhook is anyone's traffic: the audit keeps what it was, never what it said.
+            Err(rejection) => {
+                record.body_digest = Some(BodyDigest::of(&body));
+                return match rejection {
+                    Rejection::BadSignature(why) => reject(WebhookResult::BadSignature, why),
+                    Rejection::Stale => reject(
+                        WebhookResult::Stale,
+                        "the signature's timestamp is outside the tolerance",
+                    ),
+                    Rejection::Malformed(why) => reject(WebhookResult::Malformed, why),
+                };
             }
-            Err(Rejection::Malformed(why)) => return reject(WebhookResult::Malformed, why),
         };
+        if self.audit.keeps_bodies() {
+            record.body = Some(RecordedBody::new(&parts.headers, body.clone()));
+        }
         record.verified = true;
         record.event_id = Some(verified.event_id.clone());
 

@@ -13,9 +13,7 @@ use http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::validate::{
-    GenericHmac, SignatureEncoding, SignatureScheme, SigningKey, Verify,
-};
+use crate::config::{GenericHmac, SignatureEncoding, SignatureScheme, SigningKey, Verify};
 
 type HmacSha256 = Hmac<Sha256>;
 

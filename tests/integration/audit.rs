@@ -12,7 +12,7 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use switchyard::audit::{Audit, Clock, ManualClock, WebhookRecord};
-use switchyard::config::validate::{AuditBodies, AuditConfig};
+use switchyard::config::{AuditBodies, AuditConfig};
 use switchyard::metrics::Metrics;
 
 use crate::support::*;
@@ -287,6 +287,7 @@ fn audit_config(dir: &Path, queue: usize) -> AuditConfig {
         bodies: AuditBodies::Redacted,
         max_body: 4096,
         queue,
+        max_bytes: 10 << 30,
     }
 }
 
@@ -303,6 +304,7 @@ fn record(audit: &Audit, id: &str) -> WebhookRecord {
         shop_status: None,
         latency: Duration::ZERO,
         body: None,
+        body_digest: None,
     }
 }
 
@@ -354,7 +356,13 @@ async fn a_full_queue_counts_drops_and_never_blocks() {
     for i in 0..10 {
         audit.record(record(&audit, &format!("r{i}")));
     }
-    assert_eq!(metrics.audit_dropped_total.get(), 7);
+    assert_eq!(
+        metrics
+            .audit_dropped_total
+            .with_label_values(&["queue_full"])
+            .get(),
+        7
+    );
     writer.start().unwrap();
     audit.close().await;
     let (lines, _) = read_all(dir.path());
@@ -399,5 +407,281 @@ async fn the_record_holds_the_operations_key_from_the_routes_header_or_made_by_t
             .clone()
     };
     assert_eq!(key_of("/v1/a"), "ord-7");
-    assert_eq!(key_of("/v1/b"), made.as_str());
+    // A generated key is a UUID: now and then (under 1%) its digits hold a Luhn-valid window and are
+    // masked like any other.
+    assert_eq!(
+        key_of("/v1/b"),
+        switchyard::redact::mask_pans(&made).as_ref()
+    );
+}
+
+/// The digits of `text` with every separator removed (`%XX` escapes decoded first), `*` kept: a card
+/// number written with separators shows up here as one run if it was not masked.
+fn digits_only(text: &str) -> String {
+    let mut out = String::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && bytes[i + 1..i + 3].iter().all(u8::is_ascii_hexdigit)
+        {
+            i += 3;
+            continue;
+        }
+        if bytes[i].is_ascii_digit() || bytes[i] == b'*' {
+            out.push(bytes[i] as char);
+        }
+        i += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn card_numbers_in_any_form_never_reach_the_audit_files() {
+    let (proxy, provider, _secrets) = proxy_with_audit("redacted").await;
+    let dir = proxy.dir.path().join("audit");
+
+    // Separators between the groups, and a card number glued to its expiry.
+    let json = r#"{"amount":1000,"description":"card 4242.4242.4242.4242","ref":"pay 5555_5555_5555_4444 / 4000  0566  5566  5556","raw":"42424242424242421228"}"#;
+    let a = send(
+        Request::post(proxy.url("/v1/separators"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(json)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    // A CVC in a multipart part.
+    let multipart = "--b0undary\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n1000\r\n--b0undary\r\nContent-Disposition: form-data; name=\"card[cvc]\"\r\n\r\n987\r\n--b0undary\r\nContent-Disposition: form-data; name=\"card[number]\"\r\n\r\n4242+4242+4242+4242\r\n--b0undary--\r\n";
+    let a = send(
+        Request::post(proxy.url("/v1/multipart"))
+            .header("content-type", "multipart/form-data; boundary=b0undary")
+            .body(Full::new(Bytes::from(multipart)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    // A card number percent-encoded in the path, and in the query.
+    let a = send(
+        Request::get(
+            proxy.url("/v1/payment_methods/3782%20822463%2010005?n=6011%2F1111%2F1111%2F1117"),
+        )
+        .body(Full::default())
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(provider.count(), 3);
+
+    let records = records_of(&dir, "shop_request", 3).await;
+    let by_path = |p: &str| {
+        records
+            .iter()
+            .find(|r| r["path"].as_str().unwrap().starts_with(p))
+            .unwrap_or_else(|| panic!("no record for {p}: {records:?}"))
+            .clone()
+    };
+    let multi = by_path("/v1/multipart");
+    assert_eq!(multi["request_body_format"], "multipart");
+    let body = multi["request_body"].as_str().unwrap();
+    assert!(
+        body.contains("name=\"card[cvc]\"\r\n\r\n[redacted]\r\n"),
+        "{body}"
+    );
+    assert!(!body.contains("987"), "{body}");
+    let path = by_path("/v1/payment_methods/");
+    assert_eq!(
+        path["path"],
+        "/v1/payment_methods/3782%2082****%20*0005?n=6011%2F11**%2F****%2F1117"
+    );
+
+    let (_, text) = read_all(&dir);
+    let digits = digits_only(&text);
+    for pan in [
+        "4242424242424242",
+        "5555555555554444",
+        "4000056655665556",
+        "378282246310005",
+        "6011111111111117",
+    ] {
+        assert!(!digits.contains(pan), "{pan} in the audit files:\n{text}");
+    }
+    assert!(text.contains("4242.42**.****.4242"), "{text}");
+    assert!(
+        text.contains("424242******42421228") || text.contains("424242******"),
+        "{text}"
+    );
+}
+
+fn stripe_signature(secret: &[u8], t: u64, body: &str) -> String {
+    use hmac::Mac;
+    let mut m = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret).unwrap();
+    m.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(m.finalize().into_bytes()))
+}
+
+async fn proxy_with_webhook() -> (TestProxy, MockProvider, tempfile::TempDir) {
+    let shop = MockProvider::start(|_| Reply::ok("{}")).await;
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("k"), "whsec_k").unwrap();
+    let yaml = config(&[("psp", &shop.url())], "", "")
+        + &format!(
+            "webhooks:\n  - name: stripe-events\n    path: /hooks/stripe\n    forward_to: {}/hook\n    verify: {{ scheme: stripe, secrets_file: [\"{}\"] }}\naudit: {{ dir: audit, bodies: redacted }}\n",
+            shop.url(),
+            secrets.path().join("k").display()
+        );
+    (TestProxy::start(&yaml).await, shop, secrets)
+}
+
+#[tokio::test]
+async fn a_card_number_in_a_webhooks_free_text_is_masked() {
+    let (proxy, shop, _secrets) = proxy_with_webhook().await;
+    let dir = proxy.dir.path().join("audit");
+    let body = r#"{"id":"evt_text","data":{"object":{"description":"Refund to card 4000/0566/5566/5556 as asked","metadata":{"note":"pan 4242_4242_4242_4242"}}}}"#;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let a = send(
+        Request::post(proxy.url("/hooks/stripe"))
+            .header("stripe-signature", stripe_signature(b"whsec_k", now, body))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        shop.received()[0].body,
+        body,
+        "the shop gets the event as sent"
+    );
+    let records = records_of(&dir, "webhook", 1).await;
+    let kept = records[0]["request_body"].as_str().unwrap();
+    assert!(kept.contains("4000/05**/****/5556"), "{kept}");
+    let (_, text) = read_all(&dir);
+    let digits = digits_only(&text);
+    assert!(!digits.contains("4000056655665556"), "{text}");
+    assert!(!digits.contains("4242424242424242"), "{text}");
+}
+
+#[tokio::test]
+async fn refused_webhooks_are_recorded_without_their_body_and_at_a_bounded_rate() {
+    let (proxy, shop, _secrets) = proxy_with_webhook().await;
+    let dir = proxy.dir.path().join("audit");
+    let body = format!(
+        r#"{{"id":"evt_forged","note":"SECRET-MARKER card 4242 4242 4242 4242","pad":"{}"}}"#,
+        "x".repeat(64 << 10)
+    );
+    let sent = 20;
+    for _ in 0..sent {
+        let a = send(
+            Request::post(proxy.url("/hooks/stripe"))
+                .header("stripe-signature", "t=1,v1=00")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, 401);
+    }
+    assert_eq!(shop.count(), 0);
+    // Every refused request is either a record of its own or counted in a summary, once its second is
+    // over.
+    let mut refused = Vec::new();
+    let mut suppressed = 0;
+    let ok = eventually(Duration::from_secs(5), || {
+        let (lines, _) = read_all(&dir);
+        refused = lines
+            .iter()
+            .filter(|v| v["type"] == "webhook")
+            .cloned()
+            .collect();
+        suppressed = lines
+            .iter()
+            .filter(|v| v["type"] == "webhook_refused_suppressed")
+            .map(|v| v["suppressed"].as_u64().unwrap())
+            .sum::<u64>();
+        let total = refused.len() as u64 + suppressed;
+        async move { total == sent }
+    })
+    .await;
+    assert!(ok, "{} records and {suppressed} suppressed", refused.len());
+    assert!(
+        suppressed > 0,
+        "more than the limit in a second is summarised"
+    );
+    for r in &refused {
+        assert_eq!(r["result"], "bad_signature");
+        assert!(r.get("request_body").is_none(), "{r}");
+        assert_eq!(r["request_body_bytes"], body.len());
+        assert_eq!(
+            r["request_body_sha256"],
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()))
+        );
+    }
+    let (_, text) = read_all(&dir);
+    assert!(!text.contains("SECRET-MARKER"));
+    assert!(
+        text.len() < 20 << 10,
+        "{} bytes for {sent} refused webhooks",
+        text.len()
+    );
+    assert!(
+        metric(
+            &proxy,
+            "switchyard_audit_dropped_total{reason=\"refused_webhook_limit\"}"
+        )
+        .await
+            > 0.0
+    );
+}
+
+#[tokio::test]
+async fn the_audit_files_stay_under_max_bytes_and_what_is_over_is_counted() {
+    let provider = MockProvider::start(|_| Reply::ok(r#"{"id":"pi_1"}"#)).await;
+    let audit_dir = tempfile::tempdir().unwrap();
+    // Today's file already holds all but 100 bytes of the 1 MiB budget.
+    let today = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    let file = audit_dir
+        .path()
+        .join(switchyard::audit::file_name(today as i64));
+    let filler = format!(
+        "{{\"type\":\"filler\",\"pad\":\"{}\"}}\n",
+        "x".repeat((1 << 20) - 130)
+    );
+    std::fs::write(&file, &filler).unwrap();
+    let yaml = config(&[("psp", &provider.url())], "", "")
+        + &format!(
+            "audit: {{ dir: \"{}\", bodies: none, max_bytes: 1MiB }}\n",
+            audit_dir.path().display()
+        );
+    let proxy = TestProxy::start(&yaml).await;
+    for i in 0..3 {
+        assert_eq!(
+            post(&proxy.url(&format!("/v1/p{i}")), "amount=1")
+                .await
+                .status,
+            200
+        );
+    }
+    let series = r#"switchyard_audit_dropped_total{reason="disk_budget"}"#;
+    let ok = eventually(Duration::from_secs(5), || {
+        let proxy = &proxy;
+        async move { metric(proxy, series).await >= 3.0 }
+    })
+    .await;
+    assert!(
+        ok,
+        "{} records counted as over the budget",
+        metric(&proxy, series).await
+    );
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size <= 1 << 20, "{size} bytes");
+    assert_eq!(metric(&proxy, "switchyard_audit_records_total").await, 0.0);
 }

@@ -109,11 +109,13 @@ async fn header_hygiene_both_ways() {
 #[tokio::test]
 async fn provider_auth_replaces_the_shops_credential() {
     let var = "SWITCHYARD_TEST_FWD_KEY";
-    // SAFETY of the test: the variable name is unique to this test.
-    std::env::set_var(var, "sk_test_injected");
     let mock = MockProvider::start(echo()).await;
     let extra = format!("auth: {{ header: Authorization, value_env: {var} }}");
-    let proxy = TestProxy::start(&config(&[("psp", &mock.url())], &extra, "")).await;
+    let proxy = TestProxy::start_with_secrets(
+        &config(&[("psp", &mock.url())], &extra, ""),
+        MapSecrets::new().with(var, "sk_test_injected"),
+    )
+    .await;
     let req = Request::post(proxy.url("/v1/x"))
         .header("authorization", "Bearer shop-own-key")
         .body(Full::default())
@@ -129,10 +131,13 @@ async fn provider_auth_replaces_the_shops_credential() {
 
     // A custom header name: the shop's Authorization is dropped too.
     let var2 = "SWITCHYARD_TEST_FWD_KEY2";
-    std::env::set_var(var2, "key-2");
     let mock2 = MockProvider::start(echo()).await;
     let extra = format!("auth: {{ header: X-Api-Key, value_env: {var2} }}");
-    let proxy2 = TestProxy::start(&config(&[("psp", &mock2.url())], &extra, "")).await;
+    let proxy2 = TestProxy::start_with_secrets(
+        &config(&[("psp", &mock2.url())], &extra, ""),
+        MapSecrets::new().with(var2, "key-2"),
+    )
+    .await;
     let req = Request::post(proxy2.url("/v1/x"))
         .header("authorization", "Bearer shop-own-key")
         .header("x-api-key", "shop-key")

@@ -287,12 +287,12 @@ async fn drain_and_undrain_move_traffic_by_hand() {
         Switchable::start("backup").await,
     );
     let var = "SWITCHYARD_TEST_DRAIN_TOKEN";
-    std::env::set_var(var, "drain-token");
     let yaml = two(&p, &b, "slow_start: 0s", "").replace(
         "admin:\n  listen: 127.0.0.1:0\n",
         &format!("admin:\n  listen: 127.0.0.1:0\n  token_env: {var}\n"),
     );
-    let proxy = TestProxy::start(&yaml).await;
+    let proxy =
+        TestProxy::start_with_secrets(&yaml, MapSecrets::new().with(var, "drain-token")).await;
     let action = |a: &str| {
         http::Request::post(proxy.admin_url(&format!("/admin/providers/primary/{a}")))
             .header("authorization", "Bearer drain-token")

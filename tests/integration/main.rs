@@ -7,6 +7,7 @@ mod dashboards;
 mod forwarding;
 mod health;
 mod hostile;
+mod outcomes;
 mod payments;
 mod reload;
 mod sandbox;

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard::config::SecretRef;
+
 use crate::support::*;
 
 async fn two_mocks() -> (MockProvider, MockProvider) {
@@ -106,14 +108,17 @@ async fn bad_file_keeps_the_old_config_and_says_where() {
 async fn admin_reload_endpoint_needs_the_token_when_configured() {
     let (a, b) = two_mocks().await;
     let var = "SWITCHYARD_TEST_RELOAD_TOKEN";
-    std::env::set_var(var, "s3cret-admin");
     let with_token = |url: &str| {
         config(&[("psp", url)], "", "").replace(
             "admin:\n  listen: 127.0.0.1:0\n",
             &format!("admin:\n  listen: 127.0.0.1:0\n  token_env: {var}\n"),
         )
     };
-    let proxy = TestProxy::start(&with_token(&a.url())).await;
+    let proxy = TestProxy::start_with_secrets(
+        &with_token(&a.url()),
+        MapSecrets::new().with(var, "s3cret-admin"),
+    )
+    .await;
     proxy.write_config(&with_token(&b.url()));
     let reload = proxy.admin_url("/admin/reload");
 
@@ -267,4 +272,122 @@ async fn reloads_under_traffic_fail_no_request() {
         20.0
     );
     assert!(a.count() > 0 && b.count() > 0);
+}
+
+#[tokio::test]
+async fn a_file_too_deep_or_too_large_is_refused_and_the_old_config_keeps_serving() {
+    let (a, b) = two_mocks().await;
+    let proxy = TestProxy::start(&config(&[("psp", &a.url())], "", "")).await;
+    let url = proxy.url("/v1/x");
+
+    let deep = format!(
+        "{}listen: {}{}\n",
+        config(&[("psp", &b.url())], "", "").replacen("listen: 127.0.0.1:0\n", "", 1),
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    proxy.write_config(&deep);
+    let error = proxy.app().reload().await.unwrap_err();
+    assert!(
+        error.contains("deeper than the limit of 64 levels"),
+        "{error}"
+    );
+    assert_eq!(
+        post(&url, "").await.body,
+        "a",
+        "the old config keeps serving"
+    );
+
+    let mut large = config(&[("psp", &b.url())], "", "");
+    let filler = format!("# {}\n", "x".repeat(1022));
+    while large.len() <= switchyard::config::MAX_CONFIG_BYTES {
+        large.push_str(&filler);
+    }
+    proxy.write_config(&large);
+    let error = proxy.app().reload().await.unwrap_err();
+    assert!(
+        error.contains(&format!(
+            "limit of {} bytes",
+            switchyard::config::MAX_CONFIG_BYTES
+        )),
+        "{error}"
+    );
+    assert_eq!(
+        post(&url, "").await.body,
+        "a",
+        "the old config keeps serving"
+    );
+    assert_eq!(proxy.app().generation().number, 1);
+    assert_eq!(
+        metric(
+            &proxy,
+            r#"switchyard_config_reloads_total{result="failure"}"#
+        )
+        .await,
+        2.0
+    );
+
+    // The good file applies again.
+    proxy.write_config(&config(&[("psp", &b.url())], "", ""));
+    assert_eq!(proxy.app().reload().await, Ok(2));
+    assert_eq!(post(&url, "").await.body, "b");
+}
+
+/// Reads every secret as "gated-token", but only once the gate is open (or after 10 s, as an error).
+#[derive(Clone, Default)]
+struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    fn set(&self, open: bool) {
+        let (lock, changed) = &*self.0;
+        *lock.lock().unwrap() = open;
+        changed.notify_all();
+    }
+}
+
+impl SecretSource for Gate {
+    fn read(&self, _: &SecretRef) -> Result<String, String> {
+        let (lock, changed) = &*self.0;
+        let guard = lock.lock().unwrap();
+        let (open, timeout) = changed
+            .wait_timeout_while(guard, Duration::from_secs(10), |open| !*open)
+            .unwrap();
+        if timeout.timed_out() || !*open {
+            return Err("the gate stayed closed".to_owned());
+        }
+        Ok("gated-token".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn a_reload_reads_and_validates_off_the_thread_that_serves_requests() {
+    // The test runtime has one thread: were the reload to read its secrets on it, the request below
+    // could not be served until the gate opened, and the gate opens only after that request.
+    let (a, b) = two_mocks().await;
+    let with_token = |url: &str| {
+        config(&[("psp", url)], "", "").replace(
+            "admin:\n  listen: 127.0.0.1:0\n",
+            "admin:\n  listen: 127.0.0.1:0\n  token_env: GATED_ADMIN_TOKEN\n",
+        )
+    };
+    let gate = Gate::default();
+    gate.set(true);
+    let proxy = TestProxy::start_with_secrets(&with_token(&a.url()), gate.clone()).await;
+    gate.set(false);
+    proxy.write_config(&with_token(&b.url()));
+    let reload = tokio::spawn({
+        let req = http::Request::post(proxy.admin_url("/admin/reload"))
+            .header("authorization", "Bearer gated-token")
+            .body(Default::default())
+            .unwrap();
+        async move { send(req).await }
+    });
+    // Let the reload start and block on the gate.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!reload.is_finished());
+    assert_eq!(post(&proxy.url("/v1/x"), "").await.body, "a");
+    gate.set(true);
+    let answer = reload.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(post(&proxy.url("/v1/x"), "").await.body, "b");
 }

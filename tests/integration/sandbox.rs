@@ -350,6 +350,14 @@ async fn a_payment_can_be_read_back() {
 
 /// A proxy with an in-config sandbox `name` on port 0; `admin_extra` is appended to `admin:`.
 async fn with_config_sandbox(name: &str, admin_extra: &str) -> TestProxy {
+    with_config_sandbox_secrets(name, admin_extra, MapSecrets::new()).await
+}
+
+async fn with_config_sandbox_secrets(
+    name: &str,
+    admin_extra: &str,
+    secrets: MapSecrets,
+) -> TestProxy {
     let unused = closed_port().await;
     let mut yaml = config(&[("psp-unused", &format!("http://{unused}"))], "", "");
     if !admin_extra.is_empty() {
@@ -362,7 +370,7 @@ async fn with_config_sandbox(name: &str, admin_extra: &str) -> TestProxy {
     yaml.push_str(&format!(
         "sandbox:\n  - {{ name: {name}, listen: 127.0.0.1:0 }}\n"
     ));
-    TestProxy::start(&yaml).await
+    TestProxy::start_with_secrets(&yaml, secrets).await
 }
 
 async fn admin_post(proxy: &TestProxy, path: &str, body: Value, token: Option<&str>) -> Answer {
@@ -465,8 +473,12 @@ async fn the_admin_api_shows_switches_and_resets_a_sandbox() {
 async fn with_an_admin_token_sandbox_writes_need_the_bearer_token() {
     let var = format!("SWITCHYARD_TEST_SANDBOX_TOKEN_{}", std::process::id());
     let token = "sandbox-admin-token-3f9c";
-    std::env::set_var(&var, token);
-    let proxy = with_config_sandbox("psp-locked", &format!("token_env: {var}")).await;
+    let proxy = with_config_sandbox_secrets(
+        "psp-locked",
+        &format!("token_env: {var}"),
+        MapSecrets::new().with(var.as_str(), token),
+    )
+    .await;
     let sandbox = proxy.app().sandbox("psp-locked").unwrap().clone();
     let path = "/admin/sandbox/psp-locked";
 

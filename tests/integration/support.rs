@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,9 +15,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use switchyard::app::{App, Options};
+#[allow(unused_imports)] // tests/cli.rs shares this file and uses none of them
+pub use switchyard::config::{EnvAndFiles, MapSecrets, SecretSource};
 
 /// A request as a mock provider received it.
 #[derive(Debug, Clone)]
@@ -38,6 +42,11 @@ pub struct Reply {
     pub delay: Duration,
     /// Never answer (the connection stays open).
     pub hang: bool,
+    /// Read the whole request, then reset the connection (TCP RST) instead of answering.
+    pub reset: bool,
+    /// Whether the request is recorded as received (the provider took it, and may have charged it)
+    /// before the answer; `false` only makes sense with `reset` (the provider lost it).
+    pub record: bool,
 }
 
 impl Reply {
@@ -51,12 +60,29 @@ impl Reply {
             body: Bytes::from(body.to_owned()),
             delay: Duration::ZERO,
             hang: false,
+            reset: false,
+            record: true,
         }
     }
     pub fn hang() -> Self {
         Self {
             hang: true,
             ..Self::ok("")
+        }
+    }
+    /// Reads the whole request, records it (the provider may have charged it), then resets the
+    /// connection without answering.
+    pub fn reset() -> Self {
+        Self {
+            reset: true,
+            ..Self::ok("")
+        }
+    }
+    /// Reads the whole request and resets the connection without recording it: the provider lost it.
+    pub fn reset_unrecorded() -> Self {
+        Self {
+            record: false,
+            ..Self::reset()
         }
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
@@ -76,12 +102,40 @@ pub struct MockProvider {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     task: tokio::task::JoinHandle<()>,
+    /// Set to `true` to stop listening and close every open connection.
+    down: tokio::sync::watch::Sender<bool>,
+    /// Connections accepted and not yet closed, and whether the listener is still open.
+    open: Arc<AtomicUsize>,
+    listening: Arc<AtomicBool>,
 }
 
 impl Drop for MockProvider {
     fn drop(&mut self) {
         self.task.abort();
+        let _ = self.down.send(true);
     }
+}
+
+/// A second handle on an accepted socket, so that the mock can reset or half-close a connection that
+/// hyper owns: both handles share one socket, which closes when the last of them is dropped.
+fn dup_socket(stream: TcpStream) -> std::io::Result<(TcpStream, TcpStream)> {
+    let std = stream.into_std()?;
+    let dup = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, TcpStream::from_std(dup)?))
+}
+
+/// Closes a connection the way a provider closing an idle keep-alive connection does: FIN, then wait
+/// (bounded) until the client closed its side too, so the client has seen the close.
+async fn close_and_wait(socket: TcpStream) {
+    let mut socket = socket;
+    if socket.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 impl MockProvider {
@@ -100,15 +154,32 @@ impl MockProvider {
         let received = Arc::new(Mutex::new(Vec::new()));
         let handler: Handler = Arc::new(handler);
         let rec = Arc::clone(&received);
+        let (down, down_rx) = tokio::sync::watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
+        let listening = Arc::new(AtomicBool::new(true));
+        let (open_c, listening_c) = (Arc::clone(&open), Arc::clone(&listening));
         let task = tokio::spawn(async move {
+            let mut stop = down_rx.clone();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = stop.wait_for(|down| *down) => break,
+                };
+                let Ok((stream, dup)) = dup_socket(stream) else {
                     continue;
                 };
+                open_c.fetch_add(1, Ordering::SeqCst);
+                let dup = Arc::new(dup);
                 let (rec, handler, tls) = (Arc::clone(&rec), Arc::clone(&handler), tls.clone());
+                let (open, mut down) = (Arc::clone(&open_c), down_rx.clone());
                 tokio::spawn(async move {
+                    let socket = Arc::clone(&dup);
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (rec, handler) = (Arc::clone(&rec), Arc::clone(&handler));
+                        let (rec, handler, socket) =
+                            (Arc::clone(&rec), Arc::clone(&handler), Arc::clone(&socket));
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body
@@ -128,7 +199,15 @@ impl MockProvider {
                                 version: parts.version,
                             };
                             let reply = handler(&r);
-                            rec.lock().unwrap().push(r);
+                            if reply.record {
+                                rec.lock().unwrap().push(r);
+                            }
+                            if reply.reset {
+                                // Closing with a zero linger sends RST instead of FIN; the error
+                                // makes hyper drop the connection without answering.
+                                socket.set_zero_linger()?;
+                                return Err(std::io::Error::other("scripted reset"));
+                            }
                             if reply.hang {
                                 std::future::pending::<()>().await;
                             }
@@ -141,33 +220,66 @@ impl MockProvider {
                                     http::HeaderValue::from_str(&v).unwrap(),
                                 );
                             }
-                            Ok::<_, std::convert::Infallible>(resp)
+                            Ok::<_, std::io::Error>(resp)
                         }
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    match tls {
-                        None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                        }
-                        Some(acceptor) => {
-                            if let Ok(tls_stream) = acceptor.accept(stream).await {
-                                let _ = builder
-                                    .serve_connection(TokioIo::new(tls_stream), svc)
-                                    .await;
+                    let serve = async {
+                        match tls {
+                            None => {
+                                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            }
+                            Some(acceptor) => {
+                                if let Ok(tls_stream) = acceptor.accept(stream).await {
+                                    let _ = builder
+                                        .serve_connection(TokioIo::new(tls_stream), svc)
+                                        .await;
+                                }
                             }
                         }
+                    };
+                    let closed_by_us = tokio::select! {
+                        _ = serve => false,
+                        _ = down.wait_for(|down| *down) => true,
+                    };
+                    // hyper's handle is gone; the socket lives on in `dup` alone.
+                    if closed_by_us {
+                        if let Ok(socket) = Arc::try_unwrap(dup) {
+                            close_and_wait(socket).await;
+                        }
                     }
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
+            listening_c.store(false, Ordering::SeqCst);
         });
         Self {
             addr,
             received,
             task,
+            down,
+            open,
+            listening,
         }
     }
 
+    /// The provider goes down: it stops listening (new connections are refused) and closes every
+    /// open connection, idle keep-alive ones included, each with a FIN. Returns once the listener is
+    /// closed and every client has closed its side of those connections (so a client's pool has seen
+    /// them die), or after 2 s; returns whether that happened.
+    pub async fn go_down(&self) -> bool {
+        let _ = self.down.send(true);
+        eventually(Duration::from_secs(2), || async {
+            !self.listening.load(Ordering::SeqCst) && self.open.load(Ordering::SeqCst) == 0
+        })
+        .await
+    }
+
+    /// Connections accepted and still open.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -207,15 +319,30 @@ impl TestProxy {
     }
 
     pub async fn try_start(yaml: &str, watch: bool) -> Result<Self, switchyard::app::StartError> {
+        // Secret files are per-test temporary files; the environment is read, never changed, by tests.
+        Self::try_start_with_secrets(yaml, watch, EnvAndFiles).await
+    }
+
+    /// Starts on `yaml` without a file watch, reading the secrets it names from `secrets` (never from
+    /// the process environment, which tests running in parallel share).
+    pub async fn start_with_secrets(yaml: &str, secrets: impl SecretSource + 'static) -> Self {
+        Self::try_start_with_secrets(yaml, false, secrets)
+            .await
+            .unwrap()
+    }
+
+    pub async fn try_start_with_secrets(
+        yaml: &str,
+        watch: bool,
+        secrets: impl SecretSource + 'static,
+    ) -> Result<Self, switchyard::app::StartError> {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("routes.yaml");
         std::fs::write(&config_path, yaml).unwrap();
-        let app = App::start(Options {
-            config_path: config_path.clone(),
-            watch,
-            sighup: false,
-        })
-        .await?;
+        let mut options = Options::new(config_path.clone()).with_secrets(secrets);
+        options.watch = watch;
+        options.sighup = false;
+        let app = App::start(options).await?;
         Ok(Self {
             app: Some(app),
             dir,
@@ -371,5 +498,374 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it, with the CA in a PEM file the
+/// proxy is told to trust.
+pub struct TestTls {
+    /// The CA certificate file.
+    pub ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+    cert: rustls_pki_types::CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+impl TestTls {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "switchyard outcomes CA");
+        let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, issuer.pem()).unwrap();
+        Self {
+            ca_file,
+            _dir: dir,
+            cert: cert.der().clone(),
+            key: key.serialize_der(),
+        }
+    }
+
+    /// A TLS acceptor offering `alpn`.
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(
+            rustls_pki_types::PrivatePkcs8KeyDer::from(self.key.clone()),
+        );
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![self.cert.clone()], key)
+        .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// The provider settings (one per line) that make the proxy trust this CA.
+    pub fn provider_yaml(&self) -> String {
+        format!(
+            "tls: {{ ca_file: \"{}\" }}",
+            self.ca_file.to_str().expect("a UTF-8 temporary path")
+        )
+    }
+}
+
+/// What an HTTP/2 mock does with the next stream (or, for [`H2Action::GoAwayUnprocessed`], the next
+/// connection).
+#[derive(Debug, Clone)]
+pub enum H2Action {
+    /// Reads the request, records it, answers.
+    Answer(Reply),
+    /// Records the request's head and resets the stream with REFUSED_STREAM, body unread.
+    RefuseStream,
+    /// On a new connection: waits until the client's first HEADERS frame has arrived, then, without
+    /// processing it, sends GOAWAY with last-stream-id 0 (below the client's stream) and closes.
+    GoAwayUnprocessed,
+    /// Reads the whole request and records it (the provider may have charged it), then sends GOAWAY
+    /// with last-stream-id at this stream and closes the connection without answering.
+    GoAwayAfterRead,
+}
+
+/// A provider speaking HTTP/2 over TLS (ALPN h2 only) through the `h2` crate's server, so the test
+/// controls stream resets and GOAWAY frames. Actions are taken from a script, then `fallback`.
+pub struct H2Provider {
+    pub addr: SocketAddr,
+    pub tls: TestTls,
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<std::collections::VecDeque<H2Action>>>,
+    goaways: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Provider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2Provider {
+    /// Starts a mock taking `script` in order, then `fallback` for ever.
+    pub async fn start(script: Vec<H2Action>, fallback: H2Action) -> Self {
+        let tls = TestTls::new();
+        let acceptor = tls.acceptor(&[b"h2"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(script.into_iter().collect()));
+        let goaways = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let state = H2State {
+            received: Arc::clone(&received),
+            script: Arc::clone(&script),
+            fallback,
+            goaways: Arc::clone(&goaways),
+        };
+        let conns = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, state) = (acceptor.clone(), state.clone());
+                tasks.spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        state.serve(tls).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            tls,
+            received,
+            script,
+            goaways,
+            connections,
+            task,
+        }
+    }
+
+    /// The provider's URL (https; the proxy must trust [`TestTls::provider_yaml`]).
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Every request whose head reached the provider's application, refused ones included.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    /// GOAWAY frames sent with a last-stream-id below the client's stream.
+    pub fn unprocessed_goaways(&self) -> usize {
+        self.goaways.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Appends `action` to the script.
+    pub fn then(&self, action: H2Action) {
+        self.script.lock().unwrap().push_back(action);
+    }
+}
+
+#[derive(Clone)]
+struct H2State {
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<std::collections::VecDeque<H2Action>>>,
+    fallback: H2Action,
+    goaways: Arc<AtomicUsize>,
+}
+
+impl H2State {
+    fn next(&self) -> H2Action {
+        self.script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| self.fallback.clone())
+    }
+
+    async fn serve(self, tls: tokio_rustls::server::TlsStream<TcpStream>) {
+        let unprocessed = {
+            let mut script = self.script.lock().unwrap();
+            let next = script
+                .front()
+                .cloned()
+                .unwrap_or_else(|| self.fallback.clone());
+            if matches!(next, H2Action::GoAwayUnprocessed) {
+                script.pop_front();
+                true
+            } else {
+                false
+            }
+        };
+        if unprocessed {
+            self.go_away_unprocessed(tls).await;
+            return;
+        }
+        let Ok(mut conn) = h2::server::handshake(tls).await else {
+            return;
+        };
+        let (close_tx, mut close_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        loop {
+            let accepted = tokio::select! {
+                a = conn.accept() => a,
+                _ = close_rx.recv() => {
+                    // GOAWAY names the last stream the server took (ours), then the connection ends.
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+                    return;
+                }
+            };
+            let Some(Ok((req, mut respond))) = accepted else {
+                return;
+            };
+            let state = self.clone();
+            let close = close_tx.clone();
+            let action = state.next();
+            tokio::spawn(async move {
+                let (parts, mut body) = req.into_parts();
+                let mut r = Received {
+                    method: parts.method,
+                    uri: parts
+                        .uri
+                        .path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    headers: parts.headers,
+                    body: Bytes::new(),
+                    version: parts.version,
+                };
+                if matches!(action, H2Action::RefuseStream) {
+                    state.received.lock().unwrap().push(r);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    return;
+                }
+                let mut data = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    let Ok(chunk) = chunk else { return };
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    data.extend_from_slice(&chunk);
+                }
+                r.body = Bytes::from(data);
+                state.received.lock().unwrap().push(r);
+                match action {
+                    H2Action::Answer(reply) => {
+                        tokio::time::sleep(reply.delay).await;
+                        let mut resp = Response::new(());
+                        *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+                        for (k, v) in reply.headers {
+                            resp.headers_mut().append(
+                                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                                http::HeaderValue::from_str(&v).unwrap(),
+                            );
+                        }
+                        let end = reply.body.is_empty();
+                        if let Ok(mut send) = respond.send_response(resp, end) {
+                            if !end {
+                                let _ = send.send_data(reply.body, true);
+                            }
+                        }
+                    }
+                    _ => {
+                        let _ = close.send(());
+                        // Never answered: the stream dies with the connection.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Reads the connection preface and frames until the client's first HEADERS frame is in, then
+    /// hands those bytes to the h2 server, which sends GOAWAY before processing any frame after the
+    /// preface: its last-stream-id is 0, below the client's stream.
+    async fn go_away_unprocessed(&self, mut tls: tokio_rustls::server::TlsStream<TcpStream>) {
+        const PREFACE: usize = 24;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let got_headers = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+                let mut at = PREFACE;
+                while seen.len() >= at + 9 {
+                    let len = usize::from(seen[at]) << 16
+                        | usize::from(seen[at + 1]) << 8
+                        | usize::from(seen[at + 2]);
+                    if seen[at + 3] == 0x1 {
+                        return true;
+                    }
+                    at += 9 + len;
+                }
+            }
+        })
+        .await;
+        if got_headers != Ok(true) {
+            return;
+        }
+        let Ok(mut conn) = h2::server::handshake(Prefixed::new(seen, tls)).await else {
+            return;
+        };
+        self.goaways.fetch_add(1, Ordering::SeqCst);
+        conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+        let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
+    }
+}
+
+/// An I/O stream that first yields bytes already read from it.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            at: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

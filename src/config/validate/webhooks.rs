@@ -1,207 +1,25 @@
-//! `webhooks:` and `audit:` — the typed settings of webhook ingress and of the audit trail, and their
-//! checks. A child of `validate`, so it shares the validator's helpers and reports problems the same way.
+//! `webhooks:` and `audit:` — the checks of webhook ingress and of the audit trail settings.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Scheme;
-use http::{HeaderName, Uri};
+use http::Uri;
 
-use super::{is_loopback_host, valid_name, SecretRef, SecretUse, Validator};
+use super::{is_loopback_host, valid_name, Validator};
+use crate::config::model::{
+    AuditBodies, AuditConfig, Dedupe, GenericHmac, SignForShop, SignatureEncoding, SignatureScheme,
+    SigningKey, Verify, Webhook, DEFAULT_AUDIT_MAX_BODY, DEFAULT_AUDIT_MAX_BYTES,
+    DEFAULT_AUDIT_QUEUE, DEFAULT_AUDIT_RETENTION, DEFAULT_DEDUPE_MAX_ENTRIES, DEFAULT_DEDUPE_TTL,
+    DEFAULT_SHOP_SIGNATURE_HEADER, DEFAULT_WEBHOOK_MAX_BODY, DEFAULT_WEBHOOK_TIMEOUT,
+    DEFAULT_WEBHOOK_TOLERANCE,
+};
 use crate::config::schema;
-
-/// Default tolerance of a signature timestamp (Stripe's own default).
-pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
-/// Default time a delivered event id is remembered: 30 days covers every provider's redelivery horizon.
-pub const DEFAULT_DEDUPE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Default most event ids remembered per webhook.
-pub const DEFAULT_DEDUPE_MAX_ENTRIES: usize = 100_000;
-/// Default largest webhook body.
-pub const DEFAULT_WEBHOOK_MAX_BODY: u64 = 1 << 20;
-/// Default time the shop may take to answer a webhook.
-pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default header of `sign_for_shop`.
-pub const DEFAULT_SHOP_SIGNATURE_HEADER: &str = "x-switchyard-signature";
-/// Default audit retention: PCI DSS 10.5.1 asks for 12 months of audit history.
-pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Default most bytes of one body kept in an audit record.
-pub const DEFAULT_AUDIT_MAX_BODY: u64 = 64 << 10;
-/// Default most audit records waiting for the writer.
-pub const DEFAULT_AUDIT_QUEUE: usize = 10_000;
-
-/// A webhook endpoint: events a provider posts, verified, deduplicated and passed on to the shop.
-#[derive(Debug)]
-pub struct Webhook {
-    /// Config name (metrics, logs, audit records).
-    pub name: Arc<str>,
-    /// Exact path the provider posts to.
-    pub path: String,
-    /// Its own listener, or `None` for the shop-facing listener.
-    pub listen: Option<SocketAddr>,
-    /// Where verified events go.
-    pub forward_to: Uri,
-    /// Signature verification.
-    pub verify: Verify,
-    /// Allowed source networks; `None` allows any source (the signature is always checked).
-    pub allow_from: Option<Vec<ipnet::IpNet>>,
-    /// Deduplication of events.
-    pub dedupe: Dedupe,
-    /// The signature the sidecar adds for the shop.
-    pub sign_for_shop: Option<SignForShop>,
-    /// Largest body accepted.
-    pub max_body: usize,
-    /// How long the shop may take to answer.
-    pub timeout: Duration,
-}
-
-/// How a webhook's signature is checked.
-#[derive(Debug)]
-pub struct Verify {
-    /// The provider's scheme.
-    pub scheme: SignatureScheme,
-    /// Every active key (several during a rotation); any one may verify.
-    pub keys: Vec<SigningKey>,
-    /// Oldest signature timestamp accepted, for schemes that sign one.
-    pub tolerance: Duration,
-}
-
-/// A provider's signature scheme.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SignatureScheme {
-    /// `Stripe-Signature: t=…,v1=…`, HMAC-SHA256 over `"{t}.{body}"`, hex.
-    Stripe,
-    /// HMAC-SHA256 (hex-decoded key) over each notification item's fields, base64 in
-    /// `additionalData.hmacSignature`.
-    Adyen,
-    /// HMAC-SHA256 over the body (or `"{timestamp}.{body}"`) in a header of choice.
-    HmacSha256(GenericHmac),
-}
-
-impl SignatureScheme {
-    /// The name as written in the config.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Stripe => "stripe",
-            Self::Adyen => "adyen",
-            Self::HmacSha256(_) => "hmac-sha256",
-        }
-    }
-}
-
-/// The generic HMAC-SHA256 scheme (Checkout.com's `Cko-Signature`, GitHub-style `sha256=` headers).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GenericHmac {
-    /// Header carrying the signature.
-    pub header: HeaderName,
-    /// How the signature is written.
-    pub encoding: SignatureEncoding,
-    /// Text before the signature, e.g. `sha256=` (may be empty).
-    pub prefix: String,
-    /// Header with a Unix timestamp; when set, `"{timestamp}.{body}"` is signed and the timestamp must
-    /// be within the tolerance.
-    pub timestamp_header: Option<HeaderName>,
-}
-
-/// How a signature is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignatureEncoding {
-    /// Hexadecimal, either case.
-    Hex,
-    /// Standard base64 with padding.
-    Base64,
-}
-
-/// An HMAC key. Its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SigningKey(Vec<u8>);
-
-impl SigningKey {
-    /// A key of these bytes.
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(bytes.into())
-    }
-
-    /// The key's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SigningKey(<redacted>)")
-    }
-}
-
-/// Event deduplication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dedupe {
-    /// How long a delivered event id is remembered.
-    pub ttl: Duration,
-    /// Most ids remembered (the oldest go first).
-    pub max_entries: usize,
-}
-
-/// The signature the sidecar adds to events it passes on, so the shop can tell they came through it:
-/// `t={unix seconds},v1={hex HMAC-SHA256 over "{t}.{body}"}` (Stripe's format).
-#[derive(Debug)]
-pub struct SignForShop {
-    /// Header name.
-    pub header: HeaderName,
-    /// The shop's key.
-    pub key: SigningKey,
-}
-
-/// The audit trail's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditConfig {
-    /// Folder of the daily files (resolved against the config file's folder).
-    pub dir: PathBuf,
-    /// Files whose day ended longer ago than this are deleted.
-    pub retention: Duration,
-    /// Whether bodies are kept.
-    pub bodies: AuditBodies,
-    /// Most bytes of one body kept (the rest is cut and marked).
-    pub max_body: usize,
-    /// Most records waiting for the writer; more are dropped and counted.
-    pub queue: usize,
-}
-
-/// Whether audit records keep bodies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuditBodies {
-    /// No bodies.
-    None,
-    /// Bodies with card data and secrets removed.
-    Redacted,
-}
+use crate::config::secrets::SecretRef;
 
 impl Validator<'_> {
-    /// Reads one secret named at `key_path`, recording where it comes from.
-    fn secret_at(&mut self, key_path: String, source: SecretRef) -> Option<String> {
-        self.secret_uses.push(SecretUse {
-            path: key_path.clone(),
-            source: source.clone(),
-        });
-        match self.secrets.read(&source) {
-            Ok(value) => {
-                let value = value.trim_end_matches(['\r', '\n']);
-                if value.is_empty() {
-                    self.problem(key_path, format!("{source} is empty"));
-                    return None;
-                }
-                Some(value.to_owned())
-            }
-            Err(e) => {
-                self.problem(key_path, e);
-                None
-            }
-        }
-    }
-
     pub(super) fn webhooks(
         &mut self,
         raw: Vec<schema::RawWebhook>,
@@ -319,7 +137,7 @@ impl Validator<'_> {
             )?;
             Some(SignForShop {
                 header: header?,
-                key: SigningKey(secret.header_value().as_bytes().to_vec()),
+                key: SigningKey::new(secret.header_value().as_bytes().to_vec()),
             })
         });
         let max_body = self.size(
@@ -491,19 +309,19 @@ impl Validator<'_> {
                 self.problem(key_path, "the name of the secret's source is empty");
                 continue;
             }
-            let Some(value) = self.secret_at(key_path.clone(), source.clone()) else {
+            let Some(value) = self.read_secret(key_path.clone(), source.clone()) else {
                 continue;
             };
             if scheme == SignatureScheme::Adyen {
                 match hex::decode(value.trim()) {
-                    Ok(bytes) if !bytes.is_empty() => keys.push(SigningKey(bytes)),
+                    Ok(bytes) if !bytes.is_empty() => keys.push(SigningKey::new(bytes)),
                     _ => self.problem(
                         key_path,
                         format!("{source} is not an Adyen HMAC key (hexadecimal)"),
                     ),
                 }
             } else {
-                keys.push(SigningKey(value.into_bytes()));
+                keys.push(SigningKey::new(value.into_bytes()));
             }
         }
         Some(Verify {
@@ -576,12 +394,389 @@ impl Validator<'_> {
         if !(1..=1_000_000).contains(&queue) {
             self.problem("audit.queue", "must be between 1 and 1000000");
         }
+        let max_bytes = self.size(
+            "audit.max_bytes",
+            raw.max_bytes.as_deref(),
+            DEFAULT_AUDIT_MAX_BYTES,
+            1 << 20,
+            u64::MAX,
+        ) as u64;
         AuditConfig {
             dir: self.file(raw.dir.trim()),
             retention,
             bodies,
             max_body,
             queue: queue.clamp(1, 1_000_000),
+            max_bytes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::*;
+
+    /// A webhook section with one webhook; `verify` and `extra` are lines indented for its keys.
+    fn webhook(verify: &str, extra: &str) -> String {
+        config(
+            "",
+            "",
+            &format!(
+                "webhooks:
+  - name: stripe-events
+    path: /webhooks/stripe
+    forward_to: http://127.0.0.1:3000/payments/webhook
+    verify:
+{verify}{extra}"
+            ),
+        )
+    }
+
+    #[test]
+    fn webhooks_parse_with_their_defaults() {
+        use crate::config::model::{
+            SignatureScheme, DEFAULT_DEDUPE_TTL, DEFAULT_WEBHOOK_TOLERANCE,
+        };
+        let secrets = Secrets::default()
+            .with("WHSEC", "whsec_new")
+            .with("WHSEC_OLD", "whsec_old");
+        let text = webhook(
+            "      scheme: stripe\n      secrets_env: [WHSEC, WHSEC_OLD]\n",
+            "",
+        );
+        let s = valid_with(&text, &secrets);
+        assert_eq!(s.webhooks.len(), 1);
+        let w = &s.webhooks[0];
+        assert_eq!(&*w.name, "stripe-events");
+        assert_eq!(w.path, "/webhooks/stripe");
+        assert_eq!(w.listen, None);
+        assert_eq!(w.forward_to, "http://127.0.0.1:3000/payments/webhook");
+        assert_eq!(w.verify.scheme, SignatureScheme::Stripe);
+        let keys: Vec<&[u8]> = w.verify.keys.iter().map(|k| k.as_bytes()).collect();
+        assert_eq!(keys, [&b"whsec_new"[..], &b"whsec_old"[..]]);
+        assert_eq!(w.verify.tolerance, DEFAULT_WEBHOOK_TOLERANCE);
+        assert!(w.allow_from.is_none());
+        assert_eq!(w.dedupe.ttl, DEFAULT_DEDUPE_TTL);
+        assert!(w.sign_for_shop.is_none());
+        assert_eq!(w.max_body, 1 << 20);
+        assert_eq!(w.timeout, Duration::from_secs(10));
+        // Secrets are listed by where they come from, never by value.
+        let uses: Vec<&str> = s.secrets.iter().map(|u| u.path.as_str()).collect();
+        assert_eq!(
+            uses,
+            [
+                "webhooks[0].verify.secrets_env[0]",
+                "webhooks[0].verify.secrets_env[1]"
+            ]
+        );
+        assert!(!format!("{s:?}").contains("whsec_new"));
+        assert!(s.audit.is_none());
+    }
+
+    #[test]
+    fn webhook_settings_are_kept_as_written() {
+        use crate::config::model::{SignatureEncoding, SignatureScheme};
+        let secrets = Secrets::default()
+            .with("CKO", "cko-secret")
+            .with("SHOP", "shop-secret")
+            .with(
+                "ADYEN",
+                "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056",
+            );
+        let text = config(
+        "",
+        "",
+        "webhooks:
+  - name: cko
+    path: /webhooks/cko
+    listen: 0.0.0.0:8443
+    forward_to: https://shop.example/hooks?source=cko
+    verify: { scheme: hmac-sha256, header: Cko-Signature, encoding: base64, prefix: 'sha256=', timestamp_header: X-Ts, tolerance: 2m, secrets_env: [CKO] }
+    allow_from: [3.18.12.63/32, 2600:1f18::/32, 10.1.2.3]
+    dedupe: { ttl: 7d, max_entries: 10 }
+    sign_for_shop: { secret_env: SHOP }
+    max_body: 64KiB
+    timeout: 3s
+  - name: adyen
+    path: /webhooks/adyen
+    forward_to: http://localhost:3000/adyen
+    verify: { scheme: adyen, secrets_env: [ADYEN] }
+",
+    );
+        let s = valid_with(&text, &secrets);
+        let w = &s.webhooks[0];
+        assert_eq!(w.listen, Some(addr("0.0.0.0:8443")));
+        let SignatureScheme::HmacSha256(g) = &w.verify.scheme else {
+            panic!("{:?}", w.verify.scheme)
+        };
+        assert_eq!(g.header, "cko-signature");
+        assert_eq!(g.encoding, SignatureEncoding::Base64);
+        assert_eq!(g.prefix, "sha256=");
+        assert_eq!(
+            g.timestamp_header.as_ref().map(|h| h.as_str()),
+            Some("x-ts")
+        );
+        assert_eq!(w.verify.tolerance, Duration::from_secs(120));
+        let nets: Vec<String> = w
+            .allow_from
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["3.18.12.63/32", "2600:1f18::/32", "10.1.2.3/32"]);
+        assert_eq!(w.dedupe.ttl, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(w.dedupe.max_entries, 10);
+        let shop = w.sign_for_shop.as_ref().unwrap();
+        assert_eq!(shop.header, "x-switchyard-signature");
+        assert_eq!(shop.key.as_bytes(), b"shop-secret");
+        assert_eq!(w.max_body, 64 << 10);
+        assert_eq!(w.timeout, Duration::from_secs(3));
+        // An Adyen key is hexadecimal and used decoded.
+        let a = &s.webhooks[1];
+        assert_eq!(a.verify.scheme, SignatureScheme::Adyen);
+        assert_eq!(a.verify.keys[0].as_bytes().len(), 32);
+        assert_eq!(a.verify.keys[0].as_bytes()[0], 0x44);
+    }
+
+    #[test]
+    fn webhook_problems_name_their_path_and_line() {
+        let stripe = "      scheme: stripe\n      secrets_env: [WHSEC]\n";
+        let secrets = Secrets::default()
+            .with("WHSEC", "whsec_x")
+            .with("BAD", "not-hex!");
+        let cases = [
+        (
+            webhook("      scheme: paypal\n      secrets_env: [WHSEC]\n", ""),
+            "webhooks[0].verify.scheme",
+            "scheme: paypal",
+            "not one of stripe, adyen, hmac-sha256",
+        ),
+        (
+            webhook("      scheme: stripe\n", ""),
+            "webhooks[0].verify",
+            "verify:",
+            "set secrets_env or secrets_file",
+        ),
+        (
+            webhook("      scheme: stripe\n      secrets_env: [MISSING]\n", ""),
+            "webhooks[0].verify.secrets_env[0]",
+            "secrets_env: [MISSING]",
+            "MISSING is not set",
+        ),
+        (
+            webhook("      scheme: adyen\n      secrets_env: [BAD]\n", ""),
+            "webhooks[0].verify.secrets_env[0]",
+            "secrets_env: [BAD]",
+            "not an Adyen HMAC key",
+        ),
+        (
+            webhook("      scheme: hmac-sha256\n      secrets_env: [WHSEC]\n", ""),
+            "webhooks[0].verify.header",
+            "verify:",
+            "needs the header",
+        ),
+        (
+            webhook(
+                "      scheme: stripe\n      secrets_env: [WHSEC]\n      header: X-Sig\n",
+                "",
+            ),
+            "webhooks[0].verify.header",
+            "header: X-Sig",
+            "hmac-sha256 only",
+        ),
+        (
+            webhook(
+                "      scheme: hmac-sha256\n      header: X-Sig\n      encoding: hexa\n      secrets_env: [WHSEC]\n",
+                "",
+            ),
+            "webhooks[0].verify.encoding",
+            "encoding: hexa",
+            "not one of hex, base64",
+        ),
+        (
+            webhook(
+                "      scheme: adyen\n      secrets_env: [WHSEC]\n      tolerance: 5m\n",
+                "",
+            )
+            .replace("whsec_x", ""),
+            "webhooks[0].verify.tolerance",
+            "tolerance: 5m",
+            "signs no timestamp",
+        ),
+        (
+            webhook(stripe, "    allow_from: [3.18.12.63/33]\n"),
+            "webhooks[0].allow_from[0]",
+            "allow_from:",
+            "not an address or network",
+        ),
+        (
+            webhook(stripe, "    allow_from: []\n"),
+            "webhooks[0].allow_from",
+            "allow_from:",
+            "omit allow_from",
+        ),
+        (
+            webhook(stripe, "    dedupe: { ttl: forever }\n"),
+            "webhooks[0].dedupe.ttl",
+            "dedupe:",
+            "not a duration",
+        ),
+        (
+            webhook(stripe, "    sign_for_shop: { header: X-Sig }\n"),
+            "webhooks[0].sign_for_shop",
+            "sign_for_shop:",
+            "set secret_env or secret_file",
+        ),
+        (
+            webhook(stripe, "    listen: 127.0.0.1:9901\n"),
+            "webhooks[0].listen",
+            "listen: 127.0.0.1:9901",
+            "must differ from admin.listen",
+        ),
+        (
+            webhook(stripe, "    listen: 127.0.0.1:8080\n"),
+            "webhooks[0].listen",
+            "listen: 127.0.0.1:8080",
+            "omit listen",
+        ),
+        (
+            webhook(stripe, "").replace("http://127.0.0.1:3000", "http://shop.example"),
+            "webhooks[0].forward_to",
+            "forward_to:",
+            "only allowed to a loopback address",
+        ),
+        (
+            webhook(stripe, "").replace("path: /webhooks/stripe", "path: webhooks"),
+            "webhooks[0].path",
+            "path: webhooks",
+            "must start with '/'",
+        ),
+        (
+            webhook(stripe, "").replace("name: stripe-events", "name: pay # clash"),
+            "webhooks[0].name",
+            "pay # clash",
+            "also a route name",
+        ),
+    ];
+        for (text, path, needle, phrase) in cases {
+            // The Adyen-with-tolerance case has one more problem (its key is not hexadecimal): look for ours.
+            let all = problems_with(&text, &secrets);
+            let p = all
+                .iter()
+                .find(|p| p.path == path)
+                .unwrap_or_else(|| panic!("no problem at {path}: {all:#?}\n{text}"));
+            assert_problem(p, path, &text, needle, phrase);
+        }
+    }
+
+    #[test]
+    fn two_webhooks_may_not_share_a_name_or_a_path_on_one_listener() {
+        let secrets = Secrets::default().with("S", "s");
+        let one = |name: &str, path: &str, listen: &str| {
+            format!(
+            "  - name: {name}\n    path: {path}\n{listen}    forward_to: http://127.0.0.1:3000/\n    verify: {{ scheme: stripe, secrets_env: [S] }}\n"
+        )
+        };
+        let text = config(
+            "",
+            "",
+            &format!(
+                "webhooks:\n{}{}{}",
+                one("a", "/h", ""),
+                one("a", "/h", ""),
+                one("b", "/h", "    listen: 127.0.0.1:7000\n"),
+            ),
+        );
+        let all = problems_with(&text, &secrets);
+        let found: Vec<(&str, bool)> = all
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.contains("webhooks[0]")))
+            .collect();
+        assert_eq!(
+            found,
+            [("webhooks[1].name", false), ("webhooks[1].path", true)],
+            "{all:#?}"
+        );
+    }
+
+    #[test]
+    fn audit_parses_with_its_defaults_and_resolves_its_folder() {
+        use crate::config::model::{AuditBodies, DEFAULT_AUDIT_RETENTION};
+        let s = valid(&config("", "", "audit: { dir: audit }\n"));
+        let a = s.audit.unwrap();
+        assert_eq!(a.dir, Path::new(BASE).join("audit"));
+        assert_eq!(a.retention, DEFAULT_AUDIT_RETENTION);
+        assert_eq!(a.bodies, AuditBodies::None);
+        assert_eq!(a.max_body, 64 << 10);
+        assert_eq!(a.queue, 10_000);
+        assert_eq!(a.max_bytes, 10 << 30);
+
+        let s = valid(&config(
+        "",
+        "",
+        "audit:\n  dir: /var/lib/switchyard/audit\n  retention: 180d\n  bodies: redacted\n  max_body: 16KiB\n  queue: 50\n  max_bytes: 512MiB\n",
+    ));
+        let a = s.audit.unwrap();
+        assert_eq!(a.dir, PathBuf::from("/var/lib/switchyard/audit"));
+        assert_eq!(a.retention, Duration::from_secs(180 * 24 * 3600));
+        assert_eq!(a.bodies, AuditBodies::Redacted);
+        assert_eq!(a.max_body, 16 << 10);
+        assert_eq!(a.queue, 50);
+        assert_eq!(a.max_bytes, 512 << 20);
+    }
+
+    #[test]
+    fn audit_problems_name_their_path_and_line() {
+        let cases = [
+            (
+                "audit:\n  dir: a\n  bodies: full\n",
+                "audit.bodies",
+                "bodies: full",
+                "not one of none, redacted",
+            ),
+            (
+                "audit:\n  dir: a\n  retention: 12h\n",
+                "audit.retention",
+                "retention: 12h",
+                "at least 1d",
+            ),
+            (
+                "audit:\n  dir: a\n  queue: 0\n",
+                "audit.queue",
+                "queue: 0",
+                "between 1 and",
+            ),
+            (
+                "audit:\n  dir: ''\n",
+                "audit.dir",
+                "dir: ''",
+                "must name a folder",
+            ),
+            (
+                "audit:\n  dir: a\n  max_bytes: 64KiB\n",
+                "audit.max_bytes",
+                "max_bytes: 64KiB",
+                "between 1048576 and",
+            ),
+            (
+                "audit:\n  dir: a\n  max_bytes: lots\n",
+                "audit.max_bytes",
+                "max_bytes: lots",
+                "not a size",
+            ),
+            (
+                "audit:\n  dir: a\n  max_body: 2MiB\n",
+                "audit.max_body",
+                "max_body: 2MiB",
+                "between 0 and",
+            ),
+        ];
+        for (top, path, needle, phrase) in cases {
+            let text = config("", "", top);
+            assert_problem(&only_problem(&text), path, &text, needle, phrase);
+        }
+        // `dir` is required, and unknown keys are parse errors with their path.
+        assert!(parse_error(&config("", "", "audit: { retention: 1d }\n")).contains("dir"));
+        assert!(parse_error(&config("", "", "audit: { dir: a, file: x }\n")).contains("file"));
     }
 }

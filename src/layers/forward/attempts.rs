@@ -12,15 +12,15 @@ use super::decide::{breaker_wait, decide, Attempt, OpState, PinReason, Policy, S
 use super::operation::{is_idempotent, respond, Operation, Settle};
 use crate::audit::{AttemptEnd, AttemptReason, AttemptStart, RecordedBody};
 use crate::body::ProxyBody;
-use crate::config::validate::Provider;
+use crate::config::Provider;
 use crate::error::{ProxyError, Reached};
 use crate::health::breaker::Admission;
 use crate::health::{self, Admitted};
 use crate::idempotency::PinStore;
 use crate::idempotency::{Finish, Store};
 use crate::metrics::InFlight;
-use crate::outcome::{classify, Observed, OutcomeClass};
-use crate::upstream::{AttemptResult, SendAttempt, SendFailure};
+use crate::outcome::{classify, OutcomeClass, Seen};
+use crate::upstream::{AttemptResult, SendAttempt};
 
 impl<S: SendAttempt> Operation<S> {
     /// The request for one attempt at `provider`.
@@ -420,21 +420,10 @@ impl<S: SendAttempt> Operation<S> {
 type LastAttempt<B> = (Arc<str>, OutcomeClass, AttemptResult<B>);
 
 /// What one attempt showed, for the classifier.
-fn observed<B>(result: &AttemptResult<B>) -> Observed<'_> {
+fn observed<B>(result: &AttemptResult<B>) -> Seen<'_> {
     match result {
-        Ok(resp) => Observed::Response {
-            status: resp.status(),
-            headers: resp.headers(),
-        },
-        Err(e) => match e.failure {
-            SendFailure::Connect => Observed::ConnectFailed,
-            SendFailure::Tls => Observed::TlsFailed,
-            SendFailure::BeforeWrite => Observed::FailedBeforeWrite,
-            SendFailure::RefusedStream => Observed::RefusedStream,
-            SendFailure::GoAway => Observed::GoAwayUnprocessed,
-            SendFailure::TimeoutAfterWrite => Observed::TimeoutAfterWrite,
-            SendFailure::AfterWrite => Observed::FailedAfterWrite,
-        },
+        Ok(resp) => Ok((resp.status(), resp.headers())),
+        Err(e) => Err(e.failure),
     }
 }
 
@@ -488,7 +477,7 @@ mod tests {
     use crate::limits::RouteLimits;
     use crate::metrics::Metrics;
     use crate::retry::RouteBudgets;
-    use crate::upstream::{SendError, Upstream, Upstreams};
+    use crate::upstream::{SendError, SendFailure, Upstream, Upstreams};
 
     /// What a scripted provider does with one attempt.
     #[derive(Debug, Clone)]

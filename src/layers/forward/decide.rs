@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::validate::Route;
+use crate::config::Route;
 use crate::outcome::{OutcomeClass, RetryHint};
 use crate::retry::backoff;
 

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::audit::Audit;
 use crate::body::{full, ProxyBody};
-use crate::config::validate::{IdempotencyMode, Route};
+use crate::config::{IdempotencyMode, Route};
 use crate::ctx::{RequestId, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Generation;
