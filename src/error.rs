@@ -135,8 +135,11 @@ pub enum ProxyError {
     OutcomeUnknown {
         /// The provider.
         provider: String,
-        /// The provider's status, when its last answer was a 5xx.
+        /// The provider's status, when its last answer was a 5xx (or its "still processing" 409).
         status: Option<u16>,
+        /// When the shop should retry with the same key: the provider's `Retry-After` (capped), else
+        /// a second.
+        retry_after: Duration,
     },
     /// The store of payment state (idempotency records, pins) could not answer; nothing was sent
     /// anywhere, least of all to another provider.
@@ -286,7 +289,8 @@ impl ProxyError {
             | Self::NoHealthyProvider { retry_after }
             | Self::ProviderQuotaExhausted { retry_after, .. }
             | Self::PinnedProviderUnavailable { retry_after, .. }
-            | Self::StateUnavailable { retry_after, .. } => Some(*retry_after),
+            | Self::StateUnavailable { retry_after, .. }
+            | Self::OutcomeUnknown { retry_after, .. } => Some(*retry_after),
             Self::IdempotencyConflict | Self::Overloaded { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }

@@ -9,6 +9,7 @@
 //! | a pooled connection that failed before the request was written | [`OutcomeClass::NotSent`] |
 //! | HTTP/2 REFUSED_STREAM, GOAWAY below our stream, 429, Adyen `transient-error: true`, 409 with `Stripe-Should-Retry: true` | [`OutcomeClass::NotProcessed`] |
 //! | timeout or reset after the request was written, any other 5xx | [`OutcomeClass::Unknown`] |
+//! | 409 to a retry of a key whose earlier attempt at this provider is unknown (still processing) | [`OutcomeClass::Unknown`] |
 //! | 2xx, and every other 4xx (declines included) | [`OutcomeClass::Processed`] |
 //!
 //! With the class come what the provider's breaker makes of it and the provider's retry hints.
@@ -143,8 +144,11 @@ fn http_date(value: &str) -> Option<std::time::SystemTime> {
 /// What was seen of one attempt: the provider's status and headers, or how the send failed.
 pub type Seen<'a> = Result<(StatusCode, &'a HeaderMap), SendFailure>;
 
-/// Classifies one attempt.
-pub fn classify(seen: Seen<'_>, now: std::time::SystemTime) -> Classified {
+/// Classifies one attempt. `retry_of_unknown` says that an earlier attempt with this key at this
+/// provider has an unknown outcome: a 409 then is the provider's "still processing this key" (Stripe's
+/// `idempotency_key_in_use`), which leaves the outcome unknown — never a final answer, whatever other
+/// marker it carries.
+pub fn classify(seen: Seen<'_>, retry_of_unknown: bool, now: std::time::SystemTime) -> Classified {
     let plain = |class, breaker| Classified {
         class,
         breaker,
@@ -169,6 +173,9 @@ pub fn classify(seen: Seen<'_>, now: std::time::SystemTime) -> Classified {
             };
             let (class, breaker) = if status == StatusCode::TOO_MANY_REQUESTS {
                 (OutcomeClass::NotProcessed, BreakerEffect::Throttled)
+            } else if status == StatusCode::CONFLICT && retry_of_unknown {
+                // In progress: the earlier attempt may still charge. Not an outage either.
+                (OutcomeClass::Unknown, BreakerEffect::None)
             } else if header_is(headers, "transient-error", "true") {
                 // Adyen: the request was not executed and may be sent again.
                 let breaker = if status.is_server_error() {
@@ -229,11 +236,11 @@ mod tests {
             (SendFailure::AfterWrite, C::Unknown, B::Failure),
         ];
         for (failure, class, breaker) in cases {
-            let c = classify(Err(failure), now);
+            let c = classify(Err(failure), false, now);
             assert_eq!((c.class, c.breaker), (class, breaker), "{failure:?}");
         }
         let response = |status: u16, h: &HeaderMap| {
-            let c = classify(Ok((StatusCode::from_u16(status).unwrap(), h)), now);
+            let c = classify(Ok((StatusCode::from_u16(status).unwrap(), h)), false, now);
             (c.class, c.breaker)
         };
         for ok in [200, 201, 202, 204] {
@@ -267,11 +274,42 @@ mod tests {
     fn provider_retry_hints() {
         let now = SystemTime::now();
         let h = headers(&[("stripe-should-retry", "false"), ("retry-after", "5")]);
-        let c = classify(Ok((StatusCode::SERVICE_UNAVAILABLE, &h)), now);
+        let c = classify(Ok((StatusCode::SERVICE_UNAVAILABLE, &h)), false, now);
         assert_eq!(c.hint, RetryHint::DoNotRetry, "should-retry false wins");
         let h = headers(&[("retry-after", "3")]);
-        let c = classify(Ok((StatusCode::TOO_MANY_REQUESTS, &h)), now);
+        let c = classify(Ok((StatusCode::TOO_MANY_REQUESTS, &h)), false, now);
         assert_eq!(c.hint, RetryHint::After(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_409_to_a_retry_of_an_unknown_attempt_is_still_unknown() {
+        let now = SystemTime::now();
+        let in_progress = |h: &HeaderMap, retry_of_unknown: bool| {
+            let c = classify(Ok((StatusCode::CONFLICT, h)), retry_of_unknown, now);
+            (c.class, c.breaker, c.hint)
+        };
+        let none = HeaderMap::new();
+        assert_eq!(
+            in_progress(&none, true),
+            (C::Unknown, B::None, RetryHint::None),
+            "Stripe's idempotency_key_in_use: still processing, not final, not an outage"
+        );
+        let marked = headers(&[("stripe-should-retry", "true"), ("retry-after", "2")]);
+        assert_eq!(
+            in_progress(&marked, true),
+            (
+                C::Unknown,
+                B::None,
+                RetryHint::After(Duration::from_secs(2))
+            ),
+            "its not-executed marker speaks of this attempt, not of the earlier one"
+        );
+        // A first attempt's 409 is the provider's final answer (or, marked, not processed).
+        assert_eq!(in_progress(&none, false).0, C::Processed);
+        assert_eq!(in_progress(&marked, false).0, C::NotProcessed);
+        // Other statuses keep their rows.
+        let c = classify(Ok((StatusCode::OK, &none)), true, now);
+        assert_eq!(c.class, C::Processed);
     }
 
     #[test]

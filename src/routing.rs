@@ -5,6 +5,8 @@ use http::Method;
 
 use crate::config::model::Match;
 
+pub mod path;
+
 impl Match {
     /// Whether a request with these parts matches.
     pub fn matches(

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::config::validate::SignatureEncoding;
+use switchyard::config::SignatureEncoding;
 use switchyard::webhooks::verify::parse_generic_signature;
 
 fuzz_target!(|data: &[u8]| {

@@ -248,6 +248,29 @@ pub fn key_for_provider(key: &str, max_len: usize) -> std::borrow::Cow<'_, str> 
     std::borrow::Cow::Owned(format!("sy-{digest}").chars().take(max_len).collect())
 }
 
+/// The key a provider gets for `key` of client `scope` when several clients share one provider account
+/// (the sidecar injects the credential): two tenants who pick the same key must not meet in the
+/// provider's idempotency store, where the second would get the first one's payment. A SHA-256 digest
+/// of scope and key (hex, `sy-` first, cut to `max_len`): the same on every retry, restart and sidecar.
+/// An empty scope (a single client) keeps [`key_for_provider`].
+pub fn scoped_key_for_provider<'a>(
+    scope: &str,
+    key: &'a str,
+    max_len: usize,
+) -> std::borrow::Cow<'a, str> {
+    if scope.is_empty() {
+        return key_for_provider(key, max_len);
+    }
+    let digest = hex::encode(
+        Sha256::new()
+            .chain_update(scope)
+            .chain_update([0])
+            .chain_update(key)
+            .finalize(),
+    );
+    std::borrow::Cow::Owned(format!("sy-{digest}").chars().take(max_len).collect())
+}
+
 /// Whether a shop's key is acceptable: 1–255 visible ASCII characters.
 pub fn valid_key(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= 255 && key.iter().all(|c| c.is_ascii_graphic())
@@ -665,6 +688,25 @@ impl RouteStores {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scoped_key_is_stable_and_never_shared_between_scopes() {
+        let a = scoped_key_for_provider("tenant-a", "order-1", 255);
+        let b = scoped_key_for_provider("tenant-b", "order-1", 255);
+        assert_ne!(a, b, "two tenants, one key: two payments at the provider");
+        assert_eq!(a, scoped_key_for_provider("tenant-a", "order-1", 255));
+        assert!(a.starts_with("sy-") && a.len() == 67, "{a}");
+        // Within the provider's limit, never cut from the shop's key.
+        let adyen = scoped_key_for_provider("tenant-a", "order-1", 64);
+        assert_eq!(adyen.len(), 64);
+        assert!(a.starts_with(&*adyen));
+        assert_ne!(
+            scoped_key_for_provider("a", "bc", 255),
+            scoped_key_for_provider("ab", "c", 255)
+        );
+        // No scope: the key as it is (or its digest when too long).
+        assert_eq!(scoped_key_for_provider("", "order-1", 255), "order-1");
+    }
 
     #[test]
     fn record_keys_are_equal_only_for_the_same_scope_and_key() {

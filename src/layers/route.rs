@@ -3,12 +3,16 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{header, Request};
+use std::borrow::Cow;
+
+use http::uri::PathAndQuery;
+use http::{header, Request, Uri};
 use tower::{Layer, Service};
 
 use crate::ctx::{Entered, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Current;
+use crate::routing::path;
 
 /// Matches routes.
 #[derive(Clone)]
@@ -63,6 +67,15 @@ where
             Some(Entered(g)) => g,
             None => self.current.load_full(),
         };
+        // Routes match, and providers get, the path with its dot segments resolved, so `..` never
+        // leaves a route's prefix; encoded dots and slashes are refused.
+        match normalized_uri(req.uri()) {
+            Ok(None) => {}
+            Ok(Some(uri)) => *req.uri_mut() = uri,
+            Err(reason) => {
+                return Either::Right(std::future::ready(Err(ProxyError::BadRequest { reason })))
+            }
+        }
         // The host is read (and lowercased) only when some route matches on it.
         let host = generation
             .snapshot
@@ -96,6 +109,28 @@ where
         });
         Either::Left(self.inner.call(req))
     }
+}
+
+/// The request's URI with its path normalised (`routing::path`), `None` when it is already, or why
+/// it is refused.
+fn normalized_uri(uri: &Uri) -> Result<Option<Uri>, String> {
+    let path = match path::normalize(uri.path()) {
+        Ok(Cow::Borrowed(_)) => return Ok(None),
+        Ok(Cow::Owned(path)) => path,
+        Err(e) => return Err(e.to_string()),
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(pq)
+            .map_err(|_| "the request path cannot be forwarded".to_owned())?,
+    );
+    Uri::from_parts(parts)
+        .map(Some)
+        .map_err(|_| "the request path cannot be forwarded".to_owned())
 }
 
 /// The host the shop addressed, lowercase and without port: the URI authority (HTTP/2) or `Host`.

@@ -19,6 +19,8 @@ use crate::routing::path_has_prefix;
 pub struct ProviderKey<'a> {
     /// The shop's key (or the one the proxy made).
     pub key: &'a str,
+    /// The client scope the key belongs to (`idempotency::scope`; empty for a single client).
+    pub scope: &'a str,
     /// The key as a header value, shared rather than copied when the provider takes it as is.
     pub value: &'a HeaderValue,
     /// The shop's header, removed before the provider's is set.
@@ -41,7 +43,17 @@ pub fn provider_request(
     }
     if let Some(k) = key {
         h.remove(k.shop_header);
-        let value = match idempotency::key_for_provider(k.key, provider.idempotency_key_max_len) {
+        // One provider account for every client (the credential is the sidecar's): the key is
+        // derived from the client's scope too, so tenants never share a payment at the provider.
+        let derived = match &provider.auth {
+            Some(_) => idempotency::scoped_key_for_provider(
+                k.scope,
+                k.key,
+                provider.idempotency_key_max_len,
+            ),
+            None => idempotency::key_for_provider(k.key, provider.idempotency_key_max_len),
+        };
+        let value = match derived {
             Cow::Borrowed(_) => k.value.clone(),
             Cow::Owned(derived) => HeaderValue::from_str(&derived)
                 .map_err(|_| ProxyError::Internal("idempotency key not a header value".into()))?,

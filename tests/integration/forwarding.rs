@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
+use switchyard::config::MapSecrets;
+
 use crate::support::*;
 
 fn echo() -> impl Fn(&Received) -> Reply + Send + Sync + 'static {
@@ -531,4 +533,94 @@ async fn card_numbers_are_masked_in_the_proxys_own_answers() {
     let detail = answer.json()["detail"].as_str().unwrap().to_owned();
     assert!(!detail.contains("4242424242424242"), "{detail}");
     assert!(detail.contains("424242******4242"), "{detail}");
+}
+
+/// A route limited to `/v1/refunds` (with the provider credential injected) is never a way to reach
+/// another provider endpoint: `..` is resolved before matching, and encoded dots and slashes, which a
+/// provider or the proxy in front of it may decode, are refused.
+#[tokio::test]
+async fn dot_segments_never_escape_a_routes_prefix() {
+    let mock = MockProvider::start(echo()).await;
+    let yaml = config(&[("psp", &mock.url())], "", "")
+        .replace("path_prefix: /", "path_prefix: /v1/refunds");
+    let proxy = TestProxy::start(&yaml).await;
+    let get = |path: &str| Request::get(proxy.url(path)).body(Full::default()).unwrap();
+
+    let escaped = send(get("/v1/refunds/../payouts")).await;
+    assert_eq!(escaped.status, 404, "{}", escaped.text());
+    assert_eq!(escaped.header("x-switchyard-error"), Some("no_route"));
+    for encoded in [
+        "/v1/refunds/%2e%2e/payouts",
+        "/v1/refunds/%2E%2E/payouts",
+        "/v1/refunds/.%2e/payouts",
+        "/v1/refunds/..%2fpayouts",
+        "/v1/refunds%2f..%2f..%2fpayouts",
+    ] {
+        let refused = send(get(encoded)).await;
+        assert_eq!(refused.status, 400, "{encoded}: {}", refused.text());
+        assert_eq!(refused.header("x-switchyard-error"), Some("bad_request"));
+    }
+    assert!(mock.received().is_empty(), "nothing reached the provider");
+
+    // Inside the prefix, the provider gets the resolved path, query untouched.
+    let inside = send(get("/v1/refunds/x/../re_1/./?expand[]=charge")).await;
+    assert_eq!(inside.status, 200, "{}", inside.text());
+    let got = mock.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].uri, "/v1/refunds/re_1/?expand[]=charge");
+}
+
+/// Tenants share the sidecar's provider account (the credential is injected) and each may pick any
+/// key: the provider gets a key derived from tenant and key, so tenant B's "order-1" is never answered
+/// with tenant A's payment. Stable: a retry of the same tenant's key carries the same derived key.
+#[tokio::test]
+async fn tenants_on_one_provider_account_never_share_a_key_at_the_provider() {
+    let var = "SWITCHYARD_TEST_TENANT_KEY";
+    let mock = MockProvider::start(echo()).await;
+    let extra = format!("auth: {{ header: Authorization, value_env: {var} }}");
+    let yaml = config(
+        &[("psp", &mock.url())],
+        &extra,
+        "idempotency: { scope_header: X-Tenant }",
+    );
+    let proxy =
+        TestProxy::start_with_secrets(&yaml, MapSecrets::new().with(var, "sk_test_shared")).await;
+    let pay = |tenant: &str, body: &'static str| {
+        Request::post(proxy.url("/v1/payment_intents"))
+            .header("x-tenant", tenant)
+            .header("idempotency-key", "order-1")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    assert_eq!(send(pay("tenant-a", "amount=100")).await.status, 200);
+    assert_eq!(send(pay("tenant-b", "amount=999")).await.status, 200);
+    let got = mock.received();
+    assert_eq!(got.len(), 2, "tenant B's payment was made, not replayed");
+    let key = |i: usize| {
+        got[i].headers["idempotency-key"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(key(0), key(1));
+    for i in 0..2 {
+        assert!(key(i).starts_with("sy-"), "{}", key(i));
+        assert_ne!(key(i), "order-1");
+    }
+
+    // Without an injected credential each tenant brings its own account: the shop's key as it is.
+    let own = MockProvider::start(echo()).await;
+    let yaml = config(
+        &[("psp", &own.url())],
+        "",
+        "idempotency: { scope_header: X-Tenant }",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let req = Request::post(proxy.url("/v1/payment_intents"))
+        .header("x-tenant", "tenant-a")
+        .header("idempotency-key", "order-1")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(req).await.status, 200);
+    assert_eq!(own.received()[0].headers["idempotency-key"], "order-1");
 }

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use switchyard::config::MapSecrets;
+
 use crate::support::*;
 
 /// A mock whose status for payments can be switched at run time; `/healthz` answers `health`.

@@ -507,7 +507,6 @@ const KEY_IN_USE: &str = r#"{"error":{"type":"idempotency_error","code":"idempot
 // never the backup; the shop is told the outcome is unknown, with Retry-After; a later retry reaches the
 // primary again and gets its real answer.
 #[tokio::test]
-#[ignore = "in-progress 409 is classified as final (fixed by the lead)"]
 async fn an_in_progress_409_after_a_timeout_stays_unknown() {
     let calls = AtomicUsize::new(0);
     let primary = MockProvider::start(move |_| match calls.fetch_add(1, Ordering::SeqCst) {
@@ -591,7 +590,6 @@ async fn a_refused_stream_after_an_unknown_attempt_stays_at_the_primary() {
 // (after its Retry-After or backoff) or answers unknown; it never stores the 409 and never tries the
 // backup.
 #[tokio::test]
-#[ignore = "in-progress 409 is classified as final (fixed by the lead)"]
 async fn an_in_progress_409_to_the_proxys_own_retry_is_not_the_answer() {
     let calls = AtomicUsize::new(0);
     let primary = MockProvider::start(move |_| match calls.fetch_add(1, Ordering::SeqCst) {

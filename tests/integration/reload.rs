@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard::config::SecretRef;
+use switchyard::config::{MapSecrets, SecretRef};
 
 use crate::support::*;
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use serde_json::{json, Value};
+use switchyard::config::MapSecrets;
 use switchyard::sandbox::{Mode, ModeSpec, Sandbox, Stats};
 
 use crate::support::*;

@@ -19,8 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use switchyard::app::{App, Options};
-#[allow(unused_imports)] // tests/cli.rs shares this file and uses none of them
-pub use switchyard::config::{EnvAndFiles, MapSecrets, SecretSource};
+pub use switchyard::config::{EnvAndFiles, SecretSource};
 
 /// A request as a mock provider received it.
 #[derive(Debug, Clone)]

@@ -268,7 +268,7 @@ impl<S: SendAttempt> Operation<S> {
                     };
                 }
             }
-            let c = classify(observed(&result), SystemTime::now());
+            let c = classify(observed(&result), state.unknown_before, SystemTime::now());
             let answered_at = Instant::now();
             let latency = answered_at.saturating_duration_since(t0);
             admitted.finish(c.breaker, c.hint, latency, answered_at.into_std());
@@ -396,10 +396,20 @@ impl<S: SendAttempt> Operation<S> {
                 (_, Ok(resp)) => ProxyError::OutcomeUnknown {
                     provider: provider.to_string(),
                     status: Some(resp.status().as_u16()),
+                    // The provider's own word on when to ask again (its "still processing" 409
+                    // says), within the route's cap.
+                    retry_after: crate::outcome::retry_after(resp.headers(), SystemTime::now())
+                        .map_or(UNKNOWN_RETRY_AFTER, |d| {
+                            d.clamp(
+                                UNKNOWN_RETRY_AFTER,
+                                policy.retry_after_cap.max(UNKNOWN_RETRY_AFTER),
+                            )
+                        }),
                 },
                 (_, Err(_)) => ProxyError::OutcomeUnknown {
                     provider: provider.to_string(),
                     status: None,
+                    retry_after: UNKNOWN_RETRY_AFTER,
                 },
             });
         }
@@ -415,6 +425,9 @@ impl<S: SendAttempt> Operation<S> {
         }
     }
 }
+
+/// When the shop is told to retry an operation whose outcome is unknown, unless the provider said.
+const UNKNOWN_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The provider, class and result of the last attempt sent.
 type LastAttempt<B> = (Arc<str>, OutcomeClass, AttemptResult<B>);
@@ -781,6 +794,32 @@ routes:
         let resp = pay(FOUR_ATTEMPTS, &script).await.unwrap();
         assert_eq!(script.calls(), ["a", "a", "a"]);
         assert_eq!((resp.status(), answered_by(&resp)), (StatusCode::OK, "a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stripes_idempotency_key_in_use_is_never_the_payments_answer() {
+        // Stripe's in-progress 409 has no marker: after an unknown attempt it is still unknown.
+        const IN_USE: Reply = Reply::Answer(409, &[]);
+        let script = Script::new(&[("a", Reply::Fail(SendFailure::AfterWrite)), ("a", IN_USE)]);
+        let resp = pay(FOUR_ATTEMPTS, &script).await.unwrap();
+        assert_eq!(script.calls(), ["a", "a", "a"], "retried there, never b");
+        assert_eq!((resp.status(), answered_by(&resp)), (StatusCode::OK, "a"));
+        // Still processing to the last attempt: unknown, with the provider's Retry-After.
+        let script = Script::new(&[
+            ("a", Reply::Hang),
+            ("a", Reply::Answer(409, &[("retry-after", "2")])),
+            ("a", Reply::Answer(409, &[("retry-after", "2")])),
+        ]);
+        let err = pay("", &script).await.unwrap_err();
+        assert_eq!(script.calls(), ["a", "a", "a"]);
+        assert_eq!(err.kind(), ErrorKind::OutcomeUnknown);
+        assert_eq!(err.reached(), Reached::Maybe);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+        // A first attempt's 409 is the provider's final answer, passed on.
+        let script = Script::new(&[("a", IN_USE)]);
+        let resp = pay("", &script).await.unwrap();
+        assert_eq!(script.calls(), ["a"]);
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
     }
 
     #[tokio::test(start_paused = true)]

@@ -85,10 +85,9 @@ pub(super) struct OpState {
     pub(super) keyed: bool,
     /// Whether the method is idempotent (RFC 9110 §9.2.2).
     pub(super) idempotent: bool,
-    /// Whether an earlier attempt of this operation at this provider had an unknown outcome (so a
-    /// provider's "still processing this key" answers a retry of it). No rule reads it yet: the rule
-    /// that such an answer is itself unknown comes with its own change.
-    #[allow(dead_code)]
+    /// Whether an earlier attempt of this operation at this provider had an unknown outcome: a
+    /// provider's 409 to the next one is its "still processing this key", classified unknown
+    /// (`outcome::classify`), so it is retried there or answered unknown, never stored or failed over.
     pub(super) unknown_before: bool,
 }
 

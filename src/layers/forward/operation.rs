@@ -122,6 +122,7 @@ impl<S: SendAttempt> Operation<S> {
     pub(super) fn provider_key(&self) -> Option<ProviderKey<'_>> {
         self.key.as_ref().map(|k| ProviderKey {
             key: &k.record.key,
+            scope: &k.record.scope,
             value: &k.value,
             shop_header: &k.header,
         })
