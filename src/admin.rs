@@ -14,10 +14,10 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::body::{full, ProxyBody};
+use crate::budget::{read_body, ListenerCtx, ReadError};
 use crate::generation::Current;
 use crate::health;
 use crate::layers::BoxFuture;
@@ -74,8 +74,21 @@ impl AdminState {
                 return Ok(denied);
             }
         }
-        let body = match Limited::new(body, MAX_ADMIN_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
+        let listener = parts.extensions.get::<ListenerCtx>();
+        let body = match read_body(body, MAX_ADMIN_BODY, None, listener).await {
+            Ok((b, _)) => b,
+            Err(ReadError::Timeout { .. }) => {
+                let mut r = problem(StatusCode::REQUEST_TIMEOUT, "the body arrived too slowly");
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(r);
+            }
+            Err(ReadError::Overloaded(_)) => {
+                return Ok(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the proxy is overloaded; retry shortly",
+                ))
+            }
             Err(_) => {
                 return Ok(problem(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -8,16 +8,19 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::admin::{AdminState, Reload, ReloadStatus};
 use crate::audit::{Audit, SystemClock};
+use crate::budget::BufferBudget;
 use crate::config::reload::{self, Reloader};
 use crate::config::{ConfigError, EnvAndFiles, SecretSource};
 use crate::generation::{Current, Generation};
 use crate::layers;
 use crate::metrics::Metrics;
 use crate::sandbox::{Registry, Sandbox};
-use crate::server::{Limits, Server};
+use crate::server::{Limits, Server, Shared};
+use crate::side_runtime::SideRuntime;
 use crate::webhooks::Webhooks;
 
 /// How to run.
@@ -94,6 +97,15 @@ pub enum StartError {
         #[source]
         source: notify::Error,
     },
+    /// A runtime thread could not be started.
+    #[error("cannot start the runtime of the {what}: {source}")]
+    Runtime {
+        /// What it is for.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The audit folder could not be created or the writer not started.
     #[error("cannot start the audit trail in {dir}: {source}")]
     Audit {
@@ -117,6 +129,8 @@ pub struct App {
     background: Vec<tokio::task::JoinHandle<()>>,
     /// Webhook listeners: (configured address, server).
     webhook_servers: Vec<(std::net::SocketAddr, Server)>,
+    /// The runtime the webhook listeners run on, when there are any.
+    side: Option<SideRuntime>,
     audit: Audit,
 }
 
@@ -166,9 +180,18 @@ impl App {
             .config_last_reload_success_timestamp_seconds
             .set(reload::unix_now());
 
-        let limits = Limits {
-            max_header_bytes: snapshot.max_header_bytes,
-            header_read_timeout: Duration::from_secs(30),
+        let limits_of =
+            |listener| Limits::new(snapshot.max_header_bytes, &snapshot.limits, listener);
+        let shared = Shared {
+            metrics: metrics.clone(),
+            budget: BufferBudget::new(
+                snapshot.limits.max_buffered_bytes,
+                metrics.buffered_bytes.clone(),
+                metrics.overload_rejections_total.clone(),
+            ),
+            // The shop and webhook listeners share it; the admin listener has only its own, so that
+            // probes and scrapes still get in when the shop side is full.
+            connections: Some(Arc::new(Semaphore::new(snapshot.limits.max_connections))),
         };
         let shop_listener = bind(snapshot.listen, "shop listener").await?;
         let admin_listener = bind(snapshot.admin.listen, "admin listener").await?;
@@ -183,7 +206,17 @@ impl App {
         };
         let webhooks = Arc::new(Webhooks::new(metrics.clone(), audit.clone()));
         let mut webhook_servers = Vec::new();
-        for addr in snapshot.webhook_listeners() {
+        let listeners = snapshot.webhook_listeners();
+        let side = match listeners.is_empty() {
+            true => None,
+            false => Some(SideRuntime::start("switchyard-webhooks").map_err(|source| {
+                StartError::Runtime {
+                    what: "webhook listeners".to_owned(),
+                    source,
+                }
+            })?),
+        };
+        for addr in listeners {
             let listener = bind(addr, "webhook listener").await?;
             let service = layers::webhook_stack(
                 Arc::clone(&current),
@@ -191,7 +224,24 @@ impl App {
                 Arc::clone(&webhooks),
                 addr,
             );
-            webhook_servers.push((addr, Server::spawn(listener, service, limits, "webhooks")));
+            let server = match &side {
+                Some(side) => Server::spawn_on(
+                    side.handle(),
+                    listener,
+                    service,
+                    limits_of(&snapshot.limits.webhooks),
+                    "webhooks",
+                    shared.clone(),
+                ),
+                None => Server::spawn(
+                    listener,
+                    service,
+                    limits_of(&snapshot.limits.webhooks),
+                    "webhooks",
+                    shared.clone(),
+                ),
+            };
+            webhook_servers.push((addr, server));
         }
 
         let status = Arc::new(Mutex::new(ReloadStatus::default()));
@@ -214,14 +264,29 @@ impl App {
             config_path: path.clone(),
         };
         let admin_service = tower::service_fn(move |req| admin_state.clone().handle(req));
-        let admin = Server::spawn(admin_listener, admin_service, limits, "admin");
+        let admin = Server::spawn(
+            admin_listener,
+            admin_service,
+            limits_of(&snapshot.limits.admin),
+            "admin",
+            Shared {
+                connections: None,
+                ..shared.clone()
+            },
+        );
         let shop_service = layers::stack(
             Arc::clone(&current),
             metrics.clone(),
             audit.clone(),
             webhooks,
         );
-        let shop = Server::spawn(shop_listener, shop_service, limits, "shop");
+        let shop = Server::spawn(
+            shop_listener,
+            shop_service,
+            limits_of(&snapshot.limits.shop),
+            "shop",
+            shared,
+        );
 
         let mut background = Vec::new();
         if options.watch {
@@ -276,6 +341,7 @@ impl App {
             metrics,
             background,
             webhook_servers,
+            side,
             audit,
         })
     }
@@ -336,6 +402,9 @@ impl App {
         self.shop.shutdown(drain).await;
         for (_, server) in self.webhook_servers {
             server.shutdown(drain).await;
+        }
+        if let Some(side) = self.side {
+            side.stop().await;
         }
         // Every request has ended: write out what the audit queue still holds.
         self.audit.close().await;

@@ -153,6 +153,24 @@ pub enum ProxyError {
     /// The proxy itself failed (a bug); the detail is logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request body did not arrive in full within the listener's `body_read_timeout`.
+    #[error("the request body did not arrive within {timeout:?}")]
+    BodyTimeout {
+        /// The listener's body read timeout.
+        timeout: Duration,
+    },
+    /// The proxy is at a process-wide bound (buffered bytes) and refuses more work for now.
+    #[error("the proxy is overloaded ({reason}); retry shortly")]
+    Overloaded {
+        /// Which bound (`buffered_bytes`).
+        reason: &'static str,
+    },
+    /// The drain timeout of a shutdown ran out while the request was in flight.
+    #[error("the proxy is shutting down and its drain timeout ran out before this request ended")]
+    ShuttingDown {
+        /// Whether an attempt may have reached a provider before the cut.
+        reached: Reached,
+    },
 }
 
 /// The closed set of error kinds, used as metric label values and in the `x-switchyard-error` header.
@@ -196,6 +214,12 @@ pub enum ErrorKind {
     StateUnavailable,
     /// See [`ProxyError::Internal`].
     Internal,
+    /// See [`ProxyError::BodyTimeout`].
+    BodyTimeout,
+    /// See [`ProxyError::Overloaded`].
+    Overloaded,
+    /// See [`ProxyError::ShuttingDown`].
+    ShuttingDown,
 }
 
 /// Where an error came from.
@@ -252,6 +276,9 @@ impl ProxyError {
             Self::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
             Self::StateUnavailable { .. } => ErrorKind::StateUnavailable,
             Self::Internal(_) => ErrorKind::Internal,
+            Self::BodyTimeout { .. } => ErrorKind::BodyTimeout,
+            Self::Overloaded { .. } => ErrorKind::Overloaded,
+            Self::ShuttingDown { .. } => ErrorKind::ShuttingDown,
         }
     }
 
@@ -264,7 +291,7 @@ impl ProxyError {
             | Self::PinnedProviderUnavailable { retry_after, .. }
             | Self::StateUnavailable { retry_after, .. }
             | Self::OutcomeUnknown { retry_after, .. } => Some(*retry_after),
-            Self::IdempotencyConflict => Some(Duration::from_secs(1)),
+            Self::IdempotencyConflict | Self::Overloaded { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -275,7 +302,8 @@ impl ProxyError {
         match self {
             Self::DeadlineExceeded { reached, .. }
             | Self::ProviderQuotaExhausted { reached, .. }
-            | Self::PinnedProviderUnavailable { reached, .. } => return *reached,
+            | Self::PinnedProviderUnavailable { reached, .. }
+            | Self::ShuttingDown { reached } => return *reached,
             _ => {}
         }
         match self.kind() {
@@ -297,14 +325,18 @@ impl ProxyError {
             | ErrorKind::IdempotencyMismatch
             | ErrorKind::PinnedProviderUnavailable
             | ErrorKind::StateUnavailable
-            | ErrorKind::Internal => Reached::No,
+            | ErrorKind::Internal
+            | ErrorKind::BodyTimeout
+            | ErrorKind::Overloaded
+            // Carried by the error itself (above).
+            | ErrorKind::ShuttingDown => Reached::No,
         }
     }
 }
 
 impl ErrorKind {
     /// Every kind, for metrics that want a zero for each.
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 22] = [
         Self::NoRoute,
         Self::BodyTooLarge,
         Self::BadRequest,
@@ -324,6 +356,9 @@ impl ErrorKind {
         Self::OutcomeUnknown,
         Self::StateUnavailable,
         Self::Internal,
+        Self::BodyTimeout,
+        Self::Overloaded,
+        Self::ShuttingDown,
     ];
 
     /// The kind's stable name, as used in headers, metric labels and problem types.
@@ -348,6 +383,9 @@ impl ErrorKind {
             Self::OutcomeUnknown => "outcome_unknown",
             Self::StateUnavailable => "state_unavailable",
             Self::Internal => "internal",
+            Self::BodyTimeout => "body_timeout",
+            Self::Overloaded => "overloaded",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 
@@ -360,8 +398,13 @@ impl ErrorKind {
             | Self::RateLimited
             | Self::IdempotencyKeyRequired
             | Self::IdempotencyConflict
-            | Self::IdempotencyMismatch => Origin::Shop,
-            Self::DeadlineExceeded | Self::StateUnavailable | Self::Internal => Origin::Proxy,
+            | Self::IdempotencyMismatch
+            | Self::BodyTimeout => Origin::Shop,
+            Self::DeadlineExceeded
+            | Self::StateUnavailable
+            | Self::Internal
+            | Self::Overloaded
+            | Self::ShuttingDown => Origin::Proxy,
             Self::NoHealthyProvider
             | Self::ProviderQuotaExhausted
             | Self::PinnedProviderUnavailable

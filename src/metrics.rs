@@ -102,6 +102,15 @@ pub struct Families {
     pub audit_records_total: prometheus::IntCounter,
     /// Audit records not written, by reason (see [`AUDIT_DROP_REASONS`]).
     pub audit_dropped_total: IntCounterVec,
+    /// Connections and requests refused at a bound, by listener and reason (`connections`,
+    /// `buffered_bytes`).
+    pub overload_rejections_total: IntCounterVec,
+    /// Connections open now, by listener.
+    pub listener_connections: IntGaugeVec,
+    /// Failed accepts (out of file descriptors and the like), by listener.
+    pub accept_errors_total: IntCounterVec,
+    /// Request body bytes buffered now, every listener together.
+    pub buffered_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -367,6 +376,35 @@ impl Families {
         registry.register(Box::new(webhooks_total.clone()))?;
         registry.register(Box::new(audit_records_total.clone()))?;
         registry.register(Box::new(audit_dropped_total.clone()))?;
+        let overload_rejections_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_overload_rejections_total",
+                "Connections and requests refused at a bound, by listener and reason (connections, buffered_bytes).",
+            ),
+            &["listener", "reason"],
+        )?;
+        let listener_connections = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_listener_connections",
+                "Connections open now, by listener.",
+            ),
+            &["listener"],
+        )?;
+        let accept_errors_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_accept_errors_total",
+                "Failed accepts (out of file descriptors and the like), by listener.",
+            ),
+            &["listener"],
+        )?;
+        let buffered_bytes = IntGauge::new(
+            "switchyard_buffered_bytes",
+            "Request body bytes buffered now, every listener together.",
+        )?;
+        registry.register(Box::new(overload_rejections_total.clone()))?;
+        registry.register(Box::new(listener_connections.clone()))?;
+        registry.register(Box::new(accept_errors_total.clone()))?;
+        registry.register(Box::new(buffered_bytes.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -403,6 +441,10 @@ impl Families {
             webhooks_total,
             audit_records_total,
             audit_dropped_total,
+            overload_rejections_total,
+            listener_connections,
+            accept_errors_total,
+            buffered_bytes,
             route_backup_share,
             config_last_reload_successful,
             attempt_duration_seconds,

@@ -13,7 +13,9 @@ use http::{HeaderName, HeaderValue, Method};
 
 use super::secrets::{Secret, SecretUse};
 
+mod limits;
 mod webhooks;
+pub use self::limits::*;
 pub use self::webhooks::{
     AuditBodies, AuditConfig, Dedupe, GenericHmac, SignForShop, SignatureEncoding, SignatureScheme,
     SigningKey, Verify, Webhook, DEFAULT_AUDIT_MAX_BODY, DEFAULT_AUDIT_MAX_BYTES,
@@ -76,6 +78,8 @@ pub struct Snapshot {
     pub audit: Option<AuditConfig>,
     /// Payment objects pinned to their provider.
     pub pins: Pins,
+    /// Bounds on connections, buffered bytes and slow clients.
+    pub limits: Limits,
     /// Every secret the config reads, where from (never the value).
     pub secrets: Vec<SecretUse>,
 }

@@ -243,6 +243,9 @@ fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.max_header_bytes != new.max_header_bytes {
         out.push("max_header_bytes changed".to_owned());
     }
+    if old.limits != new.limits {
+        out.push("the limits section changed".to_owned());
+    }
     if old.audit != new.audit {
         out.push("the audit section changed".to_owned());
     }

@@ -36,6 +36,46 @@ pub struct RawConfig {
     pub audit: Option<RawAudit>,
     /// Payment objects pinned to the provider that holds them.
     pub pins: Option<RawPins>,
+    /// Bounds on connections, buffered bytes and slow clients, process-wide and per listener.
+    pub limits: Option<RawLimits>,
+}
+
+/// `limits:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Most open connections on the shop and webhook listeners together.
+    pub max_connections: Option<usize>,
+    /// Most request body bytes held in memory at once, every listener together.
+    pub max_buffered_bytes: Option<String>,
+    /// Most header fields in one request head.
+    pub max_headers: Option<usize>,
+    /// How long a connection may take to send a request head (and, between requests, to start one).
+    pub header_read_timeout: Option<String>,
+    /// How long a new connection may take to send its first bytes (the whole preface for HTTP/2).
+    pub preface_timeout: Option<String>,
+    /// How long an HTTP/2 connection may stay without a request before it is closed.
+    pub h2_idle_timeout: Option<String>,
+    /// Time between HTTP/2 keep-alive pings.
+    pub h2_keep_alive_interval: Option<String>,
+    /// How long an HTTP/2 keep-alive ping may wait for its answer.
+    pub h2_keep_alive_timeout: Option<String>,
+    /// The shop listener.
+    pub shop: Option<RawListenerLimits>,
+    /// Each webhook listener.
+    pub webhooks: Option<RawListenerLimits>,
+    /// The admin listener.
+    pub admin: Option<RawListenerLimits>,
+}
+
+/// `limits.shop:`, `limits.webhooks:`, `limits.admin:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerLimits {
+    /// Most open connections on this listener.
+    pub max_connections: Option<usize>,
+    /// How long a request body may take to arrive in full, from the end of its head.
+    pub body_read_timeout: Option<String>,
 }
 
 /// `pins:`

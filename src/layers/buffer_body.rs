@@ -2,17 +2,21 @@
 //!
 //! A `Content-Length` over the limit is refused before a byte is read; a body that grows past it while
 //! being read is refused as soon as it does. Either way the shop gets 413 and nothing reaches a provider.
+//!
+//! The bytes are reserved from the process-wide buffer budget ([`crate::budget`]) as they arrive and
+//! stay reserved until the request ends: a body the budget has no room for is answered 503
+//! `overloaded`, one that does not arrive by the listener's body deadline 408 `body_timeout`.
 
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{header, Request};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
 use crate::body::BoxError;
+use crate::budget::{read_body, ListenerCtx, ReadError, REASON_BUFFERED_BYTES};
 use crate::ctx::RouteCtx;
 use crate::error::ProxyError;
 
@@ -64,21 +68,29 @@ where
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limit as u64) {
-                return Err(ProxyError::BodyTooLarge { limit });
-            }
+            let listener = req.extensions().get::<ListenerCtx>().cloned();
             let (parts, body) = req.into_parts();
-            let bytes = match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) if e.is::<LengthLimitError>() => {
+            let (bytes, _reserved) = match read_body(body, limit, declared, listener.as_ref()).await
+            {
+                Ok(read) => read,
+                Err(ReadError::TooLarge { limit }) => {
                     return Err(ProxyError::BodyTooLarge { limit })
                 }
-                Err(_) => {
+                Err(ReadError::Timeout { timeout }) => {
+                    return Err(ProxyError::BodyTimeout { timeout })
+                }
+                Err(ReadError::Overloaded(_)) => {
+                    return Err(ProxyError::Overloaded {
+                        reason: REASON_BUFFERED_BYTES,
+                    })
+                }
+                Err(ReadError::Failed(_)) => {
                     return Err(ProxyError::BadRequest {
                         reason: "the request body could not be read to its end".into(),
                     })
                 }
             };
+            // `_reserved` holds the bytes' share of the budget until the request has its answer.
             inner.call(Request::from_parts(parts, bytes)).await
         })
     }

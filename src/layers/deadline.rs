@@ -1,6 +1,8 @@
 //! Bounds the whole request (body read and every attempt) by the route's `timeout`: by the one
 //! deadline instant the router put in [`RouteCtx`], which the attempt loop reads too, so both stop at
-//! the same instant and agree that the route's time ran out.
+//! the same instant and agree that the route's time ran out. It also bounds it by the end of a
+//! shutdown's drain: a request still in flight when the drain timeout runs out is answered here
+//! (`shutting_down`), above the layers that log and audit it, instead of being cut with its connection.
 
 use std::task::{Context, Poll};
 
@@ -8,6 +10,7 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
+use crate::budget::ListenerCtx;
 use crate::ctx::{RequestInfo, RouteCtx};
 use crate::error::{ProxyError, Reached};
 
@@ -46,21 +49,42 @@ where
             .extensions()
             .get::<RouteCtx>()
             .map(|c| (c.deadline, c.route.timeout));
-        // What the attempt loop knew when the deadline cut it short (it may go on in a task of its
-        // own): whether an attempt may have reached a provider.
+        // What the attempt loop knew when the deadline (or the drain) cut it short (it may go on in a
+        // task of its own): whether an attempt may have reached a provider.
         let info = req
             .extensions()
             .get::<std::sync::Arc<RequestInfo>>()
             .cloned();
+        let cutoff = req
+            .extensions()
+            .get::<ListenerCtx>()
+            .map(|l| l.cutoff.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
-            match deadline {
-                None => fut.await,
-                Some((deadline, timeout)) => match tokio::time::timeout_at(deadline, fut).await {
-                    Ok(answer) => answer,
-                    Err(_) => Err(ProxyError::DeadlineExceeded {
-                        timeout,
-                        reached: Reached::maybe(info.is_some_and(|i| i.maybe_sent())),
+            let reached = |info: &Option<std::sync::Arc<RequestInfo>>| {
+                Reached::maybe(info.as_ref().is_some_and(|i| i.maybe_sent()))
+            };
+            let info_cut = info.clone();
+            let bounded = async move {
+                match deadline {
+                    None => fut.await,
+                    Some((deadline, timeout)) => {
+                        match tokio::time::timeout_at(deadline, fut).await {
+                            Ok(answer) => answer,
+                            Err(_) => Err(ProxyError::DeadlineExceeded {
+                                timeout,
+                                reached: reached(&info),
+                            }),
+                        }
+                    }
+                }
+            };
+            match cutoff {
+                None => bounded.await,
+                Some(cutoff) => tokio::select! {
+                    answer = bounded => answer,
+                    () = cutoff.cut() => Err(ProxyError::ShuttingDown {
+                        reached: reached(&info_cut),
                     }),
                 },
             }

@@ -80,6 +80,12 @@ pub fn status_and_title(kind: ErrorKind) -> (StatusCode, &'static str) {
             (StatusCode::SERVICE_UNAVAILABLE, "Payment state unavailable")
         }
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal proxy error"),
+        ErrorKind::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Request body too slow"),
+        ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Proxy overloaded"),
+        ErrorKind::ShuttingDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Proxy shut down before the request ended",
+        ),
     }
 }
 
@@ -276,6 +282,11 @@ where
             if unknown {
                 resp.headers_mut()
                     .insert(X_SWITCHYARD_OUTCOME, HeaderValue::from_static("unknown"));
+            }
+            if matches!(kind, ErrorKind::BodyTimeout | ErrorKind::ShuttingDown) {
+                // The rest of a slow body is not worth waiting for, and a drained server ends here.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok(resp)
         })

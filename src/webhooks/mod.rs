@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -38,6 +38,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::audit::{Audit, BodyDigest, RecordedBody, WebhookRecord};
 use crate::body::{full, BoxError, ProxyBody};
+use crate::budget::{read_body, ListenerCtx, ReadError};
 use crate::config::{SignatureScheme, Webhook};
 use crate::metrics::Metrics;
 use crate::redact::mask_pans;
@@ -77,11 +78,15 @@ pub enum WebhookResult {
     ShopError,
     /// The dedupe state could not be read; nothing was forwarded, the provider redelivers.
     StateUnavailable,
+    /// The body did not arrive within the listener's `body_read_timeout`.
+    BodyTimeout,
+    /// The process-wide buffer budget had no room for the body.
+    Overloaded,
 }
 
 impl WebhookResult {
     /// Every result, for zeroed series.
-    pub const ALL: [WebhookResult; 11] = [
+    pub const ALL: [WebhookResult; 13] = [
         Self::Forwarded,
         Self::Duplicate,
         Self::BadSignature,
@@ -93,6 +98,8 @@ impl WebhookResult {
         Self::InFlight,
         Self::ShopError,
         Self::StateUnavailable,
+        Self::BodyTimeout,
+        Self::Overloaded,
     ];
 
     /// The label value.
@@ -109,6 +116,8 @@ impl WebhookResult {
             Self::InFlight => "in_flight",
             Self::ShopError => "shop_error",
             Self::StateUnavailable => "state_unavailable",
+            Self::BodyTimeout => "body_timeout",
+            Self::Overloaded => "overloaded",
         }
     }
 
@@ -130,6 +139,8 @@ impl WebhookResult {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The event's delivery state is unavailable",
             ),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Webhook body too slow"),
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Proxy overloaded"),
         }
     }
 }
@@ -259,21 +270,34 @@ impl Webhooks {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > hook.max_body as u64) {
-            return reject(
-                WebhookResult::TooLarge,
-                "the body is over the webhook's max_body",
-            );
-        }
-        let body = match Limited::new(body, hook.max_body).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.is::<LengthLimitError>() => {
+        let listener = parts.extensions.get::<ListenerCtx>();
+        // `_reserved` holds the body's share of the buffer budget until the event is dealt with.
+        let (body, _reserved) = match read_body(body, hook.max_body, declared, listener).await {
+            Ok(read) => read,
+            Err(ReadError::TooLarge { .. }) => {
                 return reject(
                     WebhookResult::TooLarge,
                     "the body is over the webhook's max_body",
                 )
             }
-            Err(_) => return reject(WebhookResult::Malformed, "the body could not be read"),
+            Err(ReadError::Timeout { .. }) => {
+                let (mut resp, r) = reject(
+                    WebhookResult::BodyTimeout,
+                    "the body did not arrive within the listener's body_read_timeout",
+                );
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return (resp, r);
+            }
+            Err(ReadError::Overloaded(_)) => {
+                let (mut resp, r) = reject(WebhookResult::Overloaded, "retry shortly");
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return (resp, r);
+            }
+            Err(ReadError::Failed(_)) => {
+                return reject(WebhookResult::Malformed, "the body could not be read")
+            }
         };
         let verified = match verify::verify(&hook.verify, &parts.headers, &body, SystemTime::now())
         {

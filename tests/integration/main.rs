@@ -7,6 +7,7 @@ mod dashboards;
 mod dialect;
 mod forwarding;
 mod health;
+mod hostile;
 mod outcomes;
 mod payments;
 mod reload;

@@ -22,6 +22,7 @@ mod breaker;
 mod dialect;
 mod health_checks;
 mod idempotency;
+mod limits;
 mod listeners;
 mod pins;
 mod providers;
@@ -280,6 +281,13 @@ impl Validator<'_> {
         let (routes, route_names) = self.routes(raw.routes, &providers, &defined);
         let webhooks = self.webhooks(raw.webhooks, listen, admin.listen, &route_names);
         let sandbox = self.sandbox(raw.sandbox);
+        let largest_body = routes
+            .iter()
+            .map(|r| r.max_body)
+            .chain(webhooks.iter().map(|w| w.max_body))
+            .max()
+            .unwrap_or(0);
+        let limits = self.limits(raw.limits, largest_body);
 
         Snapshot {
             listen,
@@ -292,6 +300,7 @@ impl Validator<'_> {
             webhooks,
             audit,
             pins,
+            limits,
             secrets: Vec::new(),
         }
     }
