@@ -152,7 +152,7 @@ impl AdminState {
         let token = generation.snapshot.admin.token.as_ref()?;
         let given = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .and_then(|v| bearer_token(v.as_bytes()));
         if given.is_some_and(|g| token.matches(g)) {
             return None;
         }
@@ -288,4 +288,30 @@ fn problem(status: StatusCode, detail: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("application/problem+json"),
     );
     r
+}
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive (RFC 9110
+/// §11.1), so `bearer` and `BEARER` are read too.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for value in ["Bearer tok", "bearer tok", "BEARER tok", "Bearer   tok "] {
+            assert_eq!(bearer_token(value.as_bytes()), Some(&b"tok"[..]), "{value}");
+        }
+        for value in ["Basic dG9rOg==", "Bearer", "Bearer ", "Bearertok", "tok"] {
+            assert_eq!(bearer_token(value.as_bytes()), None, "{value}");
+        }
+    }
 }

@@ -165,6 +165,13 @@ pub enum ProxyError {
         /// Which bound (`buffered_bytes`).
         reason: &'static str,
     },
+    /// The request asks for something the proxy does not forward: a method outside the standard ones,
+    /// or a transfer coding other than `chunked` (RFC 9112 §6.1). Answered locally, never sent.
+    #[error("not implemented: {reason}")]
+    NotImplemented {
+        /// What is not supported, in words safe to show.
+        reason: String,
+    },
     /// The drain timeout of a shutdown ran out while the request was in flight.
     #[error("the proxy is shutting down and its drain timeout ran out before this request ended")]
     ShuttingDown {
@@ -220,6 +227,8 @@ pub enum ErrorKind {
     Overloaded,
     /// See [`ProxyError::ShuttingDown`].
     ShuttingDown,
+    /// See [`ProxyError::NotImplemented`].
+    NotImplemented,
 }
 
 /// Where an error came from.
@@ -279,6 +288,7 @@ impl ProxyError {
             Self::BodyTimeout { .. } => ErrorKind::BodyTimeout,
             Self::Overloaded { .. } => ErrorKind::Overloaded,
             Self::ShuttingDown { .. } => ErrorKind::ShuttingDown,
+            Self::NotImplemented { .. } => ErrorKind::NotImplemented,
         }
     }
 
@@ -328,6 +338,7 @@ impl ProxyError {
             | ErrorKind::Internal
             | ErrorKind::BodyTimeout
             | ErrorKind::Overloaded
+            | ErrorKind::NotImplemented
             // Carried by the error itself (above).
             | ErrorKind::ShuttingDown => Reached::No,
         }
@@ -336,7 +347,7 @@ impl ProxyError {
 
 impl ErrorKind {
     /// Every kind, for metrics that want a zero for each.
-    pub const ALL: [ErrorKind; 22] = [
+    pub const ALL: [ErrorKind; 23] = [
         Self::NoRoute,
         Self::BodyTooLarge,
         Self::BadRequest,
@@ -359,6 +370,7 @@ impl ErrorKind {
         Self::BodyTimeout,
         Self::Overloaded,
         Self::ShuttingDown,
+        Self::NotImplemented,
     ];
 
     /// The kind's stable name, as used in headers, metric labels and problem types.
@@ -386,6 +398,7 @@ impl ErrorKind {
             Self::BodyTimeout => "body_timeout",
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
+            Self::NotImplemented => "not_implemented",
         }
     }
 
@@ -399,7 +412,8 @@ impl ErrorKind {
             | Self::IdempotencyKeyRequired
             | Self::IdempotencyConflict
             | Self::IdempotencyMismatch
-            | Self::BodyTimeout => Origin::Shop,
+            | Self::BodyTimeout
+            | Self::NotImplemented => Origin::Shop,
             Self::DeadlineExceeded
             | Self::StateUnavailable
             | Self::Internal

@@ -189,6 +189,10 @@ pub fn classify(seen: Seen<'_>, retry_of_unknown: bool, now: std::time::SystemTi
             {
                 // Stripe: a concurrent request with the same key was in progress; nothing was executed.
                 (OutcomeClass::NotProcessed, BreakerEffect::None)
+            } else if status == StatusCode::NOT_IMPLEMENTED {
+                // The provider does not do this (an odd method): not an outage to open a breaker
+                // for, still a 5xx without a not-executed marker.
+                (OutcomeClass::Unknown, BreakerEffect::None)
             } else if status.is_server_error() {
                 (OutcomeClass::Unknown, BreakerEffect::Failure)
             } else {
@@ -266,6 +270,8 @@ mod tests {
                 "{unknown}"
             );
         }
+        assert_eq!(response(501, &none), (C::Unknown, B::None), "not an outage");
+        assert_eq!(response(405, &none), (C::Processed, B::Success));
         // Stripe-Should-Retry: true on a 5xx does not say it was not executed.
         assert_eq!(response(500, &stripe_retry), (C::Unknown, B::Failure));
     }

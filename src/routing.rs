@@ -37,6 +37,55 @@ pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
     }
 }
 
+/// Whether a request is one the proxy forwards at all, checked before any route matches it:
+/// - a standard method (RFC 9110 §9; methods are case-sensitive, so `post` is not `POST`): a provider
+///   answers others with 501, which must not count against it, and TRACE would echo the injected
+///   credential back;
+/// - no transfer coding but `chunked` (RFC 9112 §6.1): hyper removes the framing, so a `gzip` coding
+///   would reach the provider as bytes it was never told are compressed;
+/// - exactly one `Host` on HTTP/1.1 (RFC 9112 §3.2), at most one on other versions.
+pub fn admissible(
+    method: &Method,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> Result<(), crate::error::ProxyError> {
+    use crate::error::ProxyError;
+    const STANDARD: [Method; 7] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    if !STANDARD.contains(method) {
+        return Err(ProxyError::NotImplemented {
+            reason: format!("the method {method} is not forwarded"),
+        });
+    }
+    for value in headers.get_all(http::header::TRANSFER_ENCODING) {
+        let text = value.to_str().unwrap_or("?");
+        let only_chunked = text
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .all(|c| c.eq_ignore_ascii_case("chunked"));
+        if !only_chunked {
+            return Err(ProxyError::NotImplemented {
+                reason: "transfer codings other than chunked are not forwarded".to_owned(),
+            });
+        }
+    }
+    let hosts = headers.get_all(http::header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && version == http::Version::HTTP_11) {
+        return Err(ProxyError::BadRequest {
+            reason: "an HTTP/1.1 request needs exactly one Host header".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -149,5 +198,54 @@ mod tests {
         assert!(!m.matches(&Method::GET, "/v1/charges", Some("shop.example"), &eu));
         assert!(!m.matches(&Method::POST, "/v1/charges", Some("x.example"), &eu));
         assert!(!m.matches(&Method::POST, "/v1/charges", Some("shop.example"), &none));
+    }
+
+    #[test]
+    fn only_standard_methods_chunked_framing_and_one_host_are_forwarded() {
+        use crate::error::ErrorKind;
+        use http::Version;
+        let host = header_map(&[("host", "shop.local")]);
+        let kind = |m: &str, v: Version, h: &HeaderMap| {
+            admissible(&Method::from_bytes(m.as_bytes()).unwrap(), v, h).map_err(|e| e.kind())
+        };
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+            assert_eq!(kind(m, Version::HTTP_11, &host), Ok(()), "{m}");
+        }
+        for m in ["TRACE", "CONNECT", "FOO", "post"] {
+            assert_eq!(
+                kind(m, Version::HTTP_11, &host),
+                Err(ErrorKind::NotImplemented),
+                "{m}"
+            );
+        }
+        let chunked = header_map(&[("host", "s"), ("transfer-encoding", "chunked")]);
+        assert_eq!(kind("POST", Version::HTTP_11, &chunked), Ok(()));
+        for te in ["gzip, chunked", "gzip", "chunked, identity"] {
+            let h = header_map(&[("host", "s"), ("transfer-encoding", te)]);
+            assert_eq!(
+                kind("POST", Version::HTTP_11, &h),
+                Err(ErrorKind::NotImplemented),
+                "{te}"
+            );
+        }
+        let none = HeaderMap::new();
+        assert_eq!(
+            kind("GET", Version::HTTP_11, &none),
+            Err(ErrorKind::BadRequest)
+        );
+        assert_eq!(
+            kind("GET", Version::HTTP_2, &none),
+            Ok(()),
+            "h2 has :authority"
+        );
+        let two = header_map(&[("host", "a"), ("host", "b")]);
+        assert_eq!(
+            kind("GET", Version::HTTP_11, &two),
+            Err(ErrorKind::BadRequest)
+        );
+        assert_eq!(
+            kind("GET", Version::HTTP_2, &two),
+            Err(ErrorKind::BadRequest)
+        );
     }
 }

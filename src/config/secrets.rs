@@ -53,14 +53,14 @@ impl Secret {
         &self.0
     }
 
-    /// Compares with `candidate` in time that does not depend on where they differ.
+    /// Compares with `candidate` in time that depends neither on where they differ nor on the
+    /// candidate's length: their SHA-256 digests are compared, every byte.
     pub fn matches(&self, candidate: &[u8]) -> bool {
-        let mine = self.0.as_bytes();
-        if mine.len() != candidate.len() {
-            return false;
-        }
+        use sha2::{Digest, Sha256};
+        let mine = Sha256::digest(self.0.as_bytes());
+        let theirs = Sha256::digest(candidate);
         mine.iter()
-            .zip(candidate)
+            .zip(theirs.iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     }
@@ -132,5 +132,25 @@ impl SecretSource for MapSecrets {
             .get(&key)
             .cloned()
             .ok_or_else(|| format!("{secret} is not set"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_matches_only_itself_whatever_the_length_of_the_guess() {
+        let s = Secret::new(HeaderValue::from_static("adm1n-t0ken"));
+        assert!(s.matches(b"adm1n-t0ken"));
+        for guess in [
+            &b""[..],
+            b"a",
+            b"adm1n-t0ke",
+            b"adm1n-t0kenX",
+            b"ADM1N-T0KEN",
+        ] {
+            assert!(!s.matches(guess), "{guess:?}");
+        }
     }
 }

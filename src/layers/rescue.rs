@@ -82,6 +82,7 @@ pub fn status_and_title(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal proxy error"),
         ErrorKind::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Request body too slow"),
         ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Proxy overloaded"),
+        ErrorKind::NotImplemented => (StatusCode::NOT_IMPLEMENTED, "Not implemented by the proxy"),
         ErrorKind::ShuttingDown => (
             StatusCode::SERVICE_UNAVAILABLE,
             "Proxy shut down before the request ended",

@@ -67,6 +67,9 @@ where
             Some(Entered(g)) => g,
             None => self.current.load_full(),
         };
+        if let Err(e) = crate::routing::admissible(req.method(), req.version(), req.headers()) {
+            return Either::Right(std::future::ready(Err(e)));
+        }
         // Routes match, and providers get, the path with its dot segments resolved, so `..` never
         // leaves a route's prefix; encoded dots and slashes are refused.
         match normalized_uri(req.uri()) {

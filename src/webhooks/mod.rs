@@ -125,7 +125,10 @@ impl WebhookResult {
         match self {
             Self::Forwarded | Self::Duplicate => (StatusCode::OK, "Accepted"),
             Self::BadSignature => (StatusCode::UNAUTHORIZED, "Webhook signature not valid"),
-            Self::Stale => (StatusCode::UNAUTHORIZED, "Webhook signature too old"),
+            Self::Stale => (
+                StatusCode::UNAUTHORIZED,
+                "Webhook signature timestamp outside the tolerance",
+            ),
             Self::ForbiddenSource => (StatusCode::FORBIDDEN, "Source address not allowed"),
             Self::Malformed => (StatusCode::BAD_REQUEST, "Webhook body not readable"),
             Self::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Webhook body too large"),

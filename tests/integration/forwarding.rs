@@ -624,3 +624,45 @@ async fn tenants_on_one_provider_account_never_share_a_key_at_the_provider() {
     assert_eq!(send(req).await.status, 200);
     assert_eq!(own.received()[0].headers["idempotency-key"], "order-1");
 }
+
+/// Odd methods, transfer codings hyper would silently drop, and a missing or doubled Host are
+/// answered by the proxy and never reach the provider (whose 501 for `FOO` opened its breaker, and
+/// whose TRACE was retried with the injected credential).
+#[tokio::test]
+async fn odd_methods_codings_and_hosts_are_answered_locally() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockProvider::start(echo()).await;
+    let proxy = TestProxy::start(&config(&[("psp", &mock.url())], "", "")).await;
+    let addr = proxy.app().shop_addr();
+    let cases: [(&str, &str, &str); 7] = [
+        ("TRACE", "host: x\r\n", "501"),
+        ("FOO", "host: x\r\n", "501"),
+        ("post", "host: x\r\ncontent-length: 0\r\n", "501"),
+        (
+            "POST",
+            "host: x\r\ntransfer-encoding: gzip, chunked\r\n",
+            "501",
+        ),
+        ("GET", "", "400"),
+        ("GET", "host: a\r\nhost: b\r\n", "400"),
+        ("GET", "host: x\r\n", "200"),
+    ];
+    for (method, headers, status) in cases {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = if headers.contains("chunked") {
+            "0\r\n\r\n"
+        } else {
+            ""
+        };
+        let req = format!("{method} /v1/x HTTP/1.1\r\n{headers}\r\n{body}");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{method} {headers:?}: got {head}"
+        );
+    }
+    assert_eq!(mock.count(), 1, "only the plain GET reached the provider");
+}

@@ -46,6 +46,16 @@ pub fn stripe(kind: ErrorKind, status: StatusCode) -> StripeError {
         ErrorKind::BadRequest | ErrorKind::IdempotencyKeyRequired => {
             e(INVALID, kind.as_str(), Some(false))
         }
+        // The SDKs type only 400 and 404 as invalid requests.
+        ErrorKind::NotImplemented => StripeError {
+            status: StatusCode::BAD_REQUEST,
+            ..e(INVALID, kind.as_str(), Some(false))
+        },
+        // Nothing was sent: the same request again is safe.
+        ErrorKind::BodyTimeout => StripeError {
+            status: StatusCode::BAD_REQUEST,
+            ..e(INVALID, kind.as_str(), Some(true))
+        },
         ErrorKind::IdempotencyMismatch => StripeError {
             status: StatusCode::BAD_REQUEST,
             ..e("idempotency_error", kind.as_str(), Some(false))
@@ -67,6 +77,8 @@ pub fn stripe(kind: ErrorKind, status: StatusCode) -> StripeError {
         | ErrorKind::NoHealthyProvider
         | ErrorKind::PinnedProviderUnavailable
         | ErrorKind::StateUnavailable
+        | ErrorKind::Overloaded
+        | ErrorKind::ShuttingDown
         | ErrorKind::OutcomeUnknown => e(API, kind.as_str(), Some(true)),
         ErrorKind::Internal => e(API, kind.as_str(), None),
     }
@@ -90,7 +102,9 @@ pub fn adyen_error_type(kind: ErrorKind) -> &'static str {
         | ErrorKind::BodyTooLarge
         | ErrorKind::BadRequest
         | ErrorKind::IdempotencyKeyRequired
-        | ErrorKind::IdempotencyMismatch => "validation",
+        | ErrorKind::IdempotencyMismatch
+        | ErrorKind::BodyTimeout
+        | ErrorKind::NotImplemented => "validation",
         ErrorKind::IdempotencyConflict
         | ErrorKind::RateLimited
         | ErrorKind::ProviderQuotaExhausted
@@ -104,6 +118,8 @@ pub fn adyen_error_type(kind: ErrorKind) -> &'static str {
         | ErrorKind::PinnedProviderUnavailable
         | ErrorKind::OutcomeUnknown
         | ErrorKind::StateUnavailable
+        | ErrorKind::Overloaded
+        | ErrorKind::ShuttingDown
         | ErrorKind::Internal => "internal",
     }
 }
@@ -161,7 +177,7 @@ mod tests {
     #[test]
     fn stripe_types_codes_and_retry_hints_per_kind() {
         use ErrorKind::*;
-        let table: [(ErrorKind, u16, &str, &str, Option<bool>); 18] = [
+        let table: [(ErrorKind, u16, &str, &str, Option<bool>); 23] = [
             (
                 NoRoute,
                 404,
@@ -276,6 +292,29 @@ mod tests {
                 Some(true),
             ),
             (Internal, 500, "api_error", "internal", None),
+            (
+                StateUnavailable,
+                503,
+                "api_error",
+                "state_unavailable",
+                Some(true),
+            ),
+            (
+                BodyTimeout,
+                400,
+                "invalid_request_error",
+                "body_timeout",
+                Some(true),
+            ),
+            (Overloaded, 503, "api_error", "overloaded", Some(true)),
+            (ShuttingDown, 503, "api_error", "shutting_down", Some(true)),
+            (
+                NotImplemented,
+                400,
+                "invalid_request_error",
+                "not_implemented",
+                Some(false),
+            ),
         ];
         assert_eq!(table.len(), ErrorKind::ALL.len());
         for (kind, status, ty, code, retry) in table {
@@ -321,7 +360,9 @@ mod tests {
             assert_eq!(body["errorCode"], kind.as_str());
             assert_eq!(body["message"], "m");
             let ty = body["errorType"].as_str().unwrap();
-            let expected = if status.is_client_error() && status != 409 && status != 429 {
+            // A method or coding the proxy does not forward is the request's fault, though 501.
+            let shops = status.is_client_error() || kind == ErrorKind::NotImplemented;
+            let expected = if shops && status != 409 && status != 429 {
                 "validation"
             } else {
                 "internal"
