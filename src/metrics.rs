@@ -135,6 +135,76 @@ impl Metrics {
     pub fn encode(&self) -> Vec<u8> {
         self.0.encode()
     }
+
+    /// Drops every series labelled with a route, provider or webhook name that `names` does not hold
+    /// (any more): after a reload removed them, their series would otherwise be served for ever (a
+    /// reload from 200 000 routes back to one kept 26.8 MB on /metrics).
+    pub fn forget_names_not_in(&self, names: &ConfigNames<'_>) {
+        let f = &*self.0;
+        let keep = |label: &str, value: &str| -> bool {
+            if value == NONE || value.is_empty() {
+                return true;
+            }
+            match label {
+                "route" => names.routes.contains(value),
+                "provider" | "from" | "to" => names.providers.contains(value),
+                "webhook" => names.webhooks.contains(value),
+                _ => true,
+            }
+        };
+        retain(&f.requests_total, &keep);
+        retain(&f.request_duration_seconds, &keep);
+        retain(&f.upstream_requests_in_flight, &keep);
+        retain(&f.proxy_errors_total, &keep);
+        retain(&f.breaker_state, &keep);
+        retain(&f.breaker_transitions_total, &keep);
+        retain(&f.provider_health, &keep);
+        retain(&f.health_checks_total, &keep);
+        retain(&f.rate_limited_total, &keep);
+        retain(&f.provider_throttled, &keep);
+        retain(&f.route_target_share, &keep);
+        retain(&f.provider_drained, &keep);
+        retain(&f.attempts_total, &keep);
+        retain(&f.retries_total, &keep);
+        retain(&f.failovers_total, &keep);
+        retain(&f.retry_budget_exhausted_total, &keep);
+        retain(&f.idempotency_total, &keep);
+        retain(&f.unknown_outcomes_total, &keep);
+        retain(&f.route_backup_share, &keep);
+        retain(&f.attempt_duration_seconds, &keep);
+        retain(&f.webhooks_total, &keep);
+    }
+}
+
+/// The names a config generation defines, for [`Metrics::forget_names_not_in`].
+#[derive(Debug, Default)]
+pub struct ConfigNames<'a> {
+    /// Route names.
+    pub routes: std::collections::HashSet<&'a str>,
+    /// Provider names.
+    pub providers: std::collections::HashSet<&'a str>,
+    /// Webhook names.
+    pub webhooks: std::collections::HashSet<&'a str>,
+}
+
+/// Removes the series of `vec` with a label value `keep` refuses.
+fn retain<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    keep: &impl Fn(&str, &str) -> bool,
+) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels = metric.get_label();
+            if labels.iter().all(|l| keep(l.name(), l.value())) {
+                continue;
+            }
+            let by_name: std::collections::HashMap<&str, &str> =
+                labels.iter().map(|l| (l.name(), l.value())).collect();
+            // Only fails for a series that is already gone.
+            let _ = vec.remove(&by_name);
+        }
+    }
 }
 
 impl Families {
@@ -482,5 +552,44 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::*;
+
+    #[test]
+    fn series_of_names_a_reload_removed_are_dropped_and_the_rest_kept() {
+        let m = Metrics::new();
+        for route in ["payments", "gone-route"] {
+            for provider in ["psp", "gone-psp"] {
+                m.0.attempts_total
+                    .with_label_values(&[route, provider, "processed"])
+                    .inc();
+            }
+        }
+        m.0.requests_total
+            .with_label_values(&[NONE, NONE, "404"])
+            .inc();
+        m.0.failovers_total
+            .with_label_values(&["payments", "gone-psp", "psp", "not_sent"])
+            .inc();
+        m.0.webhooks_total
+            .with_label_values(&["gone-hook", "forwarded"])
+            .inc();
+        let names = ConfigNames {
+            routes: ["payments"].into_iter().collect(),
+            providers: ["psp"].into_iter().collect(),
+            webhooks: Default::default(),
+        };
+        m.forget_names_not_in(&names);
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            text.contains(r#"provider="psp",route="payments""#),
+            "{text}"
+        );
+        assert!(!text.contains("gone-"), "{text}");
+        assert!(text.contains(r#"provider="none",route="none""#), "{text}");
     }
 }

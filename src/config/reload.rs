@@ -159,6 +159,8 @@ impl Inner {
                 status.last_error = None;
                 let next = Arc::new(next);
                 self.current.store(Arc::clone(&next));
+                self.metrics
+                    .forget_names_not_in(&config_names(&next.snapshot));
                 self.restart_checks(&next);
                 self.metrics
                     .config_reloads_total
@@ -256,4 +258,13 @@ fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<String> {
         out.push("the sandbox section changed".to_owned());
     }
     out
+}
+
+/// The route, provider and webhook names `snapshot` defines: the metric series of any other go.
+fn config_names(snapshot: &Snapshot) -> crate::metrics::ConfigNames<'_> {
+    crate::metrics::ConfigNames {
+        routes: snapshot.routes.iter().map(|r| &*r.name).collect(),
+        providers: snapshot.providers.keys().map(|p| &**p).collect(),
+        webhooks: snapshot.webhooks.iter().map(|w| &*w.name).collect(),
+    }
 }

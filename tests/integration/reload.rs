@@ -391,3 +391,24 @@ async fn a_reload_reads_and_validates_off_the_thread_that_serves_requests() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(post(&proxy.url("/v1/x"), "").await.body, "b");
 }
+
+/// A reload that removes a provider (and the route naming it) removes its metric series too: a
+/// reload from many routes back to a few must not keep serving the old ones for ever.
+#[tokio::test]
+async fn series_of_a_removed_provider_leave_metrics_with_it() {
+    let (a, b) = two_mocks().await;
+    let both = config(&[("psp", &a.url()), ("psp-old", &b.url())], "", "");
+    let proxy = TestProxy::start(&both).await;
+    assert_eq!(post(&proxy.url("/v1/x"), "").await.status, 200);
+    let before = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(before.contains(r#"provider="psp-old""#), "{before}");
+
+    proxy.write_config(&config(&[("psp", &a.url())], "", ""));
+    assert_eq!(proxy.app().reload().await, Ok(2));
+    let after = get(&proxy.admin_url("/metrics")).await.text();
+    assert!(!after.contains("psp-old"), "{after}");
+    assert!(
+        after.contains(r#"switchyard_requests_total{code="200",provider="psp",route="payments"}"#),
+        "the series of what is still configured stay: {after}"
+    );
+}
