@@ -46,7 +46,10 @@ pub type AttemptResult<B> = Result<Response<B>, SendError>;
 /// boxed: choosing the sender costs nothing per request.
 pub trait SendAttempt: Send + Sync + 'static {
     /// The body of a provider's answer.
-    type Body: http_body::Body<Data = Bytes, Error: Into<crate::body::BoxError>> + Send + 'static;
+    type Body: http_body::Body<Data = Bytes, Error: Into<crate::body::BoxError>>
+        + Send
+        + Unpin
+        + 'static;
 
     /// Sends `req` to `upstream` and waits for the response head, within `timeout`.
     fn send(

@@ -666,3 +666,37 @@ async fn odd_methods_codings_and_hosts_are_answered_locally() {
     }
     assert_eq!(mock.count(), 1, "only the plain GET reached the provider");
 }
+
+/// A keyed answer larger than the replay store keeps (4 MiB) is passed on whole, marked unstored;
+/// the key stays pinned to that provider, so the shop's retry goes there again with the same key
+/// (the provider answers it from its own store) instead of failing as `outcome_unknown` every time.
+#[tokio::test]
+async fn a_keyed_answer_too_large_to_store_is_passed_on_unstored() {
+    let large = format!("{{\"id\":\"pi_1\",\"pad\":\"{}\"}}", "x".repeat(5 << 20));
+    let served = large.clone();
+    let mock = MockProvider::start(move |_| Reply::ok(&served)).await;
+    let proxy = TestProxy::start(&config(&[("psp", &mock.url())], "", "")).await;
+    let pay = || {
+        Request::post(proxy.url("/v1/payment_intents"))
+            .header("idempotency-key", "order-large")
+            .body(Full::new(Bytes::from_static(b"amount=1")))
+            .unwrap()
+    };
+    let first = send(pay()).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        &first.text()[..200.min(first.body.len())]
+    );
+    assert_eq!(first.body.len(), large.len(), "passed on whole");
+    assert_eq!(first.header("x-switchyard-stored"), Some("false"));
+    let again = send(pay()).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("idempotent-replayed"), None, "not replayed");
+    let got = mock.received();
+    assert_eq!(got.len(), 2, "the retry reached the provider that holds it");
+    assert!(got
+        .iter()
+        .all(|r| r.headers["idempotency-key"] == "order-large"));
+}

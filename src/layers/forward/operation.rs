@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 
 use crate::audit::Audit;
-use crate::body::{full, ProxyBody};
+use crate::body::{full, BoxError, ProxyBody};
 use crate::config::{IdempotencyMode, Route};
 use crate::ctx::{RequestId, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
@@ -24,6 +24,8 @@ use crate::upstream::{headers, ProviderKey, SendAttempt};
 pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Largest provider answer kept for replay; a larger one is passed on but its outcome stays pinned.
 const MAX_STORED_ANSWER: usize = 4 << 20;
+/// On an answer too large to keep for replay: `false`.
+const X_SWITCHYARD_STORED: HeaderName = HeaderName::from_static("x-switchyard-stored");
 
 /// The idempotency side of a keyed operation.
 pub(super) struct Keyed {
@@ -322,8 +324,8 @@ impl<S: SendAttempt> Operation<S> {
         };
         let (mut parts, body) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers);
-        let body = match Limited::new(body, MAX_STORED_ANSWER).collect().await {
-            Ok(b) => b.to_bytes(),
+        let (body, rest) = match read_up_to(body, MAX_STORED_ANSWER).await {
+            Ok(read) => read,
             Err(e) => {
                 // The answer was lost on the way: whatever the provider did stays pinned to it.
                 settle
@@ -341,6 +343,29 @@ impl<S: SendAttempt> Operation<S> {
                 });
             }
         };
+        if let Some(rest) = rest {
+            // Too large to keep: passed on as it comes, marked unstored. The record stays pinned to
+            // the provider (not replayed), so the shop's retry goes there with the same key and the
+            // provider answers it from its own store.
+            settle
+                .finish(Finish::Unknown {
+                    provider: Arc::clone(provider),
+                })
+                .await;
+            self.count_idempotency("not_stored");
+            let head = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(
+                http_body::Frame::data(body),
+            )));
+            let rest = http_body_util::BodyStream::new(rest.map_err(|e| -> BoxError { e.into() }));
+            let streamed =
+                http_body_util::StreamBody::new(futures_util::StreamExt::chain(head, rest));
+            let mut resp = Response::from_parts(parts, streamed.boxed_unsync());
+            *resp.version_mut() = Version::HTTP_11;
+            resp.headers_mut()
+                .insert(X_SWITCHYARD_STORED, HeaderValue::from_static("false"));
+            self.decorate(&mut resp, provider, attempts);
+            return Ok(resp);
+        }
         if parts.status.is_success() {
             // The answer is the provider's word: it goes to the shop even if the pin is not kept.
             if let Err(e) = self.generation.pins.remember_answer(&body, provider).await {
@@ -360,6 +385,25 @@ impl<S: SendAttempt> Operation<S> {
         self.decorate(&mut resp, provider, attempts);
         Ok(resp)
     }
+}
+
+/// Reads `body` whole when it is at most `limit` bytes: `(bytes, None)`. A larger one is read just
+/// past the limit: `(what was read, Some(the rest))`, for the caller to pass on as it comes.
+async fn read_up_to<B>(mut body: B, limit: usize) -> Result<(Bytes, Option<B>), BoxError>
+where
+    B: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Unpin,
+{
+    let mut kept = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Into::into)?;
+        if let Ok(data) = frame.into_data() {
+            kept.extend_from_slice(&data);
+            if kept.len() > limit {
+                return Ok((kept.freeze(), Some(body)));
+            }
+        }
+    }
+    Ok((kept.freeze(), None))
 }
 
 /// A provider's answer, streamed to the shop.
