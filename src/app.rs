@@ -415,23 +415,46 @@ impl App {
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(options: Options) -> Result<(), StartError> {
+    // Listening before anything is served: a SIGTERM that comes while start-up is still finishing
+    // (a request may already be answered by then) drains like any other, instead of killing the
+    // process with the signal's default action.
+    let stop = StopSignal::listen();
     let app = App::start(options).await?;
-    wait_for_stop_signal().await;
+    stop.wait().await;
     app.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_stop_signal() {
+/// SIGTERM (and SIGINT), listened for from the moment it is made.
+struct StopSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignal {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate());
+            let int = signal(SignalKind::interrupt());
+            Self {
+                signals: term.ok().zip(int.ok()),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.signals {
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
