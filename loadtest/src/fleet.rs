@@ -444,9 +444,17 @@ fn find_workspace_binary(
             Err(err!("{flag} {}: not an executable file", p.display()))
         };
     }
-    if let Some(p) = cargo_build(package, bin, release, quiet) {
-        return Ok(p);
+    match cargo_build(package, bin, release, quiet) {
+        Built::Binary(p) => return Ok(p),
+        Built::Failed(why) => {
+            // Never fall back to a binary from an earlier build: it would measure old code.
+            return Err(err!(
+                "cargo could not build {bin} ({why}); fix the build, or pass {flag} to measure a binary of your choice"
+            ));
+        }
+        Built::NoCargo => {}
     }
+    // No cargo to ask (the loadtest binary was copied elsewhere): the binary beside it, said aloud.
     let exe = std::env::current_exe()?;
     let beside = exe
         .ancestors()
@@ -463,16 +471,42 @@ fn find_workspace_binary(
         })?;
     if !quiet {
         eprintln!(
-            "loadtest: cargo could not build {bin}; using {} as it is",
+            "loadtest: no cargo to build {bin} with; using {} as it is",
             beside.display()
         );
     }
     Ok(beside)
 }
 
+/// What asking cargo for a binary gave.
+enum Built {
+    /// The binary, up to date.
+    Binary(PathBuf),
+    /// Cargo ran and could not build it.
+    Failed(String),
+    /// Cargo could not be run at all.
+    NoCargo,
+}
+
+/// Variables `cargo run` sets for the program it runs. Passed on to the nested cargo, they change
+/// what build scripts that watch them see (ring's reads CARGO_MANIFEST_DIR and CARGO_PKG_*), so the
+/// nested build recompiled ring, rustls and switchyard instead of reusing `cargo build`'s work.
+fn set_by_cargo_run(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+        )
+}
+
 /// Builds binary `bin` of workspace package `package` with cargo in the given profile (a no-op
-/// when it is up to date) and returns its path; `None` when cargo or the build fails.
-fn cargo_build(package: &str, bin: &str, release: bool, quiet: bool) -> Option<PathBuf> {
+/// when it is up to date, with the feature set `cargo build` resolves for it).
+fn cargo_build(package: &str, bin: &str, release: bool, quiet: bool) -> Built {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or_else(|| Path::new("."));
@@ -488,29 +522,62 @@ fn cargo_build(package: &str, bin: &str, release: bool, quiet: bool) -> Option<P
         } else {
             Stdio::inherit()
         });
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_run) {
+            cmd.env_remove(&name);
+        }
+    }
     if release {
         cmd.arg("--release");
     }
-    let built = cmd.output().ok().and_then(|out| {
-        if !out.status.success() {
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(_) => return Built::NoCargo,
+    };
+    if !out.status.success() {
+        return Built::Failed(format!("cargo build exited with {}", out.status));
+    }
+    let built = String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        if v.get("reason")?.as_str()? != "compiler-artifact"
+            || v.pointer("/target/name")?.as_str()? != bin
+        {
             return None;
         }
-        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            if v.get("reason")?.as_str()? != "compiler-artifact"
-                || v.pointer("/target/name")?.as_str()? != bin
-            {
-                return None;
-            }
-            v.get("executable")?.as_str().map(PathBuf::from)
-        })
+        v.get("executable")?.as_str().map(PathBuf::from)
     });
-    built.filter(|p| is_executable(p))
+    match built.filter(|p| is_executable(p)) {
+        Some(p) => Built::Binary(p),
+        None => Built::Failed("cargo named no executable".to_owned()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nested_build_drops_what_cargo_run_set_and_keeps_the_users_settings() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_BIN_NAME",
+            "CARGO_CRATE_NAME",
+        ] {
+            assert!(set_by_cargo_run(name), "{name}");
+        }
+        for name in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "CARGO",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_run(name), "{name}");
+        }
+    }
 
     #[test]
     fn reads_the_serving_line() {
