@@ -104,21 +104,32 @@ impl StoredAnswer {
     }
 }
 
+/// The claim on an in-flight record: the fencing token its `begin` was given. A later claim (after
+/// the lease ran out) gets a greater token, and a write with an older one is refused
+/// ([`StateError::Fenced`]): a holder that stalled past its lease cannot overwrite what its successor
+/// learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease(pub u64);
+
 /// What a request with a key finds.
 #[derive(Debug, Clone)]
 pub enum Begin {
-    /// No record: one is now in flight; go ahead.
-    New,
-    /// The key is in flight in another request: 409.
+    /// No record (or one whose holder's lease ran out before it recorded any attempt): one is now in
+    /// flight under this lease, its first attempt recorded as going to the `first` provider asked for.
+    New(Lease),
+    /// The key is in flight in another request whose lease still runs: 409.
     InFlight,
     /// The key was used with another payload: 422.
     Mismatch,
     /// The final answer, to replay.
     Replay(Arc<StoredAnswer>),
-    /// An earlier attempt's outcome is unknown: go to this provider only (the record is in flight again).
+    /// An earlier attempt's outcome is unknown (settled so, or its holder's lease ran out after it
+    /// recorded an attempt): go to this provider only. The record is in flight again under `lease`.
     Resume {
         /// The provider the operation is pinned to.
         pinned: Arc<str>,
+        /// The new claim.
+        lease: Lease,
     },
 }
 
@@ -132,7 +143,8 @@ pub enum Finish {
         /// The pinned provider.
         provider: Arc<str>,
     },
-    /// Nothing reached any provider: the record is dropped, a retry starts afresh.
+    /// Nothing this operation sent may have reached a provider: the record is dropped and a retry
+    /// starts afresh, unless the operation was itself resumed from an unknown outcome, whose pin stays.
     NothingSent,
 }
 
@@ -282,42 +294,68 @@ pub fn valid_key(key: &[u8]) -> bool {
 /// then answers `state_unavailable` and sends nothing anywhere else. A record lives for the store's
 /// ttl from its last write, and the store counts the records it evicts for room.
 ///
-/// Later backends: `pin` is the point where an attempt is recorded ("key K goes to provider P"); a
-/// store that survives a restart confirms it before the first byte of the attempt is sent. `begin`
-/// is where a claim with a lease and a fencing token goes, so that a record whose sidecar died in
-/// flight is not held for the whole ttl (not implemented: the in-memory store dies with its records).
+/// **The attempt is recorded before it is sent.** A claim records the provider its first attempt is
+/// meant for, and [`Store::attempt`] records any other before its first byte leaves; both are
+/// confirmed by the store before the caller sends. Another sidecar sharing the store, or this one after
+/// a restart, then finds the provider a key may have reached, and never sends the key elsewhere.
+///
+/// **Leases.** An in-flight record is held for `lease` from its claim. A request for the key while
+/// the lease runs gets [`Begin::InFlight`] (409). After it ran out (the holder died or stalled), the
+/// next request gets the record: [`Begin::Resume`] at the recorded provider when an attempt was
+/// recorded (its outcome is unknown), [`Begin::New`] when none was (nothing was sent). Each claim gets
+/// a greater fencing token; writes under an older [`Lease`] fail with [`StateError::Fenced`].
 pub trait Store: Send + Sync + 'static {
-    /// Looks the key up and, when it may go ahead, marks it in flight.
+    /// Looks the key up and, when it may go ahead, claims it for `lease`; a new record's first attempt
+    /// is recorded as going to `first` (when known), in the same step.
     fn begin(
         &self,
         key: &RecordKey,
         fingerprint: [u8; 32],
+        lease: Duration,
+        first: Option<&Arc<str>>,
     ) -> impl Future<Output = Result<Begin, StateError>> + Send;
-    /// Pins the in-flight operation to `provider` (an attempt may have reached it); a pin already
-    /// made stays.
-    fn pin(
+    /// Records that the operation's next attempt goes to `provider`, replacing the provider recorded
+    /// before. The caller moves an operation to another provider only when nothing it sent may have
+    /// reached the one recorded; it sends nothing until this returns `Ok`.
+    fn attempt(
         &self,
         key: &RecordKey,
+        lease: Lease,
         provider: &Arc<str>,
     ) -> impl Future<Output = Result<(), StateError>> + Send;
-    /// Ends the operation.
+    /// Ends the operation held under `lease`.
     fn finish(
         &self,
         key: &RecordKey,
+        lease: Lease,
         finish: Finish,
     ) -> impl Future<Output = Result<(), StateError>> + Send;
-    /// Ends the operation with [`Finish::NothingSent`] at once, without waiting, when this store can
-    /// (the in-memory one can): for a settle from `Drop`. `false`: the caller runs [`Store::finish`]
-    /// in a task of its own.
-    fn finish_nothing_sent_now(&self, key: &RecordKey) -> bool {
-        let _ = key;
+    /// Ends the operation at once, without waiting, when this store can (the in-memory one can): for
+    /// a settle from `Drop`. `Err` gives `finish` back: the caller runs [`Store::finish`] in a task of
+    /// its own.
+    fn finish_now(&self, key: &RecordKey, lease: Lease, finish: Finish) -> Result<(), Finish> {
+        let _ = (key, lease);
+        Err(finish)
+    }
+    /// Whether keyed payments are held to the route's first-priority provider with no failover: the
+    /// store cannot vouch that no other sidecar recorded an attempt (a shared store that lost its
+    /// records, within their ttl; or running on a local fallback while the shared one is down). The
+    /// answer is marked `x-switchyard-state: degraded`.
+    fn degraded(&self) -> bool {
         false
     }
 }
 
 #[derive(Debug)]
 enum State {
-    InFlight { pinned: Option<Arc<str>> },
+    InFlight {
+        /// The provider an attempt was last recorded for.
+        attempt: Option<Arc<str>>,
+        /// Whether the operation resumed an unknown outcome (its pin outlives it).
+        resumed: bool,
+        token: u64,
+        lease_until: Instant,
+    },
     Done(Arc<StoredAnswer>),
     Unknown { pinned: Arc<str> },
 }
@@ -350,6 +388,8 @@ struct Inner {
     seq: u64,
     bytes: usize,
     evictions: u64,
+    /// The last fencing token given.
+    tokens: u64,
 }
 
 /// The in-memory store, reading the time from `C`.
@@ -505,137 +545,175 @@ impl<C: Clock> MemoryStore<C> {
         inner.order.push_back((seq, key.name));
     }
 
-    fn begin_now(&self, key: &RecordKey, fingerprint: [u8; 32]) -> Begin {
+    fn claim(inner: &mut Inner) -> Lease {
+        inner.tokens += 1;
+        Lease(inner.tokens)
+    }
+
+    fn begin_now(
+        &self,
+        key: &RecordKey,
+        fingerprint: [u8; 32],
+        lease: Duration,
+        first: Option<&Arc<str>>,
+    ) -> Begin {
         let limits = self.limits();
         let now = self.clock.now();
         let mut inner = self.lock();
         self.tidy(&mut inner, limits, now);
         let existing = inner.map.get(&key.name).map(|e| {
-            let state = match &e.state {
-                State::InFlight { .. } => Begin::InFlight,
-                State::Done(answer) => Begin::Replay(Arc::clone(answer)),
-                State::Unknown { pinned } => Begin::Resume {
-                    pinned: Arc::clone(pinned),
+            let found = match &e.state {
+                State::InFlight {
+                    attempt,
+                    lease_until,
+                    ..
+                } if *lease_until <= now => match attempt {
+                    // Its holder is gone after recording an attempt: that attempt's outcome is unknown.
+                    Some(p) => Found::Resume(Arc::clone(p)),
+                    // Nothing was recorded, so nothing was sent.
+                    None => Found::Free,
                 },
+                State::InFlight { .. } => Found::Begin(Begin::InFlight),
+                State::Done(answer) => Found::Begin(Begin::Replay(Arc::clone(answer))),
+                State::Unknown { pinned } => Found::Resume(Arc::clone(pinned)),
             };
-            (e.fingerprint, state)
+            (e.fingerprint, found)
         });
         match existing {
             Some((f, _)) if f != fingerprint => Begin::Mismatch,
-            Some((_, Begin::Resume { pinned })) => {
+            Some((_, Found::Begin(other))) => other,
+            Some((_, Found::Resume(pinned))) => {
+                let claim = Self::claim(&mut inner);
                 let state = State::InFlight {
-                    pinned: Some(Arc::clone(&pinned)),
+                    attempt: Some(Arc::clone(&pinned)),
+                    resumed: true,
+                    token: claim.0,
+                    lease_until: now + lease,
                 };
                 Self::write(&mut inner, key, state, fingerprint, now + limits.ttl);
-                Begin::Resume { pinned }
+                Begin::Resume {
+                    pinned,
+                    lease: claim,
+                }
             }
-            Some((_, other)) => other,
-            None => {
-                Self::write(
-                    &mut inner,
-                    key,
-                    State::InFlight { pinned: None },
-                    fingerprint,
-                    now + limits.ttl,
-                );
+            None | Some((_, Found::Free)) => {
+                let claim = Self::claim(&mut inner);
+                let state = State::InFlight {
+                    attempt: first.cloned(),
+                    resumed: false,
+                    token: claim.0,
+                    lease_until: now + lease,
+                };
+                Self::write(&mut inner, key, state, fingerprint, now + limits.ttl);
                 self.tidy(&mut inner, limits, now);
-                Begin::New
+                Begin::New(claim)
             }
         }
     }
 
-    fn pin_now(&self, key: &RecordKey, provider: &Arc<str>) {
+    /// The in-flight record of `key` held under `lease`, if it still is.
+    fn held<'a>(inner: &'a mut Inner, key: &RecordKey, lease: Lease) -> Option<&'a mut Entry> {
+        inner
+            .map
+            .get_mut(&key.name)
+            .filter(|e| matches!(e.state, State::InFlight { token, .. } if token == lease.0))
+    }
+
+    fn attempt_now(
+        &self,
+        key: &RecordKey,
+        lease: Lease,
+        provider: &Arc<str>,
+    ) -> Result<(), StateError> {
         let mut inner = self.lock();
-        if let Some(Entry {
-            state: State::InFlight { pinned },
-            ..
-        }) = inner.map.get_mut(&key.name)
-        {
-            if pinned.is_none() {
-                *pinned = Some(Arc::clone(provider));
+        match Self::held(&mut inner, key, lease) {
+            Some(Entry {
+                state: State::InFlight { attempt, .. },
+                ..
+            }) => {
+                *attempt = Some(Arc::clone(provider));
+                Ok(())
             }
+            _ => Err(StateError::Fenced),
         }
     }
 
-    fn finish_now(&self, key: &RecordKey, finish: Finish) {
+    fn finish_held(&self, key: &RecordKey, lease: Lease, finish: Finish) -> Result<(), StateError> {
         let limits = self.limits();
         let now = self.clock.now();
         let mut inner = self.lock();
-        let Some(fingerprint) = inner.map.get(&key.name).map(|e| e.fingerprint) else {
-            return;
+        let Some(entry) = Self::held(&mut inner, key, lease) else {
+            return Err(StateError::Fenced);
         };
-        match finish {
-            Finish::NothingSent => {
-                // Keep a pin made by an earlier request of this operation.
-                let pinned = match &inner.map.get(&key.name).map(|e| &e.state) {
-                    Some(State::InFlight { pinned: Some(p) }) => Some(Arc::clone(p)),
-                    _ => None,
-                };
-                match pinned {
-                    Some(p) => Self::write(
-                        &mut inner,
-                        key,
-                        State::Unknown { pinned: p },
-                        fingerprint,
-                        now + limits.ttl,
-                    ),
-                    None => {
-                        if let Some(e) = inner.map.remove(&key.name) {
-                            inner.bytes -= e.bytes;
-                        }
-                    }
+        let fingerprint = entry.fingerprint;
+        let kept_pin = match &entry.state {
+            State::InFlight {
+                attempt: Some(p),
+                resumed: true,
+                ..
+            } => Some(Arc::clone(p)),
+            _ => None,
+        };
+        let next = match finish {
+            Finish::NothingSent => kept_pin.map(|pinned| State::Unknown { pinned }),
+            Finish::Unknown { provider } => Some(State::Unknown { pinned: provider }),
+            Finish::Final(answer) => Some(State::Done(Arc::new(answer))),
+        };
+        match next {
+            Some(state) => Self::write(&mut inner, key, state, fingerprint, now + limits.ttl),
+            None => {
+                if let Some(e) = inner.map.remove(&key.name) {
+                    inner.bytes -= e.bytes;
                 }
             }
-            Finish::Unknown { provider } => Self::write(
-                &mut inner,
-                key,
-                State::Unknown { pinned: provider },
-                fingerprint,
-                now + limits.ttl,
-            ),
-            Finish::Final(answer) => Self::write(
-                &mut inner,
-                key,
-                State::Done(Arc::new(answer)),
-                fingerprint,
-                now + limits.ttl,
-            ),
         }
         self.tidy(&mut inner, limits, now);
+        Ok(())
     }
 }
 
-/// Never fails, never waits: every future is ready when made.
+/// What `begin` found under a key.
+enum Found {
+    Begin(Begin),
+    Resume(Arc<str>),
+    /// An in-flight record whose holder left before recording any attempt.
+    Free,
+}
+
+/// Never waits: every future is ready when made. Fails only with [`StateError::Fenced`].
 impl<C: Clock> Store for MemoryStore<C> {
     fn begin(
         &self,
         key: &RecordKey,
         fingerprint: [u8; 32],
+        lease: Duration,
+        first: Option<&Arc<str>>,
     ) -> impl Future<Output = Result<Begin, StateError>> + Send {
-        std::future::ready(Ok(self.begin_now(key, fingerprint)))
+        std::future::ready(Ok(self.begin_now(key, fingerprint, lease, first)))
     }
 
-    fn pin(
+    fn attempt(
         &self,
         key: &RecordKey,
+        lease: Lease,
         provider: &Arc<str>,
     ) -> impl Future<Output = Result<(), StateError>> + Send {
-        self.pin_now(key, provider);
-        std::future::ready(Ok(()))
+        std::future::ready(self.attempt_now(key, lease, provider))
     }
 
     fn finish(
         &self,
         key: &RecordKey,
+        lease: Lease,
         finish: Finish,
     ) -> impl Future<Output = Result<(), StateError>> + Send {
-        self.finish_now(key, finish);
-        std::future::ready(Ok(()))
+        std::future::ready(self.finish_held(key, lease, finish))
     }
 
-    fn finish_nothing_sent_now(&self, key: &RecordKey) -> bool {
-        self.finish_now(key, Finish::NothingSent);
-        true
+    fn finish_now(&self, key: &RecordKey, lease: Lease, finish: Finish) -> Result<(), Finish> {
+        // A fenced write changes nothing, now or later.
+        let _ = self.finish_held(key, lease, finish);
+        Ok(())
     }
 }
 

@@ -12,7 +12,8 @@ use http::{HeaderMap, StatusCode};
 use prometheus::IntCounter;
 
 use crate::config::Dedupe;
-use crate::idempotency::{Begin, Finish, Limits, PinStore, RecordKey, Store, StoredAnswer};
+use crate::idempotency::{Begin, Finish, Lease, Limits, PinStore, RecordKey, Store, StoredAnswer};
+use crate::state::StateError;
 use crate::webhooks::dedupe::{self, EventStore};
 
 /// A backend under test: fresh stores, and a clock to move.
@@ -41,7 +42,9 @@ macro_rules! suite {
             records_mismatch_on_another_payload,
             records_replay_the_final_answer,
             records_resume_an_unknown_outcome_at_the_pinned_provider,
-            records_keep_a_pin_when_nothing_more_is_sent,
+            records_an_abandoned_attempt_resumes_where_it_was_recorded,
+            records_without_an_attempt_start_afresh_after_the_lease,
+            records_refuse_a_stale_holder,
             records_leave_nothing_when_nothing_was_sent,
             records_are_named_by_scope_and_key,
             records_finished_without_a_begin_change_nothing,
@@ -101,42 +104,66 @@ fn records<B: Backend>(b: &B, max_entries: usize) -> (B::Records, IntCounter) {
     (b.records(limits, c.clone()), c)
 }
 
-async fn begin(s: &impl Store, k: &RecordKey, f: [u8; 32]) -> Begin {
-    s.begin(k, f).await.unwrap()
+/// How long a claim holds its record in these cases.
+const LEASE: Duration = Duration::from_secs(30);
+
+fn provider(name: &str) -> Arc<str> {
+    Arc::from(name)
 }
 
-async fn finish(s: &impl Store, k: &RecordKey, f: Finish) {
-    s.finish(k, f).await.unwrap()
+/// Claims `k` as the proxy does, its first attempt meant for `primary`.
+async fn begin(s: &impl Store, k: &RecordKey, f: [u8; 32]) -> Begin {
+    s.begin(k, f, LEASE, Some(&provider("primary")))
+        .await
+        .unwrap()
+}
+
+/// Claims `k`, which must be new, and gives its lease.
+async fn hold(s: &impl Store, k: &RecordKey, f: [u8; 32]) -> Lease {
+    match begin(s, k, f).await {
+        Begin::New(lease) => lease,
+        other => panic!("expected a new record, got {other:?}"),
+    }
+}
+
+async fn finish(s: &impl Store, k: &RecordKey, lease: Lease, f: Finish) {
+    s.finish(k, lease, f).await.unwrap()
+}
+
+fn unknown_at(name: &str) -> Finish {
+    Finish::Unknown {
+        provider: provider(name),
+    }
 }
 
 /// 409: a key in flight is not begun again.
 pub(crate) async fn records_conflict_while_in_flight<B: Backend>(b: &B) {
     let (s, _) = records(b, 10);
-    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::New));
+    hold(&s, &key("k"), F1).await;
     assert!(matches!(begin(&s, &key("k"), F1).await, Begin::InFlight));
-    assert!(matches!(begin(&s, &key("other"), F1).await, Begin::New));
+    hold(&s, &key("other"), F1).await;
 }
 
 /// 422: a key reused with another payload, in flight or settled.
 pub(crate) async fn records_mismatch_on_another_payload<B: Backend>(b: &B) {
     let (s, _) = records(b, 10);
-    begin(&s, &key("k"), F1).await;
+    let lease = hold(&s, &key("k"), F1).await;
     assert!(matches!(begin(&s, &key("k"), F2).await, Begin::Mismatch));
-    finish(&s, &key("k"), Finish::Final(answer("x"))).await;
+    finish(&s, &key("k"), lease, Finish::Final(answer("x"))).await;
     assert!(matches!(begin(&s, &key("k"), F2).await, Begin::Mismatch));
 }
 
 /// A final answer is replayed byte for byte, as often as asked.
 pub(crate) async fn records_replay_the_final_answer<B: Backend>(b: &B) {
     let (s, _) = records(b, 10);
-    begin(&s, &key("k"), F1).await;
+    let lease = hold(&s, &key("k"), F1).await;
     let mut h = HeaderMap::new();
     h.insert("content-type", "application/json".parse().unwrap());
     h.append("set-cookie", "a=1".parse().unwrap());
     h.append("set-cookie", "b=2".parse().unwrap());
     let body = b"{\"id\":\"pi_1\"}";
     let stored = StoredAnswer::new(StatusCode::CREATED, &h, body, Arc::from("primary"));
-    finish(&s, &key("k"), Finish::Final(stored)).await;
+    finish(&s, &key("k"), lease, Finish::Final(stored)).await;
     for _ in 0..2 {
         match begin(&s, &key("k"), F1).await {
             Begin::Replay(a) => {
@@ -154,88 +181,147 @@ pub(crate) async fn records_replay_the_final_answer<B: Backend>(b: &B) {
 /// nothing keeps the pin.
 pub(crate) async fn records_resume_an_unknown_outcome_at_the_pinned_provider<B: Backend>(b: &B) {
     let (s, _) = records(b, 10);
-    begin(&s, &key("k"), F1).await;
-    s.pin(&key("k"), &Arc::from("primary")).await.unwrap();
-    let unknown = Finish::Unknown {
-        provider: Arc::from("primary"),
+    let lease = hold(&s, &key("k"), F1).await;
+    s.attempt(&key("k"), lease, &provider("backup"))
+        .await
+        .unwrap();
+    finish(&s, &key("k"), lease, unknown_at("backup")).await;
+    let resumed = match begin(&s, &key("k"), F1).await {
+        Begin::Resume { pinned, lease } => {
+            assert_eq!(&*pinned, "backup");
+            lease
+        }
+        other => panic!("{other:?}"),
     };
-    finish(&s, &key("k"), unknown).await;
-    match begin(&s, &key("k"), F1).await {
-        Begin::Resume { pinned } => assert_eq!(&*pinned, "primary"),
-        other => panic!("{other:?}"),
-    }
     assert!(matches!(begin(&s, &key("k"), F1).await, Begin::InFlight));
-    finish(&s, &key("k"), Finish::NothingSent).await;
+    finish(&s, &key("k"), resumed, Finish::NothingSent).await;
     match begin(&s, &key("k"), F1).await {
-        Begin::Resume { pinned } => assert_eq!(&*pinned, "primary"),
+        Begin::Resume { pinned, .. } => assert_eq!(&*pinned, "backup"),
         other => panic!("{other:?}"),
     }
 }
 
-/// A pin made during an operation outlives an end that knows nothing more (a cancelled request), and
-/// a later pin never moves it.
-pub(crate) async fn records_keep_a_pin_when_nothing_more_is_sent<B: Backend>(b: &B) {
+/// The attempt is recorded before it is sent: a holder that dies after recording one leaves a key
+/// that, once its lease ran out, resumes at the recorded provider only (never the claim's first).
+pub(crate) async fn records_an_abandoned_attempt_resumes_where_it_was_recorded<B: Backend>(b: &B) {
     let (s, _) = records(b, 10);
-    begin(&s, &key("k"), F1).await;
-    s.pin(&key("k"), &Arc::from("primary")).await.unwrap();
-    s.pin(&key("k"), &Arc::from("backup")).await.unwrap();
-    finish(&s, &key("k"), Finish::NothingSent).await;
+    let lease = hold(&s, &key("k"), F1).await;
+    s.attempt(&key("k"), lease, &provider("backup"))
+        .await
+        .unwrap();
+    b.advance(LEASE - Duration::from_secs(1)).await;
+    assert!(
+        matches!(begin(&s, &key("k"), F1).await, Begin::InFlight),
+        "held while the lease runs"
+    );
+    b.advance(Duration::from_secs(2)).await;
     match begin(&s, &key("k"), F1).await {
-        Begin::Resume { pinned } => assert_eq!(&*pinned, "primary"),
+        Begin::Resume { pinned, lease: next } => {
+            assert_eq!(&*pinned, "backup");
+            assert_ne!(next, lease);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The claim's own first provider counts as recorded too.
+    s.begin(&key("first"), F1, LEASE, Some(&provider("primary")))
+        .await
+        .unwrap();
+    b.advance(LEASE + Duration::from_secs(1)).await;
+    match begin(&s, &key("first"), F1).await {
+        Begin::Resume { pinned, .. } => assert_eq!(&*pinned, "primary"),
         other => panic!("{other:?}"),
     }
 }
 
-/// A request that sent nothing anywhere leaves no record: a retry starts afresh, with any payload.
+/// A claim that recorded no attempt sent nothing: after its lease, the key starts afresh.
+pub(crate) async fn records_without_an_attempt_start_afresh_after_the_lease<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    let first = s.begin(&key("k"), F1, LEASE, None).await.unwrap();
+    assert!(matches!(first, Begin::New(_)));
+    b.advance(LEASE + Duration::from_secs(1)).await;
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::New(_)));
+}
+
+/// A holder whose lease ran out and whose key was claimed again cannot write: its late answer would
+/// overwrite what its successor learned.
+pub(crate) async fn records_refuse_a_stale_holder<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    let stale = hold(&s, &key("k"), F1).await;
+    b.advance(LEASE + Duration::from_secs(1)).await;
+    let current = match begin(&s, &key("k"), F1).await {
+        Begin::Resume { lease, .. } => lease,
+        other => panic!("{other:?}"),
+    };
+    let late = s
+        .finish(&key("k"), stale, Finish::Final(answer("late")))
+        .await;
+    assert!(matches!(late, Err(StateError::Fenced)), "{late:?}");
+    let moved = s.attempt(&key("k"), stale, &provider("backup")).await;
+    assert!(matches!(moved, Err(StateError::Fenced)), "{moved:?}");
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::InFlight));
+    finish(&s, &key("k"), current, Finish::Final(answer("now"))).await;
+    match begin(&s, &key("k"), F1).await {
+        Begin::Replay(a) => assert_eq!(&a.body()[..], b"now"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A request that sent nothing anywhere leaves no record, whatever attempts it recorded on the way:
+/// a retry starts afresh, with any payload.
 pub(crate) async fn records_leave_nothing_when_nothing_was_sent<B: Backend>(b: &B) {
     let (s, _) = records(b, 10);
-    begin(&s, &key("k"), F1).await;
-    finish(&s, &key("k"), Finish::NothingSent).await;
-    assert!(matches!(begin(&s, &key("k"), F2).await, Begin::New));
+    let lease = hold(&s, &key("k"), F1).await;
+    s.attempt(&key("k"), lease, &provider("backup"))
+        .await
+        .unwrap();
+    finish(&s, &key("k"), lease, Finish::NothingSent).await;
+    assert!(matches!(begin(&s, &key("k"), F2).await, Begin::New(_)));
 }
 
 /// Scope and key together name a record, with no way to shift characters between them.
 pub(crate) async fn records_are_named_by_scope_and_key<B: Backend>(b: &B) {
     let (s, _) = records(b, 10);
     let k = |s: &str, k: &str| RecordKey::new(s.to_owned(), k.to_owned());
-    assert!(matches!(begin(&s, &k("a", "bc"), F1).await, Begin::New));
-    assert!(matches!(begin(&s, &k("ab", "c"), F1).await, Begin::New));
-    assert!(matches!(begin(&s, &k("t2", "bc"), F1).await, Begin::New));
+    hold(&s, &k("a", "bc"), F1).await;
+    hold(&s, &k("ab", "c"), F1).await;
+    hold(&s, &k("t2", "bc"), F1).await;
     assert!(matches!(
         begin(&s, &k("a", "bc"), F1).await,
         Begin::InFlight
     ));
 }
 
-/// Ending or pinning a key that has no record creates none.
+/// Writing to a key that has no record (or under a lease never given) creates none.
 pub(crate) async fn records_finished_without_a_begin_change_nothing<B: Backend>(b: &B) {
     let (s, _) = records(b, 10);
-    s.pin(&key("k"), &Arc::from("primary")).await.unwrap();
-    finish(&s, &key("k"), Finish::Final(answer("x"))).await;
-    finish(&s, &key("k"), Finish::NothingSent).await;
-    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::New));
+    let never = Lease(u64::MAX);
+    let r = s.attempt(&key("k"), never, &provider("primary")).await;
+    assert!(matches!(r, Err(StateError::Fenced)), "{r:?}");
+    let r = s.finish(&key("k"), never, Finish::Final(answer("x"))).await;
+    assert!(matches!(r, Err(StateError::Fenced)), "{r:?}");
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::New(_)));
 }
 
 /// A record lives for the ttl from its last write; expiry is not an eviction.
 pub(crate) async fn records_expire_after_their_ttl<B: Backend>(b: &B) {
     let (s, evictions) = records(b, 10);
-    begin(&s, &key("k"), F1).await;
-    finish(&s, &key("k"), Finish::Final(answer("x"))).await;
+    let lease = hold(&s, &key("k"), F1).await;
+    finish(&s, &key("k"), lease, Finish::Final(answer("x"))).await;
     b.advance(Duration::from_secs(59)).await;
     assert!(matches!(begin(&s, &key("k"), F1).await, Begin::Replay(_)));
     b.advance(Duration::from_secs(2)).await;
-    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::New));
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::New(_)));
     assert_eq!(evictions.get(), 0, "expiry is not an eviction");
 }
 
 /// Past `max_entries` the oldest settled records go, counted; a record in flight never goes.
 pub(crate) async fn records_are_bounded_by_entries_never_evicting_in_flight<B: Backend>(b: &B) {
     let (s, evictions) = records(b, 3);
-    begin(&s, &key("in-flight"), F1).await;
+    hold(&s, &key("in-flight"), F1).await;
     for i in 0..5 {
         let k = key(&format!("k{i}"));
-        begin(&s, &k, F1).await;
-        finish(&s, &k, Finish::Final(answer("x"))).await;
+        let lease = hold(&s, &k, F1).await;
+        finish(&s, &k, lease, Finish::Final(answer("x"))).await;
     }
     assert_eq!(evictions.get(), 3);
     assert!(matches!(
@@ -244,7 +330,7 @@ pub(crate) async fn records_are_bounded_by_entries_never_evicting_in_flight<B: B
     ));
     assert!(matches!(begin(&s, &key("k4"), F1).await, Begin::Replay(_)));
     assert!(matches!(begin(&s, &key("k3"), F1).await, Begin::Replay(_)));
-    assert!(matches!(begin(&s, &key("k0"), F1).await, Begin::New));
+    assert!(matches!(begin(&s, &key("k0"), F1).await, Begin::New(_)));
 }
 
 /// Past `max_bytes` (stored answers included) the oldest settled records go, counted.
@@ -258,12 +344,12 @@ pub(crate) async fn records_are_bounded_by_bytes<B: Backend>(b: &B) {
     let s = b.records(limits, c.clone());
     for i in 0..5 {
         let k = key(&format!("b{i}"));
-        begin(&s, &k, F1).await;
-        finish(&s, &k, Finish::Final(answer(&"x".repeat(1_000)))).await;
+        let lease = hold(&s, &k, F1).await;
+        finish(&s, &k, lease, Finish::Final(answer(&"x".repeat(1_000)))).await;
     }
     assert!(c.get() >= 2, "{}", c.get());
     assert!(matches!(begin(&s, &key("b4"), F1).await, Begin::Replay(_)));
-    assert!(matches!(begin(&s, &key("b0"), F1).await, Begin::New));
+    assert!(matches!(begin(&s, &key("b0"), F1).await, Begin::New(_)));
 }
 
 const PI: &str = "pi_3MtwBwLkdIwHu7ix28a3tqPa";

@@ -33,12 +33,22 @@ pub enum StateError {
     /// The store did not answer in time.
     #[error("the state store did not answer within {0:?}")]
     Timeout(Duration),
+    /// The record was claimed again after this holder's lease ran out: its write was refused.
+    #[error("the record was claimed again after this request's lease ran out")]
+    Fenced,
+    /// The shared store lost its records (a restart without persistence, a failover, a flush):
+    /// keyed payments are held until the records' ttl has passed.
+    #[error("the state store lost its records; keyed payments are held until {0:?} from now")]
+    Forgot(Duration),
 }
 
 impl StateError {
     /// When the shop may try again.
     pub fn retry_after(&self) -> Duration {
-        Duration::from_secs(1)
+        match self {
+            Self::Forgot(left) => (*left).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            _ => Duration::from_secs(1),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use crate::error::{ProxyError, Reached};
 use crate::health::breaker::Admission;
 use crate::health::{self, Admitted};
 use crate::idempotency::PinStore;
-use crate::idempotency::{Finish, Store};
+use crate::idempotency::Finish;
 use crate::metrics::InFlight;
 use crate::outcome::{classify, OutcomeClass, Seen};
 use crate::upstream::{AttemptResult, SendAttempt};
@@ -35,7 +35,11 @@ impl<S: SendAttempt> Operation<S> {
     }
 
     /// The providers to try, in order: the pinned one only, or the route's plan.
-    fn order(&self, pinned: Option<&Arc<str>>, now: Instant) -> Result<Vec<Arc<str>>, ProxyError> {
+    pub(super) fn order(
+        &self,
+        pinned: Option<&Arc<str>>,
+        now: Instant,
+    ) -> Result<Vec<Arc<str>>, ProxyError> {
         if let Some(p) = pinned {
             return Ok(vec![Arc::clone(p)]);
         }
@@ -56,6 +60,7 @@ impl<S: SendAttempt> Operation<S> {
     pub(super) async fn attempts(
         &self,
         resumed: Option<Arc<str>>,
+        plan: Result<Vec<Arc<str>>, ProxyError>,
         mut settle: Option<&mut Settle<'_>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &*self.route;
@@ -89,7 +94,10 @@ impl<S: SendAttempt> Operation<S> {
                 .filter(|p| g.upstreams.get(p).is_some())
                 .inspect(|_| state.pinned = Some(PinReason::PaymentObject)),
         };
-        let order = self.order(pin.as_ref(), now)?;
+        let order = match &pin {
+            Some(p) => vec![Arc::clone(p)],
+            None => plan?,
+        };
         let budget = g.retry_budgets.get(&route.name);
         if let Some(b) = budget {
             b.lock()
@@ -215,6 +223,14 @@ impl<S: SendAttempt> Operation<S> {
                 }
             };
             let request = self.provider_request(&upstream.config)?;
+            // Recorded before sent: a sidecar that finds this key later (another one, or this one
+            // after a restart) sends it nowhere else. Without the store's word, nothing is sent.
+            if let Some(s) = settle.as_deref_mut() {
+                if let Err(e) = s.record_attempt(&provider).await {
+                    drop(admitted);
+                    return Err(e);
+                }
+            }
             let audited = self.audit.is_enabled().then(|| {
                 AttemptStart::new(
                     self.audit.now(),
@@ -307,11 +323,9 @@ impl<S: SendAttempt> Operation<S> {
                     state.pinned = Some(PinReason::Reached);
                     state.more_targets = false;
                 }
-                if let (Some(k), Some(_)) = (&self.key, &settle) {
-                    // This operation stays with the provider whatever the store says.
-                    if let Err(e) = k.store.pin(&k.record, &provider).await {
-                        tracing::warn!(error = %e, "an idempotency record could not be pinned");
-                    }
+                if let Some(s) = settle.as_deref_mut() {
+                    // Recorded already; this operation now ends unknown there unless answered.
+                    s.may_have_reached(&provider);
                 }
             }
             if let Some(info) = &self.info {

@@ -14,11 +14,14 @@ use crate::ctx::{RequestId, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Generation;
 use crate::idempotency::{
-    self, Begin, Finish, PinStore, RecordKey, RouteStore, Store, StoredAnswer,
+    self, Begin, Finish, Lease, PinStore, RecordKey, RouteStore, Store, StoredAnswer,
 };
 use crate::layers::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER};
 use crate::metrics::Metrics;
 use crate::upstream::{headers, ProviderKey, SendAttempt};
+
+/// How much longer than its route's time an operation holds its key's record.
+const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The header on a replayed answer.
 pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -39,34 +42,87 @@ pub(super) struct Keyed {
     pub(super) generated: bool,
 }
 
-/// Settles the record on every way out; a record never stays "in flight" after its operation.
+/// The operation's hold on its record: the lease, the provider an attempt is recorded for, and the
+/// provider one may have reached. It settles the record on every way out; a record never stays "in
+/// flight" after its operation.
 pub(super) struct Settle<'a> {
     keyed: &'a Keyed,
+    lease: Lease,
+    /// The provider the store has recorded the next attempt for.
+    recorded: Option<Arc<str>>,
+    /// The provider an attempt of this operation (or of the one it resumed) may have reached: a way
+    /// out without a final answer leaves the record unknown there, never dropped.
+    reached: Option<Arc<str>>,
     done: bool,
 }
 
 impl Settle<'_> {
     pub(super) async fn finish(&mut self, finish: Finish) {
         self.done = true;
-        // The shop gets what the provider said either way; a record left in flight ends with its ttl.
-        if let Err(e) = self.keyed.store.finish(&self.keyed.record, finish).await {
+        // The shop gets what the provider said either way; a record left in flight ends with its
+        // lease, and then resumes at the recorded provider.
+        if let Err(e) = self
+            .keyed
+            .store
+            .finish(&self.keyed.record, self.lease, finish)
+            .await
+        {
             tracing::warn!(error = %e, "an idempotency record could not be settled");
+        }
+    }
+
+    /// Records, and has the store confirm, that the next attempt goes to `provider`: nothing is
+    /// sent to a provider the store has not recorded.
+    pub(super) async fn record_attempt(&mut self, provider: &Arc<str>) -> Result<(), ProxyError> {
+        if self.recorded.as_ref() == Some(provider) {
+            return Ok(());
+        }
+        self.keyed
+            .store
+            .attempt(&self.keyed.record, self.lease, provider)
+            .await?;
+        self.recorded = Some(Arc::clone(provider));
+        Ok(())
+    }
+
+    /// An attempt at `provider` may have reached it.
+    pub(super) fn may_have_reached(&mut self, provider: &Arc<str>) {
+        if self.reached.is_none() {
+            self.reached = Some(Arc::clone(provider));
+        }
+    }
+
+    /// How the operation ends when it stops without a final answer.
+    fn unsettled(&self) -> Finish {
+        match &self.reached {
+            Some(p) => Finish::Unknown {
+                provider: Arc::clone(p),
+            },
+            None => Finish::NothingSent,
         }
     }
 }
 
 impl Drop for Settle<'_> {
     fn drop(&mut self) {
-        // Nothing more is known; a pin made on the way is kept by the store.
-        if self.done || self.keyed.store.finish_nothing_sent_now(&self.keyed.record) {
+        if self.done {
             return;
         }
+        let finish = self.unsettled();
+        let Err(finish) = self
+            .keyed
+            .store
+            .finish_now(&self.keyed.record, self.lease, finish)
+        else {
+            return;
+        };
         // A store that must be waited for is told in a task that owns what it needs.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = Arc::clone(&self.keyed.store);
             let record = self.keyed.record.clone();
+            let lease = self.lease;
             runtime.spawn(async move {
-                if let Err(e) = store.finish(&record, Finish::NothingSent).await {
+                if let Err(e) = store.finish(&record, lease, finish).await {
                     tracing::warn!(error = %e, "an idempotency record could not be settled");
                 }
             });
@@ -240,6 +296,9 @@ impl<S: SendAttempt> Operation<S> {
     }
 
     pub(super) async fn run(self) -> Result<Response<ProxyBody>, ProxyError> {
+        // The route's plan, made once: its first provider is recorded with the claim (one step with
+        // the store, not two), and the attempt loop follows it.
+        let plan = self.order(None, tokio::time::Instant::now());
         let mut pinned = None;
         let mut settle = None;
         if let Some(k) = &self.key {
@@ -249,8 +308,18 @@ impl<S: SendAttempt> Operation<S> {
                 self.parts.uri.path(),
                 &self.body,
             );
-            match k.store.begin(&k.record, fingerprint).await? {
-                Begin::New => self.count_idempotency("new"),
+            // Held while this operation may run, and a little longer: a holder that died frees its
+            // key after this, to the recorded provider only.
+            let lease = self
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                + LEASE_MARGIN;
+            let first = plan.as_ref().ok().and_then(|p| p.first());
+            let (lease, resumed) = match k.store.begin(&k.record, fingerprint, lease, first).await? {
+                Begin::New(lease) => {
+                    self.count_idempotency("new");
+                    (lease, None)
+                }
                 Begin::InFlight => {
                     self.count_idempotency("conflict");
                     return Err(ProxyError::IdempotencyConflict);
@@ -263,17 +332,21 @@ impl<S: SendAttempt> Operation<S> {
                     self.count_idempotency("replayed");
                     return Ok(self.replay(&answer));
                 }
-                Begin::Resume { pinned: p } => {
+                Begin::Resume { pinned: p, lease } => {
                     self.count_idempotency("resumed");
-                    pinned = Some(p);
+                    pinned = Some(Arc::clone(&p));
+                    (lease, Some(p))
                 }
-            }
+            };
             settle = Some(Settle {
                 keyed: k,
+                lease,
+                recorded: resumed.clone().or_else(|| first.cloned()),
+                reached: resumed,
                 done: false,
             });
         }
-        self.attempts(pinned, settle.as_mut()).await
+        self.attempts(pinned, plan, settle.as_mut()).await
     }
 
     /// The stored answer, as the shop gets it again.
