@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::sandbox::{Registry, Sandbox};
 use crate::server::{Limits, Server, Shared};
 use crate::side_runtime::SideRuntime;
+use crate::state::Stores;
 use crate::webhooks::Webhooks;
 
 /// How to run.
@@ -156,7 +157,8 @@ impl App {
             .await
             .map_err(config_error)?;
         let metrics = Metrics::new();
-        let generation = Generation::build(snapshot, &text, None, &metrics, Instant::now())
+        let state = Arc::new(Stores::memory());
+        let generation = Generation::build(snapshot, &text, None, &state, &metrics, Instant::now())
             .map_err(|problems| config_error(ConfigError::Invalid(problems)))?;
         let snapshot = Arc::clone(&generation.snapshot);
 
@@ -204,7 +206,11 @@ impl App {
             })?,
             None => Audit::disabled(),
         };
-        let webhooks = Arc::new(Webhooks::new(metrics.clone(), audit.clone()));
+        let webhooks = Arc::new(Webhooks::new(
+            metrics.clone(),
+            audit.clone(),
+            Arc::clone(&state),
+        ));
         let mut webhook_servers = Vec::new();
         let listeners = snapshot.webhook_listeners();
         let side = match listeners.is_empty() {

@@ -11,10 +11,11 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Problem, Snapshot};
 use crate::health::States;
-use crate::idempotency::{ObjectPins, RouteStores};
+use crate::idempotency::RouteStores;
 use crate::limits::RouteLimits;
 use crate::metrics::Metrics;
 use crate::retry::RouteBudgets;
+use crate::state::{Pins, Stores};
 use crate::upstream::Upstreams;
 
 /// A config generation.
@@ -33,7 +34,9 @@ pub struct Generation {
     /// Each route's idempotency records (kept across reloads by route name).
     pub idempotency: RouteStores,
     /// Payment objects pinned to the provider holding them (kept across reloads).
-    pub pins: Arc<ObjectPins>,
+    pub pins: Arc<Pins>,
+    /// The backend of payment state, chosen at start and kept by every generation.
+    pub state: Arc<Stores>,
     /// Each route's retry budget (kept across reloads while unchanged).
     pub retry_budgets: RouteBudgets,
     /// SHA-256 of the file's bytes, hex.
@@ -49,11 +52,12 @@ impl Generation {
     /// Builds the generation that runs `snapshot`, loaded from `text` (for its digest). `previous` is
     /// the generation it replaces on a reload, `None` at start: the state that must survive a reload
     /// (health, limiters, idempotency records, pins, retry budgets, pooled clients) is carried over from
-    /// it by name. Fails only when an upstream client cannot be built (a TLS file that does not load).
+    /// it by name; `state` makes the stores of payment state new routes need. Fails only when an upstream client cannot be built (a TLS file that does not load).
     pub fn build(
         snapshot: Snapshot,
         text: &str,
         previous: Option<&Generation>,
+        state: &Arc<Stores>,
         metrics: &Metrics,
         now: Instant,
     ) -> Result<Self, Vec<Problem>> {
@@ -64,10 +68,7 @@ impl Generation {
                     .set_limits(snapshot.pins.ttl, snapshot.pins.max_entries);
                 Arc::clone(&old.pins)
             }
-            None => Arc::new(ObjectPins::new(
-                snapshot.pins.ttl,
-                snapshot.pins.max_entries,
-            )),
+            None => Arc::new(state.pins(snapshot.pins.ttl, snapshot.pins.max_entries)),
         };
         Ok(Self {
             number: previous.map_or(1, |p| p.number + 1),
@@ -77,8 +78,10 @@ impl Generation {
                 &snapshot,
                 previous.map(|p| &p.idempotency),
                 &metrics.idempotency_evictions_total,
+                state,
             ),
             pins,
+            state: Arc::clone(state),
             retry_budgets: RouteBudgets::build(&snapshot, previous.map(|p| &p.retry_budgets), now),
             snapshot: Arc::new(snapshot),
             upstreams,

@@ -131,10 +131,15 @@ impl Inner {
         let _guard = self.lock.lock().await;
         let old = self.current.load_full();
         let attempt = match load_file_off_thread(&self.path, Arc::clone(&self.secrets)).await {
-            Ok((snapshot, text)) => {
-                Generation::build(snapshot, &text, Some(&old), &self.metrics, Instant::now())
-                    .map_err(|problems| ConfigError::Invalid(problems).to_string())
-            }
+            Ok((snapshot, text)) => Generation::build(
+                snapshot,
+                &text,
+                Some(&old),
+                &old.state,
+                &self.metrics,
+                Instant::now(),
+            )
+            .map_err(|problems| ConfigError::Invalid(problems).to_string()),
             Err(e) => Err(e.to_string()),
         };
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());

@@ -357,7 +357,9 @@ enum State {
         lease_until: Instant,
     },
     Done(Arc<StoredAnswer>),
-    Unknown { pinned: Arc<str> },
+    Unknown {
+        pinned: Arc<str>,
+    },
 }
 
 #[derive(Debug)]
@@ -401,8 +403,8 @@ pub struct MemoryStore<C: Clock = SystemClock> {
     clock: C,
 }
 
-/// The store each route uses.
-pub type RouteStore = MemoryStore;
+/// The store each route uses: the configured backend's.
+pub type RouteStore = crate::state::Records;
 
 const ENTRY_OVERHEAD: usize = 128;
 
@@ -724,11 +726,13 @@ pub struct RouteStores {
 }
 
 impl RouteStores {
-    /// Stores for the routes of `snapshot`, reusing (and re-bounding) those of `previous`.
+    /// Stores for the routes of `snapshot`, reusing (and re-bounding) those of `previous`, new ones
+    /// made by `state`.
     pub fn build(
         snapshot: &crate::config::Snapshot,
         previous: Option<&RouteStores>,
         evictions: &prometheus::IntCounter,
+        state: &crate::state::Stores,
     ) -> Self {
         let mut by_route = crate::config::NameMap::default();
         for route in &snapshot.routes {
@@ -743,11 +747,17 @@ impl RouteStores {
                     s.set_limits(limits);
                     Arc::clone(s)
                 }
-                None => Arc::new(RouteStore::with_eviction_counter(limits, evictions.clone())),
+                None => Arc::new(state.records(&route.name, limits, evictions)),
             };
             by_route.insert(Arc::clone(&route.name), store);
         }
         Self { by_route }
+    }
+
+    /// Puts `store` in for route `name` (tests of the loop).
+    #[cfg(test)]
+    pub(crate) fn replace(&mut self, name: &str, store: Arc<RouteStore>) {
+        self.by_route.insert(Arc::from(name), store);
     }
 
     /// The store of route `name`.

@@ -19,6 +19,11 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+mod stores;
+
+#[cfg(test)]
+pub(crate) use stores::Recording;
+pub use stores::{Engine, Events, Pins, Records, Stores};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -131,7 +131,7 @@ impl<S: EventStore> Drop for Claim<S> {
 }
 
 /// The store each webhook uses.
-pub type WebhookStore = DedupeStore;
+pub type WebhookStore = crate::state::Events;
 
 /// The ids of one webhook, in memory; reads the time from `C`.
 #[derive(Debug, Default)]

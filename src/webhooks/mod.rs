@@ -153,6 +153,7 @@ type ShopClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// The webhook runtime: dedupe state per webhook name, the client to the shop, metrics and audit.
 pub struct Webhooks {
     stores: Mutex<HashMap<Arc<str>, Arc<WebhookStore>>>,
+    state: Arc<crate::state::Stores>,
     client: ShopClient,
     metrics: Metrics,
     audit: Audit,
@@ -174,10 +175,11 @@ pub struct Origin {
 }
 
 impl Webhooks {
-    /// A runtime counting into `metrics` and recording into `audit`.
-    pub fn new(metrics: Metrics, audit: Audit) -> Self {
+    /// A runtime counting into `metrics`, recording into `audit`, keeping event ids in `state`.
+    pub fn new(metrics: Metrics, audit: Audit, state: Arc<crate::state::Stores>) -> Self {
         Self {
             stores: Mutex::new(HashMap::new()),
+            state,
             client: shop_client(),
             metrics,
             audit,
@@ -187,7 +189,11 @@ impl Webhooks {
     /// The dedupe store of webhook `name` (created on first use, kept across reloads).
     pub fn store(&self, name: &Arc<str>) -> Arc<WebhookStore> {
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(stores.entry(Arc::clone(name)).or_default())
+        Arc::clone(
+            stores
+                .entry(Arc::clone(name))
+                .or_insert_with(|| Arc::new(self.state.events(name))),
+        )
     }
 
     /// Handles one request to `hook`'s path.

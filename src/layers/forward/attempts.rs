@@ -17,7 +17,7 @@ use crate::error::{ProxyError, Reached};
 use crate::health::breaker::Admission;
 use crate::health::{self, Admitted};
 use crate::idempotency::PinStore;
-use crate::idempotency::Finish;
+use crate::idempotency::{Finish, Store};
 use crate::metrics::InFlight;
 use crate::outcome::{classify, OutcomeClass, Seen};
 use crate::upstream::{AttemptResult, SendAttempt};
@@ -96,6 +96,14 @@ impl<S: SendAttempt> Operation<S> {
         };
         let order = match &pin {
             Some(p) => vec![Arc::clone(p)],
+            // The store cannot vouch that no other sidecar sent this key: its first-priority provider
+            // only, never a backup.
+            None if self.key.as_ref().is_some_and(|k| k.store.degraded()) => route
+                .targets
+                .iter()
+                .min_by_key(|t| t.priority)
+                .map(|t| vec![Arc::clone(&t.provider)])
+                .unwrap_or_default(),
             None => plan?,
         };
         let budget = g.retry_budgets.get(&route.name);
@@ -499,11 +507,12 @@ mod tests {
     use crate::error::ErrorKind;
     use crate::generation::Generation;
     use crate::health::States;
-    use crate::idempotency::{ObjectPins, RouteStores};
+    use crate::idempotency::RouteStores;
     use crate::layers::forward::Forward;
     use crate::limits::RouteLimits;
     use crate::metrics::Metrics;
     use crate::retry::RouteBudgets;
+    use crate::state::Stores;
     use crate::upstream::{SendError, SendFailure, Upstream, Upstreams};
 
     /// What a scripted provider does with one attempt.
@@ -521,7 +530,10 @@ mod tests {
 
     /// Each provider's replies in order (200 once its script is done), and every attempt made.
     #[derive(Clone, Default)]
-    struct Script(Arc<Mutex<(Replies, Vec<String>)>>);
+    struct Script(Arc<Mutex<(Replies, Vec<String>)>>, Log);
+
+    /// Sends (`send:a`) and a recording store's calls, in the order they happened.
+    type Log = Arc<Mutex<Vec<String>>>;
 
     impl Script {
         fn new(replies: &[(&'static str, Reply)]) -> Self {
@@ -579,6 +591,10 @@ mod tests {
             timeout: Duration,
         ) -> impl Future<Output = AttemptResult<Full<Bytes>>> + Send {
             let name = upstream.config.name.to_string();
+            self.1
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(format!("send:{name}"));
             let reply = {
                 let mut s = self.lock();
                 s.1.push(name.clone());
@@ -636,16 +652,20 @@ routes:
             Ok(u) => u,
             Err(problems) => panic!("{problems:?}"),
         };
+        let state = Arc::new(Stores::memory());
         Arc::new(Generation {
             number: 1,
             upstreams,
             health: States::build(&snapshot, None, metrics, now),
             route_limits: RouteLimits::build(&snapshot, None),
-            idempotency: RouteStores::build(&snapshot, None, &metrics.idempotency_evictions_total),
-            pins: Arc::new(ObjectPins::new(
-                snapshot.pins.ttl,
-                snapshot.pins.max_entries,
-            )),
+            idempotency: RouteStores::build(
+                &snapshot,
+                None,
+                &metrics.idempotency_evictions_total,
+                &state,
+            ),
+            pins: Arc::new(state.pins(snapshot.pins.ttl, snapshot.pins.max_entries)),
+            state,
             retry_budgets: RouteBudgets::build(&snapshot, None, now),
             snapshot: Arc::new(snapshot),
             sha256: String::new(),
@@ -665,6 +685,41 @@ routes:
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let metrics = Metrics::new();
         let generation = generation(extra, &metrics);
+        send_on(generation, metrics, script, method).await
+    }
+
+    /// A keyed POST through the loop whose route's store logs into the script's log; the store
+    /// refuses to record attempts when `refuse_attempts`.
+    async fn pay_recorded(
+        script: &Script,
+        refuse_attempts: bool,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        use crate::idempotency::{Limits, MemoryStore};
+        use crate::state::{Recording, Records};
+        let metrics = Metrics::new();
+        let generation = generation("", &metrics);
+        let mut generation = Arc::try_unwrap(generation).unwrap_or_else(|_| unreachable!());
+        let recording = Recording {
+            inner: MemoryStore::new(Limits {
+                ttl: Duration::from_secs(60),
+                max_entries: 100,
+                max_bytes: 1 << 20,
+            }),
+            log: Arc::clone(&script.1),
+            refuse_attempts: refuse_attempts.into(),
+        };
+        generation
+            .idempotency
+            .replace("payments", Arc::new(Records::Recording(recording)));
+        send_on(Arc::new(generation), metrics, script, Method::POST).await
+    }
+
+    async fn send_on(
+        generation: Arc<Generation>,
+        metrics: Metrics,
+        script: &Script,
+        method: Method,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = Arc::clone(&generation.snapshot.routes[0]);
         let deadline = Instant::now() + route.timeout;
         let mut req = Request::new(Bytes::from_static(b"amount=100"));
@@ -691,6 +746,52 @@ routes:
     const NO_KEYS: &str = "    idempotency: { mode: off }";
     const NO_FAILOVER_ON_NOT_PROCESSED: &str = "    failover: { on_not_processed: false }";
     const FOUR_ATTEMPTS: &str = "    retry: { attempts: 4 }";
+
+    /// The shared log: sends and store calls.
+    fn events(script: &Script) -> Vec<String> {
+        script.1.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_provider_is_recorded_in_the_store_before_it_is_sent_to() {
+        // The claim records the first provider; a move to another is recorded, then sent.
+        let script = Script::new(&[("a", Reply::Fail(SendFailure::Connect))]);
+        let resp = pay_recorded(&script, false).await.unwrap();
+        assert_eq!(answered_by(&resp), "b");
+        assert_eq!(
+            events(&script),
+            ["begin:a", "send:a", "attempt:b", "send:b", "finish:final@b"]
+        );
+        // Written then reset: the retry goes to the recorded provider with no new record, and the
+        // operation ends unknown there.
+        let script = Script::new(&[
+            ("a", Reply::Fail(SendFailure::AfterWrite)),
+            ("a", Reply::Fail(SendFailure::AfterWrite)),
+            ("a", Reply::Fail(SendFailure::AfterWrite)),
+        ]);
+        let e = pay_recorded(&script, false).await.unwrap_err();
+        assert_eq!(e.reached(), Reached::Maybe, "{e:?}");
+        let log = events(&script);
+        assert!(!log.iter().any(|e| e.contains(":b")), "{log:?}");
+        assert_eq!(log.last().map(String::as_str), Some("finish:unknown@a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_the_store_could_not_record_is_never_sent_to() {
+        let script = Script::new(&[("a", Reply::Fail(SendFailure::Connect))]);
+        let e = pay_recorded(&script, true).await.unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::StateUnavailable, "{e:?}");
+        assert_eq!(script.calls(), ["a"], "b was never recorded, so never sent");
+        assert_eq!(
+            events(&script),
+            [
+                "begin:a",
+                "send:a",
+                "attempt-refused:b",
+                "finish:nothing_sent"
+            ]
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn connect_refused_moves_to_the_next_target_at_once() {

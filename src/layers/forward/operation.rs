@@ -23,6 +23,8 @@ use crate::upstream::{headers, ProviderKey, SendAttempt};
 /// How much longer than its route's time an operation holds its key's record.
 const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// On an answer given while the store of payment state is degraded: `degraded`.
+const X_SWITCHYARD_STATE: HeaderName = HeaderName::from_static("x-switchyard-state");
 /// The header on a replayed answer.
 pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Largest provider answer kept for replay; a larger one is passed on but its outcome stays pinned.
@@ -315,7 +317,8 @@ impl<S: SendAttempt> Operation<S> {
                 .saturating_duration_since(tokio::time::Instant::now())
                 + LEASE_MARGIN;
             let first = plan.as_ref().ok().and_then(|p| p.first());
-            let (lease, resumed) = match k.store.begin(&k.record, fingerprint, lease, first).await? {
+            let (lease, resumed) = match k.store.begin(&k.record, fingerprint, lease, first).await?
+            {
                 Begin::New(lease) => {
                     self.count_idempotency("new");
                     (lease, None)
@@ -377,8 +380,13 @@ impl<S: SendAttempt> Operation<S> {
             None => HeaderValue::from(attempts),
         };
         h.insert(X_SWITCHYARD_ATTEMPTS, attempts);
-        if let Some(k) = self.key.as_ref().filter(|k| k.generated) {
-            h.insert(k.header.clone(), k.value.clone());
+        if let Some(k) = &self.key {
+            if k.generated {
+                h.insert(k.header.clone(), k.value.clone());
+            }
+            if k.store.degraded() {
+                h.insert(X_SWITCHYARD_STATE, HeaderValue::from_static("degraded"));
+            }
         }
     }
 

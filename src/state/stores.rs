@@ -1,0 +1,309 @@
+//! The stores a running sidecar uses, whichever backend holds them (`state.backend`): one idempotency
+//! store per route, one pin store, one webhook event store per webhook. Each kind is an enum over the
+//! backends implementing that kind's trait by dispatch, so the request path names one concrete type
+//! and no future is boxed.
+//!
+//! The backend is chosen once, at start: a reload keeps it (changing `state` needs a restart).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+
+use super::StateError;
+use crate::config::Dedupe;
+use crate::idempotency::{Begin, Candidates, Finish, Lease, Limits, MemoryStore, ObjectPins};
+use crate::idempotency::{PinStore, RecordKey, Store};
+use crate::webhooks::dedupe::{self, DedupeStore, EventStore, Token};
+
+/// The backend behind every store of this process.
+#[derive(Debug)]
+pub enum Engine {
+    /// In this process's memory only: lost on restart, not shared (tests and throwaway runs).
+    Memory,
+}
+
+/// The stores' factory: one per process.
+#[derive(Debug)]
+pub struct Stores {
+    engine: Engine,
+}
+
+impl Stores {
+    /// Stores kept in memory only.
+    pub fn memory() -> Self {
+        Self {
+            engine: Engine::Memory,
+        }
+    }
+
+    /// The backend's name, as metrics and logs give it.
+    pub fn backend(&self) -> &'static str {
+        match self.engine {
+            Engine::Memory => "memory",
+        }
+    }
+
+    /// A new idempotency store for route `route`, bounded by `limits`.
+    pub fn records(&self, route: &str, limits: Limits, evictions: &IntCounter) -> Records {
+        let _ = route;
+        match &self.engine {
+            Engine::Memory => Records::Memory(MemoryStore::with_eviction_counter(
+                limits,
+                evictions.clone(),
+            )),
+        }
+    }
+
+    /// A new object pin store.
+    pub fn pins(&self, ttl: Duration, max: usize) -> Pins {
+        match &self.engine {
+            Engine::Memory => Pins::Memory(ObjectPins::new(ttl, max)),
+        }
+    }
+
+    /// A new event store for webhook `name`.
+    pub fn events(&self, name: &str) -> Events {
+        let _ = name;
+        match &self.engine {
+            Engine::Memory => Events::Memory(DedupeStore::default()),
+        }
+    }
+}
+
+/// A route's idempotency records, in one of the backends.
+#[derive(Debug)]
+pub enum Records {
+    /// In memory.
+    Memory(MemoryStore),
+    /// In memory, every call written to a log and `attempt` failing when told (tests of the loop).
+    #[cfg(test)]
+    Recording(Recording),
+}
+
+/// A memory store whose calls are logged (`begin:a`, `attempt:b`, `finish:final`…) into a log the
+/// test shares with its scripted sender, and whose `attempt` fails while `refuse_attempts` is set.
+#[cfg(test)]
+#[derive(Debug)]
+pub struct Recording {
+    /// The store underneath.
+    pub inner: MemoryStore,
+    /// What happened, in order.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// `attempt` answers [`StateError::Unreachable`] while set.
+    pub refuse_attempts: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(test)]
+impl Recording {
+    fn note(&self, what: String) {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(what);
+    }
+}
+
+impl Records {
+    /// New bounds (a reload); records stay.
+    pub fn set_limits(&self, limits: Limits) {
+        match self {
+            Self::Memory(s) => s.set_limits(limits),
+            #[cfg(test)]
+            Self::Recording(r) => r.inner.set_limits(limits),
+        }
+    }
+
+    /// Records held by this process (for a shared backend: its local part).
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Memory(s) => s.len(),
+            #[cfg(test)]
+            Self::Recording(r) => r.inner.len(),
+        }
+    }
+
+    /// Whether it holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records evicted for room so far.
+    pub fn evictions(&self) -> u64 {
+        match self {
+            Self::Memory(s) => s.evictions(),
+            #[cfg(test)]
+            Self::Recording(r) => r.inner.evictions(),
+        }
+    }
+}
+
+impl Store for Records {
+    fn begin(
+        &self,
+        key: &RecordKey,
+        fingerprint: [u8; 32],
+        lease: Duration,
+        first: Option<&Arc<str>>,
+    ) -> impl Future<Output = Result<Begin, StateError>> + Send {
+        async move {
+            match self {
+                Self::Memory(s) => s.begin(key, fingerprint, lease, first).await,
+                #[cfg(test)]
+                Self::Recording(r) => {
+                    r.note(format!("begin:{}", first.map_or("-", |p| &**p)));
+                    r.inner.begin(key, fingerprint, lease, first).await
+                }
+            }
+        }
+    }
+
+    fn attempt(
+        &self,
+        key: &RecordKey,
+        lease: Lease,
+        provider: &Arc<str>,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
+        async move {
+            match self {
+                Self::Memory(s) => s.attempt(key, lease, provider).await,
+                #[cfg(test)]
+                Self::Recording(r) => {
+                    if r.refuse_attempts.load(std::sync::atomic::Ordering::SeqCst) {
+                        r.note(format!("attempt-refused:{provider}"));
+                        return Err(StateError::Unreachable("refused by the test".into()));
+                    }
+                    r.note(format!("attempt:{provider}"));
+                    r.inner.attempt(key, lease, provider).await
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        key: &RecordKey,
+        lease: Lease,
+        finish: Finish,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
+        async move {
+            match self {
+                Self::Memory(s) => s.finish(key, lease, finish).await,
+                #[cfg(test)]
+                Self::Recording(r) => {
+                    r.note(format!("finish:{}", finish_name(&finish)));
+                    r.inner.finish(key, lease, finish).await
+                }
+            }
+        }
+    }
+
+    fn finish_now(&self, key: &RecordKey, lease: Lease, finish: Finish) -> Result<(), Finish> {
+        match self {
+            Self::Memory(s) => s.finish_now(key, lease, finish),
+            #[cfg(test)]
+            Self::Recording(r) => {
+                r.note(format!("finish:{}", finish_name(&finish)));
+                r.inner.finish_now(key, lease, finish)
+            }
+        }
+    }
+
+    fn degraded(&self) -> bool {
+        match self {
+            Self::Memory(s) => s.degraded(),
+            #[cfg(test)]
+            Self::Recording(r) => r.inner.degraded(),
+        }
+    }
+}
+
+/// The object pins, in one of the backends.
+#[derive(Debug)]
+pub enum Pins {
+    /// In memory.
+    Memory(ObjectPins),
+}
+
+impl Pins {
+    /// New bounds (a reload); pins stay.
+    pub fn set_limits(&self, ttl: Duration, max: usize) {
+        match self {
+            Self::Memory(p) => p.set_limits(ttl, max),
+        }
+    }
+}
+
+impl PinStore for Pins {
+    fn remember(
+        &self,
+        id: &str,
+        provider: &Arc<str>,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
+        async move {
+            match self {
+                Self::Memory(p) => p.remember(id, provider).await,
+            }
+        }
+    }
+
+    fn find_any(
+        &self,
+        ids: &Candidates<'_>,
+    ) -> impl Future<Output = Result<Option<Arc<str>>, StateError>> + Send {
+        async move {
+            match self {
+                Self::Memory(p) => p.find_any(ids).await,
+            }
+        }
+    }
+}
+
+/// A webhook's delivered event ids, in one of the backends.
+#[derive(Debug)]
+pub enum Events {
+    /// In memory.
+    Memory(DedupeStore),
+}
+
+impl EventStore for Events {
+    fn begin(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<dedupe::Begin<Token>, StateError>> + Send {
+        async move {
+            match self {
+                Self::Memory(e) => e.begin(id).await,
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        id: &str,
+        token: Token,
+        delivered: Option<Dedupe>,
+    ) -> impl Future<Output = Result<(), StateError>> + Send {
+        async move {
+            match self {
+                Self::Memory(e) => e.finish(id, token, delivered).await,
+            }
+        }
+    }
+
+    fn forget_now(&self, id: &str, token: Token) -> bool {
+        match self {
+            Self::Memory(e) => e.forget_now(id, token),
+        }
+    }
+}
+
+#[cfg(test)]
+fn finish_name(f: &Finish) -> String {
+    match f {
+        Finish::Final(a) => format!("final@{}", a.provider()),
+        Finish::Unknown { provider } => format!("unknown@{provider}"),
+        Finish::NothingSent => "nothing_sent".into(),
+    }
+}
