@@ -13,5 +13,6 @@ mod payments;
 mod reload;
 mod sandbox;
 mod shutdown;
+mod sidecars;
 mod tls;
 mod webhooks;
