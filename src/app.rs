@@ -178,6 +178,8 @@ impl App {
 
         let current: Current = Arc::new(ArcSwap::from_pointee(generation));
         metrics.config_generation.set(1);
+        // The state series exist from the start, at zero, so alerts and dashboards never see a gap.
+        metrics.state_opened(snapshot.state.backend.as_str());
         metrics
             .config_last_reload_success_timestamp_seconds
             .set(reload::unix_now());

@@ -281,6 +281,23 @@ fn summary(path: &std::path::Path, s: &Snapshot, text: &str) -> String {
             .collect();
         let _ = writeln!(out, "sandbox providers: {}", list.join(", "));
     }
+    let state = match &s.state.redis {
+        // The URL with its password, if any, replaced: `check` output ends up in CI logs.
+        Some(r) => format!(
+            "redis at {}, timeout {}, on_unavailable {}, quota_share {}",
+            r.url.redacted(),
+            Human(r.timeout),
+            r.on_unavailable.as_str(),
+            r.quota_share
+        ),
+        None => match s.state.backend {
+            switchyard::config::StateBackend::Memory => {
+                "memory (lost on every restart: tests and throwaway runs only)".to_owned()
+            }
+            _ => format!("local in {}", s.state.dir.display()),
+        },
+    };
+    let _ = writeln!(out, "state: {state}");
     let _ = writeln!(out, "secrets read ({}):", s.secrets.len());
     for secret in &s.secrets {
         let _ = writeln!(out, "  {:<36} from {}", secret.path, secret.source);

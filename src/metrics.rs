@@ -20,6 +20,28 @@ pub const AUDIT_DROP_REASONS: [&str; 5] = [
     "refused_webhook_limit",
 ];
 
+/// The `op` label values of the state metrics: one per store call a payment or webhook makes.
+/// `begin` claims a key (in flight / 409 / 422 / replay / unknown), `attempt` records "this key goes
+/// to provider P" before the first byte is sent, `finish` completes or releases the key, `pin_find` and
+/// `pin_remember` read and write payment-object pins, `event_begin` and `event_finish` are webhook
+/// dedupe, `quota` takes a slot of a provider's fleet-wide quota.
+pub const STATE_OPS: [&str; 8] = [
+    "begin",
+    "attempt",
+    "finish",
+    "pin_find",
+    "pin_remember",
+    "event_begin",
+    "event_finish",
+    "quota",
+];
+
+/// The `result` label values of `switchyard_state_operations_total`: the store answered (`ok`), failed
+/// (`error`: refused, connection lost, a bad reply), did not answer within `state.redis.timeout`
+/// (`timeout`: a write may still have been applied), or refused a stale holder's write (`fenced`: its
+/// lease had ended and another sidecar took the key).
+pub const STATE_RESULTS: [&str; 4] = ["ok", "error", "timeout", "fenced"];
+
 /// Label value used where no route or no provider was involved.
 pub const NONE: &str = "none";
 
@@ -111,6 +133,20 @@ pub struct Families {
     pub accept_errors_total: IntCounterVec,
     /// Request body bytes buffered now, every listener together.
     pub buffered_bytes: IntGauge,
+    /// Calls to the payment-state store, by backend, op ([`STATE_OPS`]) and result ([`STATE_RESULTS`]).
+    pub state_operations_total: IntCounterVec,
+    /// Time of one call to the payment-state store, by backend and op (timeouts included).
+    pub state_duration_seconds: HistogramVec,
+    /// 1 when the last call to the payment-state store worked, 0 when it failed or timed out, by
+    /// backend.
+    pub state_up: IntGaugeVec,
+    /// Times the shared store was found to have forgotten its data (its epoch key lost or changed: a
+    /// restart without persistence, a failover, a FLUSHALL), by backend.
+    pub state_epoch_changes_total: IntCounterVec,
+    /// 1 while keyed payments are held back from crossing providers, because the shared store forgot
+    /// its data (until the records' ttl has passed) or is unavailable under `on_unavailable:
+    /// primary_only`.
+    pub state_degraded: IntGauge,
 }
 
 impl Metrics {
@@ -134,6 +170,23 @@ impl Metrics {
     /// The Prometheus text exposition of every family.
     pub fn encode(&self) -> Vec<u8> {
         self.0.encode()
+    }
+
+    /// Creates every series of the state metrics for `backend` (the [`STATE_OPS`] × [`STATE_RESULTS`]
+    /// counters at 0, the histograms empty, the epoch counter at 0) and sets `switchyard_state_up` to 1:
+    /// called once the store is open (start-up refuses one that cannot be opened), so that alerts and
+    /// dashboards see zeros rather than no series before the first payment.
+    pub fn state_opened(&self, backend: &str) {
+        let f = &*self.0;
+        for op in STATE_OPS {
+            for result in STATE_RESULTS {
+                f.state_operations_total
+                    .with_label_values(&[backend, op, result]);
+            }
+            f.state_duration_seconds.with_label_values(&[backend, op]);
+        }
+        f.state_epoch_changes_total.with_label_values(&[backend]);
+        f.state_up.with_label_values(&[backend]).set(1);
     }
 
     /// Drops every series labelled with a route, provider or webhook name that `names` does not hold
@@ -475,6 +528,48 @@ impl Families {
         registry.register(Box::new(listener_connections.clone()))?;
         registry.register(Box::new(accept_errors_total.clone()))?;
         registry.register(Box::new(buffered_bytes.clone()))?;
+        let state_operations_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_state_operations_total",
+                "Calls to the payment-state store, by backend, op and result (ok, error, timeout, fenced).",
+            ),
+            &["backend", "op", "result"],
+        )?;
+        let state_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_state_duration_seconds",
+                "Time of one call to the payment-state store, by backend and op.",
+            )
+            // From an embedded store's write (tens of microseconds) to a Redis command near its timeout.
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0,
+            ]),
+            &["backend", "op"],
+        )?;
+        let state_up = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_state_up",
+                "1 when the last call to the payment-state store worked, 0 when it failed or timed out.",
+            ),
+            &["backend"],
+        )?;
+        let state_epoch_changes_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_state_epoch_changes_total",
+                "Times the shared store was found to have forgotten its data (epoch key lost or changed).",
+            ),
+            &["backend"],
+        )?;
+        let state_degraded = IntGauge::new(
+            "switchyard_state_degraded",
+            "1 while keyed payments are held back from crossing providers: the shared store forgot its data, or is unavailable under primary_only.",
+        )?;
+        registry.register(Box::new(state_operations_total.clone()))?;
+        registry.register(Box::new(state_duration_seconds.clone()))?;
+        registry.register(Box::new(state_up.clone()))?;
+        registry.register(Box::new(state_epoch_changes_total.clone()))?;
+        registry.register(Box::new(state_degraded.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -518,6 +613,11 @@ impl Families {
             route_backup_share,
             config_last_reload_successful,
             attempt_duration_seconds,
+            state_operations_total,
+            state_duration_seconds,
+            state_up,
+            state_epoch_changes_total,
+            state_degraded,
         })
     }
 
@@ -591,5 +691,56 @@ mod forget_tests {
         );
         assert!(!text.contains("gone-"), "{text}");
         assert!(text.contains(r#"provider="none",route="none""#), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    #[test]
+    fn an_opened_store_exports_every_state_series_at_zero_and_up() {
+        let m = Metrics::new();
+        let before = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            !before.contains("switchyard_state_operations_total{"),
+            "{before}"
+        );
+        assert!(before.contains("switchyard_state_degraded 0"), "{before}");
+
+        m.state_opened("redis");
+        let text = String::from_utf8(m.encode()).unwrap();
+        for op in STATE_OPS {
+            for result in STATE_RESULTS {
+                let series = format!(
+                    "switchyard_state_operations_total{{backend=\"redis\",op=\"{op}\",result=\"{result}\"}} 0"
+                );
+                assert!(text.contains(&series), "{series} missing:\n{text}");
+            }
+            let bucket = format!(
+                "switchyard_state_duration_seconds_bucket{{backend=\"redis\",op=\"{op}\",le=\"0.00005\"}} 0"
+            );
+            assert!(text.contains(&bucket), "{bucket} missing:\n{text}");
+        }
+        assert!(
+            text.contains("switchyard_state_duration_seconds_bucket{backend=\"redis\",op=\"begin\",le=\"1\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_state_up{backend=\"redis\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("switchyard_state_epoch_changes_total{backend=\"redis\"} 0"),
+            "{text}"
+        );
+
+        // A reload that forgets removed names keeps the state series: their labels are no config names.
+        m.forget_names_not_in(&ConfigNames::default());
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            text.contains("switchyard_state_up{backend=\"redis\"} 1"),
+            "{text}"
+        );
     }
 }

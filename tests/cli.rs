@@ -259,6 +259,51 @@ fn check_reports_a_missing_secret_and_never_prints_a_secret_value() {
     );
 }
 
+#[test]
+fn check_names_the_state_store_and_never_prints_the_redis_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nproviders:\n  psp: { url: http://127.0.0.1:9101 }\nroutes:\n  - name: payments\n    targets: [{ provider: psp }]\n";
+
+    let path = write_config(dir.path(), base);
+    let out = run_check(&["--config", path.to_str().unwrap()], &[], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    let folder = dir.path().join("state");
+    assert!(
+        text.contains(&format!("state: local in {}", folder.display())),
+        "{text}"
+    );
+
+    let var = unique_var("REDIS_URL");
+    let yaml = format!("{base}state:\n  backend: redis\n  redis: {{ url_env: {var} }}\n");
+    let path = write_config(dir.path(), &yaml);
+    let url = "redis://app:s3cr3t-REDIS-pw@127.0.0.1:6379/2";
+    let out = run_check(&["--config", path.to_str().unwrap()], &[(&var, url)], &[]);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{text}\n{err}");
+    assert!(
+        text.contains("state: redis at redis://app:***@127.0.0.1:6379/2, timeout 100ms, on_unavailable fail_closed"),
+        "{text}"
+    );
+    assert!(text.contains("state.redis.url_env"), "{text}");
+    assert!(
+        !text.contains("s3cr3t") && !err.contains("s3cr3t"),
+        "the password was printed:\n{text}\n{err}"
+    );
+
+    // The same URL written in the file is refused, naming the key and line, without the password.
+    let yaml = format!("{base}state:\n  backend: redis\n  redis: {{ url: \"{url}\" }}\n");
+    let path = write_config(dir.path(), &yaml);
+    let out = run_check(&["--config", path.to_str().unwrap()], &[], &[]);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}\n{err}");
+    assert!(text.contains("state.redis.url (line 11)"), "{text}");
+    assert!(
+        !text.contains("s3cr3t") && !err.contains("s3cr3t"),
+        "the password was printed:\n{text}\n{err}"
+    );
+}
+
 /// A child process, killed and reaped on drop; its output lines are collected by reader threads.
 struct Child {
     child: std::process::Child,

@@ -14,8 +14,13 @@ use http::{HeaderName, HeaderValue, Method};
 use super::secrets::{Secret, SecretUse};
 
 mod limits;
+mod state;
 mod webhooks;
 pub use self::limits::*;
+pub use self::state::{
+    OnUnavailable, RedisConfig, RedisUrl, StateBackend, StateConfig, DEFAULT_QUOTA_SHARE,
+    DEFAULT_REDIS_TIMEOUT, DEFAULT_STATE_DIR, MAX_REDIS_TIMEOUT,
+};
 pub use self::webhooks::{
     AuditBodies, AuditConfig, Dedupe, GenericHmac, SignForShop, SignatureEncoding, SignatureScheme,
     SigningKey, Verify, Webhook, DEFAULT_AUDIT_MAX_BODY, DEFAULT_AUDIT_MAX_BYTES,
@@ -80,6 +85,8 @@ pub struct Snapshot {
     pub pins: Pins,
     /// Bounds on connections, buffered bytes and slow clients.
     pub limits: Limits,
+    /// Where payment state lives (needs a restart to change).
+    pub state: StateConfig,
     /// Every secret the config reads, where from (never the value).
     pub secrets: Vec<SecretUse>,
 }

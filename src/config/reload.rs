@@ -131,15 +131,19 @@ impl Inner {
         let _guard = self.lock.lock().await;
         let old = self.current.load_full();
         let attempt = match load_file_off_thread(&self.path, Arc::clone(&self.secrets)).await {
-            Ok((snapshot, text)) => Generation::build(
-                snapshot,
-                &text,
-                Some(&old),
-                &old.state,
-                &self.metrics,
-                Instant::now(),
-            )
-            .map_err(|problems| ConfigError::Invalid(problems).to_string()),
+            Ok((mut snapshot, text)) => {
+                let state_note = keep_state(&old.snapshot, &mut snapshot);
+                Generation::build(
+                    snapshot,
+                    &text,
+                    Some(&old),
+                    &old.state,
+                    &self.metrics,
+                    Instant::now(),
+                )
+                .map(|next| (next, state_note))
+                .map_err(|problems| ConfigError::Invalid(problems).to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -155,9 +159,10 @@ impl Inner {
                 self.metrics.config_last_reload_successful.set(0);
                 Err(error)
             }
-            Ok(next) => {
+            Ok((next, state_note)) => {
                 let number = next.number;
                 status.restart_required = restart_required(&old.snapshot, &next.snapshot);
+                status.restart_required.extend(state_note);
                 for change in &status.restart_required {
                     tracing::warn!(change = %change, "config change needs a restart to apply");
                 }
@@ -265,11 +270,69 @@ fn restart_required(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     out
 }
 
+/// The payment-state store is opened once, at start-up: a reload keeps the running `state` section in
+/// `new` (so nothing that reads the snapshot acts on settings the store was not opened with) and says
+/// so when the file asks for another one, on every reload until a restart. Never the URL in the note:
+/// it may hold a password.
+fn keep_state(old: &Snapshot, new: &mut Snapshot) -> Option<String> {
+    if old.state == new.state {
+        return None;
+    }
+    new.state = old.state.clone();
+    Some(format!(
+        "the state section changed; still using the {} store it started with",
+        old.state.backend.as_str()
+    ))
+}
+
 /// The route, provider and webhook names `snapshot` defines: the metric series of any other go.
 fn config_names(snapshot: &Snapshot) -> crate::metrics::ConfigNames<'_> {
     crate::metrics::ConfigNames {
         routes: snapshot.routes.iter().map(|r| &*r.name).collect(),
         providers: snapshot.providers.keys().map(|p| &**p).collect(),
         webhooks: snapshot.webhooks.iter().map(|w| &*w.name).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MapSecrets, StateBackend};
+
+    fn snapshot(top: &str) -> Snapshot {
+        let text = format!(
+            "providers:\n  psp: {{ url: https://api.psp.example }}\nroutes:\n  - name: pay\n    targets: [{{ provider: psp }}]\n{top}"
+        );
+        let secrets = MapSecrets::new().with("REDIS_URL", "redis://:hunter2@10.0.0.5:6379/0");
+        match crate::config::load(&text, Path::new("/etc/switchyard"), &secrets) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn a_changed_state_section_is_kept_as_it_was_and_reported_on_every_reload() {
+        let running = snapshot("");
+        let mut next = snapshot("state:\n  backend: redis\n  redis: { url_env: REDIS_URL }\n");
+        let note = keep_state(&running, &mut next);
+        let note = note.unwrap_or_default();
+        assert!(note.contains("state section changed"), "{note}");
+        assert!(note.contains("local"), "{note}");
+        assert!(
+            !note.contains("hunter2") && !note.contains("10.0.0.5"),
+            "{note}"
+        );
+        assert_eq!(next.state, running.state);
+        assert_eq!(next.state.backend, StateBackend::Local);
+
+        // The next reload of the same file compares with what runs, so it is reported again.
+        let mut again = snapshot("state:\n  backend: redis\n  redis: { url_env: REDIS_URL }\n");
+        assert!(keep_state(&next, &mut again).is_some());
+
+        // A folder change counts; an unchanged section is no note, and a reload back to it none either.
+        let mut moved = snapshot("state: { dir: /var/lib/switchyard }\n");
+        assert!(keep_state(&running, &mut moved).is_some());
+        let mut same = snapshot("state: { backend: local, dir: state }\n");
+        assert_eq!(keep_state(&running, &mut same), None);
     }
 }

@@ -38,6 +38,38 @@ pub struct RawConfig {
     pub pins: Option<RawPins>,
     /// Bounds on connections, buffered bytes and slow clients, process-wide and per listener.
     pub limits: Option<RawLimits>,
+    /// Where payment state lives: this process's memory, an embedded store on disk, or a shared Redis.
+    pub state: Option<RawState>,
+}
+
+/// `state:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// `local` (default), `redis` or `memory`.
+    pub backend: Option<String>,
+    /// (local) the embedded store's folder, relative to the config file's folder.
+    pub dir: Option<String>,
+    /// (redis) the shared store.
+    pub redis: Option<RawRedis>,
+}
+
+/// `state.redis:`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://` or `rediss://` URL without a password.
+    pub url: Option<String>,
+    /// Environment variable holding the URL (the way to give one with a password).
+    pub url_env: Option<String>,
+    /// File holding the URL.
+    pub url_file: Option<String>,
+    /// Timeout of one command.
+    pub timeout: Option<String>,
+    /// `fail_closed` or `primary_only`.
+    pub on_unavailable: Option<String>,
+    /// Share of a provider's quota this sidecar may use on its own while Redis is unavailable.
+    pub quota_share: Option<f64>,
 }
 
 /// `limits:`

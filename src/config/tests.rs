@@ -164,6 +164,9 @@ fn shipped_routes_yaml_is_valid() {
             ("psp-backup", addr("127.0.0.1:9102")),
         ]
     );
+    assert_eq!(s.state.backend, super::StateBackend::Local);
+    assert_eq!(s.state.dir, Path::new(BASE).join("state"));
+    assert!(s.state.redis.is_none());
     assert!(s.secrets.is_empty());
 }
 

@@ -17,7 +17,7 @@ use promql_parser::util::{walk_expr, ExprVisitor};
 use crate::support::*;
 
 /// Alerts the issue asks for; more may exist.
-const REQUIRED_ALERTS: [&str; 11] = [
+const REQUIRED_ALERTS: [&str; 14] = [
     "ProviderCircuitOpen",
     "TrafficOnBackupChannel",
     "PaymentErrorBudgetBurn",
@@ -29,6 +29,9 @@ const REQUIRED_ALERTS: [&str; 11] = [
     "AuditRecordsDropped",
     "SidecarDown",
     "HighProxyLatency",
+    "SharedStateDown",
+    "SharedStateForgot",
+    "SharedStateSlow",
 ];
 
 /// Series Prometheus makes itself, not the proxy.
@@ -240,6 +243,7 @@ fn dashboard_panels_have_unique_ids_a_datasource_variable_and_valid_promql() {
         "Payment safety",
         "Webhooks",
         "Operations",
+        "Shared state",
     ] {
         assert!(rows.contains(&row), "row {row:?} missing; rows: {rows:?}");
     }

@@ -1,5 +1,6 @@
 //! Integration tests: the real proxy in-process, mock providers on 127.0.0.1 port 0.
 
+mod redis_support;
 mod support;
 
 mod audit;

@@ -31,6 +31,7 @@ mod rate_limits;
 mod retry;
 mod routes;
 mod sandbox;
+mod state;
 mod webhooks;
 
 /// One problem in a config file.
@@ -288,6 +289,7 @@ impl Validator<'_> {
             .max()
             .unwrap_or(0);
         let limits = self.limits(raw.limits, largest_body);
+        let state = self.state(raw.state);
 
         Snapshot {
             listen,
@@ -301,6 +303,7 @@ impl Validator<'_> {
             audit,
             pins,
             limits,
+            state,
             secrets: Vec::new(),
         }
     }
