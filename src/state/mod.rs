@@ -19,7 +19,10 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+mod meter;
 mod stores;
+
+pub use meter::{Meter, Op};
 
 #[cfg(test)]
 pub(crate) use stores::Recording;
