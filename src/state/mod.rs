@@ -19,6 +19,7 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
