@@ -121,8 +121,8 @@ impl StoredAnswer {
 
     /// An answer written by [`StoredAnswer::to_bytes`]; `None` when `bytes` is not one.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let status = StatusCode::from_u16(u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?))
-            .ok()?;
+        let status =
+            StatusCode::from_u16(u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?)).ok()?;
         let name_len = usize::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?));
         let name = std::str::from_utf8(bytes.get(4..4 + name_len)?).ok()?;
         let at = 4 + name_len;
@@ -391,7 +391,9 @@ enum State {
         lease_until: Instant,
     },
     Done(Arc<StoredAnswer>),
-    Unknown { pinned: Arc<str> },
+    Unknown {
+        pinned: Arc<str>,
+    },
 }
 
 #[derive(Debug)]
@@ -858,7 +860,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("content-type", "application/json".parse().unwrap());
         h.append("set-cookie", "a=1".parse().unwrap());
-        let a = StoredAnswer::new(StatusCode::PAYMENT_REQUIRED, &h, b"{\"d\":1}", Arc::from("adyen"));
+        let a = StoredAnswer::new(
+            StatusCode::PAYMENT_REQUIRED,
+            &h,
+            b"{\"d\":1}",
+            Arc::from("adyen"),
+        );
         let b = StoredAnswer::from_bytes(&a.to_bytes()).unwrap();
         assert_eq!(b.status(), StatusCode::PAYMENT_REQUIRED);
         assert_eq!(&**b.provider(), "adyen");
@@ -866,10 +873,16 @@ mod tests {
         assert_eq!(&b.body()[..], b"{\"d\":1}");
         let bytes = a.to_bytes();
         assert!(StoredAnswer::from_bytes(&bytes[..7]).is_none());
-        assert!(StoredAnswer::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 0]).is_none(), "status 0");
+        assert!(
+            StoredAnswer::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 0]).is_none(),
+            "status 0"
+        );
         let mut far = bytes.clone();
         far[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(StoredAnswer::from_bytes(&far).is_none(), "body past the end");
+        assert!(
+            StoredAnswer::from_bytes(&far).is_none(),
+            "body past the end"
+        );
     }
 
     #[test]

@@ -157,7 +157,10 @@ mod tests {
     fn a_changed_epoch_starts_a_hold_and_the_first_one_does_not() {
         let e = Epoch::load(None).unwrap();
         let hold = Duration::from_secs(600);
-        assert!(e.observe("aa", true, hold).is_none(), "the first epoch seen");
+        assert!(
+            e.observe("aa", true, hold).is_none(),
+            "the first epoch seen"
+        );
         assert!(e.held().is_none());
         assert!(e.observe("aa", false, hold).is_none());
         let change = e.observe("bb", true, hold).unwrap();
@@ -173,13 +176,26 @@ mod tests {
         e.observe("aa", true, Duration::from_secs(600));
         e.persist().await.unwrap();
         let again = Epoch::load(Some(path.clone())).unwrap();
-        assert!(again.observe("aa", false, Duration::from_secs(600)).is_none());
-        assert!(again.observe("cc", true, Duration::from_secs(600)).is_some(), "lost while down");
+        assert!(again
+            .observe("aa", false, Duration::from_secs(600))
+            .is_none());
+        assert!(
+            again
+                .observe("cc", true, Duration::from_secs(600))
+                .is_some(),
+            "lost while down"
+        );
         again.persist().await.unwrap();
         let third = Epoch::load(Some(path.clone())).unwrap();
         let left = third.held().expect("the hold goes on after a restart");
-        assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600), "{left:?}");
+        assert!(
+            left > Duration::from_secs(590) && left <= Duration::from_secs(600),
+            "{left:?}"
+        );
         std::fs::write(&path, "garbage").unwrap();
-        assert!(matches!(Epoch::load(Some(path)), Err(ConnectError::EpochFile { .. })));
+        assert!(matches!(
+            Epoch::load(Some(path)),
+            Err(ConnectError::EpochFile { .. })
+        ));
     }
 }

@@ -68,7 +68,10 @@ impl EventStore for RedisEvents {
                         .await
                         .map_err(|e| unreachable(&e))?;
                     match answer {
-                        Value::Array(items) => items.first().and_then(text).ok_or_else(|| bad_reply("an event")),
+                        Value::Array(items) => items
+                            .first()
+                            .and_then(text)
+                            .ok_or_else(|| bad_reply("an event")),
                         _ => Err(bad_reply("an event")),
                     }
                 })
@@ -111,7 +114,9 @@ impl EventStore for RedisEvents {
                         .await
                         .map_err(|e| unreachable(&e))?;
                     // 0: not this delivery's any more, which changes nothing (as in memory).
-                    int(&answer).map(|_| ()).ok_or_else(|| bad_reply("an event"))
+                    int(&answer)
+                        .map(|_| ())
+                        .ok_or_else(|| bad_reply("an event"))
                 })
                 .await
         }

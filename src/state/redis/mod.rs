@@ -41,6 +41,8 @@ mod records;
 mod scripts;
 #[cfg(test)]
 pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -223,16 +225,14 @@ impl Redis {
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
         let startup = (options.timeout * 10).max(Duration::from_secs(2));
-        let conn = match tokio::time::timeout(
-            startup,
-            ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(ConnectError::Unreachable(unreachable(&e))),
-            Err(_) => return Err(ConnectError::Unreachable(StateError::Timeout(startup))),
-        };
+        let conn =
+            match tokio::time::timeout(startup, ConnectionManager::new_with_config(client, config))
+                .await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(ConnectError::Unreachable(unreachable(&e))),
+                Err(_) => return Err(ConnectError::Unreachable(StateError::Timeout(startup))),
+            };
         let redis = Self {
             shared: Arc::new(Shared {
                 conn,
@@ -243,13 +243,10 @@ impl Redis {
                 epoch,
             }),
         };
-        redis
-            .startup_checks(startup)
-            .await
-            .map_err(|e| match e {
-                Startup::State(e) => ConnectError::Unreachable(e),
-                Startup::Refused(e) => e,
-            })?;
+        redis.startup_checks(startup).await.map_err(|e| match e {
+            Startup::State(e) => ConnectError::Unreachable(e),
+            Startup::Refused(e) => e,
+        })?;
         if let Some(m) = &redis.shared.options.metrics {
             m.up.with_label_values(&[BACKEND]).set(1);
             m.epoch_changes.with_label_values(&[BACKEND]);
@@ -286,7 +283,9 @@ impl Redis {
                 Err(e) if e.is_io_error() || e.is_connection_dropped() => {
                     return Err(Startup::State(unreachable(&e)))
                 }
-                Err(e) => tracing::warn!(error = %e, "Redis refused CONFIG GET maxmemory-policy (a managed Redis?); make sure it is noeviction"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Redis refused CONFIG GET maxmemory-policy (a managed Redis?); make sure it is noeviction")
+                }
             }
             self.check_epoch().await.map_err(Startup::State)
         };

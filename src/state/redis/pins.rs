@@ -39,7 +39,9 @@ impl PinStore for RedisPins {
     ) -> impl Future<Output = Result<(), StateError>> + Send {
         let key = Self::key(id.as_bytes());
         let provider = provider.to_string();
-        let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let offset = self.redis.offset_ms();
         let mut conn = self.redis.conn();
         async move {
@@ -82,10 +84,12 @@ impl PinStore for RedisPins {
                         .map_err(|e| unreachable(&e))?;
                     let mut answers = answers.into_iter();
                     let now = match answers.next() {
-                        Some(Value::Array(t)) => match (t.first().and_then(int), t.get(1).and_then(int)) {
-                            (Some(s), Some(us)) => s * 1000 + us / 1000 + offset as i64,
-                            _ => return Err(bad_reply("TIME")),
-                        },
+                        Some(Value::Array(t)) => {
+                            match (t.first().and_then(int), t.get(1).and_then(int)) {
+                                (Some(s), Some(us)) => s * 1000 + us / 1000 + offset as i64,
+                                _ => return Err(bad_reply("TIME")),
+                            }
+                        }
                         _ => return Err(bad_reply("TIME")),
                     };
                     Ok(answers.find_map(|v| {

@@ -15,7 +15,7 @@ use crate::state::StateError;
 /// The fleet's provider quotas.
 #[derive(Debug, Clone)]
 pub struct RedisQuota {
-    redis: Redis,
+    pub(super) redis: Redis,
 }
 
 impl RedisQuota {

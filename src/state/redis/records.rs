@@ -15,7 +15,6 @@
 //! **Fallback.** Under `primary_only`, while Redis is down, claims go to a local store; its leases
 //! carry the top bit (Redis tokens never do), so `attempt` and `finish` go where the claim was made.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +67,9 @@ impl<F: Store> RedisRecords<F> {
     }
 
     fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+        u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     /// The claim step with a token of the caller's: what `begin` runs, and what a retry of the
@@ -113,14 +114,16 @@ impl<F: Store> RedisRecords<F> {
         lease: Duration,
         first: Option<&Arc<str>>,
     ) -> Result<Begin, StateError> {
-        Ok(match fallback.begin(key, fingerprint, lease, first).await? {
-            Begin::New(l) => Begin::New(Lease(l.0 | FALLBACK)),
-            Begin::Resume { pinned, lease } => Begin::Resume {
-                pinned,
-                lease: Lease(lease.0 | FALLBACK),
+        Ok(
+            match fallback.begin(key, fingerprint, lease, first).await? {
+                Begin::New(l) => Begin::New(Lease(l.0 | FALLBACK)),
+                Begin::Resume { pinned, lease } => Begin::Resume {
+                    pinned,
+                    lease: Lease(lease.0 | FALLBACK),
+                },
+                other => other,
             },
-            other => other,
-        })
+        )
     }
 }
 
@@ -154,100 +157,97 @@ fn fenced_or_ok(answer: Value, what: &str) -> Result<(), StateError> {
 }
 
 impl<F: Store> Store for RedisRecords<F> {
-    fn begin(
+    async fn begin(
         &self,
         key: &RecordKey,
         fingerprint: [u8; 32],
         lease: Duration,
         first: Option<&Arc<str>>,
-    ) -> impl Future<Output = Result<Begin, StateError>> + Send {
-        async move {
-            if let Some(f) = self.fallback_now() {
-                return Self::begin_local(f, key, fingerprint, lease, first).await;
-            }
-            match self.begin_with(key, fingerprint, lease, first, token()).await {
-                Err(e @ (StateError::Timeout(_) | StateError::Unreachable(_))) => {
-                    match self.fallback_now() {
-                        Some(f) => Self::begin_local(f, key, fingerprint, lease, first).await,
-                        None => Err(e),
-                    }
+    ) -> Result<Begin, StateError> {
+        if let Some(f) = self.fallback_now() {
+            return Self::begin_local(f, key, fingerprint, lease, first).await;
+        }
+        match self
+            .begin_with(key, fingerprint, lease, first, token())
+            .await
+        {
+            Err(e @ (StateError::Timeout(_) | StateError::Unreachable(_))) => {
+                match self.fallback_now() {
+                    Some(f) => Self::begin_local(f, key, fingerprint, lease, first).await,
+                    None => Err(e),
                 }
-                other => other,
             }
+            other => other,
         }
     }
 
-    fn attempt(
+    async fn attempt(
         &self,
         key: &RecordKey,
         lease: Lease,
         provider: &Arc<str>,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            if lease.0 & FALLBACK != 0 {
-                return match &self.fallback {
-                    Some(f) => f.attempt(key, Lease(lease.0 & !FALLBACK), provider).await,
-                    None => Err(StateError::Fenced),
-                };
-            }
-            let rkey = self.key_of(key);
-            let provider = provider.to_string();
-            let offset = self.redis.offset_ms();
-            let mut conn = self.redis.conn();
-            self.redis
-                .run(Op::Attempt, async move {
-                    let answer: Value = scripts::ATTEMPT
-                        .key(&rkey)
-                        .arg(lease.0.to_string())
-                        .arg(&provider)
-                        .arg(offset)
-                        .invoke_async(&mut conn)
-                        .await
-                        .map_err(|e| unreachable(&e))?;
-                    fenced_or_ok(answer, "an attempt")
-                })
-                .await
+    ) -> Result<(), StateError> {
+        if lease.0 & FALLBACK != 0 {
+            return match &self.fallback {
+                Some(f) => f.attempt(key, Lease(lease.0 & !FALLBACK), provider).await,
+                None => Err(StateError::Fenced),
+            };
         }
+        let rkey = self.key_of(key);
+        let provider = provider.to_string();
+        let offset = self.redis.offset_ms();
+        let mut conn = self.redis.conn();
+        self.redis
+            .run(Op::Attempt, async move {
+                let answer: Value = scripts::ATTEMPT
+                    .key(&rkey)
+                    .arg(lease.0.to_string())
+                    .arg(&provider)
+                    .arg(offset)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+                fenced_or_ok(answer, "an attempt")
+            })
+            .await
     }
 
-    fn finish(
+    async fn finish(
         &self,
         key: &RecordKey,
         lease: Lease,
         finish: Finish,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            if lease.0 & FALLBACK != 0 {
-                return match &self.fallback {
-                    Some(f) => f.finish(key, Lease(lease.0 & !FALLBACK), finish).await,
-                    None => Err(StateError::Fenced),
-                };
-            }
-            let rkey = self.key_of(key);
-            let (how, value) = match finish {
-                Finish::Final(answer) => ("final", answer.to_bytes()),
-                Finish::Unknown { provider } => ("unknown", provider.as_bytes().to_vec()),
-                Finish::NothingSent => ("nothing", Vec::new()),
+    ) -> Result<(), StateError> {
+        if lease.0 & FALLBACK != 0 {
+            return match &self.fallback {
+                Some(f) => f.finish(key, Lease(lease.0 & !FALLBACK), finish).await,
+                None => Err(StateError::Fenced),
             };
-            let ttl = self.ttl_ms();
-            let offset = self.redis.offset_ms();
-            let mut conn = self.redis.conn();
-            self.redis
-                .run(Op::Finish, async move {
-                    let answer: Value = scripts::FINISH
-                        .key(&rkey)
-                        .arg(lease.0.to_string())
-                        .arg(how)
-                        .arg(value)
-                        .arg(ttl)
-                        .arg(offset)
-                        .invoke_async(&mut conn)
-                        .await
-                        .map_err(|e| unreachable(&e))?;
-                    fenced_or_ok(answer, "a finish")
-                })
-                .await
         }
+        let rkey = self.key_of(key);
+        let (how, value) = match finish {
+            Finish::Final(answer) => ("final", answer.to_bytes()),
+            Finish::Unknown { provider } => ("unknown", provider.as_bytes().to_vec()),
+            Finish::NothingSent => ("nothing", Vec::new()),
+        };
+        let ttl = self.ttl_ms();
+        let offset = self.redis.offset_ms();
+        let mut conn = self.redis.conn();
+        self.redis
+            .run(Op::Finish, async move {
+                let answer: Value = scripts::FINISH
+                    .key(&rkey)
+                    .arg(lease.0.to_string())
+                    .arg(how)
+                    .arg(value)
+                    .arg(ttl)
+                    .arg(offset)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| unreachable(&e))?;
+                fenced_or_ok(answer, "a finish")
+            })
+            .await
     }
 
     fn degraded(&self) -> bool {

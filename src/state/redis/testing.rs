@@ -80,11 +80,6 @@ impl RedisServer {
         format!("redis+unix://{}", self.socket().display())
     }
 
-    /// A path in its temp dir.
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
             let ok = Command::new("kill")
@@ -246,7 +241,10 @@ async fn pump(
 fn command_len(buf: &[u8]) -> Option<usize> {
     fn line(buf: &[u8], at: usize) -> Option<(i64, usize)> {
         let end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
-        let n = std::str::from_utf8(buf.get(at + 1..end)?).ok()?.parse().ok()?;
+        let n = std::str::from_utf8(buf.get(at + 1..end)?)
+            .ok()?
+            .parse()
+            .ok()?;
         Some((n, end + 2))
     }
     if buf.first() != Some(&b'*') {
