@@ -469,8 +469,9 @@ async fn sidecars_share_one_quota_on_redis_time() {
             }
         }
     }
-    assert_eq!(taken, 5, "one limit for the fleet");
-    assert_eq!(waits.len(), 7);
+    // (6: a slot freed if this machine stalled for a second; three limits would have given 12.)
+    assert!((5..=6).contains(&taken), "one limit for the fleet: {taken}");
+    assert_eq!(waits.len(), 12 - taken);
     for (_, wait) in &waits {
         assert!(
             *wait > Duration::ZERO && *wait <= Duration::from_secs(1),
