@@ -5,7 +5,6 @@
 //!
 //! The backend is chosen once, at start: a reload keeps it (changing `state` needs a restart).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,64 +229,58 @@ impl Records {
 }
 
 impl Store for Records {
-    fn begin(
+    async fn begin(
         &self,
         key: &RecordKey,
         fingerprint: [u8; 32],
         lease: Duration,
         first: Option<&Arc<str>>,
-    ) -> impl Future<Output = Result<Begin, StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(s) => s.begin(key, fingerprint, lease, first).await,
-                Self::Redis(s) => s.begin(key, fingerprint, lease, first).await,
-                #[cfg(test)]
-                Self::Recording(r) => {
-                    r.note(format!("begin:{}", first.map_or("-", |p| &**p)));
-                    r.inner.begin(key, fingerprint, lease, first).await
-                }
+    ) -> Result<Begin, StateError> {
+        match self {
+            Self::Memory(s) => s.begin(key, fingerprint, lease, first).await,
+            Self::Redis(s) => s.begin(key, fingerprint, lease, first).await,
+            #[cfg(test)]
+            Self::Recording(r) => {
+                r.note(format!("begin:{}", first.map_or("-", |p| &**p)));
+                r.inner.begin(key, fingerprint, lease, first).await
             }
         }
     }
 
-    fn attempt(
+    async fn attempt(
         &self,
         key: &RecordKey,
         lease: Lease,
         provider: &Arc<str>,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(s) => s.attempt(key, lease, provider).await,
-                Self::Redis(s) => s.attempt(key, lease, provider).await,
-                #[cfg(test)]
-                Self::Recording(r) => {
-                    if r.refuse_attempts.load(std::sync::atomic::Ordering::SeqCst) {
-                        r.note(format!("attempt-refused:{provider}"));
-                        return Err(StateError::Unreachable("refused by the test".into()));
-                    }
-                    r.note(format!("attempt:{provider}"));
-                    r.inner.attempt(key, lease, provider).await
+    ) -> Result<(), StateError> {
+        match self {
+            Self::Memory(s) => s.attempt(key, lease, provider).await,
+            Self::Redis(s) => s.attempt(key, lease, provider).await,
+            #[cfg(test)]
+            Self::Recording(r) => {
+                if r.refuse_attempts.load(std::sync::atomic::Ordering::SeqCst) {
+                    r.note(format!("attempt-refused:{provider}"));
+                    return Err(StateError::Unreachable("refused by the test".into()));
                 }
+                r.note(format!("attempt:{provider}"));
+                r.inner.attempt(key, lease, provider).await
             }
         }
     }
 
-    fn finish(
+    async fn finish(
         &self,
         key: &RecordKey,
         lease: Lease,
         finish: Finish,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(s) => s.finish(key, lease, finish).await,
-                Self::Redis(s) => s.finish(key, lease, finish).await,
-                #[cfg(test)]
-                Self::Recording(r) => {
-                    r.note(format!("finish:{}", finish_name(&finish)));
-                    r.inner.finish(key, lease, finish).await
-                }
+    ) -> Result<(), StateError> {
+        match self {
+            Self::Memory(s) => s.finish(key, lease, finish).await,
+            Self::Redis(s) => s.finish(key, lease, finish).await,
+            #[cfg(test)]
+            Self::Recording(r) => {
+                r.note(format!("finish:{}", finish_name(&finish)));
+                r.inner.finish(key, lease, finish).await
             }
         }
     }
@@ -334,28 +327,17 @@ impl Pins {
 }
 
 impl PinStore for Pins {
-    fn remember(
-        &self,
-        id: &str,
-        provider: &Arc<str>,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(p) => p.remember(id, provider).await,
-                Self::Redis(p) => p.remember(id, provider).await,
-            }
+    async fn remember(&self, id: &str, provider: &Arc<str>) -> Result<(), StateError> {
+        match self {
+            Self::Memory(p) => p.remember(id, provider).await,
+            Self::Redis(p) => p.remember(id, provider).await,
         }
     }
 
-    fn find_any(
-        &self,
-        ids: &Candidates<'_>,
-    ) -> impl Future<Output = Result<Option<Arc<str>>, StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(p) => p.find_any(ids).await,
-                Self::Redis(p) => p.find_any(ids).await,
-            }
+    async fn find_any(&self, ids: &Candidates<'_>) -> Result<Option<Arc<str>>, StateError> {
+        match self {
+            Self::Memory(p) => p.find_any(ids).await,
+            Self::Redis(p) => p.find_any(ids).await,
         }
     }
 }
@@ -370,29 +352,22 @@ pub enum Events {
 }
 
 impl EventStore for Events {
-    fn begin(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Result<dedupe::Begin<Token>, StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(e) => e.begin(id).await,
-                Self::Redis(e) => e.begin(id).await,
-            }
+    async fn begin(&self, id: &str) -> Result<dedupe::Begin<Token>, StateError> {
+        match self {
+            Self::Memory(e) => e.begin(id).await,
+            Self::Redis(e) => e.begin(id).await,
         }
     }
 
-    fn finish(
+    async fn finish(
         &self,
         id: &str,
         token: Token,
         delivered: Option<Dedupe>,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(e) => e.finish(id, token, delivered).await,
-                Self::Redis(e) => e.finish(id, token, delivered).await,
-            }
+    ) -> Result<(), StateError> {
+        match self {
+            Self::Memory(e) => e.finish(id, token, delivered).await,
+            Self::Redis(e) => e.finish(id, token, delivered).await,
         }
     }
 
