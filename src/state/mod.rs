@@ -19,10 +19,11 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod local;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A store of payment state could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,11 @@ impl From<StateError> for crate::error::ProxyError {
 pub trait Clock: Send + Sync + 'static {
     /// Now.
     fn now(&self) -> Instant;
+    /// Now on the wall clock: what a store on disk writes its expiry times in, since a process's
+    /// monotonic clock means nothing to the next process.
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 /// The process's monotonic clock.
@@ -78,10 +84,12 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told, for deterministic tests; clones share one time.
+/// A clock that moves only when told, for deterministic tests; clones share one time, and its wall
+/// clock moves with it.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     base: Instant,
+    wall_base: SystemTime,
     /// Nanoseconds after `base`.
     offset: Arc<AtomicU64>,
 }
@@ -90,6 +98,7 @@ impl Default for ManualClock {
     fn default() -> Self {
         Self {
             base: Instant::now(),
+            wall_base: SystemTime::now(),
             offset: Arc::default(),
         }
     }
@@ -106,6 +115,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.base + Duration::from_nanos(self.offset.load(Ordering::SeqCst))
+    }
+
+    fn wall(&self) -> SystemTime {
+        self.wall_base + Duration::from_nanos(self.offset.load(Ordering::SeqCst))
     }
 }
 
@@ -131,7 +144,13 @@ mod tests {
         let t0 = c.now();
         assert_eq!(c.now(), t0);
         let other = c.clone();
+        let w0 = c.wall();
         other.advance(Duration::from_secs(5));
         assert_eq!(c.now(), t0 + Duration::from_secs(5));
+        assert_eq!(
+            c.wall(),
+            w0 + Duration::from_secs(5),
+            "the wall clock moves with it"
+        );
     }
 }
