@@ -740,8 +740,9 @@ async fn a_journal_that_cannot_be_written_fails_the_call_and_claims_nothing() {
 }
 
 /// What the local backend costs per payment over the in-memory one: a claim recording its first
-/// provider, an attempt moved to a second, and a final answer of ~1 KiB, on one thread; CPU time of
-/// the process (user + system, the journal's syscalls included) from /proc. No speed is asserted.
+/// provider, an attempt moved to a second, and a final answer of ~1 KiB, on one thread. CPU time
+/// from /proc: of the calling thread (the request path, the journal's syscalls included) and of the
+/// whole process (with the background thread's fdatasync and compactions). No speed is asserted.
 ///
 /// `cargo test --release --lib state_cost -- --ignored --nocapture`
 #[test]
@@ -758,9 +759,10 @@ fn state_cost() {
         max_entries: N + 1,
         max_bytes: 1 << 30,
     };
-    fn run(s: &impl Store, keys: &[RecordKey], answer: &StoredAnswer) -> (f64, f64) {
+    /// µs per payment: thread CPU, process CPU, wall.
+    fn run(s: &impl Store, keys: &[RecordKey], answer: &StoredAnswer) -> [f64; 3] {
         let (primary, backup) = (p("primary"), p("backup"));
-        let cpu = cpu_ms();
+        let (thread, process) = (cpu_ms("thread-self"), cpu_ms("self"));
         let wall = std::time::Instant::now();
         futures_util::FutureExt::now_or_never(async {
             for k in keys {
@@ -773,37 +775,77 @@ fn state_cost() {
         })
         .unwrap();
         let n = keys.len() as f64;
-        (
-            (cpu_ms() - cpu) * 1000.0 / n,
+        [
+            (cpu_ms("thread-self") - thread) * 1000.0 / n,
+            (cpu_ms("self") - process) * 1000.0 / n,
             wall.elapsed().as_secs_f64() * 1e6 / n,
-        )
+        ]
     }
-    let memory = crate::idempotency::MemoryStore::new(limits);
-    let (m_cpu, m_wall) = run(&memory, &keys, &answer);
-    drop(memory);
-    for (name, sync_every) in [
-        ("local, fdatasync 1 s", Some(Duration::from_secs(1))),
-        ("local, no fdatasync", None),
-    ] {
-        let dir = TempDir::new().unwrap();
-        let options = LocalOptions {
-            sync_every,
-            ..LocalOptions::default()
+    let runs = [
+        ("memory", None, None),
+        (
+            "local, fdatasync every 1 s",
+            Some(Some(Duration::from_secs(1))),
+            None,
+        ),
+        ("local, no fdatasync", Some(None), None),
+        ("memory", None, None),
+        (
+            "local, fdatasync every 1 s",
+            Some(Some(Duration::from_secs(1))),
+            None::<()>,
+        ),
+    ];
+    for (name, local, _) in runs {
+        let [thread, process, wall] = match local {
+            None => run(
+                &crate::idempotency::MemoryStore::new(limits),
+                &keys,
+                &answer,
+            ),
+            Some(sync_every) => {
+                let dir = TempDir::new().unwrap();
+                let options = LocalOptions {
+                    sync_every,
+                    ..LocalOptions::default()
+                };
+                let local = Local::open(dir.path(), options).unwrap();
+                let s = local.records("payments", limits, counter());
+                run(&*s, &keys, &answer)
+            }
         };
-        let local = Local::open(dir.path(), options).unwrap();
-        let s = local.records("payments", limits, counter());
-        let (l_cpu, l_wall) = run(&*s, &keys, &answer);
-        eprintln!(
-            "{name}: {l_cpu:.2} µs CPU, {l_wall:.2} µs wall per payment; memory: {m_cpu:.2} µs CPU, {m_wall:.2} µs wall; added {:.2} µs CPU; journal {} MiB",
-            l_cpu - m_cpu,
-            local.journal_len() >> 20
-        );
+        eprintln!("{name:28}: {thread:5.2} µs CPU (thread), {process:5.2} µs CPU (process), {wall:5.2} µs wall per payment");
     }
+    // The object pin a payment's answer adds.
+    let ids: Vec<String> = (0..N).map(|i| format!("pi_{i:020}")).collect();
+    let pin = |s: &dyn Fn(&str)| {
+        let thread = cpu_ms("thread-self");
+        for id in &ids {
+            s(id);
+        }
+        (cpu_ms("thread-self") - thread) * 1000.0 / N as f64
+    };
+    let provider = p("primary");
+    let memory = crate::idempotency::ObjectPins::new(Duration::from_secs(3600), N);
+    let m = pin(&|id| {
+        futures_util::FutureExt::now_or_never(memory.remember(id, &provider))
+            .unwrap()
+            .unwrap()
+    });
+    let dir = TempDir::new().unwrap();
+    let local = Local::open(dir.path(), LocalOptions::default()).unwrap();
+    let pins = local.pins(Duration::from_secs(3600), N);
+    let l = pin(&|id| {
+        futures_util::FutureExt::now_or_never(pins.remember(id, &provider))
+            .unwrap()
+            .unwrap()
+    });
+    eprintln!("object pin: memory {m:.2} µs CPU, local {l:.2} µs CPU (thread)");
 }
 
-/// This process's CPU time (user + system), in milliseconds.
-fn cpu_ms() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+/// CPU time (user + system) of `/proc/{who}`, in milliseconds.
+fn cpu_ms(who: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{who}/stat")).unwrap();
     // Fields after the command name (which ends in ')'): utime and stime are the 12th and 13th.
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = after.split(' ').collect();
