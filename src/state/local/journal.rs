@@ -402,16 +402,17 @@ pub(super) fn scan<'a>(
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        let end = 8usize.saturating_add(len);
-        if end > rest.len() {
-            // One torn write is at most one frame; more bytes than that left means a broken length.
-            if rest.len() <= MAX_RECORD + 8 {
-                return torn;
-            }
+        if len == 0 || len > MAX_RECORD {
+            // No frame is written so: the length itself is broken.
             return Err(Corrupt {
                 offset: at,
-                reason: "a frame's length runs past the end of the file",
+                reason: "a frame's length is impossible",
             });
+        }
+        let end = 8 + len;
+        if end > rest.len() {
+            // A write cut short (each change is one write, one frame).
+            return torn;
         }
         let payload = &rest[8..end];
         if crc32fast::hash(payload) != crc {
@@ -655,6 +656,10 @@ mod tests {
         buf[second + 12] ^= 0x01;
         let e = scan(&buf, |_, _| {}).unwrap_err();
         assert_eq!(e.offset, second);
+        // A length no frame is written with, even in the last frame.
+        let mut buf = frames(&all());
+        buf[second..second + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(scan(&buf, |_, _| {}).unwrap_err().offset, second);
         let e = scan(b"not a journal at all", |_, _| {}).unwrap_err();
         assert_eq!(e.offset, 0);
     }

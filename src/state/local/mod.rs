@@ -228,6 +228,10 @@ impl<C: Clock + Clone> Local<C> {
             std::io::Write::write_all(&mut file, journal::MAGIC)
                 .map_err(not_writable(path.clone()))?;
             file.sync_all().map_err(io(&path))?;
+            // Its name too, or a machine crash could take the new file away with what it holds.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
             buf = journal::MAGIC.to_vec();
         }
         let replay = compact::live(&buf, unix_now_ms(&clock), |_| true).map_err(|c| {
