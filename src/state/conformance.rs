@@ -216,10 +216,7 @@ pub(crate) async fn records_an_abandoned_attempt_resumes_where_it_was_recorded<B
     );
     b.advance(Duration::from_secs(2)).await;
     match begin(&s, &key("k"), F1).await {
-        Begin::Resume {
-            pinned,
-            lease: next,
-        } => {
+        Begin::Resume { pinned, lease: next } => {
             assert_eq!(&*pinned, "backup");
             assert_ne!(next, lease);
         }

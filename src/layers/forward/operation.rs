@@ -315,8 +315,7 @@ impl<S: SendAttempt> Operation<S> {
                 .saturating_duration_since(tokio::time::Instant::now())
                 + LEASE_MARGIN;
             let first = plan.as_ref().ok().and_then(|p| p.first());
-            let (lease, resumed) = match k.store.begin(&k.record, fingerprint, lease, first).await?
-            {
+            let (lease, resumed) = match k.store.begin(&k.record, fingerprint, lease, first).await? {
                 Begin::New(lease) => {
                     self.count_idempotency("new");
                     (lease, None)
