@@ -136,6 +136,27 @@ impl StoredAnswer {
             body_at,
         })
     }
+
+    /// Its parts as kept: status, provider, the header block followed by the body, and where the
+    /// body starts (for a store that writes answers out).
+    pub fn parts(&self) -> (StatusCode, &Arc<str>, &Bytes, usize) {
+        (self.status, &self.provider, &self.blob, self.body_at)
+    }
+
+    /// An answer from [`StoredAnswer::parts`]; `None` when `body_at` lies beyond the blob.
+    pub fn from_parts(
+        status: StatusCode,
+        provider: Arc<str>,
+        blob: Bytes,
+        body_at: usize,
+    ) -> Option<Self> {
+        (body_at <= blob.len()).then_some(Self {
+            status,
+            provider,
+            blob,
+            body_at,
+        })
+    }
 }
 
 /// The claim on an in-flight record: the fencing token its `begin` was given. A later claim (after
@@ -222,11 +243,21 @@ impl std::hash::Hash for Name {
     }
 }
 
+impl Name {
+    /// The name `digest`, with this process's table hash of it.
+    fn of(digest: [u8; 16]) -> Self {
+        use std::hash::BuildHasher;
+        static SEED: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        let hash = SEED
+            .get_or_init(std::hash::RandomState::new)
+            .hash_one(digest);
+        Self { digest, hash }
+    }
+}
+
 impl RecordKey {
     /// The identity of `key` for client `scope`.
     pub fn new(scope: String, key: String) -> Self {
-        use std::hash::BuildHasher;
-        static SEED: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
         let full = Sha256::new()
             .chain_update(scope.as_bytes())
             .chain_update([0])
@@ -234,13 +265,10 @@ impl RecordKey {
             .finalize();
         let mut digest = [0u8; 16];
         digest.copy_from_slice(&full[..16]);
-        let hash = SEED
-            .get_or_init(std::hash::RandomState::new)
-            .hash_one(digest);
         Self {
             scope,
             key,
-            name: Name { digest, hash },
+            name: Name::of(digest),
         }
     }
 
@@ -380,26 +408,47 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-#[derive(Debug)]
-enum State {
+/// Where a record stands. Public for a store on disk, which keeps a copy of each record
+/// ([`MemoryStore::image`]) and gives them back at start ([`MemoryStore::restore`]).
+#[derive(Debug, Clone)]
+pub enum RecordState {
+    /// A request holds the key.
     InFlight {
         /// The provider an attempt was last recorded for.
         attempt: Option<Arc<str>>,
         /// Whether the operation resumed an unknown outcome (its pin outlives it).
         resumed: bool,
+        /// The holder's fencing token.
         token: u64,
+        /// When the holder's lease runs out.
         lease_until: Instant,
     },
+    /// The final answer, for replay.
     Done(Arc<StoredAnswer>),
+    /// The outcome at `pinned` is unknown.
     Unknown {
+        /// The provider the key is pinned to.
         pinned: Arc<str>,
     },
+}
+
+/// A copy of one record as [`MemoryStore`] holds it, named by [`RecordKey::digest`].
+#[derive(Debug, Clone)]
+pub struct RecordImage {
+    /// The payload's fingerprint.
+    pub fingerprint: [u8; 32],
+    /// Where it stands.
+    pub state: RecordState,
+    /// When it expires.
+    pub expires: Instant,
+    /// The bytes it counts against [`Limits::max_bytes`].
+    pub bytes: usize,
 }
 
 #[derive(Debug)]
 struct Entry {
     fingerprint: [u8; 32],
-    state: State,
+    state: RecordState,
     expires: Instant,
     seq: u64,
     bytes: usize,
@@ -499,6 +548,55 @@ impl<C: Clock> MemoryStore<C> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A copy of the record of `key`, if any (for a store that writes each change out).
+    pub fn image(&self, key: &RecordKey) -> Option<RecordImage> {
+        self.lock().map.get(&key.name).map(|e| RecordImage {
+            fingerprint: e.fingerprint,
+            state: e.state.clone(),
+            expires: e.expires,
+            bytes: e.bytes,
+        })
+    }
+
+    /// Whether a record named `digest` is held (expired or not).
+    pub fn holds(&self, digest: &[u8; 16]) -> bool {
+        self.lock().map.contains_key(&Name::of(*digest))
+    }
+
+    /// Puts back a record written out before (a store on disk, at start), as the newest; the bounds
+    /// apply as to any write. Later fencing tokens are greater than the record's.
+    pub fn restore(&self, digest: [u8; 16], image: RecordImage) {
+        let limits = self.limits();
+        let now = self.clock.now();
+        let mut inner = self.lock();
+        if let RecordState::InFlight { token, .. } = &image.state {
+            inner.tokens = inner.tokens.max(*token);
+        }
+        inner.seq += 1;
+        let seq = inner.seq;
+        let name = Name::of(digest);
+        let entry = Entry {
+            fingerprint: image.fingerprint,
+            state: image.state,
+            expires: image.expires,
+            seq,
+            bytes: image.bytes,
+        };
+        if let Some(old) = inner.map.insert(name, entry) {
+            inner.bytes -= old.bytes;
+        }
+        inner.bytes += image.bytes;
+        inner.order.push_back((seq, name));
+        self.tidy(&mut inner, limits, now);
+    }
+
+    /// Makes every later fencing token greater than `token` (a store on disk, at start: tokens
+    /// never repeat across restarts).
+    pub fn raise_tokens(&self, token: u64) {
+        let mut inner = self.lock();
+        inner.tokens = inner.tokens.max(token);
+    }
+
     /// Drops expired records, then the oldest settled ones while over a bound.
     fn tidy(&self, inner: &mut Inner, limits: Limits, now: Instant) {
         let before = inner.evictions;
@@ -534,11 +632,11 @@ impl<C: Clock> MemoryStore<C> {
             if e.seq != seq {
                 continue;
             }
-            if matches!(e.state, State::InFlight { .. }) {
+            if matches!(e.state, RecordState::InFlight { .. }) {
                 skipped.push_back((seq, name));
                 continue;
             }
-            if matches!(e.state, State::Unknown { .. }) {
+            if matches!(e.state, RecordState::Unknown { .. }) {
                 tracing::warn!("idempotency store full: evicting a record whose outcome is unknown; size the store for your traffic");
             }
             let bytes = e.bytes;
@@ -554,7 +652,7 @@ impl<C: Clock> MemoryStore<C> {
     fn write(
         inner: &mut Inner,
         key: &RecordKey,
-        entry_state: State,
+        entry_state: RecordState,
         fingerprint: [u8; 32],
         expires: Instant,
     ) {
@@ -564,7 +662,7 @@ impl<C: Clock> MemoryStore<C> {
             + key.key.len()
             + key.scope.len()
             + match &entry_state {
-                State::Done(a) => a.bytes(),
+                RecordState::Done(a) => a.bytes(),
                 _ => 0,
             };
         let entry = Entry {
@@ -586,7 +684,8 @@ impl<C: Clock> MemoryStore<C> {
         Lease(inner.tokens)
     }
 
-    fn begin_now(
+    /// [`Store::begin`], at once.
+    pub(crate) fn begin_now(
         &self,
         key: &RecordKey,
         fingerprint: [u8; 32],
@@ -599,7 +698,7 @@ impl<C: Clock> MemoryStore<C> {
         self.tidy(&mut inner, limits, now);
         let existing = inner.map.get(&key.name).map(|e| {
             let found = match &e.state {
-                State::InFlight {
+                RecordState::InFlight {
                     attempt,
                     lease_until,
                     ..
@@ -609,9 +708,9 @@ impl<C: Clock> MemoryStore<C> {
                     // Nothing was recorded, so nothing was sent.
                     None => Found::Free,
                 },
-                State::InFlight { .. } => Found::Begin(Begin::InFlight),
-                State::Done(answer) => Found::Begin(Begin::Replay(Arc::clone(answer))),
-                State::Unknown { pinned } => Found::Resume(Arc::clone(pinned)),
+                RecordState::InFlight { .. } => Found::Begin(Begin::InFlight),
+                RecordState::Done(answer) => Found::Begin(Begin::Replay(Arc::clone(answer))),
+                RecordState::Unknown { pinned } => Found::Resume(Arc::clone(pinned)),
             };
             (e.fingerprint, found)
         });
@@ -620,7 +719,7 @@ impl<C: Clock> MemoryStore<C> {
             Some((_, Found::Begin(other))) => other,
             Some((_, Found::Resume(pinned))) => {
                 let claim = Self::claim(&mut inner);
-                let state = State::InFlight {
+                let state = RecordState::InFlight {
                     attempt: Some(Arc::clone(&pinned)),
                     resumed: true,
                     token: claim.0,
@@ -634,7 +733,7 @@ impl<C: Clock> MemoryStore<C> {
             }
             None | Some((_, Found::Free)) => {
                 let claim = Self::claim(&mut inner);
-                let state = State::InFlight {
+                let state = RecordState::InFlight {
                     attempt: first.cloned(),
                     resumed: false,
                     token: claim.0,
@@ -652,10 +751,11 @@ impl<C: Clock> MemoryStore<C> {
         inner
             .map
             .get_mut(&key.name)
-            .filter(|e| matches!(e.state, State::InFlight { token, .. } if token == lease.0))
+            .filter(|e| matches!(e.state, RecordState::InFlight { token, .. } if token == lease.0))
     }
 
-    fn attempt_now(
+    /// [`Store::attempt`], at once.
+    pub(crate) fn attempt_now(
         &self,
         key: &RecordKey,
         lease: Lease,
@@ -664,7 +764,7 @@ impl<C: Clock> MemoryStore<C> {
         let mut inner = self.lock();
         match Self::held(&mut inner, key, lease) {
             Some(Entry {
-                state: State::InFlight { attempt, .. },
+                state: RecordState::InFlight { attempt, .. },
                 ..
             }) => {
                 *attempt = Some(Arc::clone(provider));
@@ -674,7 +774,13 @@ impl<C: Clock> MemoryStore<C> {
         }
     }
 
-    fn finish_held(&self, key: &RecordKey, lease: Lease, finish: Finish) -> Result<(), StateError> {
+    /// [`Store::finish`], at once.
+    pub(crate) fn finish_held(
+        &self,
+        key: &RecordKey,
+        lease: Lease,
+        finish: Finish,
+    ) -> Result<(), StateError> {
         let limits = self.limits();
         let now = self.clock.now();
         let mut inner = self.lock();
@@ -683,7 +789,7 @@ impl<C: Clock> MemoryStore<C> {
         };
         let fingerprint = entry.fingerprint;
         let kept_pin = match &entry.state {
-            State::InFlight {
+            RecordState::InFlight {
                 attempt: Some(p),
                 resumed: true,
                 ..
@@ -691,9 +797,9 @@ impl<C: Clock> MemoryStore<C> {
             _ => None,
         };
         let next = match finish {
-            Finish::NothingSent => kept_pin.map(|pinned| State::Unknown { pinned }),
-            Finish::Unknown { provider } => Some(State::Unknown { pinned: provider }),
-            Finish::Final(answer) => Some(State::Done(Arc::new(answer))),
+            Finish::NothingSent => kept_pin.map(|pinned| RecordState::Unknown { pinned }),
+            Finish::Unknown { provider } => Some(RecordState::Unknown { pinned: provider }),
+            Finish::Final(answer) => Some(RecordState::Done(Arc::new(answer))),
         };
         match next {
             Some(state) => Self::write(&mut inner, key, state, fingerprint, now + limits.ttl),

@@ -262,7 +262,34 @@ impl<C: Clock> ObjectPins<C> {
         u32::try_from(d.as_secs() + u64::from(d.subsec_nanos() > 0)).unwrap_or(u32::MAX)
     }
 
-    fn remember_now(&self, id: &str, provider: &Arc<str>) {
+    /// How long an id remembered now is kept.
+    pub fn ttl(&self) -> Duration {
+        self.lock().ttl
+    }
+
+    /// Whether `id` is pinned (expired or not).
+    pub fn holds(&self, id: &str) -> bool {
+        let digest = self.digest(id.as_bytes());
+        self.lock().map.contains_key(&digest)
+    }
+
+    /// Puts back a pin written out before (a store on disk, at start), kept until `until`, as the
+    /// newest; the bound applies.
+    pub fn restore(&self, id: &str, provider: &Arc<str>, until: Instant) {
+        let digest = self.digest(id.as_bytes());
+        let mut inner = self.lock();
+        let pin = Pin {
+            provider: inner.provider_index(provider),
+            until: self.secs(until),
+        };
+        if inner.map.insert(digest, pin).is_none() {
+            inner.order.push_back(digest);
+        }
+        inner.trim();
+    }
+
+    /// [`PinStore::remember`], at once.
+    pub(crate) fn remember_now(&self, id: &str, provider: &Arc<str>) {
         let digest = self.digest(id.as_bytes());
         let now = self.clock.now();
         let mut inner = self.lock();
@@ -276,7 +303,8 @@ impl<C: Clock> ObjectPins<C> {
         inner.trim();
     }
 
-    fn find_any_now(&self, ids: &Candidates<'_>) -> Option<Arc<str>> {
+    /// [`PinStore::find_any`], at once.
+    pub(crate) fn find_any_now(&self, ids: &Candidates<'_>) -> Option<Arc<str>> {
         let now = self.secs(self.clock.now());
         let inner = self.lock();
         if inner.map.is_empty() {

@@ -28,10 +28,11 @@ pub use meter::{Meter, Op};
 pub(crate) use stores::Recording;
 pub use stores::{Engine, Events, OpenError, Pins, Records, Stores};
 pub mod redis;
+pub mod local;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A store of payment state could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +76,11 @@ impl From<StateError> for crate::error::ProxyError {
 pub trait Clock: Send + Sync + 'static {
     /// Now.
     fn now(&self) -> Instant;
+    /// Now on the wall clock: what a store on disk writes its expiry times in, since a process's
+    /// monotonic clock means nothing to the next process.
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 /// The process's monotonic clock.
@@ -87,10 +93,12 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told, for deterministic tests; clones share one time.
+/// A clock that moves only when told, for deterministic tests; clones share one time, and its wall
+/// clock moves with it.
 #[derive(Debug, Clone)]
 pub struct ManualClock {
     base: Instant,
+    wall_base: SystemTime,
     /// Nanoseconds after `base`.
     offset: Arc<AtomicU64>,
 }
@@ -99,6 +107,7 @@ impl Default for ManualClock {
     fn default() -> Self {
         Self {
             base: Instant::now(),
+            wall_base: SystemTime::now(),
             offset: Arc::default(),
         }
     }
@@ -115,6 +124,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
         self.base + Duration::from_nanos(self.offset.load(Ordering::SeqCst))
+    }
+
+    fn wall(&self) -> SystemTime {
+        self.wall_base + Duration::from_nanos(self.offset.load(Ordering::SeqCst))
     }
 }
 
@@ -140,7 +153,13 @@ mod tests {
         let t0 = c.now();
         assert_eq!(c.now(), t0);
         let other = c.clone();
+        let w0 = c.wall();
         other.advance(Duration::from_secs(5));
         assert_eq!(c.now(), t0 + Duration::from_secs(5));
+        assert_eq!(
+            c.wall(),
+            w0 + Duration::from_secs(5),
+            "the wall clock moves with it"
+        );
     }
 }

@@ -183,7 +183,23 @@ impl<C: Clock> DedupeStore<C> {
         self.len() == 0
     }
 
-    fn begin_now(&self, key: &str) -> Begin<Token> {
+    /// Whether `id` is remembered as delivered (expired or not).
+    pub fn holds(&self, id: &str) -> bool {
+        matches!(self.lock().entries.get(id), Some(Entry::Delivered { .. }))
+    }
+
+    /// Puts back a delivered id written out before (a store on disk, at start), remembered until
+    /// `expires`, as the newest; the bound applies at the next delivery.
+    pub fn restore(&self, id: &str, expires: Instant) {
+        let mut state = self.lock();
+        state
+            .entries
+            .insert(id.to_owned(), Entry::Delivered { expires });
+        state.order.push_back((expires, id.to_owned()));
+    }
+
+    /// [`EventStore::begin`], at once.
+    pub(crate) fn begin_now(&self, key: &str) -> Begin<Token> {
         let now = self.clock.now();
         let mut state = self.lock();
         match state.entries.get(key) {
@@ -200,12 +216,14 @@ impl<C: Clock> DedupeStore<C> {
         Begin::Deliver(Token(token))
     }
 
-    fn end(&self, key: &str, token: Token, delivered: Option<Dedupe>) {
+    /// [`EventStore::finish`], at once: whether `token` was the id's current delivery (else nothing
+    /// changed).
+    pub(crate) fn end(&self, key: &str, token: Token, delivered: Option<Dedupe>) -> bool {
         let now = self.clock.now();
         let mut state = self.lock();
         let ours = matches!(state.entries.get(key), Some(Entry::InFlight { token: t, .. }) if *t == token.0);
         if !ours {
-            return;
+            return false;
         }
         match delivered {
             None => {
@@ -220,6 +238,7 @@ impl<C: Clock> DedupeStore<C> {
                 evict(&mut state, now, settings.max_entries);
             }
         }
+        true
     }
 }
 
@@ -235,12 +254,12 @@ impl<C: Clock> EventStore for DedupeStore<C> {
         token: Token,
         delivered: Option<Dedupe>,
     ) -> impl Future<Output = Result<(), StateError>> + Send {
-        self.end(id, token, delivered);
+        let _ = self.end(id, token, delivered);
         std::future::ready(Ok(()))
     }
 
     fn forget_now(&self, id: &str, token: Token) -> bool {
-        self.end(id, token, None);
+        let _ = self.end(id, token, None);
         true
     }
 }
