@@ -27,8 +27,8 @@ pub use meter::{Meter, Op};
 #[cfg(test)]
 pub(crate) use stores::Recording;
 pub use stores::{Engine, Events, OpenError, Pins, Records, Stores};
-pub mod redis;
 pub mod local;
+pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

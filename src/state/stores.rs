@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 
+use super::local::{Local, LocalError, LocalEvents, LocalOptions, LocalPins, LocalRecords};
+use super::meter::{Meter, Op};
 use super::redis::{self, Redis, RedisEvents, RedisPins, RedisQuota, RedisRecords};
 use super::StateError;
 use crate::config::{Dedupe, OnUnavailable, Snapshot, StateBackend};
@@ -22,6 +24,13 @@ use crate::webhooks::dedupe::{self, DedupeStore, EventStore, Token};
 pub enum Engine {
     /// In this process's memory only: lost on restart, not shared (tests and throwaway runs).
     Memory,
+    /// A journal on disk: survives restarts, this sidecar's alone.
+    Local {
+        /// The open journal.
+        local: Local,
+        /// Its calls, counted.
+        meter: Arc<Meter>,
+    },
     /// One Redis shared by the fleet; with `primary_only`, claims fall back to this process's memory
     /// while it is down.
     Redis {
@@ -38,6 +47,9 @@ pub enum OpenError {
     /// Redis could not be used.
     #[error("the shared state store (state.redis) cannot be used: {0}")]
     Redis(#[from] redis::ConnectError),
+    /// The local store could not be opened.
+    #[error("the local state store (state.dir) cannot be used: {0}")]
+    Local(#[from] LocalError),
 }
 
 /// The stores' factory: one per process.
@@ -91,7 +103,21 @@ impl Stores {
                 let redis = Redis::connect_with(cfg.url.expose(), o).await?;
                 Engine::Redis { redis, fallback }
             }
-            _ => Engine::Memory,
+            (StateBackend::Local, _) => {
+                let dir = state.dir.clone();
+                let local =
+                    tokio::task::spawn_blocking(move || Local::open(&dir, LocalOptions::default()))
+                        .await
+                        .map_err(|e| LocalError::Io {
+                            path: state.dir.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })??;
+                Engine::Local {
+                    local,
+                    meter: Arc::new(Meter::new(metrics, "local")),
+                }
+            }
+            (StateBackend::Memory, _) | (StateBackend::Redis, None) => Engine::Memory,
         };
         Ok(Self { engine })
     }
@@ -100,6 +126,7 @@ impl Stores {
     pub fn backend(&self) -> &'static str {
         match self.engine {
             Engine::Memory => "memory",
+            Engine::Local { .. } => "local",
             Engine::Redis { .. } => "redis",
         }
     }
@@ -108,7 +135,7 @@ impl Stores {
     pub fn quotas(&self) -> Option<RedisQuota> {
         match &self.engine {
             Engine::Redis { redis, .. } => Some(RedisQuota::new(redis.clone())),
-            Engine::Memory => None,
+            Engine::Memory | Engine::Local { .. } => None,
         }
     }
 
@@ -119,6 +146,10 @@ impl Stores {
                 limits,
                 evictions.clone(),
             )),
+            Engine::Local { local, meter } => Records::Local(
+                local.records(route, limits, evictions.clone()),
+                Arc::clone(meter),
+            ),
             Engine::Redis { redis, fallback } => {
                 let fallback = fallback.then(|| {
                     Arc::new(MemoryStore::with_eviction_counter(
@@ -140,6 +171,7 @@ impl Stores {
     pub fn pins(&self, ttl: Duration, max: usize) -> Pins {
         match &self.engine {
             Engine::Memory => Pins::Memory(ObjectPins::new(ttl, max)),
+            Engine::Local { local, meter } => Pins::Local(local.pins(ttl, max), Arc::clone(meter)),
             Engine::Redis { redis, .. } => Pins::Redis(RedisPins::new(redis.clone(), ttl)),
         }
     }
@@ -148,6 +180,7 @@ impl Stores {
     pub fn events(&self, name: &str, lease: Duration) -> Events {
         match &self.engine {
             Engine::Memory => Events::Memory(DedupeStore::default()),
+            Engine::Local { local, meter } => Events::Local(local.events(name), Arc::clone(meter)),
             Engine::Redis { redis, .. } => {
                 Events::Redis(RedisEvents::new(redis.clone(), name, lease))
             }
@@ -160,6 +193,8 @@ impl Stores {
 pub enum Records {
     /// In memory.
     Memory(MemoryStore),
+    /// In the local journal.
+    Local(Arc<LocalRecords>, Arc<Meter>),
     /// In Redis.
     Redis(RedisRecords),
     /// In memory, every call written to a log and `attempt` failing when told (tests of the loop).
@@ -195,6 +230,7 @@ impl Records {
     pub fn set_limits(&self, limits: Limits) {
         match self {
             Self::Memory(s) => s.set_limits(limits),
+            Self::Local(s, _) => s.memory().set_limits(limits),
             // Bounded by ttl in Redis, which is fixed per route at start.
             Self::Redis(_) => {}
             #[cfg(test)]
@@ -206,6 +242,7 @@ impl Records {
     pub fn len(&self) -> usize {
         match self {
             Self::Memory(s) => s.len(),
+            Self::Local(s, _) => s.memory().len(),
             Self::Redis(_) => 0,
             #[cfg(test)]
             Self::Recording(r) => r.inner.len(),
@@ -221,6 +258,7 @@ impl Records {
     pub fn evictions(&self) -> u64 {
         match self {
             Self::Memory(s) => s.evictions(),
+            Self::Local(s, _) => s.memory().evictions(),
             Self::Redis(_) => 0,
             #[cfg(test)]
             Self::Recording(r) => r.inner.evictions(),
@@ -238,6 +276,9 @@ impl Store for Records {
     ) -> Result<Begin, StateError> {
         match self {
             Self::Memory(s) => s.begin(key, fingerprint, lease, first).await,
+            Self::Local(s, m) => {
+                metered(m, Op::Begin, s.begin(key, fingerprint, lease, first)).await
+            }
             Self::Redis(s) => s.begin(key, fingerprint, lease, first).await,
             #[cfg(test)]
             Self::Recording(r) => {
@@ -255,6 +296,7 @@ impl Store for Records {
     ) -> Result<(), StateError> {
         match self {
             Self::Memory(s) => s.attempt(key, lease, provider).await,
+            Self::Local(s, m) => metered(m, Op::Attempt, s.attempt(key, lease, provider)).await,
             Self::Redis(s) => s.attempt(key, lease, provider).await,
             #[cfg(test)]
             Self::Recording(r) => {
@@ -276,6 +318,7 @@ impl Store for Records {
     ) -> Result<(), StateError> {
         match self {
             Self::Memory(s) => s.finish(key, lease, finish).await,
+            Self::Local(s, m) => metered(m, Op::Finish, s.finish(key, lease, finish)).await,
             Self::Redis(s) => s.finish(key, lease, finish).await,
             #[cfg(test)]
             Self::Recording(r) => {
@@ -288,6 +331,7 @@ impl Store for Records {
     fn finish_now(&self, key: &RecordKey, lease: Lease, finish: Finish) -> Result<(), Finish> {
         match self {
             Self::Memory(s) => s.finish_now(key, lease, finish),
+            Self::Local(s, _) => s.finish_now(key, lease, finish),
             Self::Redis(s) => s.finish_now(key, lease, finish),
             #[cfg(test)]
             Self::Recording(r) => {
@@ -300,6 +344,7 @@ impl Store for Records {
     fn degraded(&self) -> bool {
         match self {
             Self::Memory(s) => s.degraded(),
+            Self::Local(s, _) => s.degraded(),
             Self::Redis(s) => s.degraded(),
             #[cfg(test)]
             Self::Recording(r) => r.inner.degraded(),
@@ -312,6 +357,8 @@ impl Store for Records {
 pub enum Pins {
     /// In memory.
     Memory(ObjectPins),
+    /// In the local journal.
+    Local(Arc<LocalPins>, Arc<Meter>),
     /// In Redis.
     Redis(RedisPins),
 }
@@ -321,6 +368,7 @@ impl Pins {
     pub fn set_limits(&self, ttl: Duration, max: usize) {
         match self {
             Self::Memory(p) => p.set_limits(ttl, max),
+            Self::Local(p, _) => p.memory().set_limits(ttl, max),
             Self::Redis(_) => {}
         }
     }
@@ -330,6 +378,7 @@ impl PinStore for Pins {
     async fn remember(&self, id: &str, provider: &Arc<str>) -> Result<(), StateError> {
         match self {
             Self::Memory(p) => p.remember(id, provider).await,
+            Self::Local(p, m) => metered(m, Op::PinRemember, p.remember(id, provider)).await,
             Self::Redis(p) => p.remember(id, provider).await,
         }
     }
@@ -337,6 +386,7 @@ impl PinStore for Pins {
     async fn find_any(&self, ids: &Candidates<'_>) -> Result<Option<Arc<str>>, StateError> {
         match self {
             Self::Memory(p) => p.find_any(ids).await,
+            Self::Local(p, m) => metered(m, Op::PinFind, p.find_any(ids)).await,
             Self::Redis(p) => p.find_any(ids).await,
         }
     }
@@ -347,6 +397,8 @@ impl PinStore for Pins {
 pub enum Events {
     /// In memory.
     Memory(DedupeStore),
+    /// In the local journal.
+    Local(Arc<LocalEvents>, Arc<Meter>),
     /// In Redis.
     Redis(RedisEvents),
 }
@@ -355,6 +407,7 @@ impl EventStore for Events {
     async fn begin(&self, id: &str) -> Result<dedupe::Begin<Token>, StateError> {
         match self {
             Self::Memory(e) => e.begin(id).await,
+            Self::Local(e, m) => metered(m, Op::EventBegin, e.begin(id)).await,
             Self::Redis(e) => e.begin(id).await,
         }
     }
@@ -367,6 +420,7 @@ impl EventStore for Events {
     ) -> Result<(), StateError> {
         match self {
             Self::Memory(e) => e.finish(id, token, delivered).await,
+            Self::Local(e, m) => metered(m, Op::EventFinish, e.finish(id, token, delivered)).await,
             Self::Redis(e) => e.finish(id, token, delivered).await,
         }
     }
@@ -374,6 +428,7 @@ impl EventStore for Events {
     fn forget_now(&self, id: &str, token: Token) -> bool {
         match self {
             Self::Memory(e) => e.forget_now(id, token),
+            Self::Local(e, _) => e.forget_now(id, token),
             Self::Redis(e) => e.forget_now(id, token),
         }
     }
@@ -386,4 +441,16 @@ fn finish_name(f: &Finish) -> String {
         Finish::Unknown { provider } => format!("unknown@{provider}"),
         Finish::NothingSent => "nothing_sent".into(),
     }
+}
+
+/// Runs `call`, counting it in `meter` as `op`.
+async fn metered<T>(
+    meter: &Meter,
+    op: Op,
+    call: impl std::future::Future<Output = Result<T, StateError>>,
+) -> Result<T, StateError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    meter.observe(op, started, &result);
+    result
 }

@@ -215,9 +215,10 @@ async fn after_a_sigkill_no_payment_is_charged_by_both_providers() {
     let (both, statuses) =
         restart_scenario("state: { backend: local, dir: $DIR/state }", "KILL").await;
     assert!(both.is_empty(), "charged twice: {both:?}");
-    // The paid ones are replayed; the unknown ones wait for the primary (503), never the backup.
+    // The paid ones are replayed; the unknown ones stay unknown at the primary (down: 502
+    // outcome_unknown, retry later with the same key), never the backup.
     let replayed = statuses.iter().filter(|s| **s == 200).count();
-    let held = statuses.iter().filter(|s| **s == 503).count();
+    let held = statuses.iter().filter(|s| **s == 502).count();
     assert_eq!((replayed, held), (10, 10), "{statuses:?}");
 }
 
@@ -262,14 +263,15 @@ async fn a_payment_in_flight_when_the_sidecar_is_killed_resumes_only_at_its_prov
     let sidecar = Sidecar::start(&config);
     let a = post_with_key(&sidecar.url("/v1/charges"), "in-flight-1", "ok").await;
     // Not a 409 until a lease runs out: the store is this process's alone, so the dead holder's
-    // claim is over; the retry goes to the recorded provider only, which is down.
-    assert_eq!(a.status, 503, "{}\n{}", a.text(), sidecar.logs());
+    // claim is over; the retry goes to the recorded provider only, which is down: still unknown.
+    assert_eq!(a.status, 502, "{}\n{}", a.text(), sidecar.logs());
     assert_eq!(
         a.header("x-switchyard-error"),
-        Some("pinned_provider_unavailable"),
+        Some("outcome_unknown"),
         "{}",
         a.text()
     );
+    assert_eq!(a.header("x-switchyard-provider"), Some("primary"));
     assert_eq!(
         backup.count(),
         0,
