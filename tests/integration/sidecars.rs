@@ -509,3 +509,32 @@ async fn a_redis_that_forgot_keeps_keyed_payments_on_the_primary() {
         "no keyed payment crosses while degraded"
     );
 }
+
+#[tokio::test]
+async fn with_redis_down_primary_only_serves_keyed_payments_at_the_primary_marked_degraded() {
+    let mut redis = RedisServer::start_tcp();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = charging_primary().await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let state = format!(
+        "state: {{ backend: redis, dir: {}/state, redis: {{ url: {}, timeout: 200ms, on_unavailable: primary_only }} }}",
+        dir.path().display(),
+        redis.url()
+    );
+    let sidecar = Sidecar::start(&fleet_config(
+        dir.path(),
+        "a",
+        &primary.url(),
+        &backup.url(),
+        &state,
+    ));
+    redis.kill();
+    let a = post_with_key(&sidecar.url("/v1/charges"), "during", "ok").await;
+    assert_eq!(a.status, 200, "{}\n{}", a.text(), sidecar.logs());
+    assert_eq!(a.header("x-switchyard-provider"), Some("primary"));
+    assert_eq!(a.header("x-switchyard-state"), Some("degraded"));
+    // Its record is this sidecar's: the same key is replayed, not charged again.
+    let again = post_with_key(&sidecar.url("/v1/charges"), "during", "ok").await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!((primary.count(), backup.count()), (1, 0));
+}
