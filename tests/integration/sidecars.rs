@@ -39,7 +39,16 @@ impl Sidecar {
     /// Starts `switchyard run` on `config`: the sidecar once it serves, or everything it wrote when it
     /// exited (or took too long) instead.
     pub fn try_start(config: &Path) -> Result<Self, String> {
-        let mut child = Command::new(BIN)
+        Self::try_start_with_env(config, &[])
+    }
+
+    /// As [`Sidecar::try_start`], with these environment variables set.
+    pub fn try_start_with_env(config: &Path, env: &[(&str, &Path)]) -> Result<Self, String> {
+        let mut command = Command::new(BIN);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
             .args(["run", "--log-format", "json", "--config"])
             .arg(config)
             .env_remove("RUST_LOG")
@@ -537,4 +546,95 @@ async fn with_redis_down_primary_only_serves_keyed_payments_at_the_primary_marke
     let again = post_with_key(&sidecar.url("/v1/charges"), "during", "ok").await;
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!((primary.count(), backup.count()), (1, 0));
+}
+
+/// A redis-server speaking TLS only, with `tls`'s certificate; killed on drop.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsRedis {
+    fn start(tls: &crate::support::TestTls) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let child = Command::new(crate::redis_support::redis_server_binary())
+            .args([
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--tls-port")
+            .arg(port.to_string())
+            .arg("--tls-cert-file")
+            .arg(&tls.cert_file)
+            .arg("--tls-key-file")
+            .arg(&tls.key_file)
+            .arg("--tls-ca-cert-file")
+            .arg(&tls.ca_file)
+            .args(["--tls-auth-clients", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < end,
+                "redis-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_fleet_store_over_tls_is_used_and_verified() {
+    let tls = crate::support::TestTls::new();
+    let redis = TlsRedis::start(&tls);
+    let dir = tempfile::tempdir().unwrap();
+    let primary = charging_primary().await;
+    let state = format!(
+        "state: {{ backend: redis, dir: {}/state, redis: {{ url: \"rediss://127.0.0.1:{}\", timeout: 500ms }} }}",
+        dir.path().display(),
+        redis.port
+    );
+    let config = fleet_config(dir.path(), "a", &primary.url(), &primary.url(), &state);
+    // Without the CA among the trusted roots, the sidecar does not start: the server is not trusted.
+    let Err(logs) =
+        Sidecar::try_start_with_env(&config, &[("SSL_CERT_FILE", &dir.path().join("none.pem"))])
+    else {
+        panic!("an untrusted Redis certificate was accepted");
+    };
+    assert!(logs.contains("state.redis"), "{logs}");
+    let sidecar = Sidecar::try_start_with_env(&config, &[("SSL_CERT_FILE", &tls.ca_file)])
+        .unwrap_or_else(|logs| panic!("{logs}"));
+    let a = post_with_key(&sidecar.url("/v1/charges"), "tls-1", "ok").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let again = post_with_key(&sidecar.url("/v1/charges"), "tls-1", "ok").await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(primary.count(), 1);
 }

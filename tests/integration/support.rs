@@ -505,6 +505,9 @@ where
 pub struct TestTls {
     /// The CA certificate file.
     pub ca_file: PathBuf,
+    /// The server's certificate and key, PEM files (for servers other than the mocks).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
     _dir: tempfile::TempDir,
     cert: rustls_pki_types::CertificateDer<'static>,
     key: Vec<u8>,
@@ -524,8 +527,14 @@ impl TestTls {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, issuer.pem()).unwrap();
+        let cert_file = dir.path().join("server.pem");
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        let key_file = dir.path().join("server.key");
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
         Self {
             ca_file,
+            cert_file,
+            key_file,
             _dir: dir,
             cert: cert.der().clone(),
             key: key.serialize_der(),
