@@ -90,6 +90,9 @@ pub struct RunReport {
     pub proxy: Option<ProcessFigures>,
     /// What the sidecars asked of Redis (`--state redis`).
     pub redis: Option<RedisFigures>,
+    /// Calls to the payment-state store over the measured time, summed over the sidecars, by
+    /// backend and result (`"redis ok"`), from `switchyard_state_operations_total`.
+    pub state_operations: BTreeMap<String, u64>,
     /// Both sandbox providers' CPU per request, µs.
     pub providers_cpu_us_per_request: Option<f64>,
     /// The load generator's own CPU per request, µs (it shares the machine).
@@ -431,6 +434,17 @@ impl Report {
                     out,
                     "- shop retries at the next sidecar: {}; keys left unknown: {}",
                     s.shop_retries, s.keys_left_unknown
+                );
+            }
+            if !r.state_operations.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "- state store calls (switchyard_state_operations_total, all sidecars): {}",
+                    r.state_operations
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             if let Some(x) = &r.redis {

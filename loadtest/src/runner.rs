@@ -5,6 +5,7 @@
 //! (`--state`); with `redis`, the run starts its own `redis-server` and reads what the sidecars asked
 //! of it from the server's counters.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -462,6 +463,22 @@ async fn start_providers(env: &Env<'_>, dir: &Path) -> Result<Option<(Provider, 
     Ok(Some((primary, backup)))
 }
 
+/// `switchyard_state_operations_total` by backend and result, summed over the sidecars' admin APIs.
+async fn state_operations(client: &Client, admins: &[String]) -> Result<BTreeMap<String, u64>> {
+    let mut sum = BTreeMap::new();
+    for admin in admins {
+        let (status, text) =
+            control::call(client, Method::GET, &format!("{admin}/metrics"), None).await?;
+        if status != 200 {
+            return Err(err!("GET {admin}/metrics: status {status}"));
+        }
+        for (k, v) in control::state_operations(&text) {
+            *sum.entry(k).or_default() += v;
+        }
+    }
+    Ok(sum)
+}
+
 /// Waits until a GET through `base` reaches the primary (the sandbox answers 404 for an unknown
 /// payment), so the target is serving and has a healthy upstream.
 async fn wait_through(client: &Client, base: &str, process: Option<&mut Process>) -> Result<()> {
@@ -575,6 +592,8 @@ async fn run_one(
     let mut proxies: Vec<Process> = Vec::new();
     let mut proxy_pids: Vec<u32> = Vec::new();
     let mut admin: Option<String> = None;
+    // Every sidecar's admin API, for the state store's counters.
+    let mut sidecar_admins: Vec<String> = Vec::new();
     // Each sidecar's config file and state section, for the reload scenario's rewrites.
     let mut configs_written: Vec<(PathBuf, State)> = Vec::new();
     let mut bases: Vec<String> = Vec::new();
@@ -625,6 +644,7 @@ async fn run_one(
                     if admin.is_none() {
                         admin = Some(format!("http://{}", started.admin));
                     }
+                    sidecar_admins.push(format!("http://{}", started.admin));
                     configs_written.push((path, section));
                     bases.push(format!("http://{}", started.listen));
                     proxies.push(started.process);
@@ -794,6 +814,7 @@ async fn run_one(
             .as_ref()
             .map(|r| Measured::One(r.process.pid())),
     ];
+    let state_ops_before = state_operations(&env.control, &sidecar_admins).await;
     // Redis's counters over the measured time, on one connection kept open between the readings.
     let mut redis_before = match &redis_server {
         Some(r) => {
@@ -865,6 +886,22 @@ async fn run_one(
     };
 
     let samples = drive(env, &load, t0, duration).await;
+    let state_ops = match (
+        state_ops_before,
+        state_operations(&env.control, &sidecar_admins).await,
+    ) {
+        (Ok(before), Ok(after)) => after
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let d = v.saturating_sub(before.get(&k).copied().unwrap_or(0));
+                (d > 0).then_some((k, d))
+            })
+            .collect(),
+        (Err(e), _) | (_, Err(e)) => {
+            notes.push(format!("state store counters not read: {e}"));
+            BTreeMap::new()
+        }
+    };
     let redis_used = match redis_before.as_mut() {
         Some((conn, before)) => {
             let after = conn.counters().await?;
@@ -896,6 +933,22 @@ async fn run_one(
             peak_rss_mib: peak_kib as f64 / 1024.0,
         })
     });
+    if redis_used.as_ref().is_some_and(|(trips, _)| *trips == 0) {
+        notes.push("the sidecars sent Redis nothing: this switchyard build does not keep state in Redis (state.backend: redis is accepted, but not used)".into());
+    }
+    if let Some(state) = state.filter(|_| !sidecar_admins.is_empty()) {
+        let used: u64 = state_ops
+            .iter()
+            .filter(|(k, _)| k.split(' ').next() == Some(state.name()))
+            .map(|(_, v)| v)
+            .sum();
+        if used == 0 && state != StateArg::Memory {
+            notes.push(format!(
+                "no call to a {} state store was counted (switchyard_state_operations_total): this switchyard build may not have that backend yet",
+                state.name()
+            ));
+        }
+    }
     let redis_figures = redis_used.map(|(round_trips, commands)| {
         let total: u64 = commands.values().sum();
         let per = |n: u64| (n as f64 / requests * 100.0).round() / 100.0;
@@ -1122,6 +1175,7 @@ async fn run_one(
         charges,
         proxy: proxy_figures,
         redis: redis_figures,
+        state_operations: state_ops,
         providers_cpu_us_per_request: providers_cpu,
         loadgen_cpu_us_per_request: loadgen_cpu,
         reload,
