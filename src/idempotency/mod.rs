@@ -102,6 +102,40 @@ impl StoredAnswer {
     fn bytes(&self) -> usize {
         self.blob.len()
     }
+
+    /// The answer as one byte string, for a store outside the process: status (2 bytes), the
+    /// provider's name (2-byte length, then the name), where the body starts in the block (4 bytes),
+    /// then the header block and body. [`StoredAnswer::from_bytes`] reads it back.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let provider = self.provider.as_bytes();
+        let name_len = u16::try_from(provider.len()).unwrap_or(u16::MAX);
+        let body_at = u32::try_from(self.body_at).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(8 + provider.len() + self.blob.len());
+        out.extend_from_slice(&self.status.as_u16().to_be_bytes());
+        out.extend_from_slice(&name_len.to_be_bytes());
+        out.extend_from_slice(&provider[..usize::from(name_len)]);
+        out.extend_from_slice(&body_at.to_be_bytes());
+        out.extend_from_slice(&self.blob);
+        out
+    }
+
+    /// An answer written by [`StoredAnswer::to_bytes`]; `None` when `bytes` is not one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let status =
+            StatusCode::from_u16(u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?)).ok()?;
+        let name_len = usize::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?));
+        let name = std::str::from_utf8(bytes.get(4..4 + name_len)?).ok()?;
+        let at = 4 + name_len;
+        let body_at = u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+        let blob = Bytes::copy_from_slice(bytes.get(at + 4..)?);
+        let body_at = usize::try_from(body_at).ok().filter(|b| *b <= blob.len())?;
+        Some(Self {
+            status,
+            provider: Arc::from(name),
+            blob,
+            body_at,
+        })
+    }
 }
 
 /// The claim on an in-flight record: the fencing token its `begin` was given. A later claim (after
@@ -827,6 +861,36 @@ mod tests {
         assert_eq!(&**a.provider(), "p");
         let none = StoredAnswer::new(StatusCode::OK, &HeaderMap::new(), b"", Arc::from("p"));
         assert!(none.headers().is_empty() && none.body().is_empty());
+    }
+
+    #[test]
+    fn a_stored_answer_survives_its_byte_form_and_bad_bytes_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.append("set-cookie", "a=1".parse().unwrap());
+        let a = StoredAnswer::new(
+            StatusCode::PAYMENT_REQUIRED,
+            &h,
+            b"{\"d\":1}",
+            Arc::from("adyen"),
+        );
+        let b = StoredAnswer::from_bytes(&a.to_bytes()).unwrap();
+        assert_eq!(b.status(), StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(&**b.provider(), "adyen");
+        assert_eq!(b.headers(), h);
+        assert_eq!(&b.body()[..], b"{\"d\":1}");
+        let bytes = a.to_bytes();
+        assert!(StoredAnswer::from_bytes(&bytes[..7]).is_none());
+        assert!(
+            StoredAnswer::from_bytes(&[0, 0, 0, 0, 0, 0, 0, 0]).is_none(),
+            "status 0"
+        );
+        let mut far = bytes.clone();
+        far[9..13].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(
+            StoredAnswer::from_bytes(&far).is_none(),
+            "body past the end"
+        );
     }
 
     #[test]
