@@ -78,6 +78,10 @@ pub enum StartError {
         #[source]
         source: ConfigError,
     },
+    /// The store of payment state could not be opened: without it the sidecar would forget which
+    /// provider a payment may have reached.
+    #[error("{0}")]
+    State(#[source] crate::state::OpenError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -157,7 +161,11 @@ impl App {
             .await
             .map_err(config_error)?;
         let metrics = Metrics::new();
-        let state = Arc::new(Stores::memory());
+        let state = Arc::new(
+            Stores::open(&snapshot, &metrics)
+                .await
+                .map_err(StartError::State)?,
+        );
         let generation = Generation::build(snapshot, &text, None, &state, &metrics, Instant::now())
             .map_err(|problems| config_error(ConfigError::Invalid(problems)))?;
         let snapshot = Arc::clone(&generation.snapshot);
@@ -179,7 +187,7 @@ impl App {
         let current: Current = Arc::new(ArcSwap::from_pointee(generation));
         metrics.config_generation.set(1);
         // The state series exist from the start, at zero, so alerts and dashboards never see a gap.
-        metrics.state_opened(snapshot.state.backend.as_str());
+        metrics.state_opened(state.backend());
         metrics
             .config_last_reload_success_timestamp_seconds
             .set(reload::unix_now());

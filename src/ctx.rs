@@ -24,6 +24,7 @@ struct InfoFields {
     attempts: u32,
     maybe_sent: bool,
     idempotency_key: Option<Arc<str>>,
+    state_degraded: bool,
 }
 
 impl RequestInfo {
@@ -51,6 +52,17 @@ impl RequestInfo {
     /// Counts an attempt sent to a provider.
     pub fn add_attempt(&self) {
         self.with(|f| f.attempts += 1);
+    }
+
+    /// Notes that the store of payment state was degraded for this keyed request: it went to the
+    /// first-priority provider only, and its answer, the proxy's own included, says so.
+    pub fn set_state_degraded(&self) {
+        self.with(|f| f.state_degraded = true);
+    }
+
+    /// Whether the store of payment state was degraded for this request (its answer says so).
+    pub fn state_degraded(&self) -> bool {
+        self.with(|f| f.state_degraded)
     }
 
     /// Notes whether an attempt may have reached a provider without a settled outcome: the attempt

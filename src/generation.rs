@@ -70,9 +70,15 @@ impl Generation {
             }
             None => Arc::new(state.pins(snapshot.pins.ttl, snapshot.pins.max_entries)),
         };
+        let health = States::build(&snapshot, previous.map(|p| &p.health), metrics, now);
+        if let (Some(shared), Some(redis)) = (state.quotas(), &snapshot.state.redis) {
+            for provider in health.iter() {
+                provider.share_quota(&shared, redis.quota_share);
+            }
+        }
         Ok(Self {
             number: previous.map_or(1, |p| p.number + 1),
-            health: States::build(&snapshot, previous.map(|p| &p.health), metrics, now),
+            health,
             route_limits: RouteLimits::build(&snapshot, previous.map(|p| &p.route_limits)),
             idempotency: RouteStores::build(
                 &snapshot,

@@ -14,6 +14,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota as Gcra,
 
 use crate::config::Snapshot;
 use crate::config::{Quota, RateLimit};
+use crate::state::redis::RedisQuota;
 
 fn gcra(rps: u32, burst: u32) -> Gcra {
     let rps = NonZeroU32::new(rps).unwrap_or(NonZeroU32::MIN);
@@ -113,23 +114,50 @@ impl RouteLimits {
 pub struct QuotaGate {
     quota: Quota,
     limiter: DefaultDirectRateLimiter,
+    /// The fleet's one count of the provider account's quota, when the state store shares it.
+    shared: Option<SharedQuota>,
+}
+
+/// A provider quota counted for the whole fleet in the shared store (a GCRA on the store's clock).
+struct SharedQuota {
+    store: RedisQuota,
+    provider: Arc<str>,
 }
 
 impl std::fmt::Debug for QuotaGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuotaGate")
             .field("quota", &self.quota)
+            .field("shared", &self.shared.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl QuotaGate {
-    /// A gate for `quota`.
+    /// A gate for `quota`, counted in this process.
     pub fn new(quota: Quota) -> Self {
         Self {
             quota,
             limiter: RateLimiter::direct(gcra(quota.rps, quota.burst)),
+            shared: None,
         }
+    }
+
+    /// A gate for `provider`'s `quota`, counted for the whole fleet in `store`. While the store cannot
+    /// answer, this sidecar takes `share` of the quota from a limiter of its own (with N sidecars,
+    /// `1/N` keeps the fleet within the account's limit).
+    pub fn shared(quota: Quota, provider: Arc<str>, store: RedisQuota, share: f64) -> Self {
+        let part = |n: u32| ((f64::from(n) * share).floor() as u32).max(1);
+        Self {
+            quota,
+            limiter: RateLimiter::direct(gcra(part(quota.rps), part(quota.burst))),
+            shared: Some(SharedQuota { store, provider }),
+        }
+    }
+
+    /// Whether the fleet shares this gate's count.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
     }
 
     /// Its settings.
@@ -140,6 +168,29 @@ impl QuotaGate {
     /// Waits for a slot up to `max_wait`; `Err(wait)` when none comes in time (nothing is taken then).
     pub async fn acquire(&self) -> Result<(), Duration> {
         let mut waited = Duration::ZERO;
+        if let Some(s) = &self.shared {
+            loop {
+                match s
+                    .store
+                    .acquire(&s.provider, self.quota.rps, self.quota.burst)
+                    .await
+                {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(wait)) => {
+                        if waited + wait > self.quota.max_wait {
+                            return Err(wait);
+                        }
+                        tokio::time::sleep(wait).await;
+                        waited += wait;
+                    }
+                    Err(e) => {
+                        // The fleet's count cannot be read: this sidecar's share, counted here.
+                        tracing::debug!(provider = %s.provider, error = %e, "shared quota unavailable; using this sidecar's share");
+                        break;
+                    }
+                }
+            }
+        }
         loop {
             match self.limiter.check() {
                 Ok(()) => return Ok(()),

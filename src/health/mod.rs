@@ -173,6 +173,20 @@ impl ProviderState {
         }
     }
 
+    /// Has the fleet share this provider's quota through `store` (a gate counted here is replaced; one
+    /// already shared stays), this sidecar taking `share` of it while the store cannot answer.
+    pub fn share_quota(&self, store: &crate::state::redis::RedisQuota, share: f64) {
+        let mut quota = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gate) = quota.as_ref().filter(|g| !g.is_shared()) {
+            *quota = Some(Arc::new(QuotaGate::shared(
+                gate.quota(),
+                Arc::clone(&self.name),
+                store.clone(),
+                share,
+            )));
+        }
+    }
+
     /// The provider's quota gate, if it has a quota.
     pub fn quota(&self) -> Option<Arc<QuotaGate>> {
         self.quota.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -27,6 +27,9 @@ use crate::redact::redact_text;
 
 /// The header naming the kind of an answer the proxy made itself.
 pub const X_SWITCHYARD_ERROR: HeaderName = HeaderName::from_static("x-switchyard-error");
+/// On an answer given while the store of payment state was degraded (keyed payments held to their
+/// first-priority provider): `degraded`.
+pub const X_SWITCHYARD_STATE: HeaderName = HeaderName::from_static("x-switchyard-state");
 /// The header naming the provider that answered (or was tried).
 pub const X_SWITCHYARD_PROVIDER: HeaderName = HeaderName::from_static("x-switchyard-provider");
 /// The header saying a payment's outcome is unknown (`unknown`): retry with the same key, or reconcile.
@@ -276,6 +279,10 @@ where
                 }
                 resp.headers_mut()
                     .insert(X_SWITCHYARD_ATTEMPTS, HeaderValue::from(info.attempts()));
+                if info.state_degraded() {
+                    resp.headers_mut()
+                        .insert(X_SWITCHYARD_STATE, HeaderValue::from_static("degraded"));
+                }
             }
             // An answer that may hide a charge says so: the shop must retry with the same key or
             // reconcile, never re-send the payment under a new key.

@@ -26,7 +26,7 @@ pub use meter::{Meter, Op};
 
 #[cfg(test)]
 pub(crate) use stores::Recording;
-pub use stores::{Engine, Events, Pins, Records, Stores};
+pub use stores::{Engine, Events, OpenError, Pins, Records, Stores};
 pub mod redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};

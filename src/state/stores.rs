@@ -5,14 +5,14 @@
 //!
 //! The backend is chosen once, at start: a reload keeps it (changing `state` needs a restart).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
 
+use super::redis::{self, Redis, RedisEvents, RedisPins, RedisQuota, RedisRecords};
 use super::StateError;
-use crate::config::Dedupe;
+use crate::config::{Dedupe, OnUnavailable, Snapshot, StateBackend};
 use crate::idempotency::{Begin, Candidates, Finish, Lease, Limits, MemoryStore, ObjectPins};
 use crate::idempotency::{PinStore, RecordKey, Store};
 use crate::webhooks::dedupe::{self, DedupeStore, EventStore, Token};
@@ -22,6 +22,22 @@ use crate::webhooks::dedupe::{self, DedupeStore, EventStore, Token};
 pub enum Engine {
     /// In this process's memory only: lost on restart, not shared (tests and throwaway runs).
     Memory,
+    /// One Redis shared by the fleet; with `primary_only`, claims fall back to this process's memory
+    /// while it is down.
+    Redis {
+        /// The connection.
+        redis: Redis,
+        /// Whether claims fall back to a local store while Redis is down.
+        fallback: bool,
+    },
+}
+
+/// Why the stores of payment state could not be opened: the sidecar does not start without them.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Redis could not be used.
+    #[error("the shared state store (state.redis) cannot be used: {0}")]
+    Redis(#[from] redis::ConnectError),
 }
 
 /// The stores' factory: one per process.
@@ -38,21 +54,85 @@ impl Stores {
         }
     }
 
+    /// Opens the backend `snapshot.state` names, reporting to `metrics`.
+    pub async fn open(
+        snapshot: &Snapshot,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Self, OpenError> {
+        let state = &snapshot.state;
+        let engine = match (state.backend, &state.redis) {
+            (StateBackend::Redis, Some(cfg)) => {
+                let mut o = redis::Options::new(cfg.timeout);
+                let fallback = cfg.on_unavailable == OnUnavailable::PrimaryOnly;
+                if fallback {
+                    o.on_unavailable = redis::OnUnavailable::PrimaryOnly;
+                }
+                o.epoch_file = Some(state.dir.join("redis.epoch"));
+                // Keyed payments stay on their primary until every record Redis lost would have
+                // expired anyway.
+                o.hold_after_forget = snapshot
+                    .routes
+                    .iter()
+                    .map(|r| r.idempotency.ttl)
+                    .max()
+                    .unwrap_or(Duration::from_secs(24 * 3600))
+                    .max(snapshot.pins.ttl);
+                o.metrics = Some(redis::StateMetrics {
+                    operations: metrics.state_operations_total.clone(),
+                    duration: metrics.state_duration_seconds.clone(),
+                    up: metrics.state_up.clone(),
+                    epoch_changes: metrics.state_epoch_changes_total.clone(),
+                    degraded: metrics.state_degraded.clone(),
+                });
+                if let Err(e) = std::fs::create_dir_all(&state.dir) {
+                    tracing::warn!(dir = %state.dir.display(), error = %e, "the state dir cannot be made: a Redis that forgets its data while this sidecar is down will not be noticed at start-up");
+                    o.epoch_file = None;
+                }
+                let redis = Redis::connect_with(cfg.url.expose(), o).await?;
+                Engine::Redis { redis, fallback }
+            }
+            _ => Engine::Memory,
+        };
+        Ok(Self { engine })
+    }
+
     /// The backend's name, as metrics and logs give it.
     pub fn backend(&self) -> &'static str {
         match self.engine {
             Engine::Memory => "memory",
+            Engine::Redis { .. } => "redis",
+        }
+    }
+
+    /// The fleet-wide provider quotas, when the backend shares them.
+    pub fn quotas(&self) -> Option<RedisQuota> {
+        match &self.engine {
+            Engine::Redis { redis, .. } => Some(RedisQuota::new(redis.clone())),
+            Engine::Memory => None,
         }
     }
 
     /// A new idempotency store for route `route`, bounded by `limits`.
     pub fn records(&self, route: &str, limits: Limits, evictions: &IntCounter) -> Records {
-        let _ = route;
         match &self.engine {
             Engine::Memory => Records::Memory(MemoryStore::with_eviction_counter(
                 limits,
                 evictions.clone(),
             )),
+            Engine::Redis { redis, fallback } => {
+                let fallback = fallback.then(|| {
+                    Arc::new(MemoryStore::with_eviction_counter(
+                        limits,
+                        evictions.clone(),
+                    ))
+                });
+                Records::Redis(RedisRecords::new(
+                    redis.clone(),
+                    route,
+                    limits.ttl,
+                    fallback,
+                ))
+            }
         }
     }
 
@@ -60,14 +140,17 @@ impl Stores {
     pub fn pins(&self, ttl: Duration, max: usize) -> Pins {
         match &self.engine {
             Engine::Memory => Pins::Memory(ObjectPins::new(ttl, max)),
+            Engine::Redis { redis, .. } => Pins::Redis(RedisPins::new(redis.clone(), ttl)),
         }
     }
 
-    /// A new event store for webhook `name`.
-    pub fn events(&self, name: &str) -> Events {
-        let _ = name;
+    /// A new event store for webhook `name`; a delivery in flight holds its event for `lease`.
+    pub fn events(&self, name: &str, lease: Duration) -> Events {
         match &self.engine {
             Engine::Memory => Events::Memory(DedupeStore::default()),
+            Engine::Redis { redis, .. } => {
+                Events::Redis(RedisEvents::new(redis.clone(), name, lease))
+            }
         }
     }
 }
@@ -77,6 +160,8 @@ impl Stores {
 pub enum Records {
     /// In memory.
     Memory(MemoryStore),
+    /// In Redis.
+    Redis(RedisRecords),
     /// In memory, every call written to a log and `attempt` failing when told (tests of the loop).
     #[cfg(test)]
     Recording(Recording),
@@ -110,6 +195,8 @@ impl Records {
     pub fn set_limits(&self, limits: Limits) {
         match self {
             Self::Memory(s) => s.set_limits(limits),
+            // Bounded by ttl in Redis, which is fixed per route at start.
+            Self::Redis(_) => {}
             #[cfg(test)]
             Self::Recording(r) => r.inner.set_limits(limits),
         }
@@ -119,6 +206,7 @@ impl Records {
     pub fn len(&self) -> usize {
         match self {
             Self::Memory(s) => s.len(),
+            Self::Redis(_) => 0,
             #[cfg(test)]
             Self::Recording(r) => r.inner.len(),
         }
@@ -133,6 +221,7 @@ impl Records {
     pub fn evictions(&self) -> u64 {
         match self {
             Self::Memory(s) => s.evictions(),
+            Self::Redis(_) => 0,
             #[cfg(test)]
             Self::Recording(r) => r.inner.evictions(),
         }
@@ -140,61 +229,58 @@ impl Records {
 }
 
 impl Store for Records {
-    fn begin(
+    async fn begin(
         &self,
         key: &RecordKey,
         fingerprint: [u8; 32],
         lease: Duration,
         first: Option<&Arc<str>>,
-    ) -> impl Future<Output = Result<Begin, StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(s) => s.begin(key, fingerprint, lease, first).await,
-                #[cfg(test)]
-                Self::Recording(r) => {
-                    r.note(format!("begin:{}", first.map_or("-", |p| &**p)));
-                    r.inner.begin(key, fingerprint, lease, first).await
-                }
+    ) -> Result<Begin, StateError> {
+        match self {
+            Self::Memory(s) => s.begin(key, fingerprint, lease, first).await,
+            Self::Redis(s) => s.begin(key, fingerprint, lease, first).await,
+            #[cfg(test)]
+            Self::Recording(r) => {
+                r.note(format!("begin:{}", first.map_or("-", |p| &**p)));
+                r.inner.begin(key, fingerprint, lease, first).await
             }
         }
     }
 
-    fn attempt(
+    async fn attempt(
         &self,
         key: &RecordKey,
         lease: Lease,
         provider: &Arc<str>,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(s) => s.attempt(key, lease, provider).await,
-                #[cfg(test)]
-                Self::Recording(r) => {
-                    if r.refuse_attempts.load(std::sync::atomic::Ordering::SeqCst) {
-                        r.note(format!("attempt-refused:{provider}"));
-                        return Err(StateError::Unreachable("refused by the test".into()));
-                    }
-                    r.note(format!("attempt:{provider}"));
-                    r.inner.attempt(key, lease, provider).await
+    ) -> Result<(), StateError> {
+        match self {
+            Self::Memory(s) => s.attempt(key, lease, provider).await,
+            Self::Redis(s) => s.attempt(key, lease, provider).await,
+            #[cfg(test)]
+            Self::Recording(r) => {
+                if r.refuse_attempts.load(std::sync::atomic::Ordering::SeqCst) {
+                    r.note(format!("attempt-refused:{provider}"));
+                    return Err(StateError::Unreachable("refused by the test".into()));
                 }
+                r.note(format!("attempt:{provider}"));
+                r.inner.attempt(key, lease, provider).await
             }
         }
     }
 
-    fn finish(
+    async fn finish(
         &self,
         key: &RecordKey,
         lease: Lease,
         finish: Finish,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(s) => s.finish(key, lease, finish).await,
-                #[cfg(test)]
-                Self::Recording(r) => {
-                    r.note(format!("finish:{}", finish_name(&finish)));
-                    r.inner.finish(key, lease, finish).await
-                }
+    ) -> Result<(), StateError> {
+        match self {
+            Self::Memory(s) => s.finish(key, lease, finish).await,
+            Self::Redis(s) => s.finish(key, lease, finish).await,
+            #[cfg(test)]
+            Self::Recording(r) => {
+                r.note(format!("finish:{}", finish_name(&finish)));
+                r.inner.finish(key, lease, finish).await
             }
         }
     }
@@ -202,6 +288,7 @@ impl Store for Records {
     fn finish_now(&self, key: &RecordKey, lease: Lease, finish: Finish) -> Result<(), Finish> {
         match self {
             Self::Memory(s) => s.finish_now(key, lease, finish),
+            Self::Redis(s) => s.finish_now(key, lease, finish),
             #[cfg(test)]
             Self::Recording(r) => {
                 r.note(format!("finish:{}", finish_name(&finish)));
@@ -213,6 +300,7 @@ impl Store for Records {
     fn degraded(&self) -> bool {
         match self {
             Self::Memory(s) => s.degraded(),
+            Self::Redis(s) => s.degraded(),
             #[cfg(test)]
             Self::Recording(r) => r.inner.degraded(),
         }
@@ -224,6 +312,8 @@ impl Store for Records {
 pub enum Pins {
     /// In memory.
     Memory(ObjectPins),
+    /// In Redis.
+    Redis(RedisPins),
 }
 
 impl Pins {
@@ -231,31 +321,23 @@ impl Pins {
     pub fn set_limits(&self, ttl: Duration, max: usize) {
         match self {
             Self::Memory(p) => p.set_limits(ttl, max),
+            Self::Redis(_) => {}
         }
     }
 }
 
 impl PinStore for Pins {
-    fn remember(
-        &self,
-        id: &str,
-        provider: &Arc<str>,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(p) => p.remember(id, provider).await,
-            }
+    async fn remember(&self, id: &str, provider: &Arc<str>) -> Result<(), StateError> {
+        match self {
+            Self::Memory(p) => p.remember(id, provider).await,
+            Self::Redis(p) => p.remember(id, provider).await,
         }
     }
 
-    fn find_any(
-        &self,
-        ids: &Candidates<'_>,
-    ) -> impl Future<Output = Result<Option<Arc<str>>, StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(p) => p.find_any(ids).await,
-            }
+    async fn find_any(&self, ids: &Candidates<'_>) -> Result<Option<Arc<str>>, StateError> {
+        match self {
+            Self::Memory(p) => p.find_any(ids).await,
+            Self::Redis(p) => p.find_any(ids).await,
         }
     }
 }
@@ -265,36 +347,34 @@ impl PinStore for Pins {
 pub enum Events {
     /// In memory.
     Memory(DedupeStore),
+    /// In Redis.
+    Redis(RedisEvents),
 }
 
 impl EventStore for Events {
-    fn begin(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Result<dedupe::Begin<Token>, StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(e) => e.begin(id).await,
-            }
+    async fn begin(&self, id: &str) -> Result<dedupe::Begin<Token>, StateError> {
+        match self {
+            Self::Memory(e) => e.begin(id).await,
+            Self::Redis(e) => e.begin(id).await,
         }
     }
 
-    fn finish(
+    async fn finish(
         &self,
         id: &str,
         token: Token,
         delivered: Option<Dedupe>,
-    ) -> impl Future<Output = Result<(), StateError>> + Send {
-        async move {
-            match self {
-                Self::Memory(e) => e.finish(id, token, delivered).await,
-            }
+    ) -> Result<(), StateError> {
+        match self {
+            Self::Memory(e) => e.finish(id, token, delivered).await,
+            Self::Redis(e) => e.finish(id, token, delivered).await,
         }
     }
 
     fn forget_now(&self, id: &str, token: Token) -> bool {
         match self {
             Self::Memory(e) => e.forget_now(id, token),
+            Self::Redis(e) => e.forget_now(id, token),
         }
     }
 }

@@ -186,13 +186,14 @@ impl Webhooks {
         }
     }
 
-    /// The dedupe store of webhook `name` (created on first use, kept across reloads).
-    pub fn store(&self, name: &Arc<str>) -> Arc<WebhookStore> {
+    /// The dedupe store of webhook `name` (created on first use, kept across reloads); a delivery
+    /// holds its event while it may take `lease` (the shop's timeout, and a margin).
+    pub fn store(&self, name: &Arc<str>, lease: std::time::Duration) -> Arc<WebhookStore> {
         let mut stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(
             stores
                 .entry(Arc::clone(name))
-                .or_insert_with(|| Arc::new(self.state.events(name))),
+                .or_insert_with(|| Arc::new(self.state.events(name, lease))),
         )
     }
 
@@ -330,7 +331,7 @@ impl Webhooks {
         record.verified = true;
         record.event_id = Some(verified.event_id.clone());
 
-        let store = self.store(&hook.name);
+        let store = self.store(&hook.name, hook.timeout + std::time::Duration::from_secs(2));
         // A batch (Adyen) is deduplicated item by item: the shop gets only the items it lacks.
         let mut keys: Vec<String> = Vec::new();
         if verified.item_ids.len() > 1 {

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::redis_support::RedisServer;
 use crate::support::{post_with_key, MockProvider, Received, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
@@ -19,7 +20,6 @@ const STARTUP: Duration = Duration::from_secs(15);
 pub struct Sidecar {
     child: std::process::Child,
     pub listen: SocketAddr,
-    pub admin: SocketAddr,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -83,7 +83,6 @@ impl Sidecar {
         };
         Ok(Self {
             listen: addr("listen"),
-            admin: addr("admin"),
             child,
             stderr,
         })
@@ -317,5 +316,194 @@ async fn a_state_dir_that_cannot_be_written_stops_start_up_with_its_path() {
     assert!(
         logs.contains("not-a-dir"),
         "the error names the path: {logs}"
+    );
+}
+
+/// A config for a fleet on `redis`: route `payments` to `primary` then `backup`, whose primary breaker
+/// opens at its first failure and stays open for a minute.
+fn fleet_config(dir: &Path, name: &str, primary: &str, backup: &str, state: &str) -> PathBuf {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = write_config(&dir, primary, backup, state);
+    let yaml = std::fs::read_to_string(&path).unwrap().replace(
+        "breaker: { consecutive_failures: 1000, min_requests: 1000 }",
+        "breaker: { consecutive_failures: 1, open_for: 60s, max_open_for: 60s }",
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn redis_state(redis: &RedisServer, dir: &Path) -> String {
+    format!(
+        "state: {{ backend: redis, dir: {}/state, redis: {{ url: {}, timeout: 200ms }} }}",
+        dir.display(),
+        redis.url()
+    )
+}
+
+/// The fleet of the issue: an unknown outcome at one sidecar, then the shop's retry of the same key
+/// at another whose breaker for the primary is open. Returns what the retry got and the keys both
+/// providers charged.
+async fn unknown_then_retry_elsewhere(state: impl Fn(&Path) -> String) -> (u16, BTreeSet<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = charging_primary().await;
+    let backup = MockProvider::start(|_| Reply::ok(r#"{"id":"pi_backup"}"#)).await;
+    let a_dir = dir.path().join("a");
+    let b_dir = dir.path().join("b");
+    let a = Sidecar::start(&fleet_config(
+        dir.path(),
+        "a",
+        &primary.url(),
+        &backup.url(),
+        &state(&a_dir),
+    ));
+    let b = Sidecar::start(&fleet_config(
+        dir.path(),
+        "b",
+        &primary.url(),
+        &backup.url(),
+        &state(&b_dir),
+    ));
+    // At A: charged, then a 500: unknown.
+    let first = post_with_key(&a.url("/v1/charges"), "order-1", "fail").await;
+    assert_eq!(
+        first.header("x-switchyard-outcome"),
+        Some("unknown"),
+        "{}",
+        first.text()
+    );
+    // At B: another payment fails at the primary, and B's breaker for it opens.
+    let other = post_with_key(&b.url("/v1/charges"), "order-2", "fail").await;
+    assert_eq!(
+        other.header("x-switchyard-outcome"),
+        Some("unknown"),
+        "{}",
+        other.text()
+    );
+    // The shop's retry of order-1 lands on B.
+    let retry = post_with_key(&b.url("/v1/charges"), "order-1", "fail").await;
+    let both: BTreeSet<String> = keys(&primary.received())
+        .intersection(&keys(&backup.received()))
+        .cloned()
+        .collect();
+    (retry.status.as_u16(), both)
+}
+
+#[tokio::test]
+async fn a_retry_at_another_sidecar_never_goes_to_the_backup_with_a_shared_store() {
+    let redis = RedisServer::start_tcp();
+    let (status, both) = unknown_then_retry_elsewhere(|d| redis_state(&redis, d)).await;
+    assert!(both.is_empty(), "charged twice: {both:?}");
+    assert_eq!(status, 503, "the retry waits for the primary");
+}
+
+#[tokio::test]
+async fn without_a_shared_store_the_retry_elsewhere_charges_twice() {
+    // The control: each sidecar on its own memory, as before the shared store. The scenario does
+    // catch the fault the test above guards against.
+    let (status, both) =
+        unknown_then_retry_elsewhere(|_| "state: { backend: memory }".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(both.len(), 1, "{both:?}");
+}
+
+#[tokio::test]
+async fn the_same_key_at_two_sidecars_at_once_is_charged_once() {
+    let redis = RedisServer::start_tcp();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = MockProvider::start(|_| {
+        Reply::ok(r#"{"id":"pi_1","object":"payment_intent"}"#).delay(Duration::from_millis(300))
+    })
+    .await;
+    let backup = MockProvider::start(|_| Reply::ok(r#"{"id":"pi_backup"}"#)).await;
+    let a_dir = dir.path().join("a");
+    let b_dir = dir.path().join("b");
+    let a = Sidecar::start(&fleet_config(
+        dir.path(),
+        "a",
+        &primary.url(),
+        &backup.url(),
+        &redis_state(&redis, &a_dir),
+    ));
+    let b = Sidecar::start(&fleet_config(
+        dir.path(),
+        "b",
+        &primary.url(),
+        &backup.url(),
+        &redis_state(&redis, &b_dir),
+    ));
+    let (a_url, b_url) = (a.url("/v1/charges"), b.url("/v1/charges"));
+    let (x, y) = tokio::join!(
+        post_with_key(&a_url, "order-1", "ok"),
+        post_with_key(&b_url, "order-1", "ok"),
+    );
+    let mut statuses = [x.status.as_u16(), y.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{}\n{}", x.text(), y.text());
+    assert_eq!(primary.count() + backup.count(), 1, "one charge");
+    // Afterwards either sidecar replays it.
+    let again = post_with_key(&b.url("/v1/charges"), "order-1", "ok").await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(primary.count() + backup.count(), 1);
+}
+
+#[tokio::test]
+async fn with_redis_down_keyed_payments_fail_closed_and_reach_no_provider() {
+    let mut redis = RedisServer::start_tcp();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = charging_primary().await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let sidecar = Sidecar::start(&fleet_config(
+        dir.path(),
+        "a",
+        &primary.url(),
+        &backup.url(),
+        &redis_state(&redis, dir.path()),
+    ));
+    let ok = post_with_key(&sidecar.url("/v1/charges"), "before", "ok").await;
+    assert_eq!(ok.status, 200);
+    redis.kill();
+    let a = post_with_key(&sidecar.url("/v1/charges"), "during", "ok").await;
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert_eq!(a.header("x-switchyard-error"), Some("state_unavailable"));
+    assert!(a.header("retry-after").is_some());
+    assert_eq!((primary.count(), backup.count()), (1, 0), "nothing sent");
+}
+
+#[tokio::test]
+async fn a_redis_that_forgot_keeps_keyed_payments_on_the_primary() {
+    let redis = RedisServer::start_tcp();
+    let dir = tempfile::tempdir().unwrap();
+    // The primary refuses connections: a payment would normally fail over at once.
+    let closed = crate::support::closed_port().await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let sidecar = Sidecar::start(&fleet_config(
+        dir.path(),
+        "a",
+        &format!("http://{closed}"),
+        &backup.url(),
+        &redis_state(&redis, dir.path()),
+    ));
+    redis.flushall();
+    // The sidecar notices within its check interval.
+    let mut last = None;
+    for i in 0..50 {
+        let a = post_with_key(&sidecar.url("/v1/charges"), &format!("k{i}"), "ok").await;
+        if a.header("x-switchyard-state") == Some("degraded") {
+            last = Some(a);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = last.unwrap_or_else(|| panic!("never degraded:\n{}", sidecar.logs()));
+    assert_ne!(a.status, 200, "not served by the backup: {}", a.text());
+    let before = backup.count();
+    let again = post_with_key(&sidecar.url("/v1/charges"), "after-forget", "ok").await;
+    assert_eq!(again.header("x-switchyard-state"), Some("degraded"));
+    assert_eq!(
+        backup.count(),
+        before,
+        "no keyed payment crosses while degraded"
     );
 }

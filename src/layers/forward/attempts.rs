@@ -98,12 +98,17 @@ impl<S: SendAttempt> Operation<S> {
             Some(p) => vec![Arc::clone(p)],
             // The store cannot vouch that no other sidecar sent this key: its first-priority provider
             // only, never a backup.
-            None if self.key.as_ref().is_some_and(|k| k.store.degraded()) => route
-                .targets
-                .iter()
-                .min_by_key(|t| t.priority)
-                .map(|t| vec![Arc::clone(&t.provider)])
-                .unwrap_or_default(),
+            None if self.key.as_ref().is_some_and(|k| k.store.degraded()) => {
+                if let Some(info) = &self.info {
+                    info.set_state_degraded();
+                }
+                route
+                    .targets
+                    .iter()
+                    .min_by_key(|t| t.priority)
+                    .map(|t| vec![Arc::clone(&t.provider)])
+                    .unwrap_or_default()
+            }
             None => plan?,
         };
         let budget = g.retry_budgets.get(&route.name);

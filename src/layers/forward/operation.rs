@@ -16,15 +16,13 @@ use crate::generation::Generation;
 use crate::idempotency::{
     self, Begin, Finish, Lease, PinStore, RecordKey, RouteStore, Store, StoredAnswer,
 };
-use crate::layers::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER};
+use crate::layers::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER, X_SWITCHYARD_STATE};
 use crate::metrics::Metrics;
 use crate::upstream::{headers, ProviderKey, SendAttempt};
 
 /// How much longer than its route's time an operation holds its key's record.
 const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// On an answer given while the store of payment state is degraded: `degraded`.
-const X_SWITCHYARD_STATE: HeaderName = HeaderName::from_static("x-switchyard-state");
 /// The header on a replayed answer.
 pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Largest provider answer kept for replay; a larger one is passed on but its outcome stays pinned.
