@@ -288,10 +288,11 @@ impl Report {
                 })
                 .unwrap_or_default();
             out.push(format!(
-                "{}: {} over memory ({} sidecars): sidecar CPU {:+.1} µs/request ({:.1} against {:.1}), p99 {:+.2} ms ({:.2} against {:.2}){redis}",
+                "{}: {} over memory ({} sidecar{}): sidecar CPU {:+.1} µs/request ({:.1} against {:.1}), p99 {:+.2} ms ({:.2} against {:.2}){redis}",
                 r.scenario,
                 r.state.as_deref().unwrap_or("?"),
                 r.sidecars,
+                if r.sidecars == 1 { "" } else { "s" },
                 a.cpu_us_per_request - b.cpu_us_per_request,
                 a.cpu_us_per_request,
                 b.cpu_us_per_request,
