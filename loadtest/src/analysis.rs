@@ -102,6 +102,11 @@ pub struct Shop {
     /// Answers marked `x-switchyard-outcome: unknown`, plus requests that got no answer after they
     /// may have left.
     pub unknown_outcomes: u64,
+    /// Keys whose payment got an unknown outcome and never a 2xx: the shop does not know whether the
+    /// customer paid.
+    pub keys_left_unknown: u64,
+    /// Sends that were the shop's retries of a failed payment (scenarios where the shop retries).
+    pub shop_retries: u64,
     /// Answers per provider (`primary`, `backup`, `unknown`).
     pub answers_by_provider: BTreeMap<String, u64>,
     /// Seconds from the fault's start until success stays at ≥ 99 % (per 100 ms) for the rest of the
@@ -214,6 +219,18 @@ pub fn shop(samples: &[Sample], duration_s: f64, fault: Option<(f64, f64)>) -> S
             .entry(via_name(s.via).to_owned())
             .or_default() += 1;
     }
+    out.shop_retries = samples.iter().filter(|s| s.attempt > 0).count() as u64;
+    let succeeded: HashSet<u64> = samples
+        .iter()
+        .filter(|s| s.class == Class::Ok)
+        .map(|s| s.key)
+        .collect();
+    let left_unknown: HashSet<u64> = samples
+        .iter()
+        .filter(|s| s.unknown && !succeeded.contains(&s.key))
+        .map(|s| s.key)
+        .collect();
+    out.keys_left_unknown = left_unknown.len() as u64;
     out.latency = latency(&all);
     out.send_lag_p99_ms = if lag.is_empty() {
         0.0
@@ -345,6 +362,8 @@ mod tests {
             kind: (!ok).then(|| "provider_unreachable".to_owned()),
             via,
             unknown: false,
+            sidecar: 0,
+            attempt: 0,
         }
     }
 
@@ -375,6 +394,28 @@ mod tests {
         assert_eq!(s.timeline[5].success_pct, 0.0);
         assert!((s.timeline[6].success_pct - 50.0).abs() < 1e-9);
         assert!(s.latency.p50_ms > 1.0);
+    }
+
+    #[test]
+    fn keys_left_unknown_and_shop_retries() {
+        let mut samples = vec![
+            sample(0, false, Via::Primary, 1),
+            sample(10, true, Via::Primary, 1),
+            sample(20, false, Via::Primary, 2),
+            sample(30, false, Via::Backup, 2),
+            sample(40, false, Via::Primary, 3),
+        ];
+        // Key 1: unknown, then a 2xx on the retry. Key 2: unknown twice. Key 3: failed, known.
+        for i in [0, 2, 3] {
+            samples[i].unknown = true;
+        }
+        for i in [1, 3] {
+            samples[i].attempt = 1;
+        }
+        let s = shop(&samples, 1.0, None);
+        assert_eq!(s.keys_left_unknown, 1);
+        assert_eq!(s.shop_retries, 2);
+        assert_eq!(s.unknown_outcomes, 3);
     }
 
     #[test]

@@ -39,12 +39,43 @@ pub const RETRIES: u32 = 2;
 /// on the two-core machines the figures are taken on.
 pub const WORKERS: u32 = 2;
 
-/// switchyard's config for a run. `revision` varies a harmless value (the route timeout by a few
+/// Where one sidecar keeps payment state: the `state:` section of its config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// In the sidecar's memory (`backend: memory`).
+    Memory,
+    /// An embedded store in `dir`, relative to the config file (`backend: local`): one per sidecar.
+    Local {
+        /// The store's folder.
+        dir: String,
+    },
+    /// The Redis at `addr`, shared by every sidecar (`backend: redis`), with the proxy's defaults
+    /// written out: a 100 ms timeout per command, `fail_closed`.
+    Redis {
+        /// Where it listens.
+        addr: SocketAddr,
+    },
+}
+
+impl State {
+    /// The `state:` section.
+    pub fn yaml(&self) -> String {
+        match self {
+            State::Memory => "state:\n  backend: memory\n".into(),
+            State::Local { dir } => format!("state:\n  backend: local\n  dir: {dir}\n"),
+            State::Redis { addr } => format!(
+                "state:\n  backend: redis\n  redis:\n    url: redis://{addr}/0\n    timeout: 100ms\n    on_unavailable: fail_closed\n"
+            ),
+        }
+    }
+}
+
+/// switchyard's config for a run, with the `state` section of one sidecar. `revision` varies a harmless value (the route timeout by a few
 /// ms), so that each rewrite of the reload scenario is a real change with a new hash.
 ///
 /// Breakers, health checks, slow start, a provider quota and a route rate limit are on; the limits
 /// are far above the load, so they cost what they cost without ever refusing a request.
-pub fn switchyard_yaml(u: &Upstreams, revision: u64) -> String {
+pub fn switchyard_yaml(u: &Upstreams, state: &State, revision: u64) -> String {
     let provider = |name: &str, addr: SocketAddr| {
         format!(
             r#"  {name}:
@@ -79,12 +110,13 @@ providers:
     max_body: 64KiB
     rate_limit: {{ rps: 1000000, burst: 100000 }}
     # Retries and idempotency settings go here (from --route-extra).
-{route_extra}{config_extra}"#,
+{route_extra}{state}{config_extra}"#,
         primary = provider(&u.primary.0, u.primary.1),
         backup = provider(&u.backup.0, u.backup.1),
         primary_name = u.primary.0,
         backup_name = u.backup.0,
         route_timeout = ROUTE_TIMEOUT.as_millis() as u64 + revision % 2,
+        state = state.yaml(),
         route_extra = u
             .route_extra
             .iter()
@@ -471,14 +503,36 @@ mod tests {
 
     #[test]
     fn switchyard_config_names_both_providers_and_varies_by_revision() {
-        let a = switchyard_yaml(&upstreams(), 0);
-        let b = switchyard_yaml(&upstreams(), 1);
+        let a = switchyard_yaml(&upstreams(), &State::Memory, 0);
+        let b = switchyard_yaml(&upstreams(), &State::Memory, 1);
+        assert!(a.contains("\nstate:\n  backend: memory\n"), "{a}");
         assert!(a.contains("url: http://127.0.0.1:9101"));
         assert!(a.contains("{ provider: psp-backup, priority: 1 }"));
         assert!(a.contains("timeout: 1000ms"));
         assert!(a.contains("\n    idempotency: { max_entries: 10000 }\n"));
         assert!(a.ends_with("\npins: { max_entries: 10000 }\n"), "{a}");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn switchyard_config_names_its_state_backend() {
+        let local = switchyard_yaml(
+            &upstreams(),
+            &State::Local {
+                dir: "state-2".into(),
+            },
+            0,
+        );
+        assert!(local.contains("\nstate:\n  backend: local\n  dir: state-2\n"));
+        let redis = switchyard_yaml(
+            &upstreams(),
+            &State::Redis {
+                addr: "127.0.0.1:6390".parse().unwrap(),
+            },
+            0,
+        );
+        assert!(redis.contains("  backend: redis\n  redis:\n    url: redis://127.0.0.1:6390/0\n"));
+        assert!(redis.contains("on_unavailable: fail_closed"));
     }
 
     #[test]

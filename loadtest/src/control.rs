@@ -152,9 +152,46 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// The samples of `switchyard_state_operations_total` summed by backend and result
+/// (`"redis ok"`, `"local error"`…), from a Prometheus text exposition.
+pub fn state_operations(exposition: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("switchyard_state_operations_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        let (Some(backend), Some(result)) = (label("backend"), label("result")) else {
+            continue;
+        };
+        let Ok(v) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        *out.entry(format!("{backend} {result}")).or_default() += v as u64;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_state_operations() {
+        let text = "# TYPE switchyard_state_operations_total counter\nswitchyard_state_operations_total{backend=\"redis\",op=\"claim\",result=\"ok\"} 7\nswitchyard_state_operations_total{backend=\"redis\",op=\"attempt\",result=\"ok\"} 5\nswitchyard_state_operations_total{backend=\"redis\",op=\"claim\",result=\"timeout\"} 1\nswitchyard_state_duration_seconds_count{backend=\"redis\",op=\"claim\"} 8\n";
+        let ops = state_operations(text);
+        assert_eq!(ops.get("redis ok"), Some(&12));
+        assert_eq!(ops.get("redis timeout"), Some(&1));
+        assert_eq!(ops.len(), 2);
+    }
 
     #[test]
     fn reads_metrics() {

@@ -63,7 +63,8 @@ impl Process {
         self.child.id()
     }
 
-    /// Its role (`psp-primary`, `switchyard`, `bare-proxy`, `envoy`, `haproxy`, `nginx`).
+    /// Its role (`psp-primary`, `switchyard`, `switchyard-2`, `redis-server`, `bare-proxy`, `envoy`,
+    /// `haproxy`, `nginx`).
     pub fn role(&self) -> &str {
         &self.role
     }
@@ -249,10 +250,12 @@ pub fn serving_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some((addr("listen")?, addr("admin")?))
 }
 
-/// Starts `switchyard run --config CONFIG --log-format json` and waits until it serves.
-/// Per-request log lines are off unless `request_log`.
+/// Starts `switchyard run --config CONFIG --log-format json` as `role` (`switchyard`, or
+/// `switchyard-2`... for the other sidecars of a fleet: its log files are named after it) and waits
+/// until it serves. Per-request log lines are off unless `request_log`.
 pub async fn start_switchyard(
     switchyard: &Path,
+    role: &str,
     config: &Path,
     dir: &Path,
     pidfile: &Path,
@@ -271,7 +274,7 @@ pub async fn start_switchyard(
                 "warn,switchyard::app=info"
             },
         );
-    let mut process = Process::spawn("switchyard", cmd, dir, pidfile)?;
+    let mut process = Process::spawn(role, cmd, dir, pidfile)?;
     let (listen, admin) = process
         .wait_for_line(Stream::Stderr, START_TIMEOUT, serving_line)
         .await?;
@@ -348,6 +351,44 @@ pub fn start_nginx(nginx: &Path, config: &Path, dir: &Path, pidfile: &Path) -> R
     let mut process = Process::spawn("nginx", cmd, dir, pidfile)?;
     process.has_workers = true;
     Ok(process)
+}
+
+/// A `redis-server` process of a run.
+#[derive(Debug)]
+pub struct RedisProcess {
+    /// The process.
+    pub process: Process,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// Starts `redis-server` on a free loopback port, with its folder in `dir`, nothing saved (`--save ""`,
+/// `--appendonly no`) and `noeviction` (a sidecar refuses a Redis that could evict its records), and
+/// waits until it answers PING. Killed by its process id, as every process of a run.
+pub async fn start_redis(redis: &Path, dir: &Path, pidfile: &Path) -> Result<RedisProcess> {
+    let port = free_port()?;
+    let data = dir.join("redis");
+    std::fs::create_dir_all(&data)?;
+    let mut cmd = Command::new(redis);
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--maxmemory-policy", "noeviction", "--daemonize", "no"])
+        .args(["--protected-mode", "yes", "--loglevel", "warning"])
+        .arg("--dir")
+        .arg(&data);
+    let mut process = Process::spawn("redis-server", cmd, dir, pidfile)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    if let Err(e) = crate::redis::wait_ready(addr, START_TIMEOUT).await {
+        let log = std::fs::read_to_string(&process.stdout).unwrap_or_default();
+        let exited = !process.running();
+        return Err(err!(
+            "{e}{}; its log ({}):\n{}",
+            if exited { " (it exited)" } else { "" },
+            process.stdout.display(),
+            log.lines().rev().take(8).collect::<Vec<_>>().join("\n")
+        ));
+    }
+    Ok(RedisProcess { process, addr })
 }
 
 /// A loopback port that was free a moment ago (for Envoy, HAProxy and nginx, which cannot report

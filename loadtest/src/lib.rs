@@ -26,6 +26,7 @@ pub mod load;
 pub mod options;
 pub mod plan;
 pub mod procfs;
+pub mod redis;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -5,8 +5,14 @@
 //! its own (finer than the async timer), and its latency is counted from that time: a proxy that
 //! stalls makes every request scheduled during the stall late, and that lateness is in the figures.
 //! There is no coordinated omission: the schedule never waits for answers.
+//!
+//! In front of several sidecars the requests are spread over them round robin (the two requests of
+//! a concurrent pair land on two of them). In a scenario where the shop retries
+//! ([`crate::scenario::ShopRetry`]), a payment that failed is sent again with the same key, after a
+//! short wait, to the next sidecar: as a job queue, or a load balancer in front of the shop's
+//! replicas, would. Each send is a sample of its own, its latency counted from when it was sent.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +25,7 @@ use crate::bare_proxy;
 use crate::configs::UPSTREAM_HEADER;
 use crate::control::Client;
 use crate::plan::{amount, Plan, Slot, SlotKind};
+use crate::scenario::ShopRetry;
 
 /// Header with which switchyard marks the answers it made itself.
 pub const X_SWITCHYARD_ERROR: &str = "x-switchyard-error";
@@ -182,6 +189,16 @@ pub struct Sample {
     /// Whether the answer says the outcome is unknown, or no answer came after the request may have
     /// left.
     pub unknown: bool,
+    /// Which target (sidecar) it went to: an index into [`Load::bases`].
+    pub sidecar: usize,
+    /// 0 for the first send of a request, 1, 2… for the shop's retries of it.
+    pub attempt: u32,
+}
+
+/// Whether the shop sends a payment again after this answer: no answer, a 5xx (the proxy's own, or a
+/// provider's), 409 (the key is in flight elsewhere) or 429. A 2xx or another 4xx is final.
+pub fn shop_retries_after(status: u16) -> bool {
+    status == 0 || status >= 500 || status == 409 || status == 429
 }
 
 /// What went wrong below HTTP.
@@ -246,8 +263,12 @@ pub fn classify(
 pub struct Load {
     /// The client.
     pub client: Client,
-    /// Base URL of the target, `http://host:port`.
-    pub base: Arc<str>,
+    /// Base URLs of the target, `http://host:port`: one, or one per sidecar.
+    pub bases: Arc<[Arc<str>]>,
+    /// The round robin over `bases`.
+    pub next_base: Arc<AtomicUsize>,
+    /// How the shop retries a failed payment (`None`: it does not).
+    pub shop_retry: Option<ShopRetry>,
     /// Which target it is.
     pub target: TargetKind,
     /// How to tell which provider answered.
@@ -268,7 +289,48 @@ impl Load {
         format!("{}{key}", self.key_prefix)
     }
 
-    async fn send(&self, slot: &Slot, duplicate: bool, intended: Instant, t0: Instant) -> Sample {
+    /// Sends one request of `slot` to the next target of the round robin and, while the shop
+    /// retries and the answer calls for it, again to the target after that; one sample per send.
+    async fn send_retrying(
+        &self,
+        slot: &Slot,
+        duplicate: bool,
+        intended: Instant,
+        t0: Instant,
+    ) -> Vec<Sample> {
+        let n = self.bases.len().max(1);
+        let mut sidecar = self.next_base.fetch_add(1, Ordering::Relaxed) % n;
+        let mut sample = self.send(slot, duplicate, intended, t0, sidecar, 0).await;
+        let Some(retry) = self.shop_retry else {
+            return vec![sample];
+        };
+        let mut out = Vec::new();
+        for attempt in 1..retry.attempts.max(1) {
+            let again = shop_retries_after(sample.status);
+            out.push(sample);
+            if !again {
+                return out;
+            }
+            tokio::time::sleep(retry.delay).await;
+            sidecar = (sidecar + 1) % n;
+            sample = self
+                .send(slot, true, Instant::now(), t0, sidecar, attempt)
+                .await;
+        }
+        out.push(sample);
+        out
+    }
+
+    async fn send(
+        &self,
+        slot: &Slot,
+        duplicate: bool,
+        intended: Instant,
+        t0: Instant,
+        sidecar: usize,
+        attempt: u32,
+    ) -> Sample {
+        let base = self.bases.get(sidecar).cloned().unwrap_or_default();
         let deadline = intended + self.request_timeout;
         let mut lag = Duration::ZERO;
         let outcome = tokio::time::timeout_at(deadline.into(), async {
@@ -276,7 +338,7 @@ impl Load {
             lag = intended.elapsed();
             let req = Request::builder()
                 .method(Method::POST)
-                .uri(format!("{}/v1/payment_intents", self.base))
+                .uri(format!("{base}/v1/payment_intents"))
                 .header("content-type", "application/x-www-form-urlencoded")
                 .header("idempotency-key", self.key_name(slot.key))
                 .body(Full::new(Bytes::from(format!(
@@ -321,20 +383,23 @@ impl Load {
             kind,
             via,
             unknown,
+            sidecar,
+            attempt,
         }
     }
 
     /// Sends one slot's requests (two at once for a pair) as planned at `intended`.
     pub async fn run_slot(&self, slot: Slot, intended: Instant, t0: Instant) -> Vec<Sample> {
         match slot.kind {
-            SlotKind::Fresh => vec![self.send(&slot, false, intended, t0).await],
-            SlotKind::Resend => vec![self.send(&slot, true, intended, t0).await],
+            SlotKind::Fresh => self.send_retrying(&slot, false, intended, t0).await,
+            SlotKind::Resend => self.send_retrying(&slot, true, intended, t0).await,
             SlotKind::Pair => {
-                let (a, b) = tokio::join!(
-                    self.send(&slot, true, intended, t0),
-                    self.send(&slot, true, intended, t0)
+                let (mut a, mut b) = tokio::join!(
+                    self.send_retrying(&slot, true, intended, t0),
+                    self.send_retrying(&slot, true, intended, t0)
                 );
-                vec![a, b]
+                a.append(&mut b);
+                a
             }
         }
     }
@@ -506,6 +571,16 @@ mod tests {
             (Class::Failed, Some("client_timeout".into()), true)
         );
         assert!(!classify(Err(Transport::Connect), false, TargetKind::Direct).2);
+    }
+
+    #[test]
+    fn the_shop_retries_what_is_not_final() {
+        for status in [0, 500, 502, 503, 504, 409, 429] {
+            assert!(shop_retries_after(status), "{status}");
+        }
+        for status in [200, 201, 400, 402, 404, 422] {
+            assert!(!shop_retries_after(status), "{status}");
+        }
     }
 
     #[test]

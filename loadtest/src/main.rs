@@ -36,6 +36,13 @@ fn main() -> ExitCode {
     match result {
         Ok(report) => {
             println!("{}", report.table());
+            let backends = report.backends_table();
+            if !backends.is_empty() {
+                println!("{backends}");
+                for line in report.over_memory() {
+                    println!("{line}");
+                }
+            }
             for line in report.over_the_stack() {
                 println!("{line}");
             }

@@ -29,6 +29,32 @@ pub enum ScenarioArg {
     Reload,
     /// A large share of requests re-send an earlier key, many concurrently.
     Duplicates,
+    /// Several sidecars; the primary charges, then answers 500, in the middle third, and the shop
+    /// retries a failed payment's key at the next sidecar.
+    Fleet,
+}
+
+/// Where the started sidecars keep payment state (`state.backend` of their config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum StateArg {
+    /// In each sidecar's memory: lost on restart, not shared.
+    Memory,
+    /// An embedded store on disk, one per sidecar (in the run's folder): survives restarts, not
+    /// shared.
+    Local,
+    /// One Redis shared by every sidecar, started by the tool (`redis-server`).
+    Redis,
+}
+
+impl StateArg {
+    /// Its name in the config, the command line and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateArg::Memory => "memory",
+            StateArg::Local => "local",
+            StateArg::Redis => "redis",
+        }
+    }
 }
 
 /// A second target to put beside the proxy.
@@ -120,6 +146,19 @@ pub struct Options {
     /// That proxy's process id, for CPU time and peak RSS.
     #[arg(long)]
     pub proxy_pid: Option<u32>,
+    /// Sidecars (switchyard processes) to start, each with the same config; the load is spread over
+    /// them round robin (default: 2 for `fleet`, else 1).
+    #[arg(long)]
+    pub sidecars: Option<usize>,
+    /// Where the sidecars keep payment state: `memory`, `local`, `redis` (comma-separated: one run
+    /// per backend; default: all three for `fleet`, else `memory`, which keeps figures comparable
+    /// with runs made before the backends existed).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub state: Vec<StateArg>,
+    /// The redis-server binary of `--state redis` (default: `redis-server` on PATH, else in
+    /// /usr/local/sbin or /usr/sbin; `apt-get install redis-server` ships one).
+    #[arg(long)]
+    pub redis_server_bin: Option<PathBuf>,
     /// Name of the primary provider (sandbox and config).
     #[arg(long, default_value = "psp-primary")]
     pub primary: String,
@@ -163,11 +202,32 @@ impl Options {
                 ScenarioArg::Throttle => vec![Scenario::Throttle],
                 ScenarioArg::Reload => vec![Scenario::Reload],
                 ScenarioArg::Duplicates => vec![Scenario::Duplicates],
+                ScenarioArg::Fleet => vec![Scenario::Fleet],
             };
             for s in add {
                 if !out.contains(&s) {
                     out.push(s);
                 }
+            }
+        }
+        out
+    }
+
+    /// The sidecars of a run of `scenario`: `--sidecars`, else the scenario's default.
+    pub fn sidecars_for(&self, scenario: Scenario) -> usize {
+        self.sidecars.unwrap_or(scenario.default_sidecars())
+    }
+
+    /// The state backends `scenario` runs with, in order, without repeats: `--state`, else the
+    /// scenario's default.
+    pub fn states_for(&self, scenario: Scenario) -> Vec<StateArg> {
+        if self.state.is_empty() {
+            return scenario.default_states().to_vec();
+        }
+        let mut out = Vec::new();
+        for s in &self.state {
+            if !out.contains(s) {
+                out.push(*s);
             }
         }
         out
@@ -198,12 +258,26 @@ impl Options {
         if self.primary == self.backup {
             return Err("--primary and --backup must differ".into());
         }
+        if self.sidecars.is_some_and(|n| n == 0 || n > MAX_SIDECARS) {
+            return Err(crate::err!(
+                "--sidecars must be between 1 and {MAX_SIDECARS}"
+            ));
+        }
+        if self.proxy_url.is_some() && (self.sidecars.is_some() || !self.state.is_empty()) {
+            return Err(
+                "--sidecars and --state go with the sidecars the tool starts, not with --proxy-url"
+                    .into(),
+            );
+        }
         if self.proxy_url.is_none() && (self.admin_url.is_some() || self.sandbox_url.is_some()) {
             return Err("--admin-url and --sandbox-url go with --proxy-url".into());
         }
         Ok(())
     }
 }
+
+/// Most sidecars a run starts.
+pub const MAX_SIDECARS: usize = 16;
 
 /// Parses `15s`, `500ms`, `2m`, `1m30s`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -301,5 +375,46 @@ mod tests {
         assert!(Options::try_parse_from(["loadtest", "--compare", "hyperx"]).is_err());
         let bad = Options::parse_from(["loadtest", "--resend-ratio", "1.5"]);
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn sidecars_and_state_backends() {
+        let o = Options::parse_from(["loadtest", "--scenario", "fleet,steady"]);
+        assert_eq!(o.sidecars_for(Scenario::Fleet), 2);
+        assert_eq!(o.sidecars_for(Scenario::Steady), 1);
+        assert_eq!(
+            o.states_for(Scenario::Fleet),
+            vec![StateArg::Memory, StateArg::Local, StateArg::Redis]
+        );
+        assert_eq!(o.states_for(Scenario::Steady), vec![StateArg::Memory]);
+        assert!(o.validate().is_ok());
+        let o = Options::parse_from([
+            "loadtest",
+            "--scenario",
+            "fleet",
+            "--sidecars",
+            "3",
+            "--state",
+            "redis,memory,redis",
+        ]);
+        assert_eq!(o.sidecars_for(Scenario::Fleet), 3);
+        assert_eq!(o.sidecars_for(Scenario::Outage), 3);
+        assert_eq!(
+            o.states_for(Scenario::Outage),
+            vec![StateArg::Redis, StateArg::Memory]
+        );
+        assert!(Options::try_parse_from(["loadtest", "--state", "disk"]).is_err());
+        assert!(Options::parse_from(["loadtest", "--sidecars", "0"])
+            .validate()
+            .is_err());
+        assert!(Options::parse_from([
+            "loadtest",
+            "--proxy-url",
+            "http://127.0.0.1:8080",
+            "--state",
+            "redis"
+        ])
+        .validate()
+        .is_err());
     }
 }

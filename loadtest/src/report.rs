@@ -1,6 +1,7 @@
 //! The report: one record per run (scenario × target), printed as a table and written as
 //! `report.json` and `report.md`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -47,6 +48,20 @@ pub struct ReloadFigures {
     pub reloads_rejected: Option<u64>,
 }
 
+/// What the sidecars asked of the shared Redis over the measured time, from the server's own
+/// counters (see [`crate::redis`]), per request the shop sent.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RedisFigures {
+    /// Requests the server read (one per round trip on a kept connection), per request.
+    pub round_trips_per_request: f64,
+    /// Commands it ran (a script's own calls included), per request.
+    pub commands_per_request: f64,
+    /// Commands by name over the measured time.
+    pub commands: BTreeMap<String, u64>,
+    /// The redis-server's CPU per request, µs.
+    pub cpu_us_per_request: Option<f64>,
+}
+
 /// One run: a scenario against one target.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunReport {
@@ -54,6 +69,10 @@ pub struct RunReport {
     pub scenario: String,
     /// `switchyard`, `direct`, `hyper`, `envoy`, `haproxy` or `nginx`.
     pub target: String,
+    /// The sidecars' state backend (`memory`, `local`, `redis`) when the tool started them.
+    pub state: Option<String>,
+    /// Sidecars started (0 when the target is not switchyard started by the tool).
+    pub sidecars: usize,
     /// The load, in words.
     pub load: String,
     /// The fault, in words.
@@ -67,8 +86,13 @@ pub struct RunReport {
     /// What the providers charged (when their counters could be read).
     pub charges: Option<Charges>,
     /// The proxy's CPU and memory (none for `direct`); for a proxy of several processes (nginx's
-    /// master and workers), of them all.
+    /// master and workers, several sidecars), of them all.
     pub proxy: Option<ProcessFigures>,
+    /// What the sidecars asked of Redis (`--state redis`).
+    pub redis: Option<RedisFigures>,
+    /// Calls to the payment-state store over the measured time, summed over the sidecars, by
+    /// backend and result (`"redis ok"`), from `switchyard_state_operations_total`.
+    pub state_operations: BTreeMap<String, u64>,
     /// Both sandbox providers' CPU per request, µs.
     pub providers_cpu_us_per_request: Option<f64>,
     /// The load generator's own CPU per request, µs (it shares the machine).
@@ -102,12 +126,32 @@ pub struct Report {
     pub haproxy: Option<String>,
     /// The nginx binary and version, when nginx ran.
     pub nginx: Option<String>,
+    /// The redis-server binary and version, when a run used `--state redis`.
+    pub redis_server: Option<String>,
     /// Runs, in order.
     pub runs: Vec<RunReport>,
     /// Runs skipped and why.
     pub skipped: Vec<String>,
     /// Runs that failed and why.
     pub errors: Vec<String>,
+}
+
+impl RunReport {
+    /// Its target's label in tables and headings: with the state backend and the sidecars when
+    /// they are not the single in-memory sidecar (`switchyard (redis, 2 sidecars)`).
+    pub fn label(&self) -> String {
+        let base = TargetKind::label_of(&self.target);
+        match self.state.as_deref() {
+            Some(state) if state != "memory" || self.sidecars > 1 => {
+                if self.sidecars > 1 {
+                    format!("{base} ({state}, {} sidecars)", self.sidecars)
+                } else {
+                    format!("{base} ({state})")
+                }
+            }
+            _ => base.to_owned(),
+        }
+    }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -141,7 +185,7 @@ impl Report {
                 out,
                 "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.scenario,
-                TargetKind::label_of(&r.target),
+                r.label(),
                 s.requests,
                 s.achieved_rps,
                 s.latency.p50_ms,
@@ -162,11 +206,113 @@ impl Report {
         out
     }
 
+    /// The state backends side by side: one row per switchyard run of a scenario that ran with more
+    /// than one backend, or with several sidecars (`fleet`). Empty when there is none.
+    pub fn backends_table(&self) -> String {
+        let rows: Vec<&RunReport> = self
+            .runs
+            .iter()
+            .filter(|r| r.state.is_some())
+            .filter(|r| {
+                r.sidecars > 1
+                    || self
+                        .runs
+                        .iter()
+                        .filter(|o| o.scenario == r.scenario && o.state.is_some())
+                        .count()
+                        > 1
+            })
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let mut out = String::new();
+        out.push_str("| scenario | state | sidecars | requests | shop retries | charged on both | charged twice | unknown | keys left unknown | p50 ms | p99 ms | sidecars CPU µs/req | Redis round trips/req | Redis commands/req | redis CPU µs/req |\n");
+        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+        for r in rows {
+            let s = &r.shop;
+            let c = r.charges.as_ref();
+            let redis = r.redis.as_ref();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                r.scenario,
+                r.state.as_deref().unwrap_or("—"),
+                r.sidecars,
+                s.requests,
+                s.shop_retries,
+                c.map(|c| c.keys_charged_on_both.to_string()).unwrap_or("—".into()),
+                c.map(|c| c.keys_charged_twice_on_one.to_string()).unwrap_or("—".into()),
+                s.unknown_outcomes,
+                s.keys_left_unknown,
+                s.latency.p50_ms,
+                s.latency.p99_ms,
+                opt(r.proxy.as_ref().map(|p| p.cpu_us_per_request), 1),
+                opt(redis.map(|x| x.round_trips_per_request), 2),
+                opt(redis.map(|x| x.commands_per_request), 2),
+                opt(redis.and_then(|x| x.cpu_us_per_request), 1),
+            );
+        }
+        out
+    }
+
+    /// For each switchyard run with a state backend other than memory, and a memory run of the same
+    /// scenario and sidecars: what the backend costs over memory, one line each.
+    pub fn over_memory(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in self
+            .runs
+            .iter()
+            .filter(|r| r.state.as_deref().is_some_and(|s| s != "memory"))
+        {
+            let Some(mem) = self.runs.iter().find(|m| {
+                m.state.as_deref() == Some("memory")
+                    && m.scenario == r.scenario
+                    && m.sidecars == r.sidecars
+            }) else {
+                continue;
+            };
+            let (Some(a), Some(b)) = (&r.proxy, &mem.proxy) else {
+                continue;
+            };
+            let redis = r
+                .redis
+                .as_ref()
+                .map(|x| {
+                    format!(
+                        ", {:.2} Redis round trips/request ({:.2} commands), redis-server {} µs CPU/request",
+                        x.round_trips_per_request,
+                        x.commands_per_request,
+                        opt(x.cpu_us_per_request, 1)
+                    )
+                })
+                .unwrap_or_default();
+            out.push(format!(
+                "{}: {} over memory ({} sidecar{}): sidecar CPU {:+.1} µs/request ({:.1} against {:.1}), p99 {:+.2} ms ({:.2} against {:.2}){redis}",
+                r.scenario,
+                r.state.as_deref().unwrap_or("?"),
+                r.sidecars,
+                if r.sidecars == 1 { "" } else { "s" },
+                a.cpu_us_per_request - b.cpu_us_per_request,
+                a.cpu_us_per_request,
+                b.cpu_us_per_request,
+                r.shop.latency.p99_ms - mem.shop.latency.p99_ms,
+                r.shop.latency.p99_ms,
+                mem.shop.latency.p99_ms,
+            ));
+        }
+        out
+    }
+
     /// For each scenario run through both switchyard and the bare hyper proxy: what switchyard costs
     /// over the stack it is built on (CPU per request, peak RSS, p99), one line each.
     pub fn over_the_stack(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for sy in self.runs.iter().filter(|r| r.target == "switchyard") {
+        for sy in self
+            .runs
+            .iter()
+            .filter(|r| r.target == "switchyard" && r.label() == "switchyard")
+        {
             let Some(bare) = self
                 .runs
                 .iter()
@@ -206,6 +352,7 @@ impl Report {
             ("envoy", &self.envoy),
             ("haproxy", &self.haproxy),
             ("nginx", &self.nginx),
+            ("redis-server", &self.redis_server),
         ] {
             let _ = writeln!(out, "- {name}: {}", bin.as_deref().unwrap_or("not run"));
         }
@@ -214,6 +361,14 @@ impl Report {
         }
         out.push_str("\nLatency is from each request's intended send time to the end of its answer (open model: no coordinated omission). *failures*: answers other than 2xx the shop got, proxy-made or provider-made (409 to a re-sent key still in flight is not counted). *unknown*: answers marked `x-switchyard-outcome: unknown`, and requests without an answer after they may have left. Charges come from the providers' own counters: *charged twice* = keys charged more than once by one provider, *charged on both* = keys charged by both, *charged, no success* = keys charged although no request with that key got a 2xx. *to ≥99 %*: from the fault's start until success stays ≥ 99 % per 100 ms for the rest of the fault. *fail back*: from the fault's end until ≥ 90 % of answers come from the primary in every later 100 ms. CPU and RSS are the proxy's (from /proc) over the measured time: of all its processes for nginx (master and workers; RSS is the sum of their peaks).\n\n");
         out.push_str(&self.table());
+        let backends = self.backends_table();
+        if !backends.is_empty() {
+            out.push_str("\n## State backends side by side\n\n*charged on both*: keys both providers charged (from their own records). *shop retries*: sends the shop repeated, with the same key, at the next sidecar. *unknown*: answers marked unknown (or none after the request may have left); *keys left unknown*: of those, keys that never got a 2xx. *sidecars CPU*: all sidecars' CPU over the requests sent to them. *Redis round trips / commands*: from the server's own counters (requests read; commands run, a script's own calls included), per request.\n\n");
+            out.push_str(&backends);
+            for line in self.over_memory() {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
         let over = self.over_the_stack();
         if !over.is_empty() {
             out.push_str("\n## What switchyard costs over its stack\n\n");
@@ -238,7 +393,7 @@ impl Report {
                 out,
                 "- {} / {}: {}",
                 r.scenario,
-                TargetKind::label_of(&r.target),
+                r.label(),
                 kinds.join(", ")
             );
         }
@@ -247,12 +402,7 @@ impl Report {
         }
         out.push_str("\n## Runs\n\n");
         for r in &self.runs {
-            let _ = writeln!(
-                out,
-                "### {} / {}\n",
-                r.scenario,
-                TargetKind::label_of(&r.target)
-            );
+            let _ = writeln!(out, "### {} / {}\n", r.scenario, r.label());
             let _ = writeln!(out, "- fault: {}", r.fault);
             if let Some((a, b)) = r.fault_window_s {
                 let _ = writeln!(out, "- fault window: {a:.2} s – {b:.2} s");
@@ -279,6 +429,38 @@ impl Report {
             }
             if let Some(c) = &r.charges {
                 let _ = writeln!(out, "- charges: primary {}, backup {}", c.primary, c.backup);
+            }
+            if s.shop_retries > 0 || s.keys_left_unknown > 0 {
+                let _ = writeln!(
+                    out,
+                    "- shop retries at the next sidecar: {}; keys left unknown: {}",
+                    s.shop_retries, s.keys_left_unknown
+                );
+            }
+            if !r.state_operations.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "- state store calls (switchyard_state_operations_total, all sidecars): {}",
+                    r.state_operations
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            if let Some(x) = &r.redis {
+                let _ = writeln!(
+                    out,
+                    "- redis: {:.2} round trips and {:.2} commands per request ({}); redis-server {} µs CPU/request",
+                    x.round_trips_per_request,
+                    x.commands_per_request,
+                    x.commands
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    opt(x.cpu_us_per_request, 1)
+                );
             }
             if let Some(p) = &r.proxy {
                 let _ = writeln!(
@@ -322,12 +504,7 @@ impl Report {
                 let _ = writeln!(out, "- note: {n}");
             }
             if let Some(chart) = &r.chart {
-                let _ = writeln!(
-                    out,
-                    "\n![{} / {}]({chart})",
-                    r.scenario,
-                    TargetKind::label_of(&r.target)
-                );
+                let _ = writeln!(out, "\n![{} / {}]({chart})", r.scenario, r.label());
             }
             out.push('\n');
         }
@@ -389,6 +566,69 @@ mod tests {
         assert!(
             report.over_the_stack().is_empty(),
             "no CPU figures, no comparison"
+        );
+        assert!(report.backends_table().is_empty());
+    }
+
+    #[test]
+    fn backends_side_by_side() {
+        let run = |state: &str, both: u64, cpu: f64, p99: f64| {
+            let mut r = RunReport {
+                scenario: "fleet".into(),
+                target: "switchyard".into(),
+                state: Some(state.into()),
+                sidecars: 2,
+                charges: Some(Charges {
+                    keys_charged_on_both: both,
+                    ..Charges::default()
+                }),
+                proxy: Some(ProcessFigures {
+                    cpu_us_per_request: cpu,
+                    ..ProcessFigures::default()
+                }),
+                ..RunReport::default()
+            };
+            r.shop.latency.p99_ms = p99;
+            r
+        };
+        let mut redis = run("redis", 0, 130.0, 2.0);
+        redis.redis = Some(RedisFigures {
+            round_trips_per_request: 1.9,
+            commands_per_request: 6.0,
+            commands: [("evalsha".to_owned(), 10)].into_iter().collect(),
+            cpu_us_per_request: Some(20.0),
+        });
+        let report = Report {
+            runs: vec![
+                run("memory", 3, 100.0, 1.5),
+                run("local", 2, 104.0, 1.6),
+                redis,
+            ],
+            ..Report::default()
+        };
+        let table = report.backends_table();
+        assert!(table.contains("| fleet | memory | 2 |"), "{table}");
+        assert!(table.contains("| fleet | redis | 2 |"), "{table}");
+        assert_eq!(table.lines().count(), 5);
+        assert_eq!(report.runs[2].label(), "switchyard (redis, 2 sidecars)");
+        let over = report.over_memory();
+        assert_eq!(over.len(), 2);
+        assert!(
+            over[1]
+                .starts_with("fleet: redis over memory (2 sidecars): sidecar CPU +30.0 µs/request"),
+            "{}",
+            over[1]
+        );
+        assert!(
+            over[1].contains("1.90 Redis round trips/request"),
+            "{}",
+            over[1]
+        );
+        let md = report.markdown();
+        assert!(md.contains("## State backends side by side"));
+        assert!(
+            md.contains("| fleet | switchyard (local, 2 sidecars) |"),
+            "{md}"
         );
     }
 

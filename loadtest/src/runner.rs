@@ -1,8 +1,14 @@
 //! Runs the scenarios against each target, one fresh fleet of processes per run, and gathers the
 //! report.
+//!
+//! switchyard runs as one sidecar or several (`--sidecars`), once per state backend asked for
+//! (`--state`); with `redis`, the run starts its own `redis-server` and reads what the sidecars asked
+//! of it from the server's counters.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,14 +17,17 @@ use tokio::sync::Semaphore;
 
 use crate::analysis;
 use crate::bare_proxy;
-use crate::configs::{self, Upstreams, ATTEMPT_TIMEOUT};
+use crate::configs::{self, State, Upstreams, ATTEMPT_TIMEOUT};
 use crate::control::{self, Client, SandboxControl};
 use crate::fleet::{self, Process, SandboxProcess};
 use crate::load::{self, Load, Sample, TargetKind, Via, ViaRule};
-use crate::options::{CompareArg, Options};
+use crate::options::{CompareArg, Options, StateArg};
 use crate::plan::Plan;
 use crate::procfs;
-use crate::report::{MachineFigures, ProcessFigures, ReloadFigures, Report, RunReport};
+use crate::redis;
+use crate::report::{
+    MachineFigures, ProcessFigures, RedisFigures, ReloadFigures, Report, RunReport,
+};
 use crate::scenario::{Scenario, RELOAD_EVERY};
 use crate::{err, Result};
 
@@ -30,6 +39,8 @@ struct Env<'a> {
     envoy: Option<PathBuf>,
     haproxy: Option<PathBuf>,
     nginx: Option<PathBuf>,
+    /// `redis-server`, when a run uses `--state redis` and one was found.
+    redis_server: Option<PathBuf>,
     out: PathBuf,
     pidfile: PathBuf,
     control: Client,
@@ -125,6 +136,35 @@ pub async fn run(opts: &Options) -> Result<Report> {
             install: "`apt-get install nginx` ships one",
         },
     );
+    let redis_server = if !external
+        && scenarios
+            .iter()
+            .any(|s| opts.states_for(*s).contains(&StateArg::Redis))
+    {
+        match fleet::find_binary("redis-server", opts.redis_server_bin.as_deref()) {
+            Some(bin) => {
+                let version =
+                    fleet::version(&bin, "--version").unwrap_or_else(|| "version unknown".into());
+                report.redis_server = Some(format!("{} ({version})", bin.display()));
+                Some(bin)
+            }
+            None => {
+                let why = match &opts.redis_server_bin {
+                    Some(p) => format!("--redis-server-bin {} is not an executable file", p.display()),
+                    None => "no `redis-server` on PATH and no --redis-server-bin (`apt-get install redis-server` ships one)".into(),
+                };
+                report.skipped.push(format!(
+                    "redis-server: {why}; every --state redis run skipped"
+                ));
+                if !opts.quiet {
+                    eprintln!("loadtest: --state redis skipped: {why}");
+                }
+                None
+            }
+        }
+    } else {
+        None
+    };
     std::fs::create_dir_all(opts.out.join("work"))?;
     // The pid file lists the processes of this invocation only.
     std::fs::write(opts.out.join("work").join("pids"), "")?;
@@ -135,6 +175,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         envoy,
         haproxy,
         nginx,
+        redis_server,
         out: opts.out.clone(),
         pidfile: opts.out.join("work").join("pids"),
         control: control::client(8),
@@ -143,26 +184,45 @@ pub async fn run(opts: &Options) -> Result<Report> {
 
     for &scenario in &scenarios {
         for &target in &targets {
-            let label = format!("{} / {}", scenario.name(), target.label());
-            if let Some(why) = skip_reason(&env, scenario, target) {
-                report.skipped.push(format!("{label}: {why}"));
-                continue;
-            }
-            if !opts.quiet {
-                eprintln!("loadtest: {label} ...");
-            }
-            match run_one(&env, scenario, target).await {
-                Ok(run) => {
-                    if !opts.quiet {
-                        eprintln!("loadtest: {label}: {}", one_line(&run));
+            // The sidecars the tool starts run once per state backend; anything else once.
+            let states: Vec<Option<StateArg>> = if target == TargetKind::Switchyard && !external {
+                opts.states_for(scenario).into_iter().map(Some).collect()
+            } else {
+                vec![None]
+            };
+            for state in states {
+                let sidecars = opts.sidecars_for(scenario);
+                let label = format!(
+                    "{} / {}",
+                    scenario.name(),
+                    RunReport {
+                        target: target.name().into(),
+                        state: state.map(|s| s.name().to_owned()),
+                        sidecars,
+                        ..RunReport::default()
                     }
-                    report.runs.push(run);
+                    .label()
+                );
+                if let Some(why) = skip_reason(&env, scenario, target, state) {
+                    report.skipped.push(format!("{label}: {why}"));
+                    continue;
                 }
-                Err(e) => {
-                    if !opts.quiet {
-                        eprintln!("loadtest: {label} failed: {e}");
+                if !opts.quiet {
+                    eprintln!("loadtest: {label} ...");
+                }
+                match run_one(&env, scenario, target, state).await {
+                    Ok(run) => {
+                        if !opts.quiet {
+                            eprintln!("loadtest: {label}: {}", one_line(&run));
+                        }
+                        report.runs.push(run);
                     }
-                    report.errors.push(format!("{label}: {e}"));
+                    Err(e) => {
+                        if !opts.quiet {
+                            eprintln!("loadtest: {label} failed: {e}");
+                        }
+                        report.errors.push(format!("{label}: {e}"));
+                    }
                 }
             }
         }
@@ -221,7 +281,21 @@ fn comparison_binary(
     }
 }
 
-fn skip_reason(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Option<String> {
+fn skip_reason(
+    env: &Env<'_>,
+    scenario: Scenario,
+    target: TargetKind,
+    state: Option<StateArg>,
+) -> Option<String> {
+    if state == Some(StateArg::Redis) && env.redis_server.is_none() {
+        return Some("no redis-server binary".into());
+    }
+    if scenario == Scenario::Fleet && target != TargetKind::Switchyard {
+        return Some(format!(
+            "the fleet scenario runs several switchyard sidecars; {} is not one",
+            target.name()
+        ));
+    }
     let binary = match target {
         TargetKind::Envoy => Some(&env.envoy),
         TargetKind::Haproxy => Some(&env.haproxy),
@@ -260,7 +334,7 @@ fn skip_reason(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Option<
 fn one_line(r: &RunReport) -> String {
     let s = &r.shop;
     format!(
-        "{} requests at {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} failures, {} unknown{}",
+        "{} requests at {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} failures, {} unknown{}{}",
         s.requests,
         s.achieved_rps,
         s.latency.p50_ms,
@@ -272,6 +346,13 @@ fn one_line(r: &RunReport) -> String {
             .map(|c| format!(
                 ", {} keys charged twice, {} on both",
                 c.keys_charged_twice_on_one, c.keys_charged_on_both
+            ))
+            .unwrap_or_default(),
+        r.redis
+            .as_ref()
+            .map(|x| format!(
+                ", {:.2} Redis round trips/request",
+                x.round_trips_per_request
             ))
             .unwrap_or_default()
     )
@@ -285,19 +366,23 @@ fn write_report(report: &Report, out: &Path) -> Result<()> {
 }
 
 /// A process whose CPU time is measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Measured {
     /// The process alone (a provider; the load generator, whose children are the fleet).
     One(u32),
-    /// The process and its descendants (the proxy: nginx's master and workers).
-    Tree(u32),
+    /// Processes and their descendants, summed (the proxy: nginx's master and workers; every
+    /// sidecar).
+    Trees(Vec<u32>),
 }
 
 impl Measured {
-    fn cpu_time(self) -> Option<Duration> {
+    fn cpu_time(&self) -> Option<Duration> {
         match self {
-            Measured::One(pid) => procfs::cpu_time(pid),
-            Measured::Tree(pid) => procfs::cpu_time_tree(pid),
+            Measured::One(pid) => procfs::cpu_time(*pid),
+            Measured::Trees(pids) => pids
+                .iter()
+                .map(|pid| procfs::cpu_time_tree(*pid))
+                .sum::<Option<Duration>>(),
         }
     }
 }
@@ -314,14 +399,14 @@ impl CpuMark {
             measured: measured.to_vec(),
             at: measured
                 .iter()
-                .map(|m| m.and_then(Measured::cpu_time))
+                .map(|m| m.as_ref().and_then(Measured::cpu_time))
                 .collect(),
         }
     }
 
     /// CPU used by process (tree) `i` since the mark, seconds.
     fn since(&self, i: usize) -> Option<f64> {
-        let measured = self.measured.get(i).copied().flatten()?;
+        let measured = self.measured.get(i)?.as_ref()?;
         let before = self.at.get(i).copied().flatten()?;
         let now = measured.cpu_time()?;
         Some(now.saturating_sub(before).as_secs_f64())
@@ -376,6 +461,22 @@ async fn start_providers(env: &Env<'_>, dir: &Path) -> Result<Option<(Provider, 
     let backup = out.pop().ok_or("no backup")?;
     let primary = out.pop().ok_or("no primary")?;
     Ok(Some((primary, backup)))
+}
+
+/// `switchyard_state_operations_total` by backend and result, summed over the sidecars' admin APIs.
+async fn state_operations(client: &Client, admins: &[String]) -> Result<BTreeMap<String, u64>> {
+    let mut sum = BTreeMap::new();
+    for admin in admins {
+        let (status, text) =
+            control::call(client, Method::GET, &format!("{admin}/metrics"), None).await?;
+        if status != 200 {
+            return Err(err!("GET {admin}/metrics: status {status}"));
+        }
+        for (k, v) in control::state_operations(&text) {
+            *sum.entry(k).or_default() += v;
+        }
+    }
+    Ok(sum)
 }
 
 /// Waits until a GET through `base` reaches the primary (the sandbox answers 404 for an unknown
@@ -434,24 +535,73 @@ fn write_atomically(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Result<RunReport> {
+/// The state section of sidecar `i` (0-based) of a run: each its own folder with `local`.
+fn sidecar_state(state: StateArg, i: usize, redis: Option<SocketAddr>) -> Result<State> {
+    Ok(match state {
+        StateArg::Memory => State::Memory,
+        StateArg::Local => State::Local {
+            dir: format!("state-{}", i + 1),
+        },
+        StateArg::Redis => State::Redis {
+            addr: redis.ok_or("no redis-server for --state redis")?,
+        },
+    })
+}
+
+/// The role (and log file name) of sidecar `i` (0-based): `switchyard`, `switchyard-2`…
+fn sidecar_role(i: usize) -> String {
+    if i == 0 {
+        "switchyard".into()
+    } else {
+        format!("switchyard-{}", i + 1)
+    }
+}
+
+async fn run_one(
+    env: &Env<'_>,
+    scenario: Scenario,
+    target: TargetKind,
+    state: Option<StateArg>,
+) -> Result<RunReport> {
     let opts = env.opts;
-    let name = format!("{}-{}", scenario.name(), target.name());
+    let sidecars = match (target, state) {
+        (TargetKind::Switchyard, Some(_)) => opts.sidecars_for(scenario),
+        _ => 0,
+    };
+    let mut name = format!("{}-{}", scenario.name(), target.name());
+    if let Some(state) = state.filter(|s| *s != StateArg::Memory || sidecars > 1) {
+        name.push('-');
+        name.push_str(state.name());
+        if sidecars > 1 {
+            name.push_str(&format!("-{sidecars}"));
+        }
+    }
     let dir = env.out.join("work").join(&name);
     std::fs::create_dir_all(&dir)?;
     let mut notes = Vec::new();
     let providers = start_providers(env, &dir).await?;
+    let redis_server = match (state, env.redis_server.as_deref()) {
+        (Some(StateArg::Redis), Some(bin)) => {
+            Some(fleet::start_redis(bin, &dir, &env.pidfile).await?)
+        }
+        (Some(StateArg::Redis), None) => return Err("no redis-server binary".into()),
+        _ => None,
+    };
 
-    // The target.
-    let mut proxy: Option<Process> = None;
-    let mut proxy_pid = None;
+    // The target: one process (or none: `direct`, `--proxy-url`), or one per sidecar.
+    let mut proxies: Vec<Process> = Vec::new();
+    let mut proxy_pids: Vec<u32> = Vec::new();
     let mut admin: Option<String> = None;
-    let mut config_path: Option<PathBuf> = None;
+    // Every sidecar's admin API, for the state store's counters.
+    let mut sidecar_admins: Vec<String> = Vec::new();
+    // Each sidecar's config file and state section, for the reload scenario's rewrites.
+    let mut configs_written: Vec<(PathBuf, State)> = Vec::new();
+    let mut bases: Vec<String> = Vec::new();
     let upstreams = providers.as_ref().map(|(p, b)| Upstreams {
         primary: (p.control.name.clone(), p.addr),
         backup: (b.control.name.clone(), b.addr),
         attempt_timeout: ATTEMPT_TIMEOUT,
-        route_extra: opts.route_extra.clone(),
+        route_extra: scenario.route_extra(&opts.route_extra),
         config_extra: opts.config_extra.clone(),
     });
     let (base, via) = match target {
@@ -465,7 +615,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
                 default: Via::Unknown,
             };
             if let Some(url) = &opts.proxy_url {
-                proxy_pid = opts.proxy_pid;
+                proxy_pids.extend(opts.proxy_pid);
                 admin = opts.admin_url.clone();
                 (url.trim_end_matches('/').to_owned(), rule)
             } else {
@@ -473,17 +623,34 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
                     (Some(b), Some(u)) => (b, u),
                     _ => return Err("no switchyard binary or providers".into()),
                 };
-                let path = dir.join("switchyard.yaml");
-                write_atomically(&path, &configs::switchyard_yaml(u, 0))?;
-                let started =
-                    fleet::start_switchyard(bin, &path, &dir, &env.pidfile, opts.proxy_request_log)
-                        .await?;
-                proxy_pid = Some(started.process.pid());
-                admin = Some(format!("http://{}", started.admin));
-                config_path = Some(path);
-                let base = format!("http://{}", started.listen);
-                proxy = Some(started.process);
-                (base, rule)
+                let state = state.unwrap_or(StateArg::Memory);
+                let redis_addr = redis_server.as_ref().map(|r| r.addr);
+                // The same config for every sidecar but its state folder; each picks its ports.
+                for i in 0..sidecars.max(1) {
+                    let role = sidecar_role(i);
+                    let section = sidecar_state(state, i, redis_addr)?;
+                    let path = dir.join(format!("{role}.yaml"));
+                    write_atomically(&path, &configs::switchyard_yaml(u, &section, 0))?;
+                    let started = fleet::start_switchyard(
+                        bin,
+                        &role,
+                        &path,
+                        &dir,
+                        &env.pidfile,
+                        opts.proxy_request_log,
+                    )
+                    .await?;
+                    proxy_pids.push(started.process.pid());
+                    if admin.is_none() {
+                        admin = Some(format!("http://{}", started.admin));
+                    }
+                    sidecar_admins.push(format!("http://{}", started.admin));
+                    configs_written.push((path, section));
+                    bases.push(format!("http://{}", started.listen));
+                    proxies.push(started.process);
+                }
+                let first = bases.first().cloned().ok_or("no sidecar started")?;
+                (first, rule)
             }
         }
         TargetKind::Direct => {
@@ -504,8 +671,8 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             };
             let (process, listen) =
                 fleet::start_bare_proxy(bin, u.primary.1, &dir, &env.pidfile).await?;
-            proxy_pid = Some(process.pid());
-            proxy = Some(process);
+            proxy_pids.push(process.pid());
+            proxies.push(process);
             // Every answer is the primary's, except the proxy's own 502s.
             (
                 format!("http://{listen}"),
@@ -527,9 +694,9 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             let path = dir.join("envoy.yaml");
             std::fs::write(&path, configs::envoy_yaml(u, listen, envoy_admin))?;
             let process = fleet::start_envoy(bin, &path, &dir, &env.pidfile)?;
-            proxy_pid = Some(process.pid());
+            proxy_pids.push(process.pid());
             admin = Some(format!("http://{envoy_admin}"));
-            proxy = Some(process);
+            proxies.push(process);
             (
                 format!("http://{listen}"),
                 ViaRule {
@@ -553,9 +720,9 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             let path = dir.join("haproxy.cfg");
             std::fs::write(&path, configs::haproxy_cfg(u, listen, stats, &dir))?;
             let process = fleet::start_haproxy(bin, &path, &dir, &env.pidfile)?;
-            proxy_pid = Some(process.pid());
+            proxy_pids.push(process.pid());
             admin = Some(format!("http://{stats}"));
-            proxy = Some(process);
+            proxies.push(process);
             (format!("http://{listen}"), upstream_named())
         }
         TargetKind::Nginx => {
@@ -568,16 +735,21 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             let path = dir.join("nginx.conf");
             std::fs::write(&path, configs::nginx_conf(u, listen, &dir))?;
             let process = fleet::start_nginx(bin, &path, &dir, &env.pidfile)?;
-            proxy_pid = Some(process.pid());
-            proxy = Some(process);
+            proxy_pids.push(process.pid());
+            proxies.push(process);
             (format!("http://{listen}"), upstream_named())
         }
     };
-    wait_through(&env.control, &base, proxy.as_mut()).await?;
+    if bases.is_empty() {
+        bases.push(base);
+    }
+    for (i, base) in bases.iter().enumerate() {
+        wait_through(&env.control, base, proxies.get_mut(i)).await?;
+    }
     // Workers serve once an answer came through; the pid file lists them for whoever cleans up.
     let mut workers = Vec::new();
-    if let Some(p) = &proxy {
-        workers = p.note_workers(&env.pidfile)?;
+    for p in &proxies {
+        workers.push(p.note_workers(&env.pidfile)?);
     }
 
     // The providers' healthy mode for this scenario (also undoes a fault a failed run left behind
@@ -607,7 +779,9 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
     );
     let mut load = Load {
         client: control::client(opts.max_in_flight.max(opts.connections * 2)),
-        base: Arc::from(base.as_str()),
+        bases: bases.iter().map(|b| Arc::from(b.as_str())).collect(),
+        next_base: Arc::new(AtomicUsize::new(0)),
+        shop_retry: scenario.shop_retry(),
         target,
         via: Arc::new(via),
         plan,
@@ -628,7 +802,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
     let duration = opts.duration;
     let t0 = Instant::now() + Duration::from_millis(20);
     let measured = [
-        proxy_pid.map(Measured::Tree),
+        (!proxy_pids.is_empty()).then(|| Measured::Trees(proxy_pids.clone())),
         providers
             .as_ref()
             .and_then(|(p, _)| p.process.as_ref().map(|x| Measured::One(x.process.pid()))),
@@ -636,7 +810,20 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             .as_ref()
             .and_then(|(_, b)| b.process.as_ref().map(|x| Measured::One(x.process.pid()))),
         Some(Measured::One(std::process::id())),
+        redis_server
+            .as_ref()
+            .map(|r| Measured::One(r.process.pid())),
     ];
+    let state_ops_before = state_operations(&env.control, &sidecar_admins).await;
+    // Redis's counters over the measured time, on one connection kept open between the readings.
+    let mut redis_before = match &redis_server {
+        Some(r) => {
+            let mut conn = redis::Connection::open(r.addr).await?;
+            let before = conn.counters().await?;
+            Some((conn, before))
+        }
+        None => None,
+    };
     let load_1m_at_start = procfs::load_average();
     let machine_before = procfs::machine_busy();
     let measured_from = Instant::now();
@@ -659,10 +846,10 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
         _ => None,
     };
     let reload_task = if scenario == Scenario::Reload {
-        let (client, admin, path, u) = (
+        let (client, admin, written, u) = (
             env.control.clone(),
             admin.clone(),
-            config_path.clone(),
+            configs_written.clone(),
             upstreams.clone(),
         );
         Some(tokio::spawn(async move {
@@ -671,11 +858,16 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             while Instant::now() + RELOAD_EVERY <= t0 + duration {
                 tick.tick().await;
                 rewrites += 1;
-                match (&path, &u, &admin) {
-                    (Some(path), Some(u), _) => {
-                        write_atomically(path, &configs::switchyard_yaml(u, rewrites))?;
+                match (written.is_empty(), &u, &admin) {
+                    (false, Some(u), _) => {
+                        for (path, section) in &written {
+                            write_atomically(
+                                path,
+                                &configs::switchyard_yaml(u, section, rewrites),
+                            )?;
+                        }
                     }
-                    (None, _, Some(admin)) => {
+                    (true, _, Some(admin)) => {
                         control::call(
                             &client,
                             Method::POST,
@@ -694,6 +886,29 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
     };
 
     let samples = drive(env, &load, t0, duration).await;
+    let state_ops = match (
+        state_ops_before,
+        state_operations(&env.control, &sidecar_admins).await,
+    ) {
+        (Ok(before), Ok(after)) => after
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let d = v.saturating_sub(before.get(&k).copied().unwrap_or(0));
+                (d > 0).then_some((k, d))
+            })
+            .collect(),
+        (Err(e), _) | (_, Err(e)) => {
+            notes.push(format!("state store counters not read: {e}"));
+            BTreeMap::new()
+        }
+    };
+    let redis_used = match redis_before.as_mut() {
+        Some((conn, before)) => {
+            let after = conn.counters().await?;
+            Some(before.used_until(&after))
+        }
+        None => None,
+    };
 
     let fault_window = match fault_task {
         Some(task) => Some(task.await.map_err(|e| err!("fault task: {e}"))??),
@@ -705,14 +920,44 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
     };
     let requests = samples.len().max(1) as f64;
     let per_request = |secs: Option<f64>| secs.map(|s| (s * 1e6 / requests * 10.0).round() / 10.0);
-    let proxy_figures = proxy_pid.and_then(|pid| {
+    let proxy_figures = proxy_pids.first().and_then(|&pid| {
         let cpu_s = cpu.since(0)?;
+        let peak_kib = proxy_pids
+            .iter()
+            .map(|p| procfs::peak_rss_tree_kib(*p))
+            .sum::<Option<u64>>()?;
         Some(ProcessFigures {
             pid,
             cpu_s,
             cpu_us_per_request: per_request(Some(cpu_s))?,
-            peak_rss_mib: procfs::peak_rss_tree_kib(pid).map(|k| k as f64 / 1024.0)?,
+            peak_rss_mib: peak_kib as f64 / 1024.0,
         })
+    });
+    if redis_used.as_ref().is_some_and(|(trips, _)| *trips == 0) {
+        notes.push("the sidecars sent Redis nothing: this switchyard build does not keep state in Redis (state.backend: redis is accepted, but not used)".into());
+    }
+    if let Some(state) = state.filter(|_| !sidecar_admins.is_empty()) {
+        let used: u64 = state_ops
+            .iter()
+            .filter(|(k, _)| k.split(' ').next() == Some(state.name()))
+            .map(|(_, v)| v)
+            .sum();
+        if used == 0 && state != StateArg::Memory {
+            notes.push(format!(
+                "no call to a {} state store was counted (switchyard_state_operations_total): this switchyard build may not have that backend yet",
+                state.name()
+            ));
+        }
+    }
+    let redis_figures = redis_used.map(|(round_trips, commands)| {
+        let total: u64 = commands.values().sum();
+        let per = |n: u64| (n as f64 / requests * 100.0).round() / 100.0;
+        RedisFigures {
+            round_trips_per_request: per(round_trips),
+            commands_per_request: per(total),
+            commands,
+            cpu_us_per_request: per_request(cpu.since(4)),
+        }
     });
     let providers_cpu = match (cpu.since(1), cpu.since(2)) {
         (Some(a), Some(b)) => per_request(Some(a + b)),
@@ -723,7 +968,7 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
         .zip(procfs::machine_busy())
         .map(|(a, b)| b.saturating_sub(a).as_secs_f64());
     let measured_for = measured_from.elapsed();
-    let ours: f64 = (0..4).filter_map(|i| cpu.since(i)).sum();
+    let ours: f64 = (0..5).filter_map(|i| cpu.since(i)).sum();
     let machine = MachineFigures {
         load_1m_at_start,
         busy_cpu_s,
@@ -820,11 +1065,14 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
         }
     }
     let mut processes = Vec::new();
-    if let Some(p) = &proxy {
+    for (p, workers) in proxies.iter().zip(&workers) {
         processes.push((p.role().to_owned(), p.pid()));
-        for w in &workers {
+        for w in workers {
             processes.push((format!("{}-worker", p.role()), *w));
         }
+    }
+    if let Some(r) = &redis_server {
+        processes.push((r.process.role().to_owned(), r.process.pid()));
     }
     if let Some((p, b)) = &providers {
         for x in [p, b] {
@@ -833,8 +1081,10 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             }
         }
     }
-    // Stop the target, then the providers: every child is killed and reaped here.
-    drop(proxy);
+    // Stop the target, then its Redis, then the providers: every child is killed and reaped here.
+    drop(proxies);
+    drop(redis_before);
+    drop(redis_server);
     drop(providers);
 
     let duration_s = duration.as_secs_f64();
@@ -870,13 +1120,31 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
             opts.resend_concurrent.unwrap_or(concurrent) * 100.0
         )
     };
+    let mut load_words = load_words;
+    if sidecars > 1 {
+        load_words.push_str(&format!(", spread round robin over {sidecars} sidecars"));
+    }
+    if let Some(retry) = scenario.shop_retry() {
+        load_words.push_str(&format!(
+            "; the shop re-sends a failed payment at the next sidecar after {} ms, up to {} sends",
+            retry.delay.as_millis(),
+            retry.attempts
+        ));
+    }
     let chart_name = format!("{name}.svg");
+    let report_label = RunReport {
+        target: target.name().into(),
+        state: state.map(|s| s.name().to_owned()),
+        sidecars,
+        ..RunReport::default()
+    }
+    .label();
     let chart = match crate::chart::draw(
         &env.out.join(&chart_name),
         &format!(
             "{} / {}: {}",
             scenario.name(),
-            target.label(),
+            report_label,
             if opts.max {
                 format!("closed loop, {} workers", opts.connections)
             } else {
@@ -897,6 +1165,8 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
     Ok(RunReport {
         scenario: scenario.name().into(),
         target: target.name().into(),
+        state: state.map(|s| s.name().to_owned()),
+        sidecars,
         load: load_words,
         fault: scenario.describe(ATTEMPT_TIMEOUT),
         fault_window_s: fault_window,
@@ -904,6 +1174,8 @@ async fn run_one(env: &Env<'_>, scenario: Scenario, target: TargetKind) -> Resul
         shop,
         charges,
         proxy: proxy_figures,
+        redis: redis_figures,
+        state_operations: state_ops,
         providers_cpu_us_per_request: providers_cpu,
         loadgen_cpu_us_per_request: loadgen_cpu,
         reload,

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::options::StateArg;
+
 /// One scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scenario {
@@ -26,7 +28,27 @@ pub enum Scenario {
     Reload,
     /// Many requests re-send an earlier key, half of them concurrently with the first.
     Duplicates,
+    /// Several sidecars in front of the same providers; the primary charges, then answers 500, and
+    /// the shop retries a failed payment with the same key at the next sidecar, as a job queue or a
+    /// load balancer would.
+    Fleet,
 }
+
+/// How the shop retries a payment that failed, in a scenario that does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShopRetry {
+    /// Wait before the retry.
+    pub delay: Duration,
+    /// Sends of one request in all, the first included.
+    pub attempts: u32,
+}
+
+/// The fleet scenario's shop: a failed payment is sent again with the same key after 100 ms, at the
+/// next sidecar, up to 3 sends in all.
+pub const FLEET_SHOP_RETRY: ShopRetry = ShopRetry {
+    delay: Duration::from_millis(100),
+    attempts: 3,
+};
 
 /// Share of requests the brownout fails.
 pub const BROWNOUT_RATIO: f64 = 0.3;
@@ -39,7 +61,7 @@ pub const RELOAD_EVERY: Duration = Duration::from_millis(100);
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Steady,
         Scenario::Outage,
         Scenario::Brownout,
@@ -48,6 +70,7 @@ impl Scenario {
         Scenario::Throttle,
         Scenario::Reload,
         Scenario::Duplicates,
+        Scenario::Fleet,
     ];
 
     /// Its command-line name.
@@ -61,6 +84,7 @@ impl Scenario {
             Scenario::Throttle => "throttle",
             Scenario::Reload => "reload",
             Scenario::Duplicates => "duplicates",
+            Scenario::Fleet => "fleet",
         }
     }
 
@@ -90,6 +114,11 @@ impl Scenario {
                 "30 % of requests re-send a key, half of them concurrently; providers take 20 ms"
                     .into()
             }
+            Scenario::Fleet => format!(
+                "primary charges, then answers 500 (middle third); the shop retries a failed payment with the same key at the next sidecar after {} ms, up to {} sends",
+                FLEET_SHOP_RETRY.delay.as_millis(),
+                FLEET_SHOP_RETRY.attempts
+            ),
         }
     }
 
@@ -108,7 +137,9 @@ impl Scenario {
                 "delay_ms": (attempt_timeout + SLOW_PAST_TIMEOUT).as_millis() as u64,
                 "process_ms": process_ms,
             })),
-            Scenario::Error500 => Some(json!({ "mode": "error500", "process_ms": process_ms })),
+            Scenario::Error500 | Scenario::Fleet => {
+                Some(json!({ "mode": "error500", "process_ms": process_ms }))
+            }
             Scenario::Throttle => Some(json!({
                 "mode": "throttle",
                 "retry_after_s": THROTTLE_RETRY_AFTER_S,
@@ -138,6 +169,45 @@ impl Scenario {
         }
     }
 
+    /// The lines of switchyard's route for this scenario: the user's (`--route-extra`), and the
+    /// scenario's own unless the user set the same key. The fleet scenario's sidecars make one
+    /// attempt per request (`retry: { attempts: 1 }`): the shop's job queue does the retrying, so a
+    /// payment whose outcome is unknown goes back to the shop and its retry lands on another sidecar.
+    /// With the sidecar's own retries, the primary's replay of the key would answer the retry at the
+    /// same sidecar, and the path where a second sidecar must know the key would seldom be taken.
+    pub fn route_extra(self, user: &[String]) -> Vec<String> {
+        let mut lines = user.to_vec();
+        if self == Scenario::Fleet && !user.iter().any(|l| l.trim_start().starts_with("retry:")) {
+            lines.push("retry: { attempts: 1 }".into());
+        }
+        lines
+    }
+
+    /// How the shop retries a failed payment (`None`: it does not).
+    pub fn shop_retry(self) -> Option<ShopRetry> {
+        match self {
+            Scenario::Fleet => Some(FLEET_SHOP_RETRY),
+            _ => None,
+        }
+    }
+
+    /// Sidecars a run starts without `--sidecars`.
+    pub fn default_sidecars(self) -> usize {
+        match self {
+            Scenario::Fleet => 2,
+            _ => 1,
+        }
+    }
+
+    /// State backends a run uses without `--state`: the fleet scenario compares all three; the
+    /// others keep the in-memory store they were first measured with.
+    pub fn default_states(self) -> &'static [StateArg] {
+        match self {
+            Scenario::Fleet => &[StateArg::Memory, StateArg::Local, StateArg::Redis],
+            _ => &[StateArg::Memory],
+        }
+    }
+
     /// Whether the fault covers the middle third.
     pub fn has_fault_window(self) -> bool {
         self.fault(Duration::from_secs(1)).is_some()
@@ -164,6 +234,23 @@ mod tests {
             1500
         );
         let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-        assert_eq!(names.len(), 8);
+        assert_eq!(names.len(), 9);
+        assert_eq!(
+            Scenario::Fleet.fault(Duration::from_secs(1)).unwrap()["mode"],
+            "error500"
+        );
+        assert!(Scenario::Fleet
+            .shop_retry()
+            .is_some_and(|r| r.attempts >= 2));
+        assert!(Scenario::Error500.shop_retry().is_none());
+        assert_eq!(
+            Scenario::Fleet.route_extra(&["idempotency: { max_entries: 9 }".into()]),
+            ["idempotency: { max_entries: 9 }", "retry: { attempts: 1 }"]
+        );
+        assert_eq!(
+            Scenario::Fleet.route_extra(&["retry: { attempts: 2 }".into()]),
+            ["retry: { attempts: 2 }"]
+        );
+        assert!(Scenario::Error500.route_extra(&[]).is_empty());
     }
 }

@@ -44,9 +44,16 @@ fn leftovers(out: &Path) -> Vec<String> {
         };
         // Only a process of ours: the id may have been reused since.
         let ours = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-            ["switchyard", "bare-proxy", "envoy", "haproxy", "nginx"]
-                .iter()
-                .any(|name| c.contains(name))
+            [
+                "switchyard",
+                "bare-proxy",
+                "envoy",
+                "haproxy",
+                "nginx",
+                "redis-server",
+            ]
+            .iter()
+            .any(|name| c.contains(name))
         });
         if procfs::alive(pid) && ours {
             alive.push(format!("{role} {pid}"));
@@ -322,6 +329,82 @@ fn hyper_bare_proxy() {
     assert!(md.contains("| outage | hyper (bare) |"), "{md}");
     let json = check_files(&out);
     assert_eq!(json["runs"][1]["target"], "hyper");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The fleet scenario, two sidecars with state backend `state`, long enough (6 s at 100/s, 2 s of
+/// fault) for the primary's breaker to open at both sidecars while the shop's retries cross over.
+fn fleet(state: &str) -> (RunReport, PathBuf) {
+    let (report, out) = run(
+        "fleet",
+        &[
+            "--state",
+            state,
+            "--sidecars",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "6s",
+        ],
+    );
+    assert_eq!(report.runs.len(), 1, "{:?}", report.skipped);
+    let r = report.runs[0].clone();
+    assert_eq!(r.scenario, "fleet");
+    assert_eq!(r.state.as_deref(), Some(state));
+    assert_eq!(r.sidecars, 2);
+    check_run(&r, &out);
+    let (a, b) = r.fault_window_s.expect("a fault window");
+    assert!(1.5 < a && a < b && b < 4.5, "fault window {a}–{b}");
+    let sidecars = r
+        .processes
+        .iter()
+        .filter(|(role, _)| role.starts_with("switchyard"))
+        .count();
+    assert_eq!(sidecars, 2, "{:?}", r.processes);
+    // The scenario happened: payments whose outcome was unknown at one sidecar were sent again,
+    // with the same key, to the other.
+    assert!(r.shop.shop_retries > 0, "no shop retries: {:?}", r.shop);
+    assert!(r.shop.unknown_outcomes > 0, "no unknown outcomes");
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("## State backends side by side"), "{md}");
+    assert!(md.contains(&format!("| fleet | {state} | 2 |")), "{md}");
+    (r, out)
+}
+
+/// The control: in memory each sidecar knows only its own keys, so a retry of an unknown outcome at
+/// the other sidecar, whose breaker is open, goes to the backup. The scenario must catch that, or
+/// its 0 with Redis would prove nothing.
+#[test]
+fn fleet_in_memory_charges_keys_on_both_providers() {
+    let (r, out) = fleet("memory");
+    let charges = r.charges.as_ref().expect("charges");
+    assert!(
+        charges.keys_charged_on_both > 0,
+        "the fleet scenario did not reproduce the double charge in memory: {charges:?}"
+    );
+    assert!(r.redis.is_none());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Two sidecars on one Redis (started by the run): no key is charged by both providers, and the
+/// sidecars did talk to that Redis.
+#[test]
+fn fleet_on_redis_charges_no_key_on_both_providers() {
+    let (r, out) = fleet("redis");
+    assert!(
+        r.processes.iter().any(|(role, _)| role == "redis-server"),
+        "{:?}",
+        r.processes
+    );
+    let redis = r.redis.as_ref().expect("redis figures");
+    assert!(
+        redis.round_trips_per_request > 0.0,
+        "the sidecars never asked Redis: {redis:?}"
+    );
+    let charges = r.charges.as_ref().expect("charges");
+    assert_eq!(charges.keys_charged_on_both, 0, "{charges:?}");
+    assert_eq!(charges.keys_charged_twice_on_one, 0, "{charges:?}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
