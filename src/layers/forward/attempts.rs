@@ -61,6 +61,7 @@ impl<S: SendAttempt> Operation<S> {
         &self,
         resumed: Option<Arc<str>>,
         plan: Result<Vec<Arc<str>>, ProxyError>,
+        mut prepaid: Option<(Arc<str>, Result<(), std::time::Duration>)>,
         mut settle: Option<&mut Settle<'_>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let route = &*self.route;
@@ -183,7 +184,12 @@ impl<S: SendAttempt> Operation<S> {
             };
             let admitted = Admitted::new(health, probe);
             if let Some(gate) = health.quota() {
-                if let Err(wait) = gate.acquire().await {
+                // A slot taken with the claim serves the first attempt at its provider.
+                let slot = match prepaid.take_if(|(p, _)| *p == provider) {
+                    Some((_, slot)) => slot,
+                    None => gate.acquire().await,
+                };
+                if let Err(wait) = slot {
                     self.metrics
                         .rate_limited_total
                         .with_label_values(&[&*route.name, "provider"])

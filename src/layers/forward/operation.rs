@@ -301,6 +301,7 @@ impl<S: SendAttempt> Operation<S> {
         let plan = self.order(None, tokio::time::Instant::now());
         let mut pinned = None;
         let mut settle = None;
+        let mut prepaid = None;
         if let Some(k) = &self.key {
             let fingerprint = idempotency::fingerprint(
                 &self.parts.method,
@@ -315,8 +316,22 @@ impl<S: SendAttempt> Operation<S> {
                 .saturating_duration_since(tokio::time::Instant::now())
                 + LEASE_MARGIN;
             let first = plan.as_ref().ok().and_then(|p| p.first());
-            let (lease, resumed) = match k.store.begin(&k.record, fingerprint, lease, first).await?
-            {
+            // A fleet-wide quota slot at the first provider is taken while the claim is made: one
+            // wait on the shared store for both.
+            let shared_quota = first
+                .and_then(|p| self.generation.health.get(p))
+                .and_then(|h| h.quota())
+                .filter(|g| g.is_shared());
+            let claim = k.store.begin(&k.record, fingerprint, lease, first);
+            let begun = match (&shared_quota, first) {
+                (Some(gate), Some(p)) => {
+                    let (begun, slot) = tokio::join!(claim, gate.acquire());
+                    prepaid = Some((Arc::clone(p), slot));
+                    begun
+                }
+                _ => claim.await,
+            };
+            let (lease, resumed) = match begun? {
                 Begin::New(lease) => {
                     self.count_idempotency("new");
                     (lease, None)
@@ -347,7 +362,7 @@ impl<S: SendAttempt> Operation<S> {
                 done: false,
             });
         }
-        self.attempts(pinned, plan, settle.as_mut()).await
+        self.attempts(pinned, plan, prepaid, settle.as_mut()).await
     }
 
     /// The stored answer, as the shop gets it again.
@@ -445,20 +460,17 @@ impl<S: SendAttempt> Operation<S> {
             self.decorate(&mut resp, provider, attempts);
             return Ok(resp);
         }
-        if parts.status.is_success() {
-            // The answer is the provider's word: it goes to the shop even if the pin is not kept.
-            if let Err(e) = self.generation.pins.remember_answer(&body, provider).await {
-                tracing::warn!(error = %e, "a payment object could not be pinned");
+        let answer = StoredAnswer::new(parts.status, &parts.headers, &body, Arc::clone(provider));
+        // The object pin and the record are written together (one wait on a shared store, not two).
+        let pin = async {
+            if parts.status.is_success() {
+                // The answer is the provider's word: it goes to the shop even if the pin is not kept.
+                if let Err(e) = self.generation.pins.remember_answer(&body, provider).await {
+                    tracing::warn!(error = %e, "a payment object could not be pinned");
+                }
             }
-        }
-        settle
-            .finish(Finish::Final(StoredAnswer::new(
-                parts.status,
-                &parts.headers,
-                &body,
-                Arc::clone(provider),
-            )))
-            .await;
+        };
+        tokio::join!(pin, settle.finish(Finish::Final(answer)));
         let mut resp = Response::from_parts(parts, full(body));
         *resp.version_mut() = Version::HTTP_11;
         self.decorate(&mut resp, provider, attempts);
