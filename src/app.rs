@@ -160,6 +160,8 @@ impl App {
         let (snapshot, text) = reload::load_file_off_thread(&path, Arc::clone(&options.secrets))
             .await
             .map_err(config_error)?;
+        // Before any listener is bound: the limit decides whether max_connections can be reached.
+        crate::fd_limit::check(snapshot.limits.max_connections);
         let metrics = Metrics::new();
         let state = Arc::new(
             Stores::open(&snapshot, &metrics)
@@ -339,9 +341,17 @@ impl App {
         }
 
         ready.store(true, Ordering::Release);
+        // Bound addresses of the webhook listeners, as "configured=bound" pairs (a configured port 0
+        // is picked by the system: tools that start the sidecar read the port here).
+        let webhook_listeners = webhook_servers
+            .iter()
+            .map(|(configured, s)| format!("{configured}={}", s.local_addr()))
+            .collect::<Vec<_>>()
+            .join(",");
         tracing::info!(
             listen = %shop.local_addr(),
             admin = %admin.local_addr(),
+            webhooks = %webhook_listeners,
             routes = snapshot.routes.len(),
             providers = snapshot.providers.len(),
             workers = tokio::runtime::Handle::current().metrics().num_workers(),

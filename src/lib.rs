@@ -16,6 +16,7 @@ pub mod budget;
 pub mod config;
 pub mod ctx;
 pub mod error;
+pub mod fd_limit;
 pub mod generation;
 pub mod health;
 pub mod idempotency;
