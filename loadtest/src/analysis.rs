@@ -25,7 +25,7 @@ pub struct Latency {
     pub mean_ms: f64,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     // 1 µs to 10 min at 3 significant digits; values past it are clamped, not dropped.
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
         Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant digits is valid"))

@@ -237,6 +237,24 @@ pub struct ProxyProcess {
     pub listen: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
+    /// The webhook listeners of its own (`webhooks[].listen`), bound addresses.
+    pub webhooks: Vec<SocketAddr>,
+}
+
+/// The bound addresses of the webhook listeners in the "switchyard is serving" line
+/// (`webhooks: "CONFIGURED=BOUND,..."`); none when the line has no such field.
+pub fn serving_webhooks(line: &str) -> Vec<SocketAddr> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return Vec::new();
+    };
+    let fields = v.get("fields").unwrap_or(&v);
+    fields
+        .get("webhooks")
+        .and_then(|w| w.as_str())
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('=')?.1.parse().ok())
+        .collect()
 }
 
 /// Reads `listen` and `admin` from the JSON log line "switchyard is serving".
@@ -275,13 +293,16 @@ pub async fn start_switchyard(
             },
         );
     let mut process = Process::spawn(role, cmd, dir, pidfile)?;
-    let (listen, admin) = process
-        .wait_for_line(Stream::Stderr, START_TIMEOUT, serving_line)
+    let (listen, admin, webhooks) = process
+        .wait_for_line(Stream::Stderr, START_TIMEOUT, |line| {
+            serving_line(line).map(|(l, a)| (l, a, serving_webhooks(line)))
+        })
         .await?;
     Ok(ProxyProcess {
         process,
         listen,
         admin,
+        webhooks,
     })
 }
 
@@ -628,6 +649,11 @@ mod tests {
         assert_eq!(a.port(), 4001);
         assert!(serving_line(r#"{"message":"other"}"#).is_none());
         assert!(serving_line("not json").is_none());
+        assert!(serving_webhooks(line).is_empty());
+        let line = r#"{"listen":"127.0.0.1:4000","admin":"127.0.0.1:4001","webhooks":"127.0.0.1:0=127.0.0.1:4002,0.0.0.0:8443=0.0.0.0:8443","message":"switchyard is serving"}"#;
+        let w = serving_webhooks(line);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[0].port(), 4002);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod abuse;
 pub mod analysis;
 pub mod bare_proxy;
 pub mod chart;

@@ -43,6 +43,9 @@ fn main() -> ExitCode {
                     println!("{line}");
                 }
             }
+            for line in report.abuse_lines() {
+                println!("{line}");
+            }
             for line in report.over_the_stack() {
                 println!("{line}");
             }

@@ -32,6 +32,9 @@ pub enum ScenarioArg {
     /// Several sidecars; the primary charges, then answers 500, in the middle third, and the shop
     /// retries a failed payment's key at the next sidecar.
     Fleet,
+    /// A webhook flood, idle HTTP/2 connections and slow uploads beside the payments, in the
+    /// middle third; the sidecar's latency, failures and memory before, during and after.
+    Abuse,
 }
 
 /// Where the started sidecars keep payment state (`state.backend` of their config).
@@ -179,6 +182,23 @@ pub struct Options {
     /// `--config-extra 'pins: { max_entries: 10000 }'`.
     #[arg(long)]
     pub config_extra: Vec<String>,
+    /// `abuse`: idle HTTP/2 connections opened on the shop listener (bounded by the sidecar's
+    /// `--abuse-max-connections` and this process's open-file limit).
+    #[arg(long, default_value_t = 500)]
+    pub abuse_idle: usize,
+    /// `abuse`: slow uploads (a body just under the route's 64 KiB `max_body`, 8 bytes/s).
+    #[arg(long, default_value_t = 50)]
+    pub abuse_slow: usize,
+    /// `abuse`: concurrent webhook flood clients.
+    #[arg(long, default_value_t = 4)]
+    pub abuse_webhook_clients: usize,
+    /// `abuse`: the sidecar's `limits.max_buffered_bytes`, MiB (at least the webhook's 1 MiB
+    /// `max_body`).
+    #[arg(long, default_value_t = 64)]
+    pub abuse_max_buffered_mib: u64,
+    /// `abuse`: the sidecar's `limits.max_connections`.
+    #[arg(long, default_value_t = 1024)]
+    pub abuse_max_connections: usize,
     /// Let the started proxy log one line per request (off by default, as Envoy's access log is).
     #[arg(long)]
     pub proxy_request_log: bool,
@@ -203,6 +223,7 @@ impl Options {
                 ScenarioArg::Reload => vec![Scenario::Reload],
                 ScenarioArg::Duplicates => vec![Scenario::Duplicates],
                 ScenarioArg::Fleet => vec![Scenario::Fleet],
+                ScenarioArg::Abuse => vec![Scenario::Abuse],
             };
             for s in add {
                 if !out.contains(&s) {
@@ -235,6 +256,19 @@ impl Options {
 
     /// Checks values clap cannot.
     pub fn validate(&self) -> crate::Result<()> {
+        if self.scenarios().contains(&Scenario::Abuse)
+            && self
+                .config_extra
+                .iter()
+                .any(|l| l.trim_start().starts_with("limits:") || l.trim_start().starts_with("webhooks:"))
+        {
+            return Err(
+                "the abuse scenario writes `limits:` and `webhooks:`: use --abuse-max-buffered-mib and --abuse-max-connections, not --config-extra".into(),
+            );
+        }
+        if self.abuse_max_buffered_mib < 1 {
+            return Err("--abuse-max-buffered-mib must be at least 1 (the webhook's max_body)".into());
+        }
         let ratio = |name: &str, v: Option<f64>| match v {
             Some(v) if !(0.0..=1.0).contains(&v) => {
                 Err(crate::err!("--{name} must be between 0.0 and 1.0"))

@@ -83,6 +83,12 @@ pub fn parse_stat_ppid(stat: &str) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Resident set size of process `pid` now, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&text, "VmRSS:")
+}
+
 /// Peak resident set size of process `pid` in KiB (`VmHWM`).
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -184,6 +190,7 @@ mod tests {
         let stat = "cpu  100 0 50 1000 20 5 5 0 0 0\ncpu0 1 2 3\n";
         assert_eq!(parse_machine_busy(stat), Some(Duration::from_millis(1600)));
         assert!(alive(std::process::id()));
+        assert!(rss_kib(std::process::id()).is_some_and(|k| k > 0));
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct RunReport {
     pub loadgen_cpu_us_per_request: Option<f64>,
     /// The reload scenario's figures.
     pub reload: Option<ReloadFigures>,
+    /// The abuse scenario's phases, memory and verdicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abuse: Option<crate::abuse::Figures>,
     /// The machine meanwhile.
     pub machine: MachineFigures,
     /// The chart, relative to the report's folder.
@@ -338,6 +341,71 @@ impl Report {
         out
     }
 
+    /// The abuse scenario's figures and verdicts, a few lines per run that has them.
+    pub fn abuse_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.runs {
+            let Some(a) = &r.abuse else { continue };
+            let phase = |name: &str, p: &crate::abuse::Phase| {
+                format!(
+                    "{name}: {} payments, p50 {:.2} ms, p99 {:.2} ms, {} failed",
+                    p.requests, p.latency.p50_ms, p.latency.p99_ms, p.failed
+                )
+            };
+            let mib = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.1} MiB"));
+            out.push(format!(
+                "abuse / {}: window {:.1}–{:.1} s; {}; {}; {}",
+                r.label(),
+                a.window_s.0,
+                a.window_s.1,
+                phase("quiet", &a.quiet),
+                phase("during", &a.during),
+                phase("after", &a.after)
+            ));
+            out.push(format!(
+                "abuse / {}: RSS quiet {}, peak {}, after {} ({} s after the window); limits.max_buffered_bytes {} MiB, max_connections {}",
+                r.label(),
+                mib(a.rss_quiet_mib),
+                mib(a.rss_peak_mib),
+                mib(a.rss_after_mib),
+                a.rss_after_at_s.map_or("?".into(), |s| format!("{s:.1}")),
+                a.max_buffered_mib,
+                a.max_connections
+            ));
+            let c = &a.clients;
+            let answers = |m: &BTreeMap<String, u64>| {
+                m.iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push(format!(
+                "abuse / {}: idle h2 {} of {} opened ({} connect failed, {} closed by the sidecar in the window); slow uploads {} ({} bytes; answers: {}); webhook events {} ({:.0} MiB; answers: {})",
+                r.label(),
+                c.idle_h2_opened,
+                c.idle_h2_asked,
+                c.idle_h2_connect_failed,
+                c.idle_h2_closed_by_sidecar,
+                c.slow_uploads,
+                c.slow_upload_bytes,
+                if c.slow_upload_answers.is_empty() { "none".into() } else { answers(&c.slow_upload_answers) },
+                c.webhook_events,
+                c.webhook_bytes as f64 / 1048576.0,
+                answers(&c.webhook_answers)
+            ));
+            for v in &a.verdicts {
+                out.push(format!(
+                    "abuse / {}: {} {}: {}",
+                    r.label(),
+                    if v.met { "MET" } else { "NOT MET" },
+                    v.goal,
+                    v.measured
+                ));
+            }
+        }
+        out
+    }
+
     /// The full Markdown report.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -373,6 +441,13 @@ impl Report {
         if !over.is_empty() {
             out.push_str("\n## What switchyard costs over its stack\n\n");
             for line in over {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
+        let abuse = self.abuse_lines();
+        if !abuse.is_empty() {
+            out.push_str("\n## Abuse: issue 17's goals\n\nPayments split by their intended send time into the quiet phase, the abuse window and the time after it; the sidecar's RSS (`VmRSS`, sampled every 100 ms) just before the window, its largest sample from the window on, and 10 s after the window.\n\n");
+            for line in abuse {
                 let _ = writeln!(out, "- {line}");
             }
         }

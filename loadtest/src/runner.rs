@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use http::Method;
 use tokio::sync::Semaphore;
 
+use crate::abuse;
 use crate::analysis;
 use crate::bare_proxy;
 use crate::configs::{self, State, Upstreams, ATTEMPT_TIMEOUT};
@@ -289,6 +290,14 @@ fn skip_reason(
 ) -> Option<String> {
     if state == Some(StateArg::Redis) && env.redis_server.is_none() {
         return Some("no redis-server binary".into());
+    }
+    if scenario == Scenario::Abuse
+        && (target != TargetKind::Switchyard || env.opts.proxy_url.is_some())
+    {
+        return Some(format!(
+            "the abuse scenario configures the limits and a webhook listener of a switchyard it starts; {} is not one",
+            if target == TargetKind::Switchyard { "a running proxy (--proxy-url)" } else { target.name() }
+        ));
     }
     if scenario == Scenario::Fleet && target != TargetKind::Switchyard {
         return Some(format!(
@@ -597,13 +606,30 @@ async fn run_one(
     // Each sidecar's config file and state section, for the reload scenario's rewrites.
     let mut configs_written: Vec<(PathBuf, State)> = Vec::new();
     let mut bases: Vec<String> = Vec::new();
+    let abuse_spec = (scenario == Scenario::Abuse).then(|| abuse::Spec {
+        idle_h2: opts.abuse_idle,
+        slow_uploads: opts.abuse_slow,
+        webhook_clients: opts.abuse_webhook_clients,
+        max_buffered_mib: opts.abuse_max_buffered_mib,
+        max_connections: opts.abuse_max_connections,
+    });
+    let mut config_extra = opts.config_extra.clone();
+    if let (Some(spec), Some((p, _))) = (&abuse_spec, &providers) {
+        // The webhook's secret: no event of the flood is signed with it.
+        let secret = dir.join("webhook-secret");
+        std::fs::write(&secret, "whsec_loadtest_abuse_never_used_by_the_flood\n")?;
+        config_extra.extend(spec.config_lines(&secret, p.addr));
+    }
     let upstreams = providers.as_ref().map(|(p, b)| Upstreams {
         primary: (p.control.name.clone(), p.addr),
         backup: (b.control.name.clone(), b.addr),
         attempt_timeout: ATTEMPT_TIMEOUT,
         route_extra: scenario.route_extra(&opts.route_extra),
-        config_extra: opts.config_extra.clone(),
+        config_extra,
     });
+    // The first sidecar's shop and webhook listeners, for the abuse scenario.
+    let mut shop_listener: Option<SocketAddr> = None;
+    let mut webhook_listener: Option<SocketAddr> = None;
     let (base, via) = match target {
         TargetKind::Switchyard => {
             let rule = ViaRule {
@@ -641,6 +667,10 @@ async fn run_one(
                     )
                     .await?;
                     proxy_pids.push(started.process.pid());
+                    if shop_listener.is_none() {
+                        shop_listener = Some(started.listen);
+                        webhook_listener = started.webhooks.first().copied();
+                    }
                     if admin.is_none() {
                         admin = Some(format!("http://{}", started.admin));
                     }
@@ -885,7 +915,46 @@ async fn run_one(
         None
     };
 
+    let abuse_task = match (&abuse_spec, shop_listener, proxy_pids.first()) {
+        (Some(spec), Some(shop), Some(&pid)) => {
+            let fd_limit = abuse::raise_fd_limit();
+            let idle = spec.idle_bounded(fd_limit);
+            if idle < spec.idle_h2 {
+                notes.push(format!(
+                    "{idle} idle h2 connections instead of {}: bounded by max_connections {} and this process's open-file limit {}",
+                    spec.idle_h2,
+                    spec.max_connections,
+                    fd_limit.map_or("unlimited".into(), |l| l.to_string())
+                ));
+            }
+            if webhook_listener.is_none() {
+                notes.push("the sidecar named no webhook listener in its serving line: no webhook flood (this build does not log `webhooks`)".into());
+            }
+            let targets = abuse::Targets {
+                shop,
+                webhook: webhook_listener,
+                pid,
+            };
+            Some(abuse::spawn(
+                spec.clone(),
+                idle,
+                targets,
+                t0,
+                (t0 + duration / 3, t0 + duration * 2 / 3, t0 + duration),
+            ))
+        }
+        _ => None,
+    };
     let samples = drive(env, &load, t0, duration).await;
+    let abuse_run = match abuse_task {
+        Some(handle) => Some(
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|e| err!("abuse thread: {e}"))?
+                .map_err(|_| err!("abuse thread panicked"))??,
+        ),
+        None => None,
+    };
     let state_ops = match (
         state_ops_before,
         state_operations(&env.control, &sidecar_admins).await,
@@ -912,7 +981,7 @@ async fn run_one(
 
     let fault_window = match fault_task {
         Some(task) => Some(task.await.map_err(|e| err!("fault task: {e}"))??),
-        None => None,
+        None => abuse_run.as_ref().map(|(_, window, _)| *window),
     };
     let rewrites = match reload_task {
         Some(task) => Some(task.await.map_err(|e| err!("reload task: {e}"))??),
@@ -1089,6 +1158,12 @@ async fn run_one(
 
     let duration_s = duration.as_secs_f64();
     let shop = analysis::shop(&samples, duration_s, fault_window);
+    let abuse = match (abuse_run, &abuse_spec) {
+        (Some((clients, window, rss)), Some(spec)) => {
+            Some(abuse::figures(spec, &samples, window, rss, clients))
+        }
+        _ => None,
+    };
     if target == TargetKind::Switchyard && shop.unknown_outcomes == 0 && shop.total.failed > 0 {
         let maybe_sent = ["provider_timeout", "provider_failed", "deadline_exceeded"];
         if shop
@@ -1179,6 +1254,7 @@ async fn run_one(
         providers_cpu_us_per_request: providers_cpu,
         loadgen_cpu_us_per_request: loadgen_cpu,
         reload,
+        abuse,
         machine,
         chart,
         notes,

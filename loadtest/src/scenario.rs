@@ -32,6 +32,9 @@ pub enum Scenario {
     /// the shop retries a failed payment with the same key at the next sidecar, as a job queue or a
     /// load balancer would.
     Fleet,
+    /// A webhook flood, idle HTTP/2 connections and slow uploads beside the payments, in the middle
+    /// third (`crate::abuse`).
+    Abuse,
 }
 
 /// How the shop retries a payment that failed, in a scenario that does.
@@ -61,7 +64,7 @@ pub const RELOAD_EVERY: Duration = Duration::from_millis(100);
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Steady,
         Scenario::Outage,
         Scenario::Brownout,
@@ -71,6 +74,7 @@ impl Scenario {
         Scenario::Reload,
         Scenario::Duplicates,
         Scenario::Fleet,
+        Scenario::Abuse,
     ];
 
     /// Its command-line name.
@@ -85,6 +89,7 @@ impl Scenario {
             Scenario::Reload => "reload",
             Scenario::Duplicates => "duplicates",
             Scenario::Fleet => "fleet",
+            Scenario::Abuse => "abuse",
         }
     }
 
@@ -119,6 +124,7 @@ impl Scenario {
                 FLEET_SHOP_RETRY.delay.as_millis(),
                 FLEET_SHOP_RETRY.attempts
             ),
+            Scenario::Abuse => "a webhook flood (unsigned, bad-signature and oversize events), idle h2c connections and slow uploads beside the payments (middle third)".into(),
         }
     }
 
@@ -127,7 +133,7 @@ impl Scenario {
     pub fn fault(self, attempt_timeout: Duration) -> Option<Value> {
         let process_ms = self.process_ms();
         match self {
-            Scenario::Steady | Scenario::Reload | Scenario::Duplicates => None,
+            Scenario::Steady | Scenario::Reload | Scenario::Duplicates | Scenario::Abuse => None,
             Scenario::Outage => Some(json!({ "mode": "down", "process_ms": process_ms })),
             Scenario::Brownout => {
                 Some(json!({ "mode": "flaky", "ratio": BROWNOUT_RATIO, "process_ms": process_ms }))
@@ -234,7 +240,7 @@ mod tests {
             1500
         );
         let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-        assert_eq!(names.len(), 9);
+        assert_eq!(names.len(), 10);
         assert_eq!(
             Scenario::Fleet.fault(Duration::from_secs(1)).unwrap()["mode"],
             "error500"
