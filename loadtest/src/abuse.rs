@@ -70,7 +70,11 @@ impl Spec {
     /// The top-level lines the scenario adds to switchyard's config: the limits, and a Stripe webhook
     /// on a listener of its own (port picked by the system) whose secret is in `secret_file`, and
     /// whose events would go to `forward_to` (none does: none is signed right).
-    pub fn config_lines(&self, secret_file: &std::path::Path, forward_to: SocketAddr) -> Vec<String> {
+    pub fn config_lines(
+        &self,
+        secret_file: &std::path::Path,
+        forward_to: SocketAddr,
+    ) -> Vec<String> {
         vec![
             format!(
                 "limits: {{ max_connections: {}, max_buffered_bytes: {}MiB }}",
@@ -187,6 +191,11 @@ pub struct Figures {
     pub rss_after_mib: Option<f64>,
     /// When `rss_after_mib` was read, seconds after the window.
     pub rss_after_at_s: Option<f64>,
+    /// How fast RSS grew in the second half of the quiet phase, MiB/s: what the payments' own
+    /// records (kept 24 h) add, with no abuse at all.
+    pub rss_quiet_trend_mib_per_s: Option<f64>,
+    /// `rss_after_mib` minus the quiet RSS carried forward on that trend: what the abuse left.
+    pub rss_after_over_trend_mib: Option<f64>,
     /// RSS samples: (seconds from the start, MiB).
     pub rss_timeline: Vec<(f64, f64)>,
     /// What the abusive clients did.
@@ -276,10 +285,13 @@ pub fn spawn(
             for t in tasks {
                 let _ = t.await;
             }
+            // The window is the planned one, even when every client is done early.
+            tokio::time::sleep_until(stop.into()).await;
             let to = t0.elapsed().as_secs_f64();
             let rss = sampler.await.unwrap_or_default();
             let c = &counters;
-            let map = |m: &Mutex<BTreeMap<String, u64>>| m.lock().map(|m| m.clone()).unwrap_or_default();
+            let map =
+                |m: &Mutex<BTreeMap<String, u64>>| m.lock().map(|m| m.clone()).unwrap_or_default();
             Ok((
                 Clients {
                     idle_h2_asked: spec.idle_h2,
@@ -408,8 +420,9 @@ pub fn flood_event(n: u64) -> (String, Vec<u8>) {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let event = |pad: usize| {
-        let mut body = format!(r#"{{"id":"evt_abuse_{n}","type":"payment_intent.succeeded","pad":""#)
-            .into_bytes();
+        let mut body =
+            format!(r#"{{"id":"evt_abuse_{n}","type":"payment_intent.succeeded","pad":""#)
+                .into_bytes();
         body.resize(pad.saturating_sub(2).max(body.len()), b'x');
         body.extend_from_slice(b"\"}");
         body
@@ -518,6 +531,23 @@ pub fn figures(
         .iter()
         .find(|(at, _)| *at >= after_at)
         .or_else(|| rss.iter().rev().find(|(at, _)| *at >= end));
+    let trend = {
+        let quiet: Vec<&(f64, f64)> = rss
+            .iter()
+            .filter(|(at, _)| *at >= start / 2.0 && *at < start)
+            .collect();
+        match (quiet.first(), quiet.last()) {
+            (Some(a), Some(b)) if b.0 - a.0 >= 1.0 => Some((b.1 - a.1) / (b.0 - a.0)),
+            _ => None,
+        }
+    };
+    let last_quiet = rss.iter().rev().find(|(at, _)| *at < start).copied();
+    let over_trend = match (rss_after, last_quiet, trend) {
+        (Some(after), Some(q), Some(slope)) => {
+            Some(((after.1 - (q.1 + slope * (after.0 - q.0))) * 10.0).round() / 10.0)
+        }
+        _ => None,
+    };
     let mut f = Figures {
         window_s,
         quiet,
@@ -529,6 +559,8 @@ pub fn figures(
         rss_peak_mib,
         rss_after_mib: rss_after.map(|x| x.1),
         rss_after_at_s: rss_after.map(|x| ((x.0 - end) * 10.0).round() / 10.0),
+        rss_quiet_trend_mib_per_s: trend.map(|t| (t * 100.0).round() / 100.0),
+        rss_after_over_trend_mib: over_trend,
         rss_timeline: rss,
         clients,
         verdicts: Vec::new(),
@@ -557,9 +589,7 @@ pub fn verdicts(f: &Figures) -> Vec<Verdict> {
     });
     let bound = f.max_buffered_mib as f64 + RSS_SLACK_MIB;
     out.push(Verdict {
-        goal: format!(
-            "peak RSS ≤ max_buffered_bytes + {RSS_SLACK_MIB:.0} MiB ({bound:.0} MiB)"
-        ),
+        goal: format!("peak RSS ≤ max_buffered_bytes + {RSS_SLACK_MIB:.0} MiB ({bound:.0} MiB)"),
         measured: f
             .rss_peak_mib
             .map_or("not measured".into(), |p| format!("{p:.1} MiB")),

@@ -257,17 +257,18 @@ impl Options {
     /// Checks values clap cannot.
     pub fn validate(&self) -> crate::Result<()> {
         if self.scenarios().contains(&Scenario::Abuse)
-            && self
-                .config_extra
-                .iter()
-                .any(|l| l.trim_start().starts_with("limits:") || l.trim_start().starts_with("webhooks:"))
+            && self.config_extra.iter().any(|l| {
+                l.trim_start().starts_with("limits:") || l.trim_start().starts_with("webhooks:")
+            })
         {
             return Err(
                 "the abuse scenario writes `limits:` and `webhooks:`: use --abuse-max-buffered-mib and --abuse-max-connections, not --config-extra".into(),
             );
         }
         if self.abuse_max_buffered_mib < 1 {
-            return Err("--abuse-max-buffered-mib must be at least 1 (the webhook's max_body)".into());
+            return Err(
+                "--abuse-max-buffered-mib must be at least 1 (the webhook's max_body)".into(),
+            );
         }
         let ratio = |name: &str, v: Option<f64>| match v {
             Some(v) if !(0.0..=1.0).contains(&v) => {

@@ -363,12 +363,14 @@ impl Report {
                 phase("after", &a.after)
             ));
             out.push(format!(
-                "abuse / {}: RSS quiet {}, peak {}, after {} ({} s after the window); limits.max_buffered_bytes {} MiB, max_connections {}",
+                "abuse / {}: RSS quiet {}, peak {}, after {} ({} s after the window; the quiet phase's own growth {} MiB/s, after minus that trend {}); limits.max_buffered_bytes {} MiB, max_connections {}",
                 r.label(),
                 mib(a.rss_quiet_mib),
                 mib(a.rss_peak_mib),
                 mib(a.rss_after_mib),
                 a.rss_after_at_s.map_or("?".into(), |s| format!("{s:.1}")),
+                a.rss_quiet_trend_mib_per_s.map_or("?".into(), |s| format!("{s:.2}")),
+                mib(a.rss_after_over_trend_mib),
                 a.max_buffered_mib,
                 a.max_connections
             ));

@@ -466,3 +466,72 @@ fn command_line() {
     assert_eq!(json["runs"].as_array().map(Vec::len), Some(1));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `abuse`: the webhook flood, idle h2c connections and slow uploads happen in the middle third, the
+/// payments are split around them, the sidecar's RSS is sampled, and every goal gets a verdict.
+#[test]
+fn abuse_runs_and_measures() {
+    let (report, out) = run(
+        "abuse",
+        &[
+            "--rate",
+            "100",
+            "--duration",
+            "9s",
+            "--abuse-idle",
+            "20",
+            "--abuse-slow",
+            "4",
+            "--abuse-webhook-clients",
+            "2",
+        ],
+    );
+    assert_eq!(report.runs.len(), 1, "{:?}", report.skipped);
+    let r = &report.runs[0];
+    check_run(r, &out);
+    let a = r.abuse.as_ref().expect("abuse figures");
+    let (from, to) = a.window_s;
+    assert!(
+        2.5 < from && from < 3.5 && 5.5 < to && to < 6.5,
+        "window {from}–{to}"
+    );
+    assert_eq!(r.fault_window_s, Some(a.window_s));
+    for (name, p) in [
+        ("quiet", &a.quiet),
+        ("during", &a.during),
+        ("after", &a.after),
+    ] {
+        assert!(p.requests > 100, "{name}: {p:?}");
+        assert!(p.latency.p99_ms > 0.0, "{name}: {p:?}");
+    }
+    assert_eq!(
+        a.quiet.requests + a.during.requests + a.after.requests,
+        r.shop.requests
+    );
+    let c = &a.clients;
+    assert_eq!(c.idle_h2_opened, 20, "{c:?}");
+    assert_eq!(c.slow_uploads, 4, "{c:?}");
+    assert!(c.slow_upload_bytes > 0, "{c:?}");
+    // The flood reached the webhook listener, and no event of it was accepted.
+    assert!(c.webhook_events > 0, "{c:?}");
+    assert!(
+        c.webhook_answers.get("401").is_some_and(|n| *n > 0),
+        "{c:?}"
+    );
+    assert!(
+        !c.webhook_answers.keys().any(|k| k.starts_with('2')),
+        "{c:?}"
+    );
+    assert_eq!(a.max_buffered_mib, 64);
+    assert!(a.rss_quiet_mib.is_some_and(|m| m > 1.0), "{a:?}");
+    assert!(a.rss_peak_mib >= a.rss_quiet_mib, "{a:?}");
+    assert!(a.rss_after_mib.is_some(), "{a:?}");
+    assert!(a.rss_timeline.len() > 50, "{}", a.rss_timeline.len());
+    assert_eq!(a.verdicts.len(), 4, "{:?}", a.verdicts);
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("## Abuse"), "{md}");
+    assert!(
+        md.contains("peak RSS ≤ max_buffered_bytes + 32 MiB"),
+        "{md}"
+    );
+}
