@@ -235,6 +235,10 @@ pub struct Targets {
     pub pid: u32,
 }
 
+/// What the abuse thread hands back: the clients' figures, the window (seconds from the start) and
+/// the RSS samples (seconds from the start, MiB).
+pub type Run = (Clients, (f64, f64), Vec<(f64, f64)>);
+
 /// Runs the abuse on a thread of its own: RSS sampled from `t0` to `end`, the clients from
 /// `start` to `stop`. Returns the clients' figures, the actual window (seconds from `t0`) and the
 /// RSS samples.
@@ -244,7 +248,7 @@ pub fn spawn(
     targets: Targets,
     t0: Instant,
     (start, stop, end): (Instant, Instant, Instant),
-) -> std::thread::JoinHandle<crate::Result<(Clients, (f64, f64), Vec<(f64, f64)>)>> {
+) -> std::thread::JoinHandle<crate::Result<Run>> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

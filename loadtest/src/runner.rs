@@ -606,7 +606,7 @@ async fn run_one(
     // Each sidecar's config file and state section, for the reload scenario's rewrites.
     let mut configs_written: Vec<(PathBuf, State)> = Vec::new();
     let mut bases: Vec<String> = Vec::new();
-    let abuse_spec = (scenario == Scenario::Abuse).then(|| abuse::Spec {
+    let abuse_spec = (scenario == Scenario::Abuse).then_some(abuse::Spec {
         idle_h2: opts.abuse_idle,
         slow_uploads: opts.abuse_slow,
         webhook_clients: opts.abuse_webhook_clients,
