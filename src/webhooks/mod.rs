@@ -20,6 +20,7 @@
 //! trail. Dedupe state is in memory, keyed by webhook name, and survives config reloads (not restarts).
 
 pub mod dedupe;
+mod refusals;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -82,11 +83,22 @@ pub enum WebhookResult {
     BodyTimeout,
     /// The process-wide buffer budget had no room for the body.
     Overloaded,
+    /// The source got too many refusals this second: turned away before its body was read.
+    Throttled,
 }
 
 impl WebhookResult {
+    /// Whether the event was refused as anyone's traffic (it failed verification or was not a
+    /// readable event): counted against its source.
+    fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            Self::BadSignature | Self::Stale | Self::Malformed | Self::TooLarge | Self::BodyTimeout
+        )
+    }
+
     /// Every result, for zeroed series.
-    pub const ALL: [WebhookResult; 13] = [
+    pub const ALL: [WebhookResult; 14] = [
         Self::Forwarded,
         Self::Duplicate,
         Self::BadSignature,
@@ -100,6 +112,7 @@ impl WebhookResult {
         Self::StateUnavailable,
         Self::BodyTimeout,
         Self::Overloaded,
+        Self::Throttled,
     ];
 
     /// The label value.
@@ -118,6 +131,7 @@ impl WebhookResult {
             Self::StateUnavailable => "state_unavailable",
             Self::BodyTimeout => "body_timeout",
             Self::Overloaded => "overloaded",
+            Self::Throttled => "throttled",
         }
     }
 
@@ -144,6 +158,10 @@ impl WebhookResult {
             ),
             Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Webhook body too slow"),
             Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Proxy overloaded"),
+            Self::Throttled => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many refused events from this address",
+            ),
         }
     }
 }
@@ -154,6 +172,8 @@ type ShopClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub struct Webhooks {
     stores: Mutex<HashMap<Arc<str>, Arc<WebhookStore>>>,
     state: Arc<crate::state::Stores>,
+    /// Refusals per source address, across this process's webhooks.
+    refusals: refusals::Refusals,
     client: ShopClient,
     metrics: Metrics,
     audit: Audit,
@@ -180,6 +200,7 @@ impl Webhooks {
         Self {
             stores: Mutex::new(HashMap::new()),
             state,
+            refusals: refusals::Refusals::default(),
             client: shop_client(),
             metrics,
             audit,
@@ -225,6 +246,10 @@ impl Webhooks {
             body_digest: None,
         };
         let (resp, result) = self.run(&hook, req, origin.peer, &mut record).await;
+        if let (Some(peer), true) = (origin.peer, result.is_refusal()) {
+            self.refusals
+                .count(peer.to_canonical(), std::time::Instant::now());
+        }
         record.result = result.as_str();
         record.latency = started.elapsed();
         self.metrics
@@ -273,6 +298,37 @@ impl Webhooks {
                     "this address may not post to this webhook",
                 );
             }
+        }
+        // Before the body is read: a source that keeps failing verification, and an event whose
+        // headers already show it cannot verify, are turned away unread (and the connection closed,
+        // so the unread body is never drained).
+        let unread = |result: WebhookResult, detail: &str| {
+            let (mut resp, r) = reject(result, detail);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            (resp, r)
+        };
+        if peer.is_some_and(|ip| {
+            self.refusals
+                .over(ip.to_canonical(), std::time::Instant::now())
+        }) {
+            let (mut resp, r) = unread(
+                WebhookResult::Throttled,
+                "too many refused events; retry later",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return (resp, r);
+        }
+        if let Err(rejection) = verify::precheck(&hook.verify, req.headers(), SystemTime::now()) {
+            return match rejection {
+                Rejection::BadSignature(why) => unread(WebhookResult::BadSignature, why),
+                Rejection::Stale => unread(
+                    WebhookResult::Stale,
+                    "the signature's timestamp is outside the tolerance",
+                ),
+                Rejection::Malformed(why) => unread(WebhookResult::Malformed, why),
+            };
         }
         let (parts, body) = req.into_parts();
         let declared = parts

@@ -69,12 +69,16 @@ async fn a_stalled_webhook_body_is_answered_408_and_closed_at_the_deadline() {
     let (proxy, addr, shop, _dir) =
         webhook_proxy(&["webhooks: { body_read_timeout: 300ms }"]).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\nstripe-signature: t=1,v1=00\r\ncontent-length: 1000\r\n\r\n0123456789",
-        )
-        .await
-        .unwrap();
+    // A signature header that could verify (fresh, well formed): the body must be read to tell.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let head = format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\nstripe-signature: t={now},v1={}\r\ncontent-length: 1000\r\n\r\n0123456789",
+        "0".repeat(64)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
     let answer = closed_within(&mut stream, Duration::from_secs(5))
         .await
         .expect("the connection of a stalled body stays open");

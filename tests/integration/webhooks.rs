@@ -568,3 +568,49 @@ async fn a_shop_that_times_out_gets_a_504_whose_body_says_504() {
     assert_eq!(a.json()["status"], 504);
     assert_eq!(a.header("x-switchyard-error"), Some("shop_error"));
 }
+
+/// A well-formed Stripe signature header from 1970.
+const ZEROS_AT_1: &str = "t=1,v1=0000000000000000000000000000000000000000000000000000000000000000";
+
+#[tokio::test]
+async fn forged_floods_are_turned_away_before_their_bodies_are_read() {
+    let status = Arc::new(AtomicU16::new(200));
+    let shop = shop(Arc::clone(&status), Duration::ZERO).await;
+    let dir = secrets(&[("whsec", "whsec_test_secret")]);
+    let (proxy, _provider) = proxy_with(&stripe_hook(&shop, &[path_of(&dir, "whsec")], "")).await;
+    let big = format!(r#"{{"id":"evt_forged","pad":"{}"}}"#, "x".repeat(512 << 10));
+
+    // No signature header, or a stale one: it can never verify, so the body is not read, and the
+    // connection is closed rather than drained.
+    for header in [("x-other", "1"), ("stripe-signature", ZEROS_AT_1)] {
+        let a = post_signed(&proxy, "/webhooks/stripe", header, &big).await;
+        assert_eq!(a.status, 401, "{}", a.text());
+        assert_eq!(a.header("connection"), Some("close"));
+    }
+    assert_eq!(webhook_metric(&proxy, "bad_signature").await, 1.0);
+    assert_eq!(webhook_metric(&proxy, "stale").await, 1.0);
+
+    // A source that keeps failing verification is throttled, unread, for the rest of the second;
+    // refused traffic never reaches the shop.
+    let forged = format!("t={},v1={}", now(), "0".repeat(64));
+    let mut throttled = None;
+    for i in 0..200 {
+        let a = post_signed(
+            &proxy,
+            "/webhooks/stripe",
+            ("stripe-signature", &forged),
+            &big,
+        )
+        .await;
+        if a.status == 429 {
+            throttled = Some((i, a));
+            break;
+        }
+        assert_eq!(a.status, 401);
+    }
+    let (i, a) = throttled.expect("a flood of forged events is throttled");
+    assert!(i >= 45, "not before the limit: throttled after {i}");
+    assert_eq!(a.header("retry-after"), Some("1"));
+    assert!(webhook_metric(&proxy, "throttled").await >= 1.0);
+    assert_eq!(shop.count(), 0);
+}
