@@ -11,6 +11,8 @@
 //!   a retry at the same provider takes from the retry budget.
 //! - A pinned provider whose breaker is open is waited for within `retry.pinned_wait`, then answered
 //!   with 503 `pinned_provider_unavailable`; never another provider.
+//! - The shop's retry of a key whose outcome is unknown makes one provider attempt, and gets 503 at
+//!   once while its provider's breaker is open (no amplification of the shop's own retries).
 
 use std::time::Duration;
 
@@ -150,6 +152,18 @@ pub(super) enum Stop {
     PinnedQuotaExhausted,
 }
 
+/// Most attempts for this operation: the route's, except for the shop's retry of a key whose outcome
+/// is unknown, which makes one provider attempt per shop request. A shop SDK that retries on its own
+/// (Stripe's retries 5xx and 409 twice) times the route's attempts would otherwise send one payment
+/// nine times.
+fn attempts_allowed(state: &OpState, policy: &Policy) -> u32 {
+    if state.pinned == Some(PinReason::Resumed) {
+        1
+    } else {
+        policy.attempts
+    }
+}
+
 /// The wait announced for a breaker that may admit again in `retry_in`.
 pub(super) fn breaker_wait(retry_in: Duration) -> Duration {
     retry_in.max(MIN_BREAKER_WAIT)
@@ -179,6 +193,11 @@ pub(super) fn decide(
             let wait = breaker_wait(retry_in);
             return match state.pinned {
                 None => Step::NextTarget,
+                // The shop's own retry of an unknown outcome is answered at once: the shop (or its
+                // SDK) retries on its own schedule, and waiting here too would stack the two.
+                Some(PinReason::Resumed) => {
+                    Step::Stop(Stop::PinnedUnavailable { retry_after: wait })
+                }
                 // No other provider may take it: wait for this one while the route allows (a breaker
                 // opened by a brownout lets probes through soon), so the shop gets the payment's
                 // answer rather than a 503 to retry.
@@ -205,7 +224,7 @@ pub(super) fn decide(
             OutcomeClass::Unknown => state.keyed || state.idempotent,
             OutcomeClass::Processed => false,
         }
-        && state.sent < policy.attempts;
+        && state.sent < attempts_allowed(state, policy);
     if !may_retry {
         return Step::Stop(Stop::Exhausted);
     }
@@ -417,7 +436,8 @@ mod tests {
 
     #[test]
     fn a_not_processed_answer_to_a_retry_of_an_unknown_key_stays_with_the_provider() {
-        // A 409 "still processing" to the retry of an unknown outcome: never another provider.
+        // A 409 "still processing" to the shop's retry of an unknown outcome: never another provider,
+        // and no retry of ours on top of the shop's (one attempt per shop request).
         let now = t0();
         let state = OpState {
             pinned: Some(PinReason::Resumed),
@@ -426,7 +446,7 @@ mod tests {
         };
         let hint = RetryHint::After(Duration::from_secs(1));
         let (step, _) = run(&state, sent(C::NotProcessed, hint), &policy(now, true), now);
-        assert_eq!(step, Step::Retry { after: 1_000 * MS });
+        assert_eq!(step, Step::Stop(Stop::Exhausted));
     }
 
     #[test]
@@ -583,5 +603,57 @@ mod tests {
                 retry_after: Duration::from_secs(1)
             })
         );
+    }
+
+    #[test]
+    fn a_shop_retry_of_an_unknown_outcome_makes_one_attempt_and_never_waits() {
+        let now = t0();
+        let p = policy(now, true);
+        let resumed = OpState {
+            pinned: Some(PinReason::Resumed),
+            keyed: true,
+            unknown_before: true,
+            sent: 1,
+            ..OpState::default()
+        };
+        // Its provider's breaker is open: 503 at once, not a wait within pinned_wait.
+        let before_sending = OpState { sent: 0, ..resumed };
+        assert_eq!(
+            run(
+                &before_sending,
+                Attempt::BreakerOpen { retry_in: 300 * MS },
+                &p,
+                now
+            )
+            .0,
+            Step::Stop(Stop::PinnedUnavailable {
+                retry_after: 300 * MS
+            })
+        );
+        // One attempt sent, whatever became of it: no retry here, the shop retries.
+        for class in [C::NotSent, C::NotProcessed, C::Unknown] {
+            let attempt = Attempt::Sent {
+                class,
+                hint: RetryHint::None,
+            };
+            assert_eq!(
+                run(&resumed, attempt, &p, now).0,
+                Step::Stop(Stop::Exhausted),
+                "{class:?}"
+            );
+        }
+        // The same outcome within one request of the shop's is still retried there.
+        let reached = OpState {
+            pinned: Some(PinReason::Reached),
+            ..resumed
+        };
+        let unknown = Attempt::Sent {
+            class: C::Unknown,
+            hint: RetryHint::None,
+        };
+        assert!(matches!(
+            run(&reached, unknown, &p, now).0,
+            Step::Retry { .. }
+        ));
     }
 }
