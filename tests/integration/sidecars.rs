@@ -344,6 +344,27 @@ fn fleet_config(dir: &Path, name: &str, primary: &str, backup: &str, state: &str
     path
 }
 
+/// Two sidecars, `a` and `b`, in front of `primary` and `backup`, each with the state `state` gives for
+/// its own folder.
+fn two_sidecars(
+    dir: &Path,
+    primary: &MockProvider,
+    backup: &MockProvider,
+    state: &dyn Fn(&Path) -> String,
+) -> (Sidecar, Sidecar) {
+    let start = |name: &str| {
+        let own = dir.join(name);
+        Sidecar::start(&fleet_config(
+            dir,
+            name,
+            &primary.url(),
+            &backup.url(),
+            &state(&own),
+        ))
+    };
+    (start("a"), start("b"))
+}
+
 fn redis_state(redis: &RedisServer, dir: &Path) -> String {
     format!(
         "state: {{ backend: redis, dir: {}/state, redis: {{ url: {}, timeout: 200ms }} }}",
@@ -359,22 +380,7 @@ async fn unknown_then_retry_elsewhere(state: impl Fn(&Path) -> String) -> (u16, 
     let dir = tempfile::tempdir().unwrap();
     let primary = charging_primary().await;
     let backup = MockProvider::start(|_| Reply::ok(r#"{"id":"pi_backup"}"#)).await;
-    let a_dir = dir.path().join("a");
-    let b_dir = dir.path().join("b");
-    let a = Sidecar::start(&fleet_config(
-        dir.path(),
-        "a",
-        &primary.url(),
-        &backup.url(),
-        &state(&a_dir),
-    ));
-    let b = Sidecar::start(&fleet_config(
-        dir.path(),
-        "b",
-        &primary.url(),
-        &backup.url(),
-        &state(&b_dir),
-    ));
+    let (a, b) = two_sidecars(dir.path(), &primary, &backup, &state);
     // At A: charged, then a 500: unknown.
     let first = post_with_key(&a.url("/v1/charges"), "order-1", "fail").await;
     assert_eq!(
@@ -427,22 +433,9 @@ async fn the_same_key_at_two_sidecars_at_once_is_charged_once() {
     })
     .await;
     let backup = MockProvider::start(|_| Reply::ok(r#"{"id":"pi_backup"}"#)).await;
-    let a_dir = dir.path().join("a");
-    let b_dir = dir.path().join("b");
-    let a = Sidecar::start(&fleet_config(
-        dir.path(),
-        "a",
-        &primary.url(),
-        &backup.url(),
-        &redis_state(&redis, &a_dir),
-    ));
-    let b = Sidecar::start(&fleet_config(
-        dir.path(),
-        "b",
-        &primary.url(),
-        &backup.url(),
-        &redis_state(&redis, &b_dir),
-    ));
+    let (a, b) = two_sidecars(dir.path(), &primary, &backup, &|d: &Path| {
+        redis_state(&redis, d)
+    });
     let (a_url, b_url) = (a.url("/v1/charges"), b.url("/v1/charges"));
     let (x, y) = tokio::join!(
         post_with_key(&a_url, "order-1", "ok"),
