@@ -744,6 +744,29 @@ fn redact_part(piece: &str) -> String {
     )
 }
 
+/// Whether a request holds card data or a field the redactor masks (CVC, expiry, secrets), in its
+/// path and query (as written or percent-decoded) or its body, by the rules of [`redact_body`] and
+/// [`redact_path`]: what must never be kept at rest. A body that is not UTF-8 cannot be read to tell,
+/// and counts as holding it.
+pub fn holds_card_data(content_type: Option<&str>, path_and_query: &str, body: &[u8]) -> bool {
+    if redact_path(path_and_query) != path_and_query {
+        return true;
+    }
+    if body.is_empty() {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(body) else {
+        return true;
+    };
+    if matches!(mask_pans(text), Cow::Owned(_)) {
+        return true;
+    }
+    let redacted = redact_body(content_type, body, false);
+    redacted.format == BodyFormat::Binary
+        || redacted.text.contains(REDACTED)
+        || redacted.text.contains("***")
+}
+
 /// Masks card numbers in a URL's path and query for the audit trail, as written and as decoded: a card
 /// number hidden by percent-encoding (`%34%32…`, `%2520`) is masked too. The query's sensitive
 /// parameters (`card[cvc]=…`) lose their values as in a form. When decoding showed a card number the

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{pins, Begin, Finish, Lease, Name, RecordKey, Store, StoredAnswer};
+use super::{pins, Begin, Finish, Kept, Lease, Name, RecordKey, Store, StoredAnswer, UnknownOp};
 use crate::state::{Clock, StateError, SystemClock};
 
 /// Where a record stands. Public for a store on disk, which keeps a copy of each record
@@ -26,6 +26,8 @@ pub enum RecordState {
         token: u64,
         /// When the holder's lease runs out.
         lease_until: Instant,
+        /// What the record kept for its resolution before it was resumed.
+        kept: Option<Arc<Kept>>,
     },
     /// The final answer, for replay.
     Done(Arc<StoredAnswer>),
@@ -33,6 +35,8 @@ pub enum RecordState {
     Unknown {
         /// The provider the key is pinned to.
         pinned: Arc<str>,
+        /// What it keeps for its resolution.
+        kept: Option<Arc<Kept>>,
     },
 }
 
@@ -79,6 +83,9 @@ struct Inner {
     evictions: u64,
     /// The last fencing token given.
     tokens: u64,
+    /// The records in flight or unknown: what [`Store::unknowns`] looks through (never the whole
+    /// table).
+    open: std::collections::HashSet<Name, pins::Prehashed>,
 }
 
 /// The in-memory store, reading the time from `C`.
@@ -188,6 +195,12 @@ impl<C: Clock> MemoryStore<C> {
         }
         inner.bytes += image.bytes;
         inner.order.push_back((seq, name));
+        if !matches!(
+            inner.map.get(&name).map(|e| &e.state),
+            Some(RecordState::Done(_))
+        ) {
+            inner.open.insert(name);
+        }
         self.tidy(&mut inner, limits, now);
     }
 
@@ -215,8 +228,7 @@ impl<C: Clock> MemoryStore<C> {
                     if e.expires > now {
                         break;
                     }
-                    let e = inner.map.remove(&name).map(|e| e.bytes).unwrap_or(0);
-                    inner.bytes -= e;
+                    Self::remove(inner, &name);
                 }
                 _ => {}
             }
@@ -240,14 +252,19 @@ impl<C: Clock> MemoryStore<C> {
             if matches!(e.state, RecordState::Unknown { .. }) {
                 tracing::warn!("idempotency store full: evicting a record whose outcome is unknown; size the store for your traffic");
             }
-            let bytes = e.bytes;
-            inner.map.remove(&name);
-            inner.bytes -= bytes;
+            Self::remove(inner, &name);
             inner.evictions += 1;
         }
         while let Some(item) = skipped.pop_back() {
             inner.order.push_front(item);
         }
+    }
+
+    fn remove(inner: &mut Inner, name: &Name) {
+        if let Some(e) = inner.map.remove(name) {
+            inner.bytes -= e.bytes;
+        }
+        inner.open.remove(name);
     }
 
     fn write(
@@ -264,8 +281,15 @@ impl<C: Clock> MemoryStore<C> {
             + key.scope.len()
             + match &entry_state {
                 RecordState::Done(a) => a.bytes(),
+                RecordState::Unknown { kept: Some(k), .. }
+                | RecordState::InFlight { kept: Some(k), .. } => k.bytes(),
                 _ => 0,
             };
+        if matches!(entry_state, RecordState::Done(_)) {
+            inner.open.remove(&key.name);
+        } else {
+            inner.open.insert(key.name);
+        }
         let entry = Entry {
             fingerprint,
             state: entry_state,
@@ -302,34 +326,39 @@ impl<C: Clock> MemoryStore<C> {
                 RecordState::InFlight {
                     attempt,
                     lease_until,
+                    kept,
                     ..
                 } if *lease_until <= now => match attempt {
                     // Its holder is gone after recording an attempt: that attempt's outcome is unknown.
-                    Some(p) => Found::Resume(Arc::clone(p)),
+                    Some(p) => Found::Resume(Arc::clone(p), kept.clone()),
                     // Nothing was recorded, so nothing was sent.
                     None => Found::Free,
                 },
                 RecordState::InFlight { .. } => Found::Begin(Begin::InFlight),
                 RecordState::Done(answer) => Found::Begin(Begin::Replay(Arc::clone(answer))),
-                RecordState::Unknown { pinned } => Found::Resume(Arc::clone(pinned)),
+                RecordState::Unknown { pinned, kept } => {
+                    Found::Resume(Arc::clone(pinned), kept.clone())
+                }
             };
             (e.fingerprint, found)
         });
         match existing {
             Some((f, _)) if f != fingerprint => Begin::Mismatch,
             Some((_, Found::Begin(other))) => other,
-            Some((_, Found::Resume(pinned))) => {
+            Some((_, Found::Resume(pinned, kept))) => {
                 let claim = Self::claim(&mut inner);
                 let state = RecordState::InFlight {
                     attempt: Some(Arc::clone(&pinned)),
                     resumed: true,
                     token: claim.0,
                     lease_until: now + lease,
+                    kept: kept.clone(),
                 };
                 Self::write(&mut inner, key, state, fingerprint, now + limits.ttl);
                 Begin::Resume {
                     pinned,
                     lease: claim,
+                    kept,
                 }
             }
             None | Some((_, Found::Free)) => {
@@ -339,6 +368,7 @@ impl<C: Clock> MemoryStore<C> {
                     resumed: false,
                     token: claim.0,
                     lease_until: now + lease,
+                    kept: None,
                 };
                 Self::write(&mut inner, key, state, fingerprint, now + limits.ttl);
                 self.tidy(&mut inner, limits, now);
@@ -389,36 +419,70 @@ impl<C: Clock> MemoryStore<C> {
             return Err(StateError::Fenced);
         };
         let fingerprint = entry.fingerprint;
-        let kept_pin = match &entry.state {
+        let (kept_pin, had) = match &entry.state {
             RecordState::InFlight {
-                attempt: Some(p),
-                resumed: true,
+                attempt,
+                resumed,
+                kept,
                 ..
-            } => Some(Arc::clone(p)),
-            _ => None,
+            } => (attempt.clone().filter(|_| *resumed), kept.clone()),
+            _ => (None, None),
         };
         let next = match finish {
-            Finish::NothingSent => kept_pin.map(|pinned| RecordState::Unknown { pinned }),
-            Finish::Unknown { provider } => Some(RecordState::Unknown { pinned: provider }),
+            Finish::NothingSent => {
+                kept_pin.map(|pinned| RecordState::Unknown { pinned, kept: had })
+            }
+            Finish::Unknown { provider, kept } => Some(RecordState::Unknown {
+                pinned: provider,
+                kept: kept.or(had),
+            }),
             Finish::Final(answer) => Some(RecordState::Done(Arc::new(answer))),
         };
         match next {
             Some(state) => Self::write(&mut inner, key, state, fingerprint, now + limits.ttl),
-            None => {
-                if let Some(e) = inner.map.remove(&key.name) {
-                    inner.bytes -= e.bytes;
-                }
-            }
+            None => Self::remove(&mut inner, &key.name),
         }
         self.tidy(&mut inner, limits, now);
         Ok(())
+    }
+
+    /// [`Store::unknowns`], at once.
+    pub fn unknowns_now(&self, limit: usize) -> Vec<UnknownOp> {
+        let now = self.clock.now();
+        let inner = self.lock();
+        let mut out: Vec<UnknownOp> = inner
+            .open
+            .iter()
+            .filter_map(|name| {
+                let e = inner.map.get(name)?;
+                let (pinned, kept) = match &e.state {
+                    RecordState::Unknown { pinned, kept } => (pinned, kept),
+                    RecordState::InFlight {
+                        attempt: Some(p),
+                        lease_until,
+                        kept,
+                        ..
+                    } if *lease_until <= now => (p, kept),
+                    _ => return None,
+                };
+                Some(UnknownOp {
+                    digest: name.digest,
+                    pinned: Arc::clone(pinned),
+                    kept: kept.clone(),
+                })
+            })
+            .collect();
+        drop(inner);
+        out.sort_by_key(|u| u.kept.as_ref().map_or(0, |k| k.next_ms));
+        out.truncate(limit);
+        out
     }
 }
 
 /// What `begin` found under a key.
 enum Found {
     Begin(Begin),
-    Resume(Arc<str>),
+    Resume(Arc<str>, Option<Arc<Kept>>),
     /// An in-flight record whose holder left before recording any attempt.
     Free,
 }
@@ -457,5 +521,12 @@ impl<C: Clock> Store for MemoryStore<C> {
         // A fenced write changes nothing, now or later.
         let _ = self.finish_held(key, lease, finish);
         Ok(())
+    }
+
+    fn unknowns(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<UnknownOp>, StateError>> + Send {
+        std::future::ready(Ok(self.unknowns_now(limit)))
     }
 }

@@ -11,6 +11,7 @@
 //! (`memory.rs`) keeps records in memory, bounded by entries and bytes; a record is named by a stable
 //! digest of its scope and key ([`RecordKey`]).
 
+mod kept;
 mod memory;
 mod pins;
 
@@ -24,6 +25,10 @@ use sha2::{Digest, Sha256};
 
 use crate::state::StateError;
 
+pub use kept::{
+    due_after, unix_ms, Credentials, Kept, KeptRequest, NotKept, UnknownOp, GAVE_UP, SCHEDULE,
+    THEN_EVERY,
+};
 pub use memory::{Limits, MemoryStore, RecordImage, RecordState};
 pub use pins::{answer_id, candidate_ids, Candidates, ObjectPins, PinStore};
 
@@ -185,6 +190,8 @@ pub enum Begin {
         pinned: Arc<str>,
         /// The new claim.
         lease: Lease,
+        /// What the record keeps for its resolution, when it settled unknown with it.
+        kept: Option<Arc<Kept>>,
     },
 }
 
@@ -197,10 +204,23 @@ pub enum Finish {
     Unknown {
         /// The pinned provider.
         provider: Arc<str>,
+        /// What to keep for its resolution; `None` keeps what the record had (if anything).
+        kept: Option<Arc<Kept>>,
     },
     /// Nothing this operation sent may have reached a provider: the record is dropped and a retry
-    /// starts afresh, unless the operation was itself resumed from an unknown outcome, whose pin stays.
+    /// starts afresh, unless the operation was itself resumed from an unknown outcome, whose pin (and
+    /// what it keeps for its resolution) stays.
     NothingSent,
+}
+
+impl Finish {
+    /// Unknown at `provider`, keeping what the record had for its resolution.
+    pub fn unknown(provider: Arc<str>) -> Self {
+        Self::Unknown {
+            provider,
+            kept: None,
+        }
+    }
 }
 
 /// A record's identity: its name in any store, and the hash of that name in this process's tables.
@@ -406,6 +426,13 @@ pub trait Store: Send + Sync + 'static {
     fn degraded(&self) -> bool {
         false
     }
+    /// Up to `limit` records that may be unknown: settled unknown, or in flight past their lease
+    /// after an attempt was recorded (their holder died). The resolver and the admin listing read it;
+    /// those due first (by [`Kept::next_ms`]) come first.
+    fn unknowns(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<UnknownOp>, StateError>> + Send;
 }
 
 /// The store each route uses: the configured backend's.

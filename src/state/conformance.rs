@@ -12,7 +12,10 @@ use http::{HeaderMap, StatusCode};
 use prometheus::IntCounter;
 
 use crate::config::Dedupe;
-use crate::idempotency::{Begin, Finish, Lease, Limits, PinStore, RecordKey, Store, StoredAnswer};
+use crate::idempotency::{
+    Begin, Finish, Kept, KeptRequest, Lease, Limits, NotKept, PinStore, RecordKey, Store,
+    StoredAnswer,
+};
 use crate::state::StateError;
 use crate::webhooks::dedupe::{self, EventStore};
 
@@ -55,6 +58,8 @@ macro_rules! suite {
             records_are_named_by_scope_and_key,
             records_finished_without_a_begin_change_nothing,
             records_expire_after_their_ttl,
+            records_keep_the_request_of_an_unknown_outcome,
+            records_list_what_may_be_unknown,
             pins_are_found_by_path_or_body,
             pins_the_first_pinned_candidate_wins,
             pins_expire_after_their_ttl,
@@ -142,9 +147,7 @@ async fn finish(s: &impl Store, k: &RecordKey, lease: Lease, f: Finish) {
 }
 
 fn unknown_at(name: &str) -> Finish {
-    Finish::Unknown {
-        provider: provider(name),
-    }
+    Finish::unknown(provider(name))
 }
 
 /// 409: a key in flight is not begun again.
@@ -198,7 +201,7 @@ pub(crate) async fn records_resume_an_unknown_outcome_at_the_pinned_provider<B: 
         .unwrap();
     finish(&s, &key("k"), lease, unknown_at("backup")).await;
     let resumed = match begin(&s, &key("k"), F1).await {
-        Begin::Resume { pinned, lease } => {
+        Begin::Resume { pinned, lease, .. } => {
             assert_eq!(&*pinned, "backup");
             lease
         }
@@ -230,6 +233,7 @@ pub(crate) async fn records_an_abandoned_attempt_resumes_where_it_was_recorded<B
         Begin::Resume {
             pinned,
             lease: next,
+            ..
         } => {
             assert_eq!(&*pinned, "backup");
             assert_ne!(next, lease);
@@ -245,6 +249,112 @@ pub(crate) async fn records_an_abandoned_attempt_resumes_where_it_was_recorded<B
         Begin::Resume { pinned, .. } => assert_eq!(&*pinned, "primary"),
         other => panic!("{other:?}"),
     }
+}
+
+/// What a record keeps for its resolution, for key `k`, due at `next_ms`.
+fn kept(k: &str, next_ms: u64) -> Arc<Kept> {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    let request = KeptRequest::new(
+        "",
+        k,
+        &http::Method::POST,
+        "/v1/payments",
+        &h,
+        &[],
+        &bytes::Bytes::from_static(b"{\"amount\":1}"),
+    )
+    .unwrap();
+    let mut kept = Kept::first(next_ms - 1_000, Ok(Arc::new(request)));
+    kept.next_ms = next_ms;
+    Arc::new(kept)
+}
+
+fn unknown_keeping(name: &str, kept: &Arc<Kept>) -> Finish {
+    Finish::Unknown {
+        provider: provider(name),
+        kept: Some(Arc::clone(kept)),
+    }
+}
+
+/// An unknown outcome keeps its request for the resolver: a resume gets it back; a resumed request
+/// that sends nothing, or ends unknown without a new one, leaves it as it was; a new one replaces it;
+/// a final answer ends it.
+pub(crate) async fn records_keep_the_request_of_an_unknown_outcome<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    let first = kept("k", 5_000);
+    let lease = hold(&s, &key("k"), F1).await;
+    finish(&s, &key("k"), lease, unknown_keeping("primary", &first)).await;
+    let resume = |expected: Arc<Kept>| {
+        let s = &s;
+        async move {
+            match begin(s, &key("k"), F1).await {
+                Begin::Resume { pinned, lease, kept } => {
+                    assert_eq!(&*pinned, "primary");
+                    assert_eq!(kept.as_deref(), Some(&*expected));
+                    lease
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let lease = resume(Arc::clone(&first)).await;
+    finish(&s, &key("k"), lease, Finish::NothingSent).await;
+    let lease = resume(Arc::clone(&first)).await;
+    finish(&s, &key("k"), lease, unknown_at("primary")).await;
+    let lease = resume(Arc::clone(&first)).await;
+    let tried = Arc::new(first.tried(6_000, Duration::from_secs(86_400)));
+    finish(&s, &key("k"), lease, unknown_keeping("primary", &tried)).await;
+    let lease = resume(Arc::clone(&tried)).await;
+    finish(&s, &key("k"), lease, Finish::Final(answer("x"))).await;
+    assert!(matches!(begin(&s, &key("k"), F1).await, Begin::Replay(_)));
+    assert!(s.unknowns(10).await.unwrap().is_empty());
+    // Why a request was not kept is kept too.
+    let lease = hold(&s, &key("card"), F1).await;
+    let not_kept = Arc::new(Kept::first(1_000, Err(NotKept::CardData)));
+    finish(&s, &key("card"), lease, unknown_keeping("backup", &not_kept)).await;
+    match begin(&s, &key("card"), F1).await {
+        Begin::Resume { kept, .. } => assert_eq!(kept.as_deref(), Some(&*not_kept)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The listing of what may be unknown: records settled unknown (with what they keep), and records
+/// whose holder died after recording an attempt; never a record with a final answer, one that sent
+/// nothing, or one whose holder's lease still runs. Those due first come first.
+pub(crate) async fn records_list_what_may_be_unknown<B: Backend>(b: &B) {
+    let (s, _) = records(b, 10);
+    for (k, next) in [("late", 9_000), ("soon", 2_000), ("middle", 5_000)] {
+        let lease = hold(&s, &key(k), F1).await;
+        finish(&s, &key(k), lease, unknown_keeping("primary", &kept(k, next))).await;
+    }
+    let lease = hold(&s, &key("done"), F1).await;
+    finish(&s, &key("done"), lease, Finish::Final(answer("x"))).await;
+    let lease = hold(&s, &key("nothing"), F1).await;
+    finish(&s, &key("nothing"), lease, Finish::NothingSent).await;
+    hold(&s, &key("running"), F1).await;
+    let listed = s.unknowns(10).await.unwrap();
+    let names: Vec<_> = listed
+        .iter()
+        .map(|u| match &u.kept.as_ref().unwrap().request {
+            Ok(r) => r.key.clone(),
+            Err(e) => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(names, ["soon", "middle", "late"]);
+    assert!(listed.iter().all(|u| &*u.pinned == "primary"));
+    assert_eq!(listed[0].digest, *key("soon").digest());
+    assert_eq!(s.unknowns(2).await.unwrap().len(), 2, "at most the limit");
+    // The holder of "running" dies: after its lease, its key may be unknown at its first provider.
+    b.advance(LEASE + Duration::from_secs(1)).await;
+    let listed = s.unknowns(10).await.unwrap();
+    assert_eq!(listed.len(), 4);
+    let dead = listed
+        .iter()
+        .find(|u| u.digest == *key("running").digest())
+        .expect("the dead holder's record is listed");
+    assert_eq!(&*dead.pinned, "primary");
+    assert!(dead.kept.is_none());
 }
 
 /// A claim that recorded no attempt sent nothing: after its lease, the key starts afresh.

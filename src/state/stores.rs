@@ -350,6 +350,19 @@ impl Store for Records {
             Self::Recording(r) => r.inner.degraded(),
         }
     }
+
+    async fn unknowns(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<crate::idempotency::UnknownOp>, StateError> {
+        match self {
+            Self::Memory(s) => s.unknowns(limit).await,
+            Self::Local(s, _) => s.unknowns(limit).await,
+            Self::Redis(s) => s.unknowns(limit).await,
+            #[cfg(test)]
+            Self::Recording(r) => r.inner.unknowns(limit).await,
+        }
+    }
 }
 
 /// The object pins, in one of the backends.
@@ -438,7 +451,7 @@ impl EventStore for Events {
 fn finish_name(f: &Finish) -> String {
     match f {
         Finish::Final(a) => format!("final@{}", a.provider()),
-        Finish::Unknown { provider } => format!("unknown@{provider}"),
+        Finish::Unknown { provider, .. } => format!("unknown@{provider}"),
         Finish::NothingSent => "nothing_sent".into(),
     }
 }

@@ -419,10 +419,7 @@ impl<S: SendAttempt> Operation<S> {
                 .with_label_values(&[&*route.name, &*provider])
                 .inc();
             if let Some(s) = settle.as_mut() {
-                s.finish(Finish::Unknown {
-                    provider: Arc::clone(&provider),
-                })
-                .await;
+                s.finish(Finish::unknown(Arc::clone(&provider))).await;
             }
             return Err(match (class, result) {
                 (OutcomeClass::Unknown, Err(e)) => e.error,

@@ -95,9 +95,7 @@ impl Settle<'_> {
     /// How the operation ends when it stops without a final answer.
     fn unsettled(&self) -> Finish {
         match &self.reached {
-            Some(p) => Finish::Unknown {
-                provider: Arc::clone(p),
-            },
+            Some(p) => Finish::unknown(Arc::clone(p)),
             None => Finish::NothingSent,
         }
     }
@@ -348,7 +346,9 @@ impl<S: SendAttempt> Operation<S> {
                     self.count_idempotency("replayed");
                     return Ok(self.replay(&answer));
                 }
-                Begin::Resume { pinned: p, lease } => {
+                Begin::Resume {
+                    pinned: p, lease, ..
+                } => {
                     self.count_idempotency("resumed");
                     pinned = Some(Arc::clone(&p));
                     (lease, Some(p))
@@ -422,11 +422,7 @@ impl<S: SendAttempt> Operation<S> {
             Ok(read) => read,
             Err(e) => {
                 // The answer was lost on the way: whatever the provider did stays pinned to it.
-                settle
-                    .finish(Finish::Unknown {
-                        provider: Arc::clone(provider),
-                    })
-                    .await;
+                settle.finish(Finish::unknown(Arc::clone(provider))).await;
                 self.metrics
                     .unknown_outcomes_total
                     .with_label_values(&[&*self.route.name, &**provider])
@@ -441,11 +437,7 @@ impl<S: SendAttempt> Operation<S> {
             // Too large to keep: passed on as it comes, marked unstored. The record stays pinned to
             // the provider (not replayed), so the shop's retry goes there with the same key and the
             // provider answers it from its own store.
-            settle
-                .finish(Finish::Unknown {
-                    provider: Arc::clone(provider),
-                })
-                .await;
+            settle.finish(Finish::unknown(Arc::clone(provider))).await;
             self.count_idempotency("not_stored");
             let head = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(
                 http_body::Frame::data(body),

@@ -115,6 +115,7 @@ impl<C: Clock + Clone> LocalRecords<C> {
                 resumed,
                 token,
                 lease_until,
+                kept: _,
             } => journal::State::InFlight {
                 attempt: attempt.as_deref(),
                 resumed: *resumed,
@@ -130,7 +131,7 @@ impl<C: Clock + Clone> LocalRecords<C> {
                     blob,
                 }
             }
-            RecordState::Unknown { pinned } => journal::State::Unknown { pinned },
+            RecordState::Unknown { pinned, kept: _ } => journal::State::Unknown { pinned },
         };
         journal::Record {
             fingerprint: i.fingerprint,
@@ -160,6 +161,7 @@ impl<C: Clock + Clone> LocalRecords<C> {
                 resumed: *resumed,
                 token: *token,
                 lease_until: wall.now(),
+                kept: None,
             },
             journal::State::Done {
                 status,
@@ -179,6 +181,7 @@ impl<C: Clock + Clone> LocalRecords<C> {
             }
             journal::State::Unknown { pinned } => RecordState::Unknown {
                 pinned: Arc::from(*pinned),
+                kept: None,
             },
         };
         self.store.restore(
@@ -253,6 +256,13 @@ impl<C: Clock + Clone> Store for LocalRecords<C> {
             }
         }
         Ok(())
+    }
+
+    fn unknowns(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<crate::idempotency::UnknownOp>, StateError>> + Send {
+        std::future::ready(Ok(self.store.unknowns_now(limit)))
     }
 }
 

@@ -80,6 +80,13 @@ impl Store for Records {
     ) -> impl Future<Output = Result<(), StateError>> + Send {
         self.0.finish(key, lease, finish)
     }
+
+    fn unknowns(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<crate::idempotency::UnknownOp>, StateError>> + Send {
+        self.0.unknowns(limit)
+    }
 }
 
 struct Pins(Arc<LocalPins<ManualClock>>);
@@ -205,15 +212,9 @@ async fn every_kind_of_state_survives_a_crash_and_resumes_where_it_was() {
     s.attempt(&key("unknown"), unknown, &p("backup"))
         .await
         .unwrap();
-    s.finish(
-        &key("unknown"),
-        unknown,
-        Finish::Unknown {
-            provider: p("backup"),
-        },
-    )
-    .await
-    .unwrap();
+    s.finish(&key("unknown"), unknown, Finish::unknown(p("backup")))
+        .await
+        .unwrap();
     // In flight, its attempt recorded at the backup (moved from the primary): the holder dies.
     let flying = hold(&*s, "in-flight", Some("primary")).await;
     s.attempt(&key("in-flight"), flying, &p("backup"))
@@ -229,13 +230,7 @@ async fn every_kind_of_state_survives_a_crash_and_resumes_where_it_was() {
     // A short-lived record that will have expired.
     let brief = hold(&*short, "brief", Some("primary")).await;
     short
-        .finish(
-            &key("brief"),
-            brief,
-            Finish::Unknown {
-                provider: p("primary"),
-            },
-        )
+        .finish(&key("brief"), brief, Finish::unknown(p("primary")))
         .await
         .unwrap();
     // An object pin and a delivered webhook event; a delivery in flight.
@@ -287,7 +282,7 @@ async fn every_kind_of_state_survives_a_crash_and_resumes_where_it_was() {
         .await
         .unwrap()
     {
-        Begin::Resume { pinned, lease } => {
+        Begin::Resume { pinned, lease, .. } => {
             assert_eq!(&*pinned, "backup");
             assert!(lease.0 > flying.0, "fencing tokens never repeat");
             assert!(lease.0 > unsent.0);
@@ -346,15 +341,9 @@ async fn records_of_a_route_asked_for_late_or_never_are_kept() {
         let local = open(dir.path(), &clock).unwrap();
         let s = local.records("old-route", limits(Duration::from_secs(3600)), counter());
         let l = hold(&*s, "k", Some("primary")).await;
-        s.finish(
-            &key("k"),
-            l,
-            Finish::Unknown {
-                provider: p("primary"),
-            },
-        )
-        .await
-        .unwrap();
+        s.finish(&key("k"), l, Finish::unknown(p("primary")))
+            .await
+            .unwrap();
     }
     // Started without that route, compacted, then started with it again.
     {
@@ -376,15 +365,9 @@ async fn journal_with_three_records(dir: &Path, clock: &ManualClock) -> Vec<u8> 
     let s = local.records("payments", limits(Duration::from_secs(3600)), counter());
     for k in ["a", "b", "c"] {
         let l = hold(&*s, k, Some("primary")).await;
-        s.finish(
-            &key(k),
-            l,
-            Finish::Unknown {
-                provider: p("primary"),
-            },
-        )
-        .await
-        .unwrap();
+        s.finish(&key(k), l, Finish::unknown(p("primary")))
+            .await
+            .unwrap();
     }
     std::fs::read(dir.join(JOURNAL)).unwrap()
 }
@@ -411,7 +394,7 @@ async fn a_torn_last_write_is_cut_and_the_rest_kept() {
     }
     // The cut frame was c's settle: its claim, with the attempt it recorded, is what is known.
     let resumed = match s.begin(&key("c"), F, LEASE, None).await.unwrap() {
-        Begin::Resume { pinned, lease } => {
+        Begin::Resume { pinned, lease, .. } => {
             assert_eq!(&*pinned, "primary");
             lease
         }
@@ -522,9 +505,7 @@ async fn compaction_keeps_everything_live_and_shrinks_the_file() {
             let k = format!("k{k}");
             let l = hold(&*s, &k, Some("primary")).await;
             let f = if round == 199 {
-                Finish::Unknown {
-                    provider: p("backup"),
-                }
+                Finish::unknown(p("backup"))
             } else {
                 Finish::NothingSent
             };
@@ -534,13 +515,7 @@ async fn compaction_keeps_everything_live_and_shrinks_the_file() {
     let flying = hold(&*s, "in-flight", Some("backup")).await;
     let l = hold(&*short, "expiring", Some("primary")).await;
     short
-        .finish(
-            &key("expiring"),
-            l,
-            Finish::Unknown {
-                provider: p("primary"),
-            },
-        )
+        .finish(&key("expiring"), l, Finish::unknown(p("primary")))
         .await
         .unwrap();
     let pins = local.pins(Duration::from_secs(3600), 1000);
@@ -579,7 +554,7 @@ async fn compaction_keeps_everything_live_and_shrinks_the_file() {
         }
     }
     match s2.begin(&key("in-flight"), F, LEASE, None).await.unwrap() {
-        Begin::Resume { pinned, lease } => {
+        Begin::Resume { pinned, lease, .. } => {
             assert_eq!(&*pinned, "backup");
             assert!(lease.0 > flying.0);
         }
@@ -633,15 +608,9 @@ async fn compaction_drops_what_the_store_evicted_and_tokens_still_never_repeat()
     for i in 0..50 {
         let k = format!("k{i}");
         last = hold(&*s, &k, Some("primary")).await;
-        s.finish(
-            &key(&k),
-            last,
-            Finish::Unknown {
-                provider: p("primary"),
-            },
-        )
-        .await
-        .unwrap();
+        s.finish(&key(&k), last, Finish::unknown(p("primary")))
+            .await
+            .unwrap();
     }
     let c = local.compact().unwrap();
     let crashed = crash_copy(dir.path());
@@ -670,15 +639,9 @@ fn compaction_loses_no_write_made_while_it_runs() {
                 for i in 0..3000 {
                     let k = format!("k{i}");
                     let l = hold(&*s, &k, Some("primary")).await;
-                    s.finish(
-                        &key(&k),
-                        l,
-                        Finish::Unknown {
-                            provider: p("primary"),
-                        },
-                    )
-                    .await
-                    .unwrap();
+                    s.finish(&key(&k), l, Finish::unknown(p("primary")))
+                        .await
+                        .unwrap();
                 }
             })
             .unwrap()

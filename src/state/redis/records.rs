@@ -117,7 +117,12 @@ impl<F: Store> RedisRecords<F> {
         Ok(
             match fallback.begin(key, fingerprint, lease, first).await? {
                 Begin::New(l) => Begin::New(Lease(l.0 | FALLBACK)),
-                Begin::Resume { pinned, lease } => Begin::Resume {
+                Begin::Resume {
+                    pinned,
+                    lease,
+                    kept,
+                } => Begin::Resume {
+                    kept,
                     pinned,
                     lease: Lease(lease.0 | FALLBACK),
                 },
@@ -141,6 +146,7 @@ fn parse_begin(answer: Value, token: u64) -> Result<Begin, StateError> {
             StoredAnswer::from_bytes(bytes).ok_or_else(|| bad_reply("a stored answer"))?,
         )),
         ("resume", Some(p)) => Begin::Resume {
+            kept: None,
             pinned: Arc::from(text(p).ok_or_else(|| bad_reply("a pinned provider"))?),
             lease,
         },
@@ -227,7 +233,7 @@ impl<F: Store> Store for RedisRecords<F> {
         let rkey = self.key_of(key);
         let (how, value) = match finish {
             Finish::Final(answer) => ("final", answer.to_bytes()),
-            Finish::Unknown { provider } => ("unknown", provider.as_bytes().to_vec()),
+            Finish::Unknown { provider, .. } => ("unknown", provider.as_bytes().to_vec()),
             Finish::NothingSent => ("nothing", Vec::new()),
         };
         let ttl = self.ttl_ms();
@@ -252,5 +258,13 @@ impl<F: Store> Store for RedisRecords<F> {
 
     fn degraded(&self) -> bool {
         self.redis.degraded()
+    }
+
+    async fn unknowns(
+        &self,
+        _limit: usize,
+    ) -> Result<Vec<crate::idempotency::UnknownOp>, StateError> {
+        // To do: the index of open records (issue 14's redis part).
+        Ok(Vec::new())
     }
 }

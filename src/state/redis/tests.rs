@@ -170,24 +170,12 @@ async fn a_step_run_again_after_it_applied_is_answered_alike_and_claims_nothing_
     let lease = crate::idempotency::Lease(42);
     s.attempt(&k, lease, &Arc::from("backup")).await.unwrap();
     s.attempt(&k, lease, &Arc::from("backup")).await.unwrap();
-    s.finish(
-        &k,
-        lease,
-        Finish::Unknown {
-            provider: Arc::from("backup"),
-        },
-    )
-    .await
-    .unwrap();
-    s.finish(
-        &k,
-        lease,
-        Finish::Unknown {
-            provider: Arc::from("backup"),
-        },
-    )
-    .await
-    .expect("a retried finish that applied is Ok");
+    s.finish(&k, lease, Finish::unknown(Arc::from("backup")))
+        .await
+        .unwrap();
+    s.finish(&k, lease, Finish::unknown(Arc::from("backup")))
+        .await
+        .expect("a retried finish that applied is Ok");
     // A resumed claim run again answers Resume again, at the same provider.
     let r1 = s
         .begin_with(&k, F, LEASE, Some(&primary()), 44)
@@ -199,7 +187,7 @@ async fn a_step_run_again_after_it_applied_is_answered_alike_and_claims_nothing_
         .unwrap();
     for r in [r1, r2] {
         assert!(
-            matches!(&r, Begin::Resume { pinned, lease } if &**pinned == "backup" && lease.0 == 44),
+            matches!(&r, Begin::Resume { pinned, lease, .. } if &**pinned == "backup" && lease.0 == 44),
             "{r:?}"
         );
     }
@@ -304,15 +292,9 @@ async fn a_killed_redis_is_unreachable_then_used_again_after_its_restart_as_one_
     let redis = connect(&server.url(), Duration::from_millis(300)).await;
     let s = records(&redis);
     let lease = new_lease(&s, &key("k")).await;
-    s.finish(
-        &key("k"),
-        lease,
-        Finish::Unknown {
-            provider: Arc::from("backup"),
-        },
-    )
-    .await
-    .unwrap();
+    s.finish(&key("k"), lease, Finish::unknown(Arc::from("backup")))
+        .await
+        .unwrap();
     server.kill();
     let r = s.begin(&key("k"), F, LEASE, Some(&primary())).await;
     assert!(
@@ -347,15 +329,9 @@ async fn a_flushall_is_noticed_and_holds_keyed_payments_to_the_primary() {
     let s = records(&redis);
     assert!(!redis.degraded());
     let lease = new_lease(&s, &key("k")).await;
-    s.finish(
-        &key("k"),
-        lease,
-        Finish::Unknown {
-            provider: Arc::from("backup"),
-        },
-    )
-    .await
-    .unwrap();
+    s.finish(&key("k"), lease, Finish::unknown(Arc::from("backup")))
+        .await
+        .unwrap();
     let _: () = server.cmd(&::redis::cmd("FLUSHALL")).await;
     assert!(
         eventually(|| s.degraded()).await,
