@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/admin/config`, `POST /admin/reload`,
-//! `GET /admin/providers` with `POST /admin/providers/{name}/{drain|undrain|reset}`, and the sandbox
-//! control API. Never served on the shop listener.
+//! `GET /admin/providers` with `POST /admin/providers/{name}/{drain|undrain|reset}`,
+//! `GET /admin/operations?state=unknown` with `POST /admin/operations/{id}/retry` (the resolver's
+//! work, `crate::resolver`), and the sandbox control API. Never served on the shop listener.
 //!
 //! Write calls (every `POST`) need `Authorization: Bearer <token>` when `admin.token_env` (or
 //! `token_file`) is configured; the token is compared in constant time and read from the config
@@ -61,6 +62,8 @@ pub struct AdminState {
     pub reloader: Arc<dyn Reload>,
     /// The config file.
     pub config_path: PathBuf,
+    /// The resolver of unknown outcomes.
+    pub resolver: Arc<crate::resolver::Resolver>,
 }
 
 impl AdminState {
@@ -128,6 +131,10 @@ impl AdminState {
             (&Method::GET, "/admin/config") => json(StatusCode::OK, self.config_view()),
             (&Method::GET, "/admin/providers") => json(StatusCode::OK, self.providers_view()),
             (&Method::POST, p) if p.starts_with("/admin/providers/") => self.provider_action(p),
+            (&Method::GET, "/admin/operations") => self.operations(parts.uri.query()).await,
+            (&Method::POST, p) if p.starts_with("/admin/operations/") => {
+                self.retry_operation(p).await
+            }
             (&Method::POST, "/admin/reload") => match self.reloader.reload().await {
                 Ok(generation) => json(
                     StatusCode::OK,
@@ -145,6 +152,120 @@ impl AdminState {
             },
         };
         Ok(resp)
+    }
+
+    /// `GET /admin/operations?state=unknown[&route=R][&limit=N]`: the operations whose outcome may
+    /// be unknown, due first; each with its route, provider, key digest (never the key), age, the
+    /// resolver's tries and next try, and what it waits for when the resolver does not try it.
+    async fn operations(&self, query: Option<&str>) -> Response<ProxyBody> {
+        let mut state = None;
+        let mut route = None;
+        let mut limit = 1000usize;
+        // Plain names and numbers: nothing here is percent-encoded.
+        let pairs = query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split_once('=').unwrap_or((p, "")));
+        for (name, value) in pairs {
+            match name {
+                "state" => state = Some(value.to_owned()),
+                "route" => route = Some(value.to_owned()),
+                "limit" => match value.parse::<usize>() {
+                    Ok(n) if (1..=10_000).contains(&n) => limit = n,
+                    _ => {
+                        return problem(
+                            StatusCode::BAD_REQUEST,
+                            "limit must be a number from 1 to 10000",
+                        )
+                    }
+                },
+                other => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        &format!("unknown parameter {other:?}: use state, route and limit"),
+                    )
+                }
+            }
+        }
+        if state.as_deref().is_some_and(|s| s != "unknown") {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "state must be unknown (the only state listed)",
+            );
+        }
+        let listed = match self.resolver.list(limit).await {
+            Ok(l) => l,
+            Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+        let now_ms = crate::idempotency::unix_ms(SystemTime::now());
+        let operations: Vec<serde_json::Value> = listed
+            .iter()
+            .filter(|l| route.as_deref().is_none_or(|r| *l.route == *r))
+            .take(limit)
+            .map(|l| {
+                let kept = l.op.kept.as_deref();
+                let secs = |ms: u64| (ms as f64 / 100.0).round() / 10.0;
+                serde_json::json!({
+                    "id": l.id(),
+                    "route": &*l.route,
+                    "provider": &*l.op.pinned,
+                    "key_digest": hex::encode(l.op.digest),
+                    "age_seconds": kept.map(|k| secs(now_ms.saturating_sub(k.since_ms))),
+                    "resolver_attempts": kept.map_or(0, |k| k.tries),
+                    "next_try_in_seconds": kept
+                        .filter(|k| k.next_ms != crate::idempotency::GAVE_UP)
+                        .map(|k| secs(k.next_ms.saturating_sub(now_ms))),
+                    "resolvable": l.waiting_for.is_none() || l.waiting_for == Some("provider"),
+                    "waiting_for": l.waiting_for,
+                })
+            })
+            .collect();
+        let total = operations.len();
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "operations": operations, "total": total }),
+        )
+    }
+
+    /// `POST /admin/operations/{id}/retry`: the operation is sent again now (if its provider takes
+    /// it), whatever the resolver's schedule says.
+    async fn retry_operation(&self, path: &str) -> Response<ProxyBody> {
+        let Some(id) = path
+            .strip_prefix("/admin/operations/")
+            .and_then(|p| p.strip_suffix("/retry"))
+        else {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "use POST /admin/operations/{id}/retry",
+            );
+        };
+        match self.resolver.retry_now(id).await {
+            Ok(None) => problem(
+                StatusCode::NOT_FOUND,
+                "no operation with an unknown outcome has this id",
+            ),
+            Ok(Some(tried)) => {
+                let status = match tried {
+                    crate::resolver::Tried::Resolved(_) | crate::resolver::Tried::AlreadyFinal => {
+                        StatusCode::OK
+                    }
+                    crate::resolver::Tried::Busy => StatusCode::CONFLICT,
+                    crate::resolver::Tried::Gone => StatusCode::GONE,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                let provider_status = match tried {
+                    crate::resolver::Tried::Resolved(s) => Some(s),
+                    _ => None,
+                };
+                json(
+                    status,
+                    serde_json::json!({ "id": id, "result": tried.as_str(),
+                        "provider_status": provider_status }),
+                )
+            }
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
     }
 
     fn check_token(&self, headers: &http::HeaderMap) -> Option<Response<ProxyBody>> {

@@ -18,6 +18,7 @@ use crate::config::{ConfigError, EnvAndFiles, SecretSource};
 use crate::generation::{Current, Generation};
 use crate::layers;
 use crate::metrics::Metrics;
+use crate::resolver::Resolver;
 use crate::sandbox::{Registry, Sandbox};
 use crate::server::{Limits, Server, Shared};
 use crate::side_runtime::SideRuntime;
@@ -218,10 +219,12 @@ impl App {
             })?,
             None => Audit::disabled(),
         };
+        let resolver = Resolver::new(Arc::clone(&current), metrics.clone(), audit.clone());
         let webhooks = Arc::new(Webhooks::new(
             metrics.clone(),
             audit.clone(),
             Arc::clone(&state),
+            Some(Arc::clone(&resolver)),
         ));
         let mut webhook_servers = Vec::new();
         let listeners = snapshot.webhook_listeners();
@@ -280,6 +283,7 @@ impl App {
             sandboxes: sandboxes.clone(),
             reloader: Arc::clone(&reloader) as Arc<dyn Reload>,
             config_path: path.clone(),
+            resolver: Arc::clone(&resolver),
         };
         let admin_service = tower::service_fn(move |req| admin_state.clone().handle(req));
         let admin = Server::spawn(
@@ -306,7 +310,7 @@ impl App {
             shared,
         );
 
-        let mut background = Vec::new();
+        let mut background = vec![resolver.spawn()];
         if options.watch {
             let (watch, mut changes) =
                 reload::watch(&path).map_err(|source| StartError::Watch {

@@ -117,6 +117,10 @@ pub enum ProxyError {
         "a request with this idempotency key is still in flight; retry later with the same key"
     )]
     IdempotencyConflict,
+    /// The resolver's resend found no record whose outcome is unknown (settled meanwhile, or gone with
+    /// its ttl): nothing was sent, since a resend without the record could be a new payment.
+    #[error("the operation has no unknown outcome to resolve any more")]
+    NothingToResolve,
     /// The idempotency key was used before with another payload.
     #[error("this idempotency key was used with another request (method, path or body differ)")]
     IdempotencyMismatch,
@@ -284,7 +288,7 @@ impl ProxyError {
             Self::PinnedProviderUnavailable { .. } => ErrorKind::PinnedProviderUnavailable,
             Self::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
             Self::StateUnavailable { .. } => ErrorKind::StateUnavailable,
-            Self::Internal(_) => ErrorKind::Internal,
+            Self::Internal(_) | Self::NothingToResolve => ErrorKind::Internal,
             Self::BodyTimeout { .. } => ErrorKind::BodyTimeout,
             Self::Overloaded { .. } => ErrorKind::Overloaded,
             Self::ShuttingDown { .. } => ErrorKind::ShuttingDown,

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod metrics;
 pub mod outcome;
 pub mod redact;
+pub mod resolver;
 pub mod retry;
 pub mod routing;
 pub mod sandbox;

@@ -111,6 +111,14 @@ pub struct Families {
     pub idempotency_evictions_total: prometheus::IntCounter,
     /// Requests answered with an unknown outcome, by route and provider.
     pub unknown_outcomes_total: IntCounterVec,
+    /// Records whose outcome is unknown, by route and provider (the resolver counts them; in a fleet
+    /// on a shared store, every sidecar reports the same records).
+    pub unknown_operations: IntGaugeVec,
+    /// The resolver's tries by route, provider and result (`resolved`, `still_unknown`,
+    /// `not_admitted`, `gave_up`, `no_request`).
+    pub resolutions_total: IntCounterVec,
+    /// Time from an outcome becoming unknown to its resolution, by route and provider.
+    pub resolution_seconds: HistogramVec,
     /// The share of a route's traffic that goes to targets above its lowest priority (the backup
     /// channel), from the health scores.
     pub route_backup_share: GaugeVec,
@@ -223,6 +231,9 @@ impl Metrics {
         retain(&f.retry_budget_exhausted_total, &keep);
         retain(&f.idempotency_total, &keep);
         retain(&f.unknown_outcomes_total, &keep);
+        retain(&f.unknown_operations, &keep);
+        retain(&f.resolutions_total, &keep);
+        retain(&f.resolution_seconds, &keep);
         retain(&f.route_backup_share, &keep);
         retain(&f.attempt_duration_seconds, &keep);
         retain(&f.webhooks_total, &keep);
@@ -450,6 +461,33 @@ impl Families {
         registry.register(Box::new(idempotency_records.clone()))?;
         registry.register(Box::new(idempotency_evictions_total.clone()))?;
         registry.register(Box::new(unknown_outcomes_total.clone()))?;
+        let unknown_operations = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_unknown_operations",
+                "Idempotency records whose outcome is unknown, by route and provider (a shared store's records are counted by every sidecar).",
+            ),
+            &["route", "provider"],
+        )?;
+        let resolutions_total = IntCounterVec::new(
+            Opts::new(
+                "switchyard_resolutions_total",
+                "The resolver's work on unknown outcomes, by route, provider and result (resolved, still_unknown, not_admitted, gave_up, no_request).",
+            ),
+            &["route", "provider", "result"],
+        )?;
+        let resolution_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_resolution_seconds",
+                "Time from an outcome becoming unknown to the provider's final answer for it, by route and provider.",
+            )
+            .buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 21600.0, 86400.0,
+            ]),
+            &["route", "provider"],
+        )?;
+        registry.register(Box::new(unknown_operations.clone()))?;
+        registry.register(Box::new(resolutions_total.clone()))?;
+        registry.register(Box::new(resolution_seconds.clone()))?;
         let route_backup_share = GaugeVec::new(
             Opts::new(
                 "switchyard_route_backup_share",
@@ -603,6 +641,9 @@ impl Families {
             idempotency_records,
             idempotency_evictions_total,
             unknown_outcomes_total,
+            unknown_operations,
+            resolutions_total,
+            resolution_seconds,
             webhooks_total,
             audit_records_total,
             audit_dropped_total,

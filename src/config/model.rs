@@ -55,6 +55,8 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 pub const DEFAULT_SLOW_START: Duration = Duration::from_secs(10);
 /// Default cap on a provider's Retry-After.
 pub const DEFAULT_MAX_THROTTLE: Duration = Duration::from_secs(60);
+/// Default `providers.NAME.idempotency_retention`: Stripe prunes keys after 24 hours.
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(86_400);
 /// Default overprovisioning factor (Envoy's).
 pub const DEFAULT_OVERPROVISIONING: f64 = 1.4;
 /// Default most keys of a keyed route rate limit.
@@ -150,6 +152,10 @@ pub struct Provider {
     pub idempotency_header: HeaderName,
     /// The longest key it accepts; longer keys are hashed, never cut.
     pub idempotency_key_max_len: usize,
+    /// How long the provider keeps the answer of a key (Stripe 24 h, Adyen at least 31 days): the
+    /// resolver sends an unknown operation again only within it, since after it the provider would
+    /// take the resend for a new payment.
+    pub idempotency_retention: std::time::Duration,
 }
 
 /// Circuit breaker settings of a provider (see `health::breaker`).

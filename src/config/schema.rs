@@ -154,6 +154,8 @@ pub struct RawProvider {
     pub idempotency_header: Option<String>,
     /// Longest key this provider accepts.
     pub idempotency_key_max_len: Option<usize>,
+    /// How long this provider keeps a key's answer (the resolver stops before).
+    pub idempotency_retention: Option<String>,
     /// Circuit breaker settings.
     pub breaker: Option<RawBreaker>,
     /// Active health checks.

@@ -231,6 +231,23 @@ impl ProviderState {
         }
     }
 
+    /// Whether an attempt would be let through now, without asking for one: not drained, checks not
+    /// failing, not throttled, and the breaker closed or ready for a probe (the resolver sends an
+    /// unknown operation again only to a provider that would take it).
+    pub fn would_admit(&self, now: Instant) -> bool {
+        let inner = self.lock();
+        !inner.drained
+            && !inner.checks.unhealthy()
+            && inner.throttled_until.is_none_or(|t| now >= t)
+            && (inner.breaker.state(now) == BreakerState::Closed || inner.breaker.probe_ready(now))
+    }
+
+    /// When the provider last came back (its breaker closed again, its checks passed again, or it
+    /// was undrained): the resolver tries again what it tried before.
+    pub fn recovered_at(&self) -> Option<Instant> {
+        self.lock().recovered_at
+    }
+
     /// Asks the breaker to send one attempt now.
     pub fn admit(&self, now: Instant) -> Admission {
         let (admission, transition) = self.lock().breaker.admit(now);

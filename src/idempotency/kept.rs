@@ -361,45 +361,72 @@ pub struct UnknownOp {
 /// webhook, or the shop's next request in the same scope (which brings the credential back).
 #[derive(Debug, Default)]
 pub struct Credentials {
-    by_scope: Mutex<HashMap<String, HeaderValue>>,
-    /// Whether any scope is wanted (an unknown operation waits for its credential): the request path
-    /// looks at the map only then.
+    inner: Mutex<Held>,
+    /// Whether an unknown operation waits for its scope's credential: the request path looks at
+    /// the map only then.
     wanted: std::sync::atomic::AtomicBool,
 }
 
+#[derive(Debug, Default)]
+struct Held {
+    by_scope: HashMap<String, HeaderValue>,
+    /// Scopes of unknown operations whose credential is not held (after a restart).
+    wanted: std::collections::HashSet<String>,
+}
+
 impl Credentials {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Holds `credential` for `scope`.
     pub fn hold(&self, scope: &str, credential: &HeaderValue) {
-        let mut map = self.by_scope.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= 10_000 && !map.contains_key(scope) {
+        let mut held = self.lock();
+        if held.by_scope.len() >= 10_000 && !held.by_scope.contains_key(scope) {
             return;
         }
         let mut value = credential.clone();
         value.set_sensitive(true);
-        map.insert(scope.to_owned(), value);
+        held.by_scope.insert(scope.to_owned(), value);
+        if held.wanted.remove(scope) && held.wanted.is_empty() {
+            self.wanted
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A request of `scope` came with `credential`: held when an unknown operation of that scope
+    /// waits for it (the shop's next request after a restart brings the credential back).
+    pub fn offer(&self, scope: &str, credential: &HeaderValue) {
+        if !self.wanted.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if self.lock().wanted.contains(scope) {
+            self.hold(scope, credential);
+        }
     }
 
     /// The credential held for `scope`.
     pub fn get(&self, scope: &str) -> Option<HeaderValue> {
-        self.by_scope
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(scope)
-            .cloned()
+        self.lock().by_scope.get(scope).cloned()
     }
 
-    /// Drops what is held for scopes not in `keep` (the resolver, when it has listed the unknown
-    /// operations), and says whether any of `keep` lacks its credential.
+    /// Drops what is held for scopes not in `keep` (the scopes of the unknown operations the
+    /// resolver listed), and wants the credentials of those in `keep` not held.
     pub fn retain(&self, keep: &std::collections::HashSet<&str>) {
-        let mut map = self.by_scope.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|scope, _| keep.contains(scope.as_str()));
-        let wanted = keep.iter().any(|s| !map.contains_key(*s));
+        let mut held = self.lock();
+        held.by_scope
+            .retain(|scope, _| keep.contains(scope.as_str()));
+        let wanted: std::collections::HashSet<String> = keep
+            .iter()
+            .filter(|s| !held.by_scope.contains_key(**s))
+            .map(|s| (*s).to_owned())
+            .collect();
         self.wanted
-            .store(wanted, std::sync::atomic::Ordering::Relaxed);
+            .store(!wanted.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        held.wanted = wanted;
     }
 
-    /// Whether an unknown operation waits for a credential (a request with one should
-    /// [`Credentials::hold`] it).
+    /// Whether an unknown operation waits for a credential.
     pub fn wanted(&self) -> bool {
         self.wanted.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -506,7 +533,12 @@ mod tests {
         assert!(c.get("a").unwrap().is_sensitive());
         c.retain(&["a", "b"].into_iter().collect());
         assert!(c.wanted(), "b has no credential");
+        c.offer("other", &HeaderValue::from_static("Bearer o"));
+        assert!(c.get("other").is_none(), "only a wanted scope's is taken");
+        c.offer("b", &HeaderValue::from_static("Bearer b"));
+        assert_eq!(c.get("b").unwrap(), "Bearer b");
+        assert!(!c.wanted());
         c.retain(&std::collections::HashSet::new());
-        assert!(c.get("a").is_none() && !c.wanted());
+        assert!(c.get("a").is_none() && c.get("b").is_none() && !c.wanted());
     }
 }

@@ -442,6 +442,8 @@ pub type RouteStore = crate::state::Records;
 #[derive(Debug, Default)]
 pub struct RouteStores {
     by_route: crate::config::NameMap<Arc<RouteStore>>,
+    /// Credentials of the shops' unknown operations, in memory only (kept across reloads).
+    credentials: Arc<Credentials>,
 }
 
 impl RouteStores {
@@ -470,7 +472,21 @@ impl RouteStores {
             };
             by_route.insert(Arc::clone(&route.name), store);
         }
-        Self { by_route }
+        let credentials = previous.map_or_else(Arc::default, |p| Arc::clone(&p.credentials));
+        Self {
+            by_route,
+            credentials,
+        }
+    }
+
+    /// The credentials shops sent with operations whose outcome is unknown (memory only).
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// Every route's store, by route name.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<RouteStore>)> {
+        self.by_route.iter()
     }
 
     /// Puts `store` in for route `name` (tests of the loop).

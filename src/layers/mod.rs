@@ -40,7 +40,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 pub use audit::{AuditLayer, AuditShop};
 pub use buffer_body::{BufferBody, BufferBodyLayer};
 pub use deadline::{Deadline, DeadlineLayer};
-pub use forward::Forward;
+pub use forward::{resend, Forward};
 pub use observe::{Observe, ObserveLayer};
 pub use rate_limit::{RateLimit, RateLimitLayer};
 pub use request_id::{RequestIdLayer, SetRequestId, X_REQUEST_ID};

@@ -140,6 +140,7 @@ mod tests {
             max_throttle: Duration::from_secs(60),
             idempotency_header: http::HeaderName::from_static("idempotency-key"),
             idempotency_key_max_len: 255,
+            idempotency_retention: Duration::from_secs(86_400),
         }
     }
 

@@ -21,6 +21,7 @@
 
 pub mod dedupe;
 mod refusals;
+mod resolve;
 pub mod verify;
 
 use std::collections::HashMap;
@@ -177,6 +178,8 @@ pub struct Webhooks {
     client: ShopClient,
     metrics: Metrics,
     audit: Audit,
+    /// Told of verified events that name an unknown operation.
+    resolver: Option<Arc<crate::resolver::Resolver>>,
 }
 
 impl std::fmt::Debug for Webhooks {
@@ -196,7 +199,12 @@ pub struct Origin {
 
 impl Webhooks {
     /// A runtime counting into `metrics`, recording into `audit`, keeping event ids in `state`.
-    pub fn new(metrics: Metrics, audit: Audit, state: Arc<crate::state::Stores>) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        audit: Audit,
+        state: Arc<crate::state::Stores>,
+        resolver: Option<Arc<crate::resolver::Resolver>>,
+    ) -> Self {
         Self {
             stores: Mutex::new(HashMap::new()),
             state,
@@ -204,6 +212,7 @@ impl Webhooks {
             client: shop_client(),
             metrics,
             audit,
+            resolver,
         }
     }
 
@@ -386,6 +395,20 @@ impl Webhooks {
         }
         record.verified = true;
         record.event_id = Some(verified.event_id.clone());
+        if let Some(resolver) = &self.resolver {
+            // An event that names the key (or reference) of an operation whose outcome is unknown
+            // has it resolved now: the kept request is sent again and the provider answers it from
+            // its store. The event's own word is never taken for the answer.
+            let keys = resolve::event_keys(&hook.verify.scheme, &body);
+            if !keys.is_empty() {
+                let resolver = Arc::clone(resolver);
+                tokio::spawn(async move {
+                    for key in &keys {
+                        resolver.resolve_matching(None, key).await;
+                    }
+                });
+            }
+        }
 
         let store = self.store(&hook.name, hook.timeout + std::time::Duration::from_secs(2));
         // A batch (Adyen) is deduplicated item by item: the shop gets only the items it lacks.

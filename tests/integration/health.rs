@@ -97,7 +97,10 @@ async fn a_failing_primary_trips_its_breaker_and_traffic_moves_to_the_backup_and
         Switchable::start("backup").await,
     );
     let extra = format!("{BREAKER}\nslow_start: 2s");
-    let proxy = TestProxy::start(&two(&p, &b, &extra, "")).await;
+    // Unkeyed: the shop's own requests are the breaker's probes here (the resolver would send the
+    // unknown ones again as probes of its own).
+    let unkeyed = "idempotency: { mode: off }";
+    let proxy = TestProxy::start(&two(&p, &b, &extra, unkeyed)).await;
     assert_eq!(who(&proxy).await, (200, "primary".into()));
 
     p.set(503);

@@ -12,6 +12,7 @@ mod hostile;
 mod outcomes;
 mod payments;
 mod reload;
+mod resolver;
 mod sandbox;
 mod shutdown;
 mod sidecars;

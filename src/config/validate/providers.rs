@@ -9,8 +9,9 @@ use http::{HeaderName, Uri};
 
 use super::{is_loopback_host, valid_name, Validator};
 use crate::config::model::{
-    Auth, Provider, Tls, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_THROTTLE, DEFAULT_POOL_IDLE_TIMEOUT,
-    DEFAULT_POOL_MAX_IDLE, DEFAULT_PROVIDER_TIMEOUT, DEFAULT_SLOW_START,
+    Auth, Provider, Tls, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDEMPOTENCY_RETENTION,
+    DEFAULT_MAX_THROTTLE, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_POOL_MAX_IDLE,
+    DEFAULT_PROVIDER_TIMEOUT, DEFAULT_SLOW_START,
 };
 use crate::config::schema;
 
@@ -48,6 +49,18 @@ impl Validator<'_> {
             self.problem(
                 format!("{path}.idempotency_key_max_len"),
                 "must be between 16 and 4096",
+            );
+        }
+        let retention_path = format!("{path}.idempotency_retention");
+        let idempotency_retention = self.duration(
+            &retention_path,
+            p.idempotency_retention.as_deref(),
+            DEFAULT_IDEMPOTENCY_RETENTION,
+        );
+        if idempotency_retention < std::time::Duration::from_secs(600) {
+            self.problem(
+                &retention_path,
+                "must be at least 10m: the resolver keeps 5 minutes of margin before it",
             );
         }
         let breaker = self.breaker(&format!("{path}.breaker"), p.breaker);
@@ -140,6 +153,7 @@ impl Validator<'_> {
             max_throttle,
             idempotency_header,
             idempotency_key_max_len,
+            idempotency_retention,
         })
     }
 

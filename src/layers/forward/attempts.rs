@@ -17,7 +17,7 @@ use crate::error::{ProxyError, Reached};
 use crate::health::breaker::Admission;
 use crate::health::{self, Admitted};
 use crate::idempotency::PinStore;
-use crate::idempotency::{Finish, Store};
+use crate::idempotency::Store;
 use crate::metrics::InFlight;
 use crate::outcome::{classify, OutcomeClass, Seen};
 use crate::upstream::{AttemptResult, SendAttempt};
@@ -419,7 +419,7 @@ impl<S: SendAttempt> Operation<S> {
                 .with_label_values(&[&*route.name, &*provider])
                 .inc();
             if let Some(s) = settle.as_mut() {
-                s.finish(Finish::unknown(Arc::clone(&provider))).await;
+                s.finish(s.unknown(&provider)).await;
             }
             return Err(match (class, result) {
                 (OutcomeClass::Unknown, Err(e)) => e.error,

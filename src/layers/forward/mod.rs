@@ -63,6 +63,30 @@ impl<S: SendAttempt + Clone> Forward<S> {
     }
 }
 
+/// The resolver's resend of an operation whose outcome is unknown (`crate::resolver`): the kept
+/// request, run as a shop's retry of its key would be (claimed, pinned, one attempt, settled), through
+/// the providers' own clients.
+pub async fn resend(
+    ctx: crate::ctx::RouteCtx,
+    kept: &crate::idempotency::KeptRequest,
+    credential: Option<http::HeaderValue>,
+    metrics: Metrics,
+    audit: crate::audit::Audit,
+    request_id: String,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    Operation::resend(
+        ctx,
+        kept,
+        credential,
+        metrics,
+        audit,
+        UpstreamClient,
+        request_id,
+    )?
+    .run()
+    .await
+}
+
 impl<S: SendAttempt + Clone> Service<Request<Bytes>> for Forward<S> {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;

@@ -14,7 +14,8 @@ use crate::ctx::{RequestId, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Generation;
 use crate::idempotency::{
-    self, Begin, Finish, Lease, PinStore, RecordKey, RouteStore, Store, StoredAnswer,
+    self, Begin, Finish, Kept, KeptRequest, Lease, PinStore, RecordKey, RouteStore, Store,
+    StoredAnswer,
 };
 use crate::layers::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER, X_SWITCHYARD_STATE};
 use crate::metrics::Metrics;
@@ -54,6 +55,98 @@ pub(super) struct Settle<'a> {
     /// out without a final answer leaves the record unknown there, never dropped.
     reached: Option<Arc<str>>,
     done: bool,
+    /// What the record keeps when the operation ends unknown.
+    keeping: Keeping<'a>,
+}
+
+/// What an operation that ends unknown keeps for the resolver (`crate::resolver`): its request (never
+/// a credential, nothing with card data) and the resolver's schedule.
+pub(super) struct Keeping<'a> {
+    pub(super) parts: &'a http::request::Parts,
+    pub(super) body: &'a Bytes,
+    pub(super) generation: &'a Generation,
+    pub(super) route: &'a Route,
+    pub(super) metrics: &'a Metrics,
+    /// What the record kept when this operation resumed it.
+    pub(super) prior: Option<Arc<Kept>>,
+    /// The resolver's own try: an unknown end moves its schedule on.
+    pub(super) resolving: bool,
+}
+
+impl Keeping<'_> {
+    /// The operation ends unknown at `provider`.
+    fn unknown(&self, keyed: &Keyed, provider: &Arc<str>) -> Finish {
+        let now_ms = idempotency::unix_ms(std::time::SystemTime::now());
+        let config = self.generation.snapshot.providers.get(provider);
+        let injects = config.is_some_and(|p| p.auth.is_some());
+        // A credential the shop sent is held in memory, for the resolver to send as the shop did.
+        if !injects && !self.resolving {
+            if let Some(credential) = self.parts.headers.get(http::header::AUTHORIZATION) {
+                self.generation
+                    .idempotency
+                    .credentials()
+                    .hold(&keyed.record.scope, credential);
+            }
+        }
+        let kept = match &self.prior {
+            Some(prior) if self.resolving => {
+                let retention = config.map_or(crate::config::DEFAULT_IDEMPOTENCY_RETENTION, |p| {
+                    p.idempotency_retention
+                });
+                Some(Arc::new(prior.tried(now_ms, retention)))
+            }
+            // A shop's retry of a record that keeps its request leaves the schedule as it was.
+            Some(_) => None,
+            None => Some(Arc::new(self.first(keyed, provider, injects, now_ms))),
+        };
+        Finish::Unknown {
+            provider: Arc::clone(provider),
+            kept,
+        }
+    }
+
+    fn first(&self, keyed: &Keyed, provider: &Arc<str>, injects: bool, now_ms: u64) -> Kept {
+        let mut headers = self.parts.headers.clone();
+        headers::for_provider(&mut headers, None);
+        let auth = self
+            .generation
+            .snapshot
+            .providers
+            .get(provider)
+            .and_then(|p| p.auth.as_ref())
+            .map(|a| &a.header);
+        let mut skip = vec![&keyed.header];
+        skip.extend(auth);
+        let pq = self
+            .parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str());
+        let request = KeptRequest::new(
+            &keyed.record.scope,
+            &keyed.record.key,
+            &self.parts.method,
+            pq,
+            &headers,
+            &skip,
+            self.body,
+        )
+        .map(|mut r| {
+            r.shop_credential &= !injects;
+            Arc::new(r)
+        });
+        let mut kept = Kept::first(now_ms, request);
+        if let Err(why) = &kept.request {
+            // Nothing to send again: the shop's retry or a webhook resolves it.
+            kept.next_ms = idempotency::GAVE_UP;
+            tracing::warn!(route = %self.route.name, provider = %provider, reason = why.as_str(), "an operation whose outcome is unknown is not kept for the resolver");
+            self.metrics
+                .resolutions_total
+                .with_label_values(&[&*self.route.name, provider, "no_request"])
+                .inc();
+        }
+        kept
+    }
 }
 
 impl Settle<'_> {
@@ -92,10 +185,15 @@ impl Settle<'_> {
         }
     }
 
+    /// The operation ends unknown at `provider`, keeping its request for the resolver.
+    pub(super) fn unknown(&self, provider: &Arc<str>) -> Finish {
+        self.keeping.unknown(self.keyed, provider)
+    }
+
     /// How the operation ends when it stops without a final answer.
     fn unsettled(&self) -> Finish {
         match &self.reached {
-            Some(p) => Finish::unknown(Arc::clone(p)),
+            Some(p) => self.unknown(p),
             None => Finish::NothingSent,
         }
     }
@@ -145,6 +243,8 @@ pub(super) struct Operation<S> {
     pub(super) key: Option<Keyed>,
     /// Sends each attempt.
     pub(super) sender: S,
+    /// The resolver's resend of an operation whose outcome is unknown (not a shop's request).
+    pub(super) resolving: bool,
 }
 
 /// `x-switchyard-attempts` values for the usual counts, made once rather than per answer.
@@ -220,6 +320,64 @@ impl<S: SendAttempt> Operation<S> {
             deadline,
             key,
             sender,
+            resolving: false,
+        })
+    }
+
+    /// The resolver's resend of `kept` on `ctx`'s route: the shop's key and scope as kept (the
+    /// record's identity), the shop's `credential` (held in memory) when it sent one.
+    pub(crate) fn resend(
+        ctx: RouteCtx,
+        kept: &KeptRequest,
+        credential: Option<HeaderValue>,
+        metrics: Metrics,
+        audit: Audit,
+        sender: S,
+        request_id: String,
+    ) -> Result<Self, ProxyError> {
+        let store = ctx
+            .generation
+            .idempotency
+            .get(&ctx.route.name)
+            .cloned()
+            .ok_or_else(|| ProxyError::Internal("the route keeps no records".into()))?;
+        let value = HeaderValue::from_str(&kept.key)
+            .map_err(|_| ProxyError::Internal("a kept key is not a header value".into()))?;
+        let mut request = Request::new(());
+        *request.method_mut() = kept.method.clone();
+        *request.uri_mut() = kept
+            .path_and_query
+            .parse()
+            .map_err(|_| ProxyError::Internal("a kept path is not a URI".into()))?;
+        let mut headers = kept.headers();
+        if let Some(mut c) = credential {
+            c.set_sensitive(true);
+            headers.insert(http::header::AUTHORIZATION, c);
+        }
+        headers.insert(ctx.route.idempotency.header.clone(), value.clone());
+        *request.headers_mut() = headers;
+        let (parts, ()) = request.into_parts();
+        let key = Keyed {
+            store,
+            record: kept.record_key(),
+            value,
+            header: ctx.route.idempotency.header.clone(),
+            generated: false,
+        };
+        Ok(Self {
+            metrics,
+            audit,
+            request_id,
+            deadline: ctx.deadline,
+            generation: ctx.generation,
+            route: ctx.route,
+            info: None,
+            parts,
+            body: kept.body.clone(),
+            started: tokio::time::Instant::now(),
+            key: Some(key),
+            sender,
+            resolving: true,
         })
     }
 
@@ -267,16 +425,21 @@ impl<S: SendAttempt> Operation<S> {
                 (key, value, true)
             }
         };
+        let credential = parts.headers.get(http::header::AUTHORIZATION);
         let scope = idempotency::scope(
             cfg.scope_header
                 .as_ref()
                 .and_then(|h| parts.headers.get(h))
                 .and_then(|v| v.to_str().ok()),
-            parts
-                .headers
-                .get(http::header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
+            credential.map(|v| v.as_bytes()),
         );
+        if let Some(credential) = credential {
+            // After a restart, an unknown operation of this scope may wait for its credential.
+            ctx.generation
+                .idempotency
+                .credentials()
+                .offer(&scope, credential);
+        }
         Ok(Some(Keyed {
             store: Arc::clone(store),
             record: RecordKey::new(scope, key),
@@ -329,7 +492,13 @@ impl<S: SendAttempt> Operation<S> {
                 }
                 _ => claim.await,
             };
+            let mut prior = None;
             let (lease, resumed) = match begun? {
+                Begin::New(lease) if self.resolving => {
+                    // The record is gone: a resend now would be a new payment. Nothing is sent.
+                    let _ = k.store.finish(&k.record, lease, Finish::NothingSent).await;
+                    return Err(ProxyError::NothingToResolve);
+                }
                 Begin::New(lease) => {
                     self.count_idempotency("new");
                     (lease, None)
@@ -347,9 +516,12 @@ impl<S: SendAttempt> Operation<S> {
                     return Ok(self.replay(&answer));
                 }
                 Begin::Resume {
-                    pinned: p, lease, ..
+                    pinned: p,
+                    lease,
+                    kept,
                 } => {
                     self.count_idempotency("resumed");
+                    prior = kept;
                     pinned = Some(Arc::clone(&p));
                     (lease, Some(p))
                 }
@@ -360,6 +532,15 @@ impl<S: SendAttempt> Operation<S> {
                 recorded: resumed.clone().or_else(|| first.cloned()),
                 reached: resumed,
                 done: false,
+                keeping: Keeping {
+                    parts: &self.parts,
+                    body: &self.body,
+                    generation: &self.generation,
+                    route: &self.route,
+                    metrics: &self.metrics,
+                    prior,
+                    resolving: self.resolving,
+                },
             });
         }
         self.attempts(pinned, plan, prepaid, settle.as_mut()).await
@@ -416,13 +597,23 @@ impl<S: SendAttempt> Operation<S> {
             self.decorate(&mut resp, provider, attempts);
             return Ok(resp);
         };
+        if self.resolving && is_credential_refusal(resp.status()) {
+            // The resolver's resend was refused for its credential (rotated, or not the shop's):
+            // not the provider's word on the payment, so the outcome stays unknown.
+            settle.finish(settle.unknown(provider)).await;
+            return Err(ProxyError::OutcomeUnknown {
+                provider: provider.to_string(),
+                status: Some(resp.status().as_u16()),
+                retry_after: std::time::Duration::from_secs(1),
+            });
+        }
         let (mut parts, body) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers);
         let (body, rest) = match read_up_to(body, MAX_STORED_ANSWER).await {
             Ok(read) => read,
             Err(e) => {
                 // The answer was lost on the way: whatever the provider did stays pinned to it.
-                settle.finish(Finish::unknown(Arc::clone(provider))).await;
+                settle.finish(settle.unknown(provider)).await;
                 self.metrics
                     .unknown_outcomes_total
                     .with_label_values(&[&*self.route.name, &**provider])
@@ -437,7 +628,7 @@ impl<S: SendAttempt> Operation<S> {
             // Too large to keep: passed on as it comes, marked unstored. The record stays pinned to
             // the provider (not replayed), so the shop's retry goes there with the same key and the
             // provider answers it from its own store.
-            settle.finish(Finish::unknown(Arc::clone(provider))).await;
+            settle.finish(settle.unknown(provider)).await;
             self.count_idempotency("not_stored");
             let head = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(
                 http_body::Frame::data(body),
@@ -468,6 +659,11 @@ impl<S: SendAttempt> Operation<S> {
         self.decorate(&mut resp, provider, attempts);
         Ok(resp)
     }
+}
+
+/// 401, 403 or 407: the provider refused the request's credential before looking at its key.
+fn is_credential_refusal(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 403 | 407)
 }
 
 /// Reads `body` whole when it is at most `limit` bytes: `(bytes, None)`. A larger one is read just

@@ -1,0 +1,249 @@
+//! The resolver (issue 14): an operation whose outcome is unknown is sent again, with the same key
+//! and body, to the provider it may have reached, and the provider's final answer settles it; the
+//! shop's retry is then a byte-for-byte replay. Nothing with card data is kept, no answer is invented,
+//! and the operation never reaches another provider.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::*;
+
+const PAY: &str = "/v1/payment_intents";
+const FORM: &str = "amount=1000&currency=eur";
+const PRIMARY_OK: &str = r#"{"id":"pi_primary","status":"succeeded"}"#;
+const NO_BREAKER: &str =
+    "breaker: { consecutive_failures: 0, failure_rate: 1.0, min_requests: 100000 }";
+/// One attempt per shop request: the first request ends unknown at once.
+const ONE_TRY: &str = "retry: { attempts: 1 }";
+
+/// A primary that resets every request (after reading it: it may have charged) until `healthy`.
+async fn primary(healthy: &Arc<AtomicBool>) -> MockProvider {
+    let h = Arc::clone(healthy);
+    MockProvider::start(move |_| {
+        if h.load(Ordering::SeqCst) {
+            Reply::status(201, PRIMARY_OK)
+        } else {
+            Reply::reset()
+        }
+    })
+    .await
+}
+
+async fn start(primary: &MockProvider, backup: &MockProvider) -> TestProxy {
+    let yaml = config(
+        &[("primary", &primary.url()), ("backup", &backup.url())],
+        NO_BREAKER,
+        ONE_TRY,
+    );
+    TestProxy::start(&yaml).await
+}
+
+/// A shop payment with `key`, `body` and the shop's own credential.
+async fn pay(proxy: &TestProxy, key: &str, body: &str) -> Answer {
+    send(
+        Request::post(proxy.url(PAY))
+            .header("idempotency-key", key)
+            .header("authorization", "Bearer sk_test_shop")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("stripe-version", "2024-06-20")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn resolutions(proxy: &TestProxy, result: &str) -> f64 {
+    metric(
+        proxy,
+        &format!(
+            r#"switchyard_resolutions_total{{provider="primary",result="{result}",route="payments"}}"#
+        ),
+    )
+    .await
+}
+
+async fn unknown_gauge(proxy: &TestProxy) -> f64 {
+    metric(
+        proxy,
+        r#"switchyard_unknown_operations{provider="primary",route="payments"}"#,
+    )
+    .await
+}
+
+async fn listed(proxy: &TestProxy) -> Vec<serde_json::Value> {
+    let a = get(&proxy.admin_url("/admin/operations?state=unknown")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.json()["operations"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_resolved_without_the_shop_and_its_retry_is_a_replay() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let primary = primary(&healthy).await;
+    let backup = MockProvider::start(|_| Reply::ok(r#"{"id":"pi_backup"}"#)).await;
+    let proxy = start(&primary, &backup).await;
+
+    let a = pay(&proxy, "order-r1", FORM).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert_eq!(a.header("x-switchyard-outcome"), Some("unknown"));
+    assert_eq!(primary.count(), 1);
+    // Listed, with its age and the resolver's first try coming.
+    let ops = listed(&proxy).await;
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert_eq!(ops[0]["provider"], "primary");
+    assert_eq!(ops[0]["route"], "payments");
+    assert_eq!(ops[0]["resolver_attempts"], 0);
+    assert_eq!(ops[0]["resolvable"], true);
+    assert!(!ops[0].to_string().contains("order-r1"), "never the key");
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            unknown_gauge(&proxy).await == 1.0
+        })
+        .await
+    );
+
+    // The provider answers again: the resolver's resend (same key, body, headers and the shop's
+    // credential) gets its final answer, with no shop retry.
+    healthy.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            resolutions(&proxy, "resolved").await == 1.0
+        })
+        .await,
+        "resolved within the schedule (1 s, 5 s)"
+    );
+    let sent = primary.received();
+    let resend = sent.last().unwrap();
+    assert_eq!(resend.headers["idempotency-key"], "order-r1");
+    assert_eq!(resend.headers["authorization"], "Bearer sk_test_shop");
+    assert_eq!(resend.headers["stripe-version"], "2024-06-20");
+    assert_eq!(&resend.body[..], FORM.as_bytes());
+    assert_eq!(resend.uri, sent[0].uri);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            unknown_gauge(&proxy).await == 0.0
+        })
+        .await
+    );
+    assert!(listed(&proxy).await.is_empty());
+
+    // The shop's retry is the provider's answer, replayed: no provider request.
+    let before = primary.count();
+    let again = pay(&proxy, "order-r1", FORM).await;
+    assert_eq!(again.status, 201, "{}", again.text());
+    assert_eq!(again.text(), PRIMARY_OK);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.header("x-switchyard-attempts"), Some("0"));
+    assert_eq!(primary.count(), before);
+    assert_eq!(backup.count(), 0, "never another provider");
+    let seconds = metric(
+        &proxy,
+        r#"switchyard_resolution_seconds_count{provider="primary",route="payments"}"#,
+    )
+    .await;
+    assert_eq!(seconds, 1.0);
+}
+
+#[tokio::test]
+async fn a_payment_with_card_data_is_not_kept_and_waits_for_the_shop() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let primary = primary(&healthy).await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let proxy = start(&primary, &backup).await;
+    let body = "amount=1000&card[number]=4242424242424242&card[cvc]=123";
+    let a = pay(&proxy, "order-card", body).await;
+    assert_eq!(a.header("x-switchyard-outcome"), Some("unknown"));
+    healthy.store(true, Ordering::SeqCst);
+    let ops = listed(&proxy).await;
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0]["waiting_for"], "card_data");
+    assert_eq!(ops[0]["resolvable"], false);
+    assert_eq!(resolutions(&proxy, "no_request").await, 1.0);
+    // Past the first two steps of the schedule: nothing was sent again.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    assert_eq!(
+        primary.count(),
+        1,
+        "no request with card data is kept to send"
+    );
+    // The shop's retry still resolves it, at the primary.
+    let again = pay(&proxy, "order-card", body).await;
+    assert_eq!(again.status, 201, "{}", again.text());
+    assert_eq!(primary.count(), 2);
+    assert!(listed(&proxy).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_provider_that_answers_5xx_again_keeps_the_operation_unknown_and_listed() {
+    let primary = MockProvider::start(|_| Reply::status(500, r#"{"error":"api_error"}"#)).await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let proxy = start(&primary, &backup).await;
+    let a = pay(&proxy, "order-500", FORM).await;
+    assert_eq!(a.header("x-switchyard-outcome"), Some("unknown"));
+    assert!(
+        eventually(Duration::from_secs(4), || async {
+            resolutions(&proxy, "still_unknown").await >= 1.0
+        })
+        .await
+    );
+    assert_eq!(primary.count(), 2, "one resend, at 1 s; the next is at 5 s");
+    let ops = listed(&proxy).await;
+    assert_eq!(ops.len(), 1, "still listed");
+    assert_eq!(ops[0]["resolver_attempts"], 1);
+    let next = ops[0]["next_try_in_seconds"].as_f64().unwrap();
+    assert!(next > 0.0 && next <= 4.0, "the 5 s step: {next}");
+    assert_eq!(unknown_gauge(&proxy).await, 1.0);
+    assert_eq!(backup.count(), 0);
+    assert_eq!(
+        resolutions(&proxy, "resolved").await,
+        0.0,
+        "no answer invented"
+    );
+}
+
+#[tokio::test]
+async fn an_operator_can_try_one_now_and_a_credential_refusal_is_not_an_answer() {
+    let refuse = Arc::new(AtomicBool::new(false));
+    let healthy = Arc::new(AtomicBool::new(false));
+    let (r, h) = (Arc::clone(&refuse), Arc::clone(&healthy));
+    let primary = MockProvider::start(move |_| {
+        if r.load(Ordering::SeqCst) {
+            Reply::status(401, r#"{"error":{"type":"invalid_request_error"}}"#)
+        } else if h.load(Ordering::SeqCst) {
+            Reply::status(201, PRIMARY_OK)
+        } else {
+            Reply::reset()
+        }
+    })
+    .await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let proxy = start(&primary, &backup).await;
+    pay(&proxy, "order-admin", FORM).await;
+    let id = listed(&proxy).await[0]["id"].as_str().unwrap().to_owned();
+    let retry = |id: String| {
+        let url = proxy.admin_url(&format!("/admin/operations/{id}/retry"));
+        async move { post(&url, "").await }
+    };
+    // A 401 to the resend is about its credential, not the payment: still unknown.
+    refuse.store(true, Ordering::SeqCst);
+    let a = retry(id.clone()).await;
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert_eq!(a.json()["result"], "still_unknown");
+    assert_eq!(listed(&proxy).await.len(), 1);
+    refuse.store(false, Ordering::SeqCst);
+    healthy.store(true, Ordering::SeqCst);
+    let a = retry(id.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["result"], "resolved");
+    assert_eq!(a.json()["provider_status"], 201);
+    assert!(listed(&proxy).await.is_empty());
+    let a = retry(id).await;
+    assert_eq!(a.status, 404, "no longer unknown: {}", a.text());
+    let bad = get(&proxy.admin_url("/admin/operations?state=done")).await;
+    assert_eq!(bad.status, 400);
+}
