@@ -247,3 +247,113 @@ async fn an_operator_can_try_one_now_and_a_credential_refusal_is_not_an_answer()
     let bad = get(&proxy.admin_url("/admin/operations?state=done")).await;
     assert_eq!(bad.status, 400);
 }
+
+#[tokio::test]
+async fn a_stripe_event_naming_the_key_resolves_it_at_once() {
+    use hmac::{Hmac, Mac};
+    // The primary: a reset, then a 500 (still unknown: the resolver's next step is 5 s away), then
+    // healthy.
+    let step = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = Arc::clone(&step);
+    let primary = MockProvider::start(move |_| match s.load(Ordering::SeqCst) {
+        0 => Reply::reset(),
+        1 => Reply::status(500, r#"{"error":"api_error"}"#),
+        _ => Reply::status(201, PRIMARY_OK),
+    })
+    .await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let shop = MockProvider::start(|_| Reply::ok(r#"{"ok":true}"#)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("whsec");
+    std::fs::write(&secret, "whsec_test\n").unwrap();
+    let yaml = format!(
+        "{}webhooks:\n  - name: stripe-events\n    path: /webhooks/stripe\n    forward_to: {}/hook\n    verify: {{ scheme: stripe, secrets_file: [\"{}\"], tolerance: 5m }}\n",
+        config(
+            &[("primary", &primary.url()), ("backup", &backup.url())],
+            NO_BREAKER,
+            ONE_TRY
+        ),
+        shop.url(),
+        secret.display()
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let a = pay(&proxy, "order-wh", FORM).await;
+    assert_eq!(a.header("x-switchyard-outcome"), Some("unknown"));
+    step.store(1, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            resolutions(&proxy, "still_unknown").await == 1.0
+        })
+        .await
+    );
+    step.store(2, Ordering::SeqCst);
+    // The provider's event about the payment names the key it was made with.
+    let body = r#"{"id":"evt_9","type":"payment_intent.succeeded","request":{"id":"req_9","idempotency_key":"order-wh"}}"#;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(b"whsec_test").unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    let sig = format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()));
+    let hook = send(
+        Request::post(proxy.url("/webhooks/stripe"))
+            .header("content-type", "application/json")
+            .header("stripe-signature", sig)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(hook.status, 200, "{}", hook.text());
+    // Resolved now, not at the 5 s step; by the provider's answer to the resend, not the event.
+    assert!(
+        eventually(Duration::from_millis(2_500), || async {
+            resolutions(&proxy, "resolved").await == 1.0
+        })
+        .await,
+        "the event had it tried at once"
+    );
+    assert_eq!(primary.count(), 3);
+    let again = pay(&proxy, "order-wh", FORM).await;
+    assert_eq!(again.text(), PRIMARY_OK);
+    assert_eq!(again.header("x-switchyard-attempts"), Some("0"));
+}
+
+#[tokio::test]
+async fn the_resolver_waits_while_the_breaker_is_open_and_tries_when_the_provider_is_back() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let primary = primary(&healthy).await;
+    let backup = MockProvider::start(|_| Reply::ok(r#"{"id":"pi_backup"}"#)).await;
+    let breaker = "breaker: { consecutive_failures: 2, open_for: 3s }";
+    let yaml = config(
+        &[("primary", &primary.url()), ("backup", &backup.url())],
+        breaker,
+        ONE_TRY,
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    pay(&proxy, "order-b1", FORM).await;
+    pay(&proxy, "order-b2", FORM).await;
+    assert_eq!(primary.count(), 2);
+    let view = get(&proxy.admin_url("/admin/providers")).await.json();
+    assert_eq!(view["providers"]["primary"]["breaker"], "open");
+    healthy.store(true, Ordering::SeqCst);
+    // Due at 1 s, but not admitted: nothing is sent into the open breaker, and it is listed so.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            resolutions(&proxy, "not_admitted").await == 2.0
+        })
+        .await
+    );
+    assert_eq!(primary.count(), 2, "nothing sent while the breaker is open");
+    assert_eq!(listed(&proxy).await[0]["waiting_for"], "provider");
+    // The breaker lets probes through after open_for: the resolver's resends are those probes, and
+    // both operations are settled by the primary's answers.
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            resolutions(&proxy, "resolved").await == 2.0
+        })
+        .await
+    );
+    assert_eq!(primary.count(), 4);
+    assert_eq!(backup.count(), 0);
+}
