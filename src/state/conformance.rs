@@ -289,7 +289,11 @@ pub(crate) async fn records_keep_the_request_of_an_unknown_outcome<B: Backend>(b
         let s = &s;
         async move {
             match begin(s, &key("k"), F1).await {
-                Begin::Resume { pinned, lease, kept } => {
+                Begin::Resume {
+                    pinned,
+                    lease,
+                    kept,
+                } => {
                     assert_eq!(&*pinned, "primary");
                     assert_eq!(kept.as_deref(), Some(&*expected));
                     lease
@@ -312,7 +316,13 @@ pub(crate) async fn records_keep_the_request_of_an_unknown_outcome<B: Backend>(b
     // Why a request was not kept is kept too.
     let lease = hold(&s, &key("card"), F1).await;
     let not_kept = Arc::new(Kept::first(1_000, Err(NotKept::CardData)));
-    finish(&s, &key("card"), lease, unknown_keeping("backup", &not_kept)).await;
+    finish(
+        &s,
+        &key("card"),
+        lease,
+        unknown_keeping("backup", &not_kept),
+    )
+    .await;
     match begin(&s, &key("card"), F1).await {
         Begin::Resume { kept, .. } => assert_eq!(kept.as_deref(), Some(&*not_kept)),
         other => panic!("{other:?}"),
@@ -326,7 +336,13 @@ pub(crate) async fn records_list_what_may_be_unknown<B: Backend>(b: &B) {
     let (s, _) = records(b, 10);
     for (k, next) in [("late", 9_000), ("soon", 2_000), ("middle", 5_000)] {
         let lease = hold(&s, &key(k), F1).await;
-        finish(&s, &key(k), lease, unknown_keeping("primary", &kept(k, next))).await;
+        finish(
+            &s,
+            &key(k),
+            lease,
+            unknown_keeping("primary", &kept(k, next)),
+        )
+        .await;
     }
     let lease = hold(&s, &key("done"), F1).await;
     finish(&s, &key("done"), lease, Finish::Final(answer("x"))).await;
