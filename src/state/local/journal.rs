@@ -5,11 +5,23 @@
 //! put or deleted, a pin, a delivered event id, the fencing-token high-water), so the last frame
 //! naming a thing is what it is: replay and compaction keep the last one per thing and drop the rest.
 //!
+//! **What an open record keeps.** A record in flight or unknown may keep what its resolution needs
+//! ([`crate::idempotency::Kept`], as [`Kept::to_bytes`] writes it). It is a trailing optional field
+//! of those two states: when kept, the state's fields are followed by one more length-prefixed field;
+//! when not, the frame ends where it always did. So a journal written before records kept anything
+//! reads as it was (nothing kept), and the format's version stays 1. The other way round does not
+//! hold: a build from before cannot read a frame with the field (it refuses to start, with the
+//! journal's corruption error), so going back to such a build after an unknown outcome was kept
+//! means moving the journal aside.
+//!
 //! Reading back tells a torn last write (a process or machine crash in the middle of `write(2)`, or a
 //! tail of zeros that a file system left after a machine crash) from corruption in the middle: the
 //! first is cut with a warning, the second refuses to start, since dropping the frames after it would
 //! silently forget payments.
+//!
+//! [`Kept::to_bytes`]: crate::idempotency::Kept::to_bytes
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
@@ -79,6 +91,10 @@ pub(super) enum State<'a> {
         resumed: bool,
         token: u64,
         lease_until_ms: u64,
+        /// What the record kept before it was resumed ([`Kept::to_bytes`]).
+        ///
+        /// [`Kept::to_bytes`]: crate::idempotency::Kept::to_bytes
+        kept: Option<Cow<'a, [u8]>>,
     },
     Done {
         status: u16,
@@ -88,6 +104,10 @@ pub(super) enum State<'a> {
     },
     Unknown {
         pinned: &'a str,
+        /// What it keeps for its resolution ([`Kept::to_bytes`]).
+        ///
+        /// [`Kept::to_bytes`]: crate::idempotency::Kept::to_bytes
+        kept: Option<Cow<'a, [u8]>>,
     },
 }
 
@@ -170,6 +190,7 @@ pub(super) fn encode(change: &Change<'_>, out: &mut Vec<u8>) -> Result<(), usize
                     resumed,
                     token,
                     lease_until_ms,
+                    kept,
                 } => {
                     out.push(STATE_IN_FLIGHT);
                     match attempt {
@@ -182,6 +203,7 @@ pub(super) fn encode(change: &Change<'_>, out: &mut Vec<u8>) -> Result<(), usize
                     out.push(u8::from(*resumed));
                     out.extend_from_slice(&token.to_le_bytes());
                     out.extend_from_slice(&lease_until_ms.to_le_bytes());
+                    put_kept(out, kept.as_deref());
                 }
                 State::Done {
                     status,
@@ -195,9 +217,10 @@ pub(super) fn encode(change: &Change<'_>, out: &mut Vec<u8>) -> Result<(), usize
                     out.extend_from_slice(&body_at.to_le_bytes());
                     put_bytes(out, blob);
                 }
-                State::Unknown { pinned } => {
+                State::Unknown { pinned, kept } => {
                     out.push(STATE_UNKNOWN);
                     put_str(out, pinned);
+                    put_kept(out, kept.as_deref());
                 }
             }
         }
@@ -235,6 +258,13 @@ pub(super) fn encode(change: &Change<'_>, out: &mut Vec<u8>) -> Result<(), usize
     out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
+}
+
+/// The trailing optional field: written only when something is kept (see the module docs).
+fn put_kept(out: &mut Vec<u8>, kept: Option<&[u8]>) {
+    if let Some(k) = kept {
+        put_bytes(out, k);
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -292,6 +322,14 @@ impl<'a> Reader<'a> {
     fn str(&mut self) -> Result<&'a str, &'static str> {
         std::str::from_utf8(self.bytes()?).map_err(|_| "a name is not UTF-8")
     }
+
+    /// The trailing optional field: present when bytes are left in the frame.
+    fn kept(&mut self) -> Result<Option<Cow<'a, [u8]>>, &'static str> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Cow::Borrowed(self.bytes()?)))
+    }
 }
 
 /// The change a frame's payload holds.
@@ -318,6 +356,7 @@ pub(super) fn decode(payload: &[u8]) -> Result<Change<'_>, &'static str> {
                     resumed: r.u8()? != 0,
                     token: r.u64()?,
                     lease_until_ms: r.u64()?,
+                    kept: r.kept()?,
                 },
                 STATE_DONE => State::Done {
                     status: r.u16()?,
@@ -325,7 +364,10 @@ pub(super) fn decode(payload: &[u8]) -> Result<Change<'_>, &'static str> {
                     body_at: r.u32()?,
                     blob: r.bytes()?,
                 },
-                STATE_UNKNOWN => State::Unknown { pinned: r.str()? },
+                STATE_UNKNOWN => State::Unknown {
+                    pinned: r.str()?,
+                    kept: r.kept()?,
+                },
                 _ => return Err("unknown record state"),
             };
             Change::Record {
@@ -555,6 +597,7 @@ mod tests {
                         resumed: true,
                         token: 42,
                         lease_until_ms: 1_700_000_030_000,
+                        kept: Some(Cow::Borrowed(b"kept before the resume")),
                     },
                 }),
             },
@@ -570,6 +613,7 @@ mod tests {
                         resumed: false,
                         token: 1,
                         lease_until_ms: 0,
+                        kept: None,
                     },
                 }),
             },
@@ -595,7 +639,10 @@ mod tests {
                     fingerprint: [4; 32],
                     expires_ms: 7,
                     bytes: 11,
-                    state: State::Unknown { pinned: "backup" },
+                    state: State::Unknown {
+                        pinned: "backup",
+                        kept: Some(Cow::Borrowed(b"")),
+                    },
                 }),
             },
             Change::Record {
@@ -625,6 +672,66 @@ mod tests {
         let s = scan(&buf, |_, c| read.push(c)).unwrap();
         assert_eq!(read, written);
         assert_eq!((s.valid, s.torn), (buf.len(), 0));
+    }
+
+    /// The payload of a record frame as the format before kept requests wrote it, built by hand.
+    fn old_record(state: &[u8]) -> Vec<u8> {
+        let mut p = vec![TAG_RECORD];
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.push(b'r');
+        p.extend_from_slice(&[5; 16]);
+        p.extend_from_slice(&[6; 32]);
+        p.extend_from_slice(&77u64.to_le_bytes());
+        p.extend_from_slice(&200u32.to_le_bytes());
+        p.extend_from_slice(state);
+        p
+    }
+
+    #[test]
+    fn frames_written_before_records_kept_requests_read_as_keeping_nothing() {
+        let mut unknown = vec![STATE_UNKNOWN];
+        unknown.extend_from_slice(&6u32.to_le_bytes());
+        unknown.extend_from_slice(b"backup");
+        let mut flying = vec![STATE_IN_FLIGHT, 1];
+        flying.extend_from_slice(&7u32.to_le_bytes());
+        flying.extend_from_slice(b"primary");
+        flying.push(1);
+        flying.extend_from_slice(&9u64.to_le_bytes());
+        flying.extend_from_slice(&10u64.to_le_bytes());
+        let expected = [
+            State::Unknown {
+                pinned: "backup",
+                kept: None,
+            },
+            State::InFlight {
+                attempt: Some("primary"),
+                resumed: true,
+                token: 9,
+                lease_until_ms: 10,
+                kept: None,
+            },
+        ];
+        for (state, want) in [unknown, flying].iter().zip(expected) {
+            let payload = old_record(state);
+            let change = decode(&payload).unwrap();
+            let Change::Record {
+                record: Some(r), ..
+            } = &change
+            else {
+                panic!("{change:?}")
+            };
+            assert_eq!(r.state, want);
+            assert_eq!((r.expires_ms, r.bytes), (77, 200));
+            // Nothing kept is written exactly as before.
+            let mut again = Vec::new();
+            encode(&change, &mut again).unwrap();
+            assert_eq!(&again[8..], &payload[..]);
+        }
+        // A kept field cut short is not taken for a frame without one.
+        let mut cut = old_record(&[STATE_UNKNOWN, 1, 0, 0, 0, b'p']);
+        cut.extend_from_slice(&100u32.to_le_bytes());
+        cut.extend_from_slice(b"short");
+        assert!(decode(&cut).is_err());
     }
 
     #[test]

@@ -5,15 +5,21 @@
 //! after the change: whichever copy is written last was made after every change already answered, so
 //! the journal's last word on a record is the store's. Pins and event ids are changed and journalled
 //! under that lock together.
+//!
+//! A record in flight or unknown is written with what it keeps for its resolution (its request and
+//! the resolver's schedule, [`Kept`]), so that after a restart the resolver finds it listed
+//! ([`Store::unknowns`]) and a resume gets it back; its bytes count against the route's bound as
+//! they did before the restart (the record's byte count is journalled with it).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Dedupe;
 use crate::idempotency::{
-    Begin, Candidates, Finish, Lease, MemoryStore, ObjectPins, PinStore, RecordImage, RecordKey,
-    RecordState, Store, StoredAnswer,
+    Begin, Candidates, Finish, Kept, Lease, MemoryStore, ObjectPins, PinStore, RecordImage,
+    RecordKey, RecordState, Store, StoredAnswer,
 };
 use crate::state::{Clock, StateError, SystemClock};
 use crate::webhooks::dedupe::{self, DedupeStore, EventStore, Token};
@@ -115,12 +121,13 @@ impl<C: Clock + Clone> LocalRecords<C> {
                 resumed,
                 token,
                 lease_until,
-                kept: _,
+                kept,
             } => journal::State::InFlight {
                 attempt: attempt.as_deref(),
                 resumed: *resumed,
                 token: *token,
                 lease_until_ms: wall_ms(&self.clock, *lease_until),
+                kept: kept.as_ref().map(|k| Cow::Owned(k.to_bytes())),
             },
             RecordState::Done(answer) => {
                 let (status, provider, blob, body_at) = answer.parts();
@@ -131,7 +138,10 @@ impl<C: Clock + Clone> LocalRecords<C> {
                     blob,
                 }
             }
-            RecordState::Unknown { pinned, kept: _ } => journal::State::Unknown { pinned },
+            RecordState::Unknown { pinned, kept } => journal::State::Unknown {
+                pinned,
+                kept: kept.as_ref().map(|k| Cow::Owned(k.to_bytes())),
+            },
         };
         journal::Record {
             fingerprint: i.fingerprint,
@@ -155,13 +165,14 @@ impl<C: Clock + Clone> LocalRecords<C> {
                 attempt,
                 resumed,
                 token,
+                kept,
                 ..
             } => RecordState::InFlight {
                 attempt: attempt.map(Arc::from),
                 resumed: *resumed,
                 token: *token,
                 lease_until: wall.now(),
-                kept: None,
+                kept: kept.as_deref().and_then(read_kept),
             },
             journal::State::Done {
                 status,
@@ -179,9 +190,9 @@ impl<C: Clock + Clone> LocalRecords<C> {
                 )?;
                 RecordState::Done(Arc::new(answer))
             }
-            journal::State::Unknown { pinned } => RecordState::Unknown {
+            journal::State::Unknown { pinned, kept } => RecordState::Unknown {
                 pinned: Arc::from(*pinned),
-                kept: None,
+                kept: kept.as_deref().and_then(read_kept),
             },
         };
         self.store.restore(
@@ -195,6 +206,17 @@ impl<C: Clock + Clone> LocalRecords<C> {
         );
         Some(())
     }
+}
+
+/// What a record kept, read back from the journal. Bytes that are not a [`Kept`] (a later format)
+/// are left out with a warning: the record still resumes at its pinned provider, and the shop's
+/// retry or a webhook resolves it.
+fn read_kept(bytes: &[u8]) -> Option<Arc<Kept>> {
+    let kept = Kept::from_bytes(bytes).map(Arc::new);
+    if kept.is_none() {
+        tracing::warn!("a record in the local state journal keeps a request this build cannot read; it is resolved by the shop's retry or a webhook only");
+    }
+    kept
 }
 
 /// Answers as [`MemoryStore`] does; a change is in the journal (the page cache) when its future is

@@ -815,3 +815,207 @@ fn cpu_ms(who: &str) -> f64 {
     let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
     ticks * 10.0
 }
+
+/// What a record keeps for its resolution: a JSON payment request for key `k`.
+fn kept(k: &str, now_ms: u64) -> Arc<crate::idempotency::Kept> {
+    let mut h = HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    h.insert("x-shop-request", "r-1".parse().unwrap());
+    let request = crate::idempotency::KeptRequest::new(
+        "tenant",
+        k,
+        &http::Method::POST,
+        "/v1/payments?expand=latest",
+        &h,
+        &[],
+        &bytes::Bytes::from(format!("{{\"amount\":1,\"order\":\"{k}\"}}")),
+    )
+    .unwrap();
+    Arc::new(crate::idempotency::Kept::first(
+        now_ms,
+        Ok(Arc::new(request)),
+    ))
+}
+
+/// The listing of what may be unknown, as (digest, pinned provider, what it keeps).
+async fn listed(s: &impl Store) -> Vec<([u8; 16], String, Option<Arc<crate::idempotency::Kept>>)> {
+    s.unknowns(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.digest, u.pinned.to_string(), u.kept))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_kept_request_survives_a_crash_and_is_listed_after_it() {
+    let dir = TempDir::new().unwrap();
+    let clock = ManualClock::default();
+    let local = open(dir.path(), &clock).unwrap();
+    let s = local.records("payments", limits(Duration::from_secs(3600)), counter());
+    // Settled unknown at the backup, keeping its request.
+    let settled = kept("settled", 1_700_000_000_000);
+    let l = hold(&*s, "settled", Some("backup")).await;
+    s.finish(
+        &key("settled"),
+        l,
+        Finish::Unknown {
+            provider: p("backup"),
+            kept: Some(Arc::clone(&settled)),
+        },
+    )
+    .await
+    .unwrap();
+    // Settled unknown keeping its request, then resumed by a shop's retry: in flight at the crash,
+    // with what it kept.
+    let resumed = Arc::new(kept("resumed", 1_700_000_000_000).tried(1_700_000_001_000, TTL_DAY));
+    let l = hold(&*s, "resumed", Some("primary")).await;
+    s.finish(
+        &key("resumed"),
+        l,
+        Finish::Unknown {
+            provider: p("primary"),
+            kept: Some(Arc::clone(&resumed)),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.begin(&key("resumed"), F, LEASE, None).await.unwrap(),
+        Begin::Resume { kept: Some(k), .. } if k == resumed
+    ));
+    // New, its attempt recorded at the primary: in flight at the crash, nothing kept.
+    hold(&*s, "flying", Some("primary")).await;
+    let bytes = s.memory().bytes();
+
+    let crashed = crash_copy(dir.path());
+    drop(local);
+    let local = open(crashed.path(), &clock).unwrap();
+    let s = local.records("payments", limits(Duration::from_secs(3600)), counter());
+    assert_eq!(
+        s.memory().bytes(),
+        bytes,
+        "what is kept counts against the bound after a restart too"
+    );
+    let mut after = listed(&*s).await;
+    after.sort_by_key(|(d, ..)| *d);
+    let mut expected = vec![
+        (
+            *key("settled").digest(),
+            "backup".to_owned(),
+            Some(Arc::clone(&settled)),
+        ),
+        (
+            *key("resumed").digest(),
+            "primary".to_owned(),
+            Some(Arc::clone(&resumed)),
+        ),
+        (*key("flying").digest(), "primary".to_owned(), None),
+    ];
+    expected.sort_by_key(|(d, ..)| *d);
+    assert_eq!(after, expected);
+    // A resume gives the same request back, and a retry that sends nothing leaves it kept across
+    // the next crash too (it is journalled with the record in flight, and with the record after).
+    let l = match s.begin(&key("settled"), F, LEASE, None).await.unwrap() {
+        Begin::Resume {
+            pinned,
+            lease,
+            kept: Some(k),
+        } => {
+            assert_eq!(&*pinned, "backup");
+            assert_eq!(k, settled);
+            assert_eq!(
+                k.request
+                    .as_ref()
+                    .unwrap()
+                    .headers()
+                    .get("x-shop-request")
+                    .unwrap(),
+                "r-1"
+            );
+            lease
+        }
+        other => panic!("{other:?}"),
+    };
+    let crashed_in_flight = crash_copy(crashed.path());
+    s.finish(&key("settled"), l, Finish::NothingSent)
+        .await
+        .unwrap();
+    let crashed_after = crash_copy(crashed.path());
+    drop(local);
+    for dir in [crashed_in_flight, crashed_after] {
+        let local = open(dir.path(), &clock).unwrap();
+        let s = local.records("payments", limits(Duration::from_secs(3600)), counter());
+        match s.begin(&key("settled"), F, LEASE, None).await.unwrap() {
+            Begin::Resume { pinned, kept, .. } => {
+                assert_eq!(&*pinned, "backup");
+                assert_eq!(kept, Some(Arc::clone(&settled)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+const TTL_DAY: Duration = Duration::from_secs(24 * 3600);
+
+#[tokio::test]
+async fn a_journal_written_before_records_kept_requests_still_opens() {
+    let dir = TempDir::new().unwrap();
+    let clock = ManualClock::default();
+    let expires_ms = super::stores::unix_ms(clock.wall()) + 3_600_000;
+    // Frames as the format before wrote them, byte by byte: a record settled unknown at the backup,
+    // and one in flight at the primary.
+    let record = |k: &str, state: &[u8]| {
+        let mut p = vec![1u8];
+        p.extend_from_slice(&8u32.to_le_bytes());
+        p.extend_from_slice(b"payments");
+        p.extend_from_slice(key(k).digest());
+        p.extend_from_slice(&F);
+        p.extend_from_slice(&expires_ms.to_le_bytes());
+        p.extend_from_slice(&200u32.to_le_bytes());
+        p.extend_from_slice(state);
+        let mut frame = (p.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&p).to_le_bytes());
+        frame.extend_from_slice(&p);
+        frame
+    };
+    let mut unknown = vec![2u8];
+    unknown.extend_from_slice(&6u32.to_le_bytes());
+    unknown.extend_from_slice(b"backup");
+    let mut flying = vec![0u8, 1];
+    flying.extend_from_slice(&7u32.to_le_bytes());
+    flying.extend_from_slice(b"primary");
+    flying.push(0);
+    flying.extend_from_slice(&5u64.to_le_bytes());
+    flying.extend_from_slice(&expires_ms.to_le_bytes());
+    let mut file = b"SYSTATE1".to_vec();
+    file.extend_from_slice(&record("old-unknown", &unknown));
+    file.extend_from_slice(&record("old-flying", &flying));
+    std::fs::write(dir.path().join(JOURNAL), &file).unwrap();
+
+    let local = open(dir.path(), &clock).unwrap();
+    let s = local.records("payments", limits(Duration::from_secs(3600)), counter());
+    let mut found = listed(&*s).await;
+    found.sort_by_key(|(d, ..)| *d);
+    let mut expected = vec![
+        (*key("old-unknown").digest(), "backup".to_owned(), None),
+        (*key("old-flying").digest(), "primary".to_owned(), None),
+    ];
+    expected.sort_by_key(|(d, ..)| *d);
+    assert_eq!(found, expected);
+    assert_eq!(s.memory().bytes(), 400);
+    for (k, at) in [("old-unknown", "backup"), ("old-flying", "primary")] {
+        match s.begin(&key(k), F, LEASE, None).await.unwrap() {
+            Begin::Resume {
+                pinned,
+                kept,
+                lease,
+            } => {
+                assert_eq!(&*pinned, at);
+                assert!(kept.is_none());
+                assert!(lease.0 > 5, "tokens continue above the old journal's");
+            }
+            other => panic!("{k}: {other:?}"),
+        }
+    }
+}

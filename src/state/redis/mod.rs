@@ -29,9 +29,12 @@
 //!   bounded by their ttl (and stored answers by the proxy's answer size limit), and Redis's own
 //!   `maxmemory` with `noeviction` refuses writes rather than drop a record.
 //!
-//! Keys: `sy:r:{route:digest}` (records), `sy:p:{digest}` (object pins), `sy:e:{webhook:digest}`
-//! (webhook events), `sy:q:{provider}` (quotas), `sy:epoch`. Each step touches one key, so every
-//! step runs on a Redis Cluster too (the epoch key lives in its own slot).
+//! Keys: `sy:r:{route:digest}` (records), `sy:u:{route}` (each route's index of the records that
+//! may be unknown), `sy:p:{digest}` (object pins), `sy:e:{webhook:digest}` (webhook events),
+//! `sy:q:{provider}` (quotas), `sy:epoch`. The steps of pins, events, quotas and the epoch touch one
+//! key each; those of records touch a record and its route's index, two hash slots, so they do not
+//! run on a Redis Cluster (`records.rs` says why the names stay): the backend runs on one Redis, with
+//! replicas or Sentinel.
 
 mod epoch;
 mod events;
@@ -184,6 +187,7 @@ pub(crate) enum Op {
     EventBegin,
     EventFinish,
     Quota,
+    Unknowns,
 }
 
 impl Op {
@@ -197,6 +201,7 @@ impl Op {
             Self::EventBegin => "event_begin",
             Self::EventFinish => "event_finish",
             Self::Quota => "quota",
+            Self::Unknowns => "unknowns",
         }
     }
 }

@@ -516,3 +516,231 @@ async fn calls_are_counted_by_op_and_result() {
     );
     assert!(eventually(|| metrics.degraded.get() == 1).await);
 }
+
+/// What a record keeps for its resolution, for key `k`, due at `next_ms`.
+fn kept(k: &str, next_ms: u64) -> Arc<crate::idempotency::Kept> {
+    let request = crate::idempotency::KeptRequest::new(
+        "tenant",
+        k,
+        &http::Method::POST,
+        "/v1/payments",
+        &HeaderMap::new(),
+        &[],
+        &bytes::Bytes::from_static(b"{\"amount\":1}"),
+    )
+    .unwrap();
+    let mut kept = crate::idempotency::Kept::first(next_ms - 1_000, Ok(Arc::new(request)));
+    kept.next_ms = next_ms;
+    Arc::new(kept)
+}
+
+fn unknown_keeping(kept: &Arc<crate::idempotency::Kept>) -> Finish {
+    Finish::Unknown {
+        provider: primary(),
+        kept: Some(Arc::clone(kept)),
+    }
+}
+
+async fn index_len(server: &RedisServer, s: &RedisRecords) -> i64 {
+    server.cmd(::redis::cmd("ZCARD").arg(s.index_key())).await
+}
+
+async fn resume(s: &RedisRecords, k: &RecordKey) -> (Lease, Option<Arc<crate::idempotency::Kept>>) {
+    match s.begin(k, F, LEASE, Some(&primary())).await.unwrap() {
+        Begin::Resume { lease, kept, .. } => (lease, kept),
+        other => panic!("{other:?}"),
+    }
+}
+
+use crate::idempotency::Lease;
+
+#[tokio::test]
+async fn the_index_of_what_may_be_unknown_does_not_grow_with_final_answers() {
+    let server = RedisServer::start();
+    let redis = connect(&server.url(), Duration::from_secs(2)).await;
+    let s = records(&redis);
+    assert_eq!(s.index_key(), "sy:u:{pay}");
+    for i in 0..60 {
+        let k = key(&format!("k{i}"));
+        let lease = new_lease(&s, &k).await;
+        assert_eq!(
+            index_len(&server, &s).await,
+            1,
+            "a record in flight may become unknown"
+        );
+        match i % 3 {
+            0 => s.finish(&k, lease, answer()).await.unwrap(),
+            1 => s.finish(&k, lease, Finish::NothingSent).await.unwrap(),
+            _ => {
+                // Unknown first, then resolved by a final answer.
+                s.finish(&k, lease, unknown_keeping(&kept("k", 5_000)))
+                    .await
+                    .unwrap();
+                assert_eq!(index_len(&server, &s).await, 1);
+                let (lease, _) = resume(&s, &k).await;
+                s.finish(&k, lease, answer()).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(index_len(&server, &s).await, 0);
+    let exists: i64 = server.cmd(::redis::cmd("EXISTS").arg(s.index_key())).await;
+    assert_eq!(exists, 0, "an empty index takes no memory");
+    assert!(s.unknowns(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_kept_request_lives_in_its_record_and_leaves_with_the_final_answer() {
+    let server = RedisServer::start();
+    let redis = connect(&server.url(), Duration::from_secs(2)).await;
+    let s = records(&redis);
+    let k = key("k");
+    let name = hex::encode(k.digest());
+    let first = kept("k", 7_000);
+    let lease = new_lease(&s, &k).await;
+    s.finish(&k, lease, unknown_keeping(&first)).await.unwrap();
+    let field = |f: &'static str| {
+        let server = &server;
+        let rkey = s.key_of(&k);
+        async move {
+            let v: Option<Vec<u8>> = server.cmd(::redis::cmd("HGET").arg(rkey).arg(f)).await;
+            v
+        }
+    };
+    let score = || async {
+        let v: Option<f64> = server
+            .cmd(::redis::cmd("ZSCORE").arg(s.index_key()).arg(&name))
+            .await;
+        v
+    };
+    assert_eq!(field("k").await, Some(first.to_bytes()));
+    assert_eq!(
+        score().await,
+        Some(7_000.0),
+        "scored by when the resolver tries next"
+    );
+    // Resumed: in flight with it; an unknown end without a new one keeps it, and its score.
+    let (lease, got) = resume(&s, &k).await;
+    assert_eq!(got, Some(Arc::clone(&first)));
+    assert_eq!(field("k").await, Some(first.to_bytes()));
+    s.finish(&k, lease, Finish::unknown(primary()))
+        .await
+        .unwrap();
+    assert_eq!(field("k").await, Some(first.to_bytes()));
+    assert_eq!(score().await, Some(7_000.0));
+    // A resolver's try that gave up is kept too, scored last.
+    let (lease, _) = resume(&s, &k).await;
+    let mut gave_up = (*first).clone();
+    gave_up.next_ms = crate::idempotency::GAVE_UP;
+    let gave_up = Arc::new(gave_up);
+    s.finish(&k, lease, unknown_keeping(&gave_up))
+        .await
+        .unwrap();
+    assert!(score().await.is_some_and(|v| v > 1e19));
+    assert_eq!(resume(&s, &k).await.1, Some(Arc::clone(&gave_up)));
+    // In flight, it is scored by its lease end: after it, its holder may have died.
+    assert!(score().await.is_some_and(|v| v > 1e12 && v < 1e19));
+    // The held record is listed only once its holder's lease runs out.
+    assert!(s.unknowns(10).await.unwrap().is_empty());
+    redis.advance(LEASE + Duration::from_secs(1));
+    let listed = s.unknowns(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].kept, Some(Arc::clone(&gave_up)));
+    // A final answer drops it, in the record and in the index.
+    let (lease, _) = resume(&s, &k).await;
+    s.finish(&k, lease, answer()).await.unwrap();
+    assert_eq!(field("k").await, None);
+    assert_eq!(score().await, None);
+}
+
+#[tokio::test]
+async fn the_listing_drops_index_entries_whose_record_is_gone() {
+    let server = RedisServer::start();
+    let redis = connect(&server.url(), Duration::from_secs(2)).await;
+    let s = records(&redis);
+    for k in ["expires", "deleted", "stays"] {
+        let lease = new_lease(&s, &key(k)).await;
+        s.finish(&key(k), lease, unknown_keeping(&kept(k, 5_000)))
+            .await
+            .unwrap();
+    }
+    // Redis freed one record's memory (its PEXPIRE); the others are listed.
+    let _: i64 = server
+        .cmd(::redis::cmd("DEL").arg(s.key_of(&key("deleted"))))
+        .await;
+    assert_eq!(s.unknowns(10).await.unwrap().len(), 2);
+    assert_eq!(
+        index_len(&server, &s).await,
+        2,
+        "the freed record's entry is gone"
+    );
+    // Past the ttl, "expires" is no record any more; "stays" is settled again before that.
+    redis.advance(TTL - Duration::from_secs(10));
+    let (lease, _) = resume(&s, &key("stays")).await;
+    s.finish(&key("stays"), lease, Finish::NothingSent)
+        .await
+        .unwrap();
+    redis.advance(Duration::from_secs(20));
+    let listed = s.unknowns(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].digest, *key("stays").digest());
+    assert_eq!(index_len(&server, &s).await, 1);
+    assert_eq!(s.unknowns(0).await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn steps_run_again_after_they_applied_keep_the_same_request() {
+    let server = RedisServer::start();
+    let redis = connect(&server.url(), Duration::from_secs(2)).await;
+    let s = records(&redis);
+    let k = key("k");
+    let first = kept("k", 5_000);
+    let lease = new_lease(&s, &k).await;
+    s.finish(&k, lease, unknown_keeping(&first)).await.unwrap();
+    // A resume whose reply was lost, run again: the same request both times.
+    for _ in 0..2 {
+        match s
+            .begin_with(&k, F, LEASE, Some(&primary()), 61)
+            .await
+            .unwrap()
+        {
+            Begin::Resume { lease, kept, .. } => {
+                assert_eq!(lease.0, 61);
+                assert_eq!(kept, Some(Arc::clone(&first)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A finish run again after it applied changes nothing, whatever it carries.
+    let tried = Arc::new(first.tried(6_000, Duration::from_secs(86_400)));
+    s.finish(&k, Lease(61), unknown_keeping(&tried))
+        .await
+        .unwrap();
+    s.finish(&k, Lease(61), unknown_keeping(&first))
+        .await
+        .expect("a retried finish that applied is Ok");
+    assert_eq!(resume(&s, &k).await.1, Some(tried));
+}
+
+#[tokio::test]
+async fn primary_only_lists_what_its_fallback_holds_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let mut o = options(Duration::from_millis(200));
+    o.on_unavailable = OnUnavailable::PrimaryOnly;
+    let redis = Redis::connect_with(&server.url(), o).await.unwrap();
+    let local = Arc::new(MemoryStore::new(Limits {
+        ttl: TTL,
+        max_entries: 100,
+        max_bytes: 1 << 20,
+    }));
+    let s = RedisRecords::new(redis.clone(), "pay", TTL, Some(Arc::clone(&local)));
+    server.kill();
+    let k = key("k");
+    let first = kept("k", 5_000);
+    let lease = new_lease(&s, &k).await;
+    s.finish(&k, lease, unknown_keeping(&first)).await.unwrap();
+    let listed = s.unknowns(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].digest, *k.digest());
+    assert_eq!(listed[0].kept, Some(Arc::clone(&first)));
+    assert_eq!(resume(&s, &k).await.1, Some(first));
+}
