@@ -24,8 +24,9 @@ pub const AUDIT_DROP_REASONS: [&str; 5] = [
 /// `begin` claims a key (in flight / 409 / 422 / replay / unknown), `attempt` records "this key goes
 /// to provider P" before the first byte is sent, `finish` completes or releases the key, `pin_find` and
 /// `pin_remember` read and write payment-object pins, `event_begin` and `event_finish` are webhook
-/// dedupe, `quota` takes a slot of a provider's fleet-wide quota.
-pub const STATE_OPS: [&str; 8] = [
+/// dedupe, `quota` takes a slot of a provider's fleet-wide quota, `unknowns` lists the records that
+/// may be unknown (the resolver, twice a second per route).
+pub const STATE_OPS: [&str; 9] = [
     "begin",
     "attempt",
     "finish",
@@ -34,6 +35,7 @@ pub const STATE_OPS: [&str; 8] = [
     "event_begin",
     "event_finish",
     "quota",
+    "unknowns",
 ];
 
 /// The `result` label values of `switchyard_state_operations_total`: the store answered (`ok`), failed
