@@ -357,3 +357,109 @@ async fn the_resolver_waits_while_the_breaker_is_open_and_tries_when_the_provide
     assert_eq!(primary.count(), 4);
     assert_eq!(backup.count(), 0);
 }
+
+#[tokio::test]
+async fn after_a_restart_the_kept_request_is_resolved_once_the_shop_brings_its_credential_back() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let primary = primary(&healthy).await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}state: {{ backend: local, dir: {}/state }}\n",
+        config(
+            &[("primary", &primary.url()), ("backup", &backup.url())],
+            NO_BREAKER,
+            ONE_TRY
+        ),
+        dir.path().display()
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let a = pay(&proxy, "order-restart", FORM).await;
+    assert_eq!(a.header("x-switchyard-outcome"), Some("unknown"));
+    proxy.shutdown().await;
+    let on_disk = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read(e.path()).unwrap_or_default())
+        .any(|bytes| bytes.windows(12).any(|w| w == b"sk_test_shop"));
+    assert!(!on_disk, "the shop's credential is never written");
+
+    healthy.store(true, Ordering::SeqCst);
+    let proxy = TestProxy::start(&yaml).await;
+    // The kept request survived; the shop's credential did not (memory only): it waits for it.
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            listed(&proxy)
+                .await
+                .first()
+                .map(|o| o["waiting_for"].clone())
+                == Some(serde_json::json!("shop_credential"))
+        })
+        .await
+    );
+    assert_eq!(primary.count(), 1);
+    // The shop's next payment in the same scope brings it back; the resolver then settles the first.
+    let other = pay(&proxy, "order-next", FORM).await;
+    assert_eq!(other.status, 201);
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            resolutions(&proxy, "resolved").await == 1.0
+        })
+        .await
+    );
+    let again = pay(&proxy, "order-restart", FORM).await;
+    assert_eq!(again.header("x-switchyard-attempts"), Some("0"));
+    assert_eq!(again.text(), PRIMARY_OK);
+    assert_eq!(
+        primary.count(),
+        3,
+        "the first, the next payment, one resend"
+    );
+}
+
+#[tokio::test]
+async fn in_a_fleet_one_sidecar_resends_an_operation_once() {
+    let redis = crate::redis_support::RedisServer::start_tcp();
+    let healthy = Arc::new(AtomicBool::new(false));
+    let primary = primary(&healthy).await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}state: {{ backend: redis, dir: {}/state, redis: {{ url: \"{}\" }} }}\n",
+        config(
+            &[("primary", &primary.url()), ("backup", &backup.url())],
+            &format!("auth: {{ header: Authorization, value_file: KEYFILE }}\n{NO_BREAKER}"),
+            ONE_TRY
+        ),
+        dir.path().display(),
+        redis.url()
+    );
+    let keyfile = dir.path().join("key");
+    std::fs::write(&keyfile, "Bearer sk_test_fleet\n").unwrap();
+    let yaml = yaml.replace("KEYFILE", &keyfile.display().to_string());
+    let (a, b) = (
+        TestProxy::start(&yaml).await,
+        TestProxy::start(&yaml.replace("/state", "/state-b")).await,
+    );
+    let first = pay(&a, "order-fleet", FORM).await;
+    assert_eq!(first.header("x-switchyard-outcome"), Some("unknown"));
+    // Both sidecars list it.
+    assert_eq!(listed(&a).await.len(), 1);
+    assert_eq!(listed(&b).await.len(), 1);
+    healthy.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            resolutions(&a, "resolved").await + resolutions(&b, "resolved").await == 1.0
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(primary.count(), 2, "one resend for the fleet");
+    let resend = primary.received().pop().unwrap();
+    assert_eq!(resend.headers["authorization"], "Bearer sk_test_fleet");
+    // Either sidecar replays the answer.
+    let again = pay(&b, "order-fleet", FORM).await;
+    assert_eq!(again.header("x-switchyard-attempts"), Some("0"));
+    assert_eq!(again.text(), PRIMARY_OK);
+    assert!(listed(&a).await.is_empty() && listed(&b).await.is_empty());
+}
