@@ -151,6 +151,36 @@ def test_an_unknown_outcome_is_an_api_error_and_the_retry_with_the_key_settles_i
     assert sdk["primary"].stats()["charges_by_key"].get("interop-unknown-1") == 1
 
 
+def test_an_unknown_outcome_is_resolved_by_the_sidecar_and_the_librarys_retry_is_a_replay(sdk):
+    import json
+    import urllib.request
+
+    stripe.api_base = sdk["sidecar"].base + "/once"
+    sdk["primary"].mode("reset")
+    with pytest.raises(stripe.error.APIError) as caught:
+        stripe.PaymentIntent.create(amount=450, currency="eur", idempotency_key="interop-resolve-1")
+    assert headers(caught.value)["x-switchyard-outcome"] == "unknown"
+    sdk["primary"].mode("ok")
+
+    def unknown():
+        url = sdk["sidecar"].admin + "/admin/operations?state=unknown"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.load(r)["operations"]
+
+    # The sidecar sends the kept request again with the same key; the sandbox answers it from its store.
+    deadline = time.monotonic() + 10
+    while unknown() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert unknown() == [], "resolved without the shop's retry"
+    # The library's retry with the key is a replay of the provider's answer: one charge in all.
+    pi = stripe.PaymentIntent.create(amount=450, currency="eur", idempotency_key="interop-resolve-1")
+    assert pi.status == "succeeded"
+    replayed = {k.lower(): v for k, v in pi.last_response.headers.items()}
+    assert replayed["x-switchyard-attempts"] == "0"
+    assert replayed["idempotent-replayed"] == "true"
+    assert sdk["primary"].stats()["charges_by_key"].get("interop-resolve-1") == 1
+
+
 def test_no_provider_is_an_api_error_with_the_switchyard_headers(sdk):
     sdk["primary"].mode("down")
     sdk["backup"].mode("down")
