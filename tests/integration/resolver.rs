@@ -154,7 +154,17 @@ async fn a_payment_with_card_data_is_not_kept_and_waits_for_the_shop() {
     let healthy = Arc::new(AtomicBool::new(false));
     let primary = primary(&healthy).await;
     let backup = MockProvider::start(|_| Reply::ok("{}")).await;
-    let proxy = start(&primary, &backup).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}state: {{ backend: local, dir: {}/state }}\n",
+        config(
+            &[("primary", &primary.url()), ("backup", &backup.url())],
+            NO_BREAKER,
+            ONE_TRY
+        ),
+        dir.path().display()
+    );
+    let proxy = TestProxy::start(&yaml).await;
     let body = "amount=1000&card[number]=4242424242424242&card[cvc]=123";
     let a = pay(&proxy, "order-card", body).await;
     assert_eq!(a.header("x-switchyard-outcome"), Some("unknown"));
@@ -171,6 +181,12 @@ async fn a_payment_with_card_data_is_not_kept_and_waits_for_the_shop() {
         1,
         "no request with card data is kept to send"
     );
+    let at_rest = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read(e.path()).unwrap_or_default())
+        .any(|bytes| bytes.windows(16).any(|w| w == b"4242424242424242"));
+    assert!(!at_rest, "no card number in the state on disk");
     // The shop's retry still resolves it, at the primary.
     let again = pay(&proxy, "order-card", body).await;
     assert_eq!(again.status, 201, "{}", again.text());
