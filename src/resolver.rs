@@ -36,8 +36,8 @@ use crate::metrics::Metrics;
 
 /// How often the stores are looked through.
 const TICK: Duration = Duration::from_millis(500);
-/// Most records listed per route and look.
-const LISTED: usize = 10_000;
+/// Most records listed per route and look (those due first): the gauge counts up to this many.
+const LISTED: usize = 1_000;
 /// Most resends in flight at once.
 const CONCURRENT: usize = 32;
 /// The header of a replayed answer.
@@ -290,6 +290,7 @@ impl Resolver {
         let generation = self.current.load_full();
         let mut counts: HashMap<(Arc<str>, Arc<str>), i64> = HashMap::new();
         let mut scopes: HashSet<String> = HashSet::new();
+        let mut seen: HashSet<[u8; 16]> = HashSet::new();
         let mut ok = true;
         for route in &generation.snapshot.routes {
             let Some(store) = generation.idempotency.get(&route.name) else {
@@ -304,6 +305,7 @@ impl Resolver {
                 }
             };
             for op in ops {
+                seen.insert(op.digest);
                 *counts
                     .entry((Arc::clone(&route.name), Arc::clone(&op.pinned)))
                     .or_default() += 1;
@@ -318,6 +320,10 @@ impl Resolver {
         if ok {
             let keep: HashSet<&str> = scopes.iter().map(String::as_str).collect();
             generation.idempotency.credentials().retain(&keep);
+            // What this process remembers of operations no longer listed goes with them.
+            let mut inner = self.lock();
+            inner.counted.retain(|(d, _)| seen.contains(d));
+            inner.asked.retain(|d| seen.contains(d));
         }
         self.publish(counts);
     }
@@ -487,6 +493,10 @@ impl Resolver {
                 Tried::StillUnknown
             }
         };
+        if tried != Tried::NotAdmitted {
+            // A later wait for the provider is counted again.
+            self.lock().counted.remove(&(op.digest, "not_admitted"));
+        }
         let labels = [&*route.name, &*op.pinned, tried.as_str()];
         match tried {
             Tried::Resolved(status) => {
