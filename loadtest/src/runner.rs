@@ -829,6 +829,9 @@ async fn run_one(
     }
 
     let (ratio, concurrent) = scenario.resend_defaults();
+    if scenario.measures_resolution() && opts.resend_ratio.is_some_and(|r| r > 0.0) {
+        notes.push("--resend-ratio above 0: a re-send of a key whose outcome is unknown is the shop's retry, and may settle an operation the resolver is measured on".into());
+    }
     let plan = Plan::new(
         opts.seed,
         opts.resend_ratio.unwrap_or(ratio),
