@@ -61,13 +61,17 @@ pub struct Operation {
     /// Seconds until the resolver's next try.
     #[serde(default)]
     pub next_try_in_seconds: Option<f64>,
-    /// Whether the resolver can send it again.
-    #[serde(default)]
+    /// Whether the resolver can send it again (when absent: yes, so the goal counts it).
+    #[serde(default = "yes")]
     pub resolvable: bool,
     /// What it waits for: `card_data`, `request_lost`, `shop_credential`, `gave_up`, `provider`, or
     /// nothing (its next try is scheduled).
     #[serde(default)]
     pub waiting_for: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Operation {
@@ -452,6 +456,8 @@ mod tests {
         assert!(!b.sendable() && !b.workable());
         let gave_up = op("x", Some("gave_up"));
         assert!(gave_up.sendable() && !gave_up.workable());
+        let bare = parse_listing(r#"{"operations":[{"id":"payments/x"}]}"#).unwrap();
+        assert!(bare.complete() && bare.operations[0].workable());
         let cut = parse_listing(r#"{"operations":[], "total": 5}"#).unwrap();
         assert!(!cut.complete());
         assert!(parse_listing(r#"{"ops":[]}"#).is_err());
