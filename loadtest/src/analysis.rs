@@ -311,6 +311,10 @@ pub struct Charges {
     /// Keys charged somewhere although no request with that key got a 2xx: the shop thinks the
     /// payment failed (or does not know), the customer paid.
     pub charged_without_success: u64,
+    /// Keys charged somewhere for which the shop got a failure not marked
+    /// `x-switchyard-outcome: unknown`: the shop was told the payment failed, and the customer
+    /// paid. Must be 0.
+    pub charged_failed_not_unknown: u64,
 }
 
 /// Counts double charges from the providers' per-key counters. Keys not of this run (without
@@ -333,6 +337,11 @@ pub fn charges(
         .map(|s| s.key)
         .collect();
     let charged: HashSet<u64> = p.keys().chain(b.keys()).copied().collect();
+    let failed_known: HashSet<u64> = samples
+        .iter()
+        .filter(|s| s.class == Class::Failed && !s.unknown)
+        .map(|s| s.key)
+        .collect();
     Charges {
         primary: p.values().sum(),
         backup: b.values().sum(),
@@ -342,6 +351,8 @@ pub fn charges(
             .count() as u64,
         keys_charged_on_both: p.keys().filter(|k| b.contains_key(k)).count() as u64,
         charged_without_success: charged.iter().filter(|k| !succeeded.contains(k)).count() as u64,
+        charged_failed_not_unknown: charged.iter().filter(|k| failed_known.contains(k)).count()
+            as u64,
     }
 }
 
@@ -456,29 +467,41 @@ mod tests {
 
     #[test]
     fn counts_double_charges() {
-        let p: BTreeMap<String, u64> = [("lt1-1", 1), ("lt1-2", 2), ("lt1-3", 1), ("other", 5)]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+        let p: BTreeMap<String, u64> = [
+            ("lt1-1", 1),
+            ("lt1-2", 2),
+            ("lt1-3", 1),
+            ("lt1-5", 1),
+            ("other", 5),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
         let b: BTreeMap<String, u64> = [("lt1-3", 1), ("lt1-4", 1)]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
-        let samples = vec![
+        let mut samples = vec![
             sample(0, true, Via::Primary, 1),
             sample(0, true, Via::Primary, 2),
             sample(0, true, Via::Primary, 3),
             sample(0, false, Via::Backup, 4),
+            sample(0, false, Via::Primary, 5),
+            sample(0, false, Via::Primary, 6),
         ];
+        // Key 4 was charged and its failure said nothing of an unknown outcome; key 5 failed
+        // as unknown; key 6 failed and was not charged.
+        samples[4].unknown = true;
         let c = charges(&p, &b, "lt1-", &samples);
         assert_eq!(
             c,
             Charges {
-                primary: 4,
+                primary: 5,
                 backup: 2,
                 keys_charged_twice_on_one: 1,
                 keys_charged_on_both: 1,
-                charged_without_success: 1,
+                charged_without_success: 2,
+                charged_failed_not_unknown: 1,
             }
         );
     }

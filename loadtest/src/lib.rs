@@ -29,6 +29,7 @@ pub mod plan;
 pub mod procfs;
 pub mod redis;
 pub mod report;
+pub mod resolution;
 pub mod runner;
 pub mod scenario;
 

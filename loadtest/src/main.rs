@@ -46,6 +46,9 @@ fn main() -> ExitCode {
             for line in report.abuse_lines() {
                 println!("{line}");
             }
+            for line in report.resolution_lines() {
+                println!("{line}");
+            }
             for line in report.over_the_stack() {
                 println!("{line}");
             }

@@ -23,6 +23,8 @@ pub enum ScenarioArg {
     /// The primary charges, then answers 500, in the middle third.
     #[value(name = "error500")]
     Error500,
+    /// The primary charges, then closes the connection without an answer, in the middle third.
+    Reset,
     /// The primary answers 429 with Retry-After in the middle third.
     Throttle,
     /// The proxy's config file is rewritten every 100 ms under load.
@@ -112,6 +114,10 @@ pub struct Options {
     /// Share of those re-sends that go out concurrently with the first request of the key.
     #[arg(long)]
     pub resend_concurrent: Option<f64>,
+    /// `reset`, `brownout`, `outage`: how long after the fault's end the sidecars' unknown
+    /// operations are watched at most, waiting for the resolver to settle them.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub resolve_within: Duration,
     /// How long the shop waits for an answer before it gives up (an unknown outcome).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -219,6 +225,7 @@ impl Options {
                 ScenarioArg::Brownout => vec![Scenario::Brownout],
                 ScenarioArg::SlowPrimary => vec![Scenario::SlowPrimary],
                 ScenarioArg::Error500 => vec![Scenario::Error500],
+                ScenarioArg::Reset => vec![Scenario::Reset],
                 ScenarioArg::Throttle => vec![Scenario::Throttle],
                 ScenarioArg::Reload => vec![Scenario::Reload],
                 ScenarioArg::Duplicates => vec![Scenario::Duplicates],
@@ -286,6 +293,9 @@ impl Options {
         }
         if self.warmup > Duration::from_secs(600) {
             return Err("--warmup must be at most 10m".into());
+        }
+        if self.resolve_within > Duration::from_secs(3600) {
+            return Err("--resolve-within must be at most 1h".into());
         }
         if self.max_in_flight == 0 || self.connections == 0 {
             return Err("--max-in-flight and --connections must be at least 1".into());

@@ -102,6 +102,10 @@ pub struct RunReport {
     /// The abuse scenario's phases, memory and verdicts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abuse: Option<crate::abuse::Figures>,
+    /// What became of the operations whose outcome was unknown (`reset`, `brownout`, `outage`
+    /// through switchyard: issue 14).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<crate::resolution::Figures>,
     /// The machine meanwhile.
     pub machine: MachineFigures,
     /// The chart, relative to the report's folder.
@@ -408,6 +412,91 @@ impl Report {
         out
     }
 
+    /// Issue 14's figures and goals, a few lines per run that measures them (`reset`, `brownout`,
+    /// `outage` through switchyard): the unknown operations and their resolution, keys charged on
+    /// both providers, and failures the shop saw for charged keys without being told the outcome was
+    /// unknown.
+    pub fn resolution_lines(&self) -> Vec<String> {
+        let verdict = |met: bool| if met { "MET" } else { "NOT MET" };
+        let secs = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.2} s"));
+        let mut out = Vec::new();
+        for r in &self.runs {
+            let Some(f) = &r.resolution else { continue };
+            let head = format!("{} / {}", r.scenario, r.label());
+            if f.watched {
+                let left = if f.left_by_reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        f.left_by_reason
+                            .iter()
+                            .map(|(k, v)| format!("{k} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                out.push(format!(
+                    "{head}: unknown operations at the fault's end {}, {} more after it ({} resolved during the fault, at most {} listed at once); resolved {}: p50 {}, max {} after the fault's end; left unresolved {}{left}; {}{{result=\"resolved\"}} {}; watched {:.1} s after the fault's end (bound {:.0} s, {} polls)",
+                    f.unknown_at_fault_end,
+                    f.appeared_after_fault_end,
+                    f.resolved_during_fault,
+                    f.peak_listed,
+                    f.resolved,
+                    secs(f.p50_s),
+                    secs(f.max_s),
+                    f.left,
+                    crate::resolution::RESOLUTIONS_TOTAL,
+                    f.metric_resolved.map_or("not read".into(), |m| format!("+{m}")),
+                    f.watched_s,
+                    f.bound_s,
+                    f.polls,
+                ));
+                let counted = if f.goal_counted == 0 {
+                    "no unknown operation to resolve".to_owned()
+                } else {
+                    format!("{} of {}", f.goal_within, f.goal_counted)
+                };
+                let excluded = if f.not_sendable > 0 {
+                    format!(
+                        "; {} the resolver cannot send again, not counted",
+                        f.not_sendable
+                    )
+                } else {
+                    String::new()
+                };
+                out.push(format!(
+                    "{head}: {} 100 % of unknown operations whose provider answers on replay resolved within {} s of the provider's recovery: {counted}{excluded}",
+                    verdict(f.goal_met),
+                    crate::resolution::GOAL_WITHIN_S
+                ));
+            } else {
+                out.push(format!(
+                    "{head}: NOT MEASURED unknown operations resolved: {}",
+                    f.why_not.as_deref().unwrap_or("not watched")
+                ));
+            }
+            match &r.charges {
+                Some(c) => {
+                    out.push(format!(
+                        "{head}: {} 0 keys charged on both providers: {}",
+                        verdict(c.keys_charged_on_both == 0),
+                        c.keys_charged_on_both
+                    ));
+                    out.push(format!(
+                        "{head}: {} 0 shop-visible failures for keys a provider charged that were not marked `x-switchyard-outcome: unknown`: {}",
+                        verdict(c.charged_failed_not_unknown == 0),
+                        c.charged_failed_not_unknown
+                    ));
+                }
+                None => out.push(format!(
+                    "{head}: NOT MEASURED charges: the providers' books were not read"
+                )),
+            }
+        }
+        out
+    }
+
     /// The full Markdown report.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
@@ -450,6 +539,13 @@ impl Report {
         if !abuse.is_empty() {
             out.push_str("\n## Abuse: issue 17's goals\n\nPayments split by their intended send time into the quiet phase, the abuse window and the time after it; the sidecar's RSS (`VmRSS`, sampled every 100 ms) just before the window, its largest sample from the window on, and 10 s after the window.\n\n");
             for line in abuse {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
+        let resolution = self.resolution_lines();
+        if !resolution.is_empty() {
+            out.push_str("\n## Unknown outcomes resolved: issue 14's goals\n\nThe shop sends every key once and never retries. The sidecars' `GET /admin/operations?state=unknown` is read every 100 ms from the start of the measured time until no listed operation is left that the resolver could still settle (after the load's end), or until the bound after the fault's end; an operation that leaves the listing was resolved, at the first poll that no longer lists it. Times are counted from the fault's end, when the provider recovers. The goal counts the operations unknown at the fault's end or after it, but not those the resolver cannot send again (card data, request lost, shop credential gone). Charges are read from the providers' books after the watch, since the resolver may charge a payment that the fault left uncharged.\n\n");
+            for line in resolution {
                 let _ = writeln!(out, "- {line}");
             }
         }
@@ -505,7 +601,11 @@ impl Report {
                 );
             }
             if let Some(c) = &r.charges {
-                let _ = writeln!(out, "- charges: primary {}, backup {}", c.primary, c.backup);
+                let _ = writeln!(
+                    out,
+                    "- charges: primary {}, backup {}; charged keys with a failure not marked unknown: {}",
+                    c.primary, c.backup, c.charged_failed_not_unknown
+                );
             }
             if s.shop_retries > 0 || s.keys_left_unknown > 0 {
                 let _ = writeln!(
@@ -707,6 +807,111 @@ mod tests {
             md.contains("| fleet | switchyard (local, 2 sidecars) |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn resolution_lines_and_verdicts() {
+        use crate::resolution::Figures;
+        let run = |scenario: &str, resolution: Figures, both: u64, failed_known: u64| RunReport {
+            scenario: scenario.into(),
+            target: "switchyard".into(),
+            state: Some("memory".into()),
+            sidecars: 1,
+            charges: Some(Charges {
+                keys_charged_on_both: both,
+                charged_failed_not_unknown: failed_known,
+                ..Charges::default()
+            }),
+            resolution: Some(resolution),
+            ..RunReport::default()
+        };
+        let watched = Figures {
+            watched: true,
+            unknown_at_fault_end: 40,
+            appeared_after_fault_end: 2,
+            resolved: 41,
+            p50_s: Some(1.2),
+            max_s: Some(6.25),
+            left: 1,
+            left_by_reason: [("card_data".to_owned(), 1)].into_iter().collect(),
+            not_sendable: 1,
+            goal_counted: 41,
+            goal_within: 40,
+            goal_met: false,
+            watched_s: 7.0,
+            bound_s: 30.0,
+            polls: 170,
+            metric_resolved: Some(41),
+            ..Figures::default()
+        };
+        let report = Report {
+            runs: vec![
+                run("reset", watched, 0, 0),
+                run(
+                    "outage",
+                    Figures::not_watched(
+                        "GET x: 404: this switchyard build does not list unknown operations".into(),
+                    ),
+                    1,
+                    2,
+                ),
+                RunReport {
+                    scenario: "steady".into(),
+                    target: "switchyard".into(),
+                    ..RunReport::default()
+                },
+            ],
+            ..Report::default()
+        };
+        let lines = report.resolution_lines();
+        assert_eq!(lines.len(), 7, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(
+                "reset / switchyard: unknown operations at the fault's end 40, 2 more after it"
+            ),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("resolved 41: p50 1.20 s, max 6.25 s after the fault's end; left unresolved 1 (card_data 1)"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("switchyard_resolutions_total{result=\"resolved\"} +41"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(lines[1], "reset / switchyard: NOT MET 100 % of unknown operations whose provider answers on replay resolved within 5 s of the provider's recovery: 40 of 41; 1 the resolver cannot send again, not counted");
+        assert_eq!(
+            lines[2],
+            "reset / switchyard: MET 0 keys charged on both providers: 0"
+        );
+        assert!(
+            lines[3].starts_with("reset / switchyard: MET 0 shop-visible failures"),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[4].starts_with(
+                "outage / switchyard: NOT MEASURED unknown operations resolved: GET x: 404"
+            ),
+            "{}",
+            lines[4]
+        );
+        assert_eq!(
+            lines[5],
+            "outage / switchyard: NOT MET 0 keys charged on both providers: 1"
+        );
+        assert!(
+            lines[6].contains("NOT MET") && lines[6].ends_with(": 2"),
+            "{}",
+            lines[6]
+        );
+        let md = report.markdown();
+        assert!(
+            md.contains("## Unknown outcomes resolved: issue 14's goals"),
+            "{md}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["runs"][0]["resolution"]["goal_within"], 40);
+        assert!(json["runs"][2].get("resolution").is_none());
     }
 
     #[test]

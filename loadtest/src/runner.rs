@@ -29,6 +29,7 @@ use crate::redis;
 use crate::report::{
     MachineFigures, ProcessFigures, RedisFigures, ReloadFigures, Report, RunReport,
 };
+use crate::resolution::{self, Figures as ResolutionFigures};
 use crate::scenario::{Scenario, RELOAD_EVERY};
 use crate::{err, Result};
 
@@ -340,10 +341,36 @@ fn skip_reason(
     None
 }
 
+/// A spawned task that is aborted when its handle is dropped: a run that fails half-way leaves
+/// nothing polling behind it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// `switchyard_resolutions_total{result="resolved"}` summed over the sidecars' admin APIs; `None`
+/// when one of them cannot be read or does not export it.
+async fn resolved_counter(client: &Client, admins: &[String]) -> Option<u64> {
+    if admins.is_empty() {
+        return None;
+    }
+    let mut sum = 0;
+    for admin in admins {
+        match control::call(client, Method::GET, &format!("{admin}/metrics"), None).await {
+            Ok((200, text)) => sum += resolution::resolved_total(&text)?,
+            _ => return None,
+        }
+    }
+    Some(sum)
+}
+
 fn one_line(r: &RunReport) -> String {
     let s = &r.shop;
     format!(
-        "{} requests at {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} failures, {} unknown{}{}",
+        "{} requests at {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} failures, {} unknown{}{}{}",
         s.requests,
         s.achieved_rps,
         s.latency.p50_ms,
@@ -362,6 +389,14 @@ fn one_line(r: &RunReport) -> String {
             .map(|x| format!(
                 ", {:.2} Redis round trips/request",
                 x.round_trips_per_request
+            ))
+            .unwrap_or_default(),
+        r.resolution
+            .as_ref()
+            .filter(|f| f.watched)
+            .map(|f| format!(
+                ", {} operations unknown at the fault's end ({} after it), {} resolved, {} left",
+                f.unknown_at_fault_end, f.appeared_after_fault_end, f.resolved, f.left
             ))
             .unwrap_or_default()
     )
@@ -794,6 +829,9 @@ async fn run_one(
     }
 
     let (ratio, concurrent) = scenario.resend_defaults();
+    if scenario.measures_resolution() && opts.resend_ratio.is_some_and(|r| r > 0.0) {
+        notes.push("--resend-ratio above 0: a re-send of a key whose outcome is unknown is the shop's retry, and may settle an operation the resolver is measured on".into());
+    }
     let plan = Plan::new(
         opts.seed,
         opts.resend_ratio.unwrap_or(ratio),
@@ -845,6 +883,14 @@ async fn run_one(
             .map(|r| Measured::One(r.process.pid())),
     ];
     let state_ops_before = state_operations(&env.control, &sidecar_admins).await;
+    // Issue 14: the sidecars' unknown operations, watched until the resolver settled them.
+    let measures_resolution = scenario.measures_resolution() && target == TargetKind::Switchyard;
+    let resolution_admins: Vec<String> = match (measures_resolution, sidecar_admins.is_empty()) {
+        (false, _) => Vec::new(),
+        (true, false) => sidecar_admins.clone(),
+        (true, true) => admin.iter().cloned().collect(),
+    };
+    let resolved_before = resolved_counter(&env.control, &resolution_admins).await;
     // Redis's counters over the measured time, on one connection kept open between the readings.
     let mut redis_before = match &redis_server {
         Some(r) => {
@@ -945,6 +991,18 @@ async fn run_one(
         }
         _ => None,
     };
+    let resolution_task = (!resolution_admins.is_empty()).then(|| {
+        let watch = resolution::Watch {
+            admins: resolution_admins.clone(),
+            t0,
+            settle_from: t0 + duration,
+            deadline: t0 + duration * 2 / 3 + opts.resolve_within,
+        };
+        let client = env.control.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            resolution::watch(&client, &watch).await
+        }))
+    });
     let samples = drive(env, &load, t0, duration).await;
     let abuse_run = match abuse_task {
         Some(handle) => Some(
@@ -1054,6 +1112,55 @@ async fn run_one(
         }
     }
 
+    // The resolver may charge a payment for the first time when it sends it again (a 503 or a
+    // refused connection charged nothing): the providers' books are read once the watch is over.
+    let resolution = if measures_resolution {
+        Some(match resolution_task {
+            None => ResolutionFigures::not_watched(
+                "no admin API of the proxy to read (pass --admin-url with --proxy-url)".into(),
+            ),
+            Some(mut task) => match (&mut task.0).await {
+                Ok(Ok(watched)) => {
+                    let fault_end =
+                        fault_window.map_or(duration.as_secs_f64() * 2.0 / 3.0, |w| w.1);
+                    let mut f = watched.tracker.figures(
+                        fault_end,
+                        watched.until_s,
+                        opts.resolve_within.as_secs_f64(),
+                    );
+                    let after = resolved_counter(&env.control, &resolution_admins).await;
+                    f.metric_resolved =
+                        resolved_before.zip(after).map(|(b, a)| a.saturating_sub(b));
+                    if let Some(e) = watched.last_error {
+                        notes.push(format!(
+                            "unknown operations: {} of {} polls incomplete (they mark nothing resolved); the last error: {e}",
+                            f.incomplete_polls, f.polls
+                        ));
+                    }
+                    match f.metric_resolved {
+                        Some(m) if m != f.resolved + f.resolved_during_fault => notes.push(format!(
+                            "{m} resolutions counted by {} against {} operations seen leaving the listing: an operation resolved within a poll of becoming unknown is never listed; one that leaves the listing for another reason is not counted",
+                            resolution::RESOLUTIONS_TOTAL,
+                            f.resolved + f.resolved_during_fault
+                        )),
+                        Some(_) => {}
+                        None => notes.push(format!(
+                            "{} not read from the sidecars' /metrics: the listing's figures are not cross-checked",
+                            resolution::RESOLUTIONS_TOTAL
+                        )),
+                    }
+                    f
+                }
+                Ok(Err(e)) => ResolutionFigures::not_watched(e.to_string()),
+                Err(e) => ResolutionFigures::not_watched(format!("the watch's task: {e}")),
+            },
+        })
+    } else {
+        None
+    };
+    if let Some(why) = resolution.as_ref().and_then(|r| r.why_not.as_ref()) {
+        notes.push(format!("unknown operations not watched: {why}"));
+    }
     let charges = match &providers {
         Some((p, b)) => {
             // Charges of requests the proxy gave up on still land (the sandbox finishes them):
@@ -1255,6 +1362,7 @@ async fn run_one(
         loadgen_cpu_us_per_request: loadgen_cpu,
         reload,
         abuse,
+        resolution,
         machine,
         chart,
         notes,

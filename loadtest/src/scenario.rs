@@ -22,6 +22,8 @@ pub enum Scenario {
     SlowPrimary,
     /// The primary charges, then answers 500.
     Error500,
+    /// The primary charges, then closes the connection without an answer.
+    Reset,
     /// The primary answers 429 with `Retry-After`.
     Throttle,
     /// The proxy's config file is rewritten every 100 ms under load.
@@ -64,12 +66,13 @@ pub const RELOAD_EVERY: Duration = Duration::from_millis(100);
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Steady,
         Scenario::Outage,
         Scenario::Brownout,
         Scenario::SlowPrimary,
         Scenario::Error500,
+        Scenario::Reset,
         Scenario::Throttle,
         Scenario::Reload,
         Scenario::Duplicates,
@@ -85,6 +88,7 @@ impl Scenario {
             Scenario::Brownout => "brownout",
             Scenario::SlowPrimary => "slow-primary",
             Scenario::Error500 => "error500",
+            Scenario::Reset => "reset",
             Scenario::Throttle => "throttle",
             Scenario::Reload => "reload",
             Scenario::Duplicates => "duplicates",
@@ -108,6 +112,10 @@ impl Scenario {
                 attempt_timeout.as_millis()
             ),
             Scenario::Error500 => "primary charges, then answers 500 (middle third)".into(),
+            Scenario::Reset => {
+                "primary charges, then closes the connection without an answer (middle third)"
+                    .into()
+            }
             Scenario::Throttle => format!(
                 "primary answers 429, Retry-After {THROTTLE_RETRY_AFTER_S} s (middle third)"
             ),
@@ -146,6 +154,7 @@ impl Scenario {
             Scenario::Error500 | Scenario::Fleet => {
                 Some(json!({ "mode": "error500", "process_ms": process_ms }))
             }
+            Scenario::Reset => Some(json!({ "mode": "reset", "process_ms": process_ms })),
             Scenario::Throttle => Some(json!({
                 "mode": "throttle",
                 "retry_after_s": THROTTLE_RETRY_AFTER_S,
@@ -168,11 +177,23 @@ impl Scenario {
     }
 
     /// The default share of requests that re-send a key, and the share of those sent concurrently.
+    /// The scenarios that measure resolution send every key once: a re-send of a key whose outcome
+    /// is unknown would be the shop's retry, and the resolver must settle it without one.
     pub fn resend_defaults(self) -> (f64, f64) {
         match self {
             Scenario::Duplicates => (0.3, 0.5),
+            _ if self.measures_resolution() => (0.0, 0.0),
             _ => (0.05, 0.2),
         }
+    }
+
+    /// Whether the run watches the sidecars' unknown operations until the resolver settled them
+    /// (issue 14: `reset`, `brownout`, `outage`; see [`crate::resolution`]).
+    pub fn measures_resolution(self) -> bool {
+        matches!(
+            self,
+            Scenario::Reset | Scenario::Brownout | Scenario::Outage
+        )
     }
 
     /// The lines of switchyard's route for this scenario: the user's (`--route-extra`), and the
@@ -230,7 +251,7 @@ mod tests {
             if let Some(f) = s.fault(Duration::from_secs(1)) {
                 let mode = f["mode"].as_str().unwrap_or_default();
                 assert!(
-                    ["down", "flaky", "slow", "error500", "throttle"].contains(&mode),
+                    ["down", "flaky", "slow", "error500", "reset", "throttle"].contains(&mode),
                     "{mode}"
                 );
             }
@@ -240,7 +261,23 @@ mod tests {
             1500
         );
         let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-        assert_eq!(names.len(), 10);
+        assert_eq!(names.len(), 11);
+        assert_eq!(
+            Scenario::Reset.fault(Duration::from_secs(1)).unwrap()["mode"],
+            "reset"
+        );
+        for s in Scenario::ALL {
+            assert_eq!(
+                s.measures_resolution(),
+                ["reset", "brownout", "outage"].contains(&s.name()),
+                "{}",
+                s.name()
+            );
+            if s.measures_resolution() {
+                assert!(s.shop_retry().is_none(), "{}", s.name());
+                assert_eq!(s.resend_defaults(), (0.0, 0.0), "{}", s.name());
+            }
+        }
         assert_eq!(
             Scenario::Fleet.fault(Duration::from_secs(1)).unwrap()["mode"],
             "error500"

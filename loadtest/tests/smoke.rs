@@ -226,6 +226,46 @@ fn error500() {
     fault_window(&scenario("error500").runs[0]);
 }
 
+/// `reset`: the primary charges and hangs up. The shop sends every key once; the sidecar's unknown
+/// operations are watched through its admin API (or the report says why not, for a build without
+/// the listing), and the payment rules are checked from the providers' books.
+#[test]
+fn reset_and_the_resolution_of_unknown_outcomes() {
+    let (report, out) = run("reset", &["--resolve-within", "20s"]);
+    assert_eq!(report.runs.len(), 1);
+    let r = &report.runs[0];
+    check_run(r, &out);
+    fault_window(r);
+    assert!(r.load.contains("re-sends 0 %"), "{}", r.load);
+    assert_eq!(r.shop.shop_retries, 0);
+    let f = r.resolution.as_ref().expect("resolution figures");
+    if f.watched {
+        assert!(f.polls > 0, "{f:?}");
+        assert!(f.watched_s <= 20.0 + 1.0, "{f:?}");
+    } else {
+        let why = f.why_not.as_deref().unwrap_or_default();
+        assert!(why.contains("does not list unknown operations"), "{why}");
+    }
+    let charges = r.charges.as_ref().expect("charges");
+    assert!(
+        charges.primary > 0,
+        "the primary charged nothing: {charges:?}"
+    );
+    assert_eq!(charges.keys_charged_on_both, 0, "{charges:?}");
+    let lines = report.resolution_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("0 keys charged on both providers: 0")),
+        "{lines:?}"
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("## Unknown outcomes resolved"), "{md}");
+    let json = check_files(&out);
+    assert!(json["runs"][0]["resolution"].is_object(), "{json}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn throttle() {
     fault_window(&scenario("throttle").runs[0]);
