@@ -356,7 +356,7 @@ scrape_configs:
                 .arg(format!("--storage.tsdb.path={}", tsdb.display()))
                 .arg(format!("--web.listen-address={addr}"))
                 .current_dir(dir.path());
-            let (mut process, _lines) = Spawned::start(command);
+            let (mut process, lines) = Spawned::start(command);
             let end = Instant::now() + Duration::from_secs(30);
             loop {
                 if process.exited() {
@@ -379,6 +379,12 @@ scrape_configs:
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            // The reader thread ends at the pipe's end: let it finish, so the log is complete.
+            let end = Instant::now() + Duration::from_secs(2);
+            while lines
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+                .is_ok()
+            {}
             let log = process.tail(30);
             assert!(
                 log.contains("address already in use"),
