@@ -11,6 +11,7 @@ mod health;
 mod hostile;
 mod outcomes;
 mod payments;
+mod prometheus_e2e;
 mod reload;
 mod resolver;
 mod sandbox;
