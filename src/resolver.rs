@@ -40,8 +40,9 @@ const TICK: Duration = Duration::from_millis(500);
 const LISTED: usize = 1_000;
 /// Most resends in flight at once.
 const CONCURRENT: usize = 32;
-/// The header of a replayed answer.
-const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// How many attempts the proxy made for an answer: 0 for its own replay of a stored answer (a
+/// provider's replay carries `Idempotent-Replayed` too, and is the answer the resolver asked for).
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 
 /// The result of one try, as `switchyard_resolutions_total` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +126,18 @@ struct Inner {
     counted: HashSet<([u8; 16], &'static str)>,
     /// The gauge's series set at the last look.
     series: HashSet<(Arc<str>, Arc<str>)>,
+    /// The config generation whose series were made.
+    generation: u64,
 }
+
+/// The `result` values of `switchyard_resolutions_total`.
+const RESULTS: [&str; 5] = [
+    "resolved",
+    "still_unknown",
+    "not_admitted",
+    "gave_up",
+    "no_request",
+];
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,6 +300,7 @@ impl Resolver {
     /// One look through every route's records: the gauge, and a try of each one due.
     async fn look(self: &Arc<Self>) {
         let generation = self.current.load_full();
+        self.make_series(&generation);
         let mut counts: HashMap<(Arc<str>, Arc<str>), i64> = HashMap::new();
         let mut scopes: HashSet<String> = HashSet::new();
         let mut seen: HashSet<[u8; 16]> = HashSet::new();
@@ -326,6 +339,28 @@ impl Resolver {
             inner.asked.retain(|d| seen.contains(d));
         }
         self.publish(counts);
+    }
+
+    /// Makes the series of every route's targets, at zero, once per config generation: alerts and
+    /// dashboards see 0, not a gap, before the first unknown outcome.
+    fn make_series(&self, generation: &Generation) {
+        let mut inner = self.lock();
+        if inner.generation == generation.number {
+            return;
+        }
+        inner.generation = generation.number;
+        for route in &generation.snapshot.routes {
+            for target in &route.targets {
+                let (r, p) = (&*route.name, &*target.provider);
+                self.metrics.unknown_operations.with_label_values(&[r, p]);
+                self.metrics.resolution_seconds.with_label_values(&[r, p]);
+                for result in RESULTS {
+                    self.metrics
+                        .resolutions_total
+                        .with_label_values(&[r, p, result]);
+                }
+            }
+        }
     }
 
     /// Sets the gauge, and zeroes the series that had records at the last look and have none now.
@@ -481,7 +516,9 @@ impl Resolver {
         )
         .await;
         let tried = match result {
-            Ok(resp) if resp.headers().contains_key(REPLAYED) => Tried::AlreadyFinal,
+            Ok(resp) if resp.headers().get(&ATTEMPTS).is_some_and(|v| v == "0") => {
+                Tried::AlreadyFinal
+            }
             Ok(resp) if resp.headers().contains_key("x-switchyard-stored") => Tried::StillUnknown,
             Ok(resp) => Tried::Resolved(resp.status().as_u16()),
             Err(ProxyError::PinnedProviderUnavailable { .. }) => Tried::NotAdmitted,

@@ -21,12 +21,24 @@ const NO_BREAKER: &str =
 /// One attempt per shop request: the first request ends unknown at once.
 const ONE_TRY: &str = "retry: { attempts: 1 }";
 
-/// A primary that resets every request (after reading it: it may have charged) until `healthy`.
+/// A primary that resets every request (after reading it: it may have charged) until `healthy`;
+/// then it answers a key it saw before as Stripe does, from its store, marked `Idempotent-Replayed`.
 async fn primary(healthy: &Arc<AtomicBool>) -> MockProvider {
     let h = Arc::clone(healthy);
-    MockProvider::start(move |_| {
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    MockProvider::start(move |r| {
+        let key = r
+            .headers
+            .get("idempotency-key")
+            .map(|v| v.to_str().unwrap_or("").to_owned());
+        let again = !seen.lock().unwrap().insert(key);
         if h.load(Ordering::SeqCst) {
-            Reply::status(201, PRIMARY_OK)
+            let answer = Reply::status(201, PRIMARY_OK);
+            if again {
+                answer.header("idempotent-replayed", "true")
+            } else {
+                answer
+            }
         } else {
             Reply::reset()
         }
@@ -219,6 +231,15 @@ async fn a_provider_that_answers_5xx_again_keeps_the_operation_unknown_and_liste
         resolutions(&proxy, "resolved").await,
         0.0,
         "no answer invented"
+    );
+    assert_eq!(
+        metric(
+            &proxy,
+            r#"switchyard_unknown_outcomes_total{provider="primary",route="payments"}"#
+        )
+        .await,
+        1.0,
+        "the shop's unknown answer; the resolver's tries are counted as resolutions"
     );
 }
 
@@ -478,4 +499,38 @@ async fn in_a_fleet_one_sidecar_resends_an_operation_once() {
     assert_eq!(again.header("x-switchyard-attempts"), Some("0"));
     assert_eq!(again.text(), PRIMARY_OK);
     assert!(listed(&a).await.is_empty() && listed(&b).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_answer_from_a_retry_the_breaker_refused_is_counted_and_kept() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let primary = primary(&healthy).await;
+    let backup = MockProvider::start(|_| Reply::ok("{}")).await;
+    let yaml = config(
+        &[("primary", &primary.url()), ("backup", &backup.url())],
+        "breaker: { consecutive_failures: 1, open_for: 30s }",
+        "retry: { attempts: 2, backoff: 1ms, max_backoff: 2ms, pinned_wait: 0s }",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let a = pay(&proxy, "order-refused", FORM).await;
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert_eq!(
+        a.header("x-switchyard-error"),
+        Some("pinned_provider_unavailable")
+    );
+    assert_eq!(a.header("x-switchyard-outcome"), Some("unknown"));
+    assert_eq!(primary.count(), 1);
+    assert_eq!(
+        metric(
+            &proxy,
+            r#"switchyard_unknown_outcomes_total{provider="primary",route="payments"}"#
+        )
+        .await,
+        1.0
+    );
+    // Kept for the resolver, which waits for the breaker.
+    let ops = listed(&proxy).await;
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0]["waiting_for"], "provider");
+    assert_eq!(ops[0]["resolvable"], true);
 }

@@ -23,6 +23,18 @@ use crate::outcome::{classify, OutcomeClass, Seen};
 use crate::upstream::{AttemptResult, SendAttempt};
 
 impl<S: SendAttempt> Operation<S> {
+    /// An operation that stops without a final answer after an attempt that may have reached
+    /// `provider` answers the shop that its outcome is unknown: counted, as every such answer is
+    /// (the resolver's own tries are not shop answers, and are counted as resolutions).
+    pub(super) fn count_unknown(&self, unsettled: bool, provider: &str) {
+        if unsettled && !self.resolving {
+            self.metrics
+                .unknown_outcomes_total
+                .with_label_values(&[&*self.route.name, provider])
+                .inc();
+        }
+    }
+
     /// The request for one attempt at `provider`.
     fn provider_request(&self, provider: &Provider) -> Result<Request<Bytes>, ProxyError> {
         crate::upstream::provider_request(
@@ -148,7 +160,8 @@ impl<S: SendAttempt> Operation<S> {
                     no_jitter,
                 ) {
                     Step::Stop(stop) => {
-                        return Err(refusal(stop, &provider, Reached::maybe(unsettled)))
+                        self.count_unknown(unsettled, &provider);
+                        return Err(refusal(stop, &provider, Reached::maybe(unsettled)));
                     }
                     _ => {
                         cursor += 1;
@@ -169,7 +182,8 @@ impl<S: SendAttempt> Operation<S> {
                             continue;
                         }
                         Step::Stop(stop) => {
-                            return Err(refusal(stop, &provider, Reached::maybe(unsettled)))
+                            self.count_unknown(unsettled, &provider);
+                            return Err(refusal(stop, &provider, Reached::maybe(unsettled)));
                         }
                         Step::NextTarget | Step::Retry { .. } => {
                             skipped = Some(ProxyError::NoHealthyProvider {
@@ -210,10 +224,12 @@ impl<S: SendAttempt> Operation<S> {
                         no_jitter,
                     ) {
                         Step::Stop(Stop::PinnedQuotaExhausted) => {
-                            return Err(error(Reached::maybe(unsettled)))
+                            self.count_unknown(unsettled, &provider);
+                            return Err(error(Reached::maybe(unsettled)));
                         }
                         Step::Stop(stop) => {
-                            return Err(refusal(stop, &provider, Reached::maybe(unsettled)))
+                            self.count_unknown(unsettled, &provider);
+                            return Err(refusal(stop, &provider, Reached::maybe(unsettled)));
                         }
                         _ => {
                             skipped = Some(error(Reached::No));
@@ -409,15 +425,15 @@ impl<S: SendAttempt> Operation<S> {
                 timeout: route.timeout,
                 reached: Reached::maybe(unsettled),
             });
+            if let Some(p) = &pin {
+                self.count_unknown(unsettled, p);
+            }
             return Err(error);
         };
         if unsettled {
             // This attempt or an earlier one may have been executed: the shop must not take any of
             // these failures for "nothing happened".
-            self.metrics
-                .unknown_outcomes_total
-                .with_label_values(&[&*route.name, &*provider])
-                .inc();
+            self.count_unknown(true, &provider);
             if let Some(s) = settle.as_mut() {
                 s.finish(s.unknown(&provider)).await;
             }

@@ -614,10 +614,7 @@ impl<S: SendAttempt> Operation<S> {
             Err(e) => {
                 // The answer was lost on the way: whatever the provider did stays pinned to it.
                 settle.finish(settle.unknown(provider)).await;
-                self.metrics
-                    .unknown_outcomes_total
-                    .with_label_values(&[&*self.route.name, &**provider])
-                    .inc();
+                self.count_unknown(true, provider);
                 return Err(ProxyError::ProviderFailed {
                     provider: provider.to_string(),
                     source: format!("the answer could not be read: {e}").into(),
