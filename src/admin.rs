@@ -250,7 +250,9 @@ impl AdminState {
                     crate::resolver::Tried::Resolved(_) | crate::resolver::Tried::AlreadyFinal => {
                         StatusCode::OK
                     }
-                    crate::resolver::Tried::Busy => StatusCode::CONFLICT,
+                    crate::resolver::Tried::Busy | crate::resolver::Tried::PastRetention => {
+                        StatusCode::CONFLICT
+                    }
                     crate::resolver::Tried::Gone => StatusCode::GONE,
                     _ => StatusCode::SERVICE_UNAVAILABLE,
                 };

@@ -61,6 +61,8 @@ pub enum Tried {
     Gone,
     /// The store could not be reached.
     StateUnavailable,
+    /// Past the provider's `idempotency_retention`: a resend could be a new payment. Not sent.
+    PastRetention,
 }
 
 impl Tried {
@@ -74,6 +76,7 @@ impl Tried {
             Self::Busy => "busy",
             Self::Gone => "gone",
             Self::StateUnavailable => "state_unavailable",
+            Self::PastRetention => "past_retention",
         }
     }
 }
@@ -250,14 +253,23 @@ impl Resolver {
         let Some(op) = ops.into_iter().find(|o| o.digest[..] == digest[..]) else {
             return Ok(None);
         };
-        let Some(request) = op
-            .kept
-            .as_ref()
-            .and_then(|k| k.request.as_ref().ok())
-            .cloned()
-        else {
+        let Some(kept) = op.kept.clone() else {
             return Ok(Some(Tried::Gone));
         };
+        let Ok(request) = kept.request.clone() else {
+            return Ok(Some(Tried::Gone));
+        };
+        let retention = generation
+            .snapshot
+            .providers
+            .get(&op.pinned)
+            .map_or(crate::config::DEFAULT_IDEMPOTENCY_RETENTION, |p| {
+                p.idempotency_retention
+            });
+        let now_ms = idempotency::unix_ms(SystemTime::now());
+        if kept.next_ms == GAVE_UP || now_ms >= kept.deadline_ms(retention) {
+            return Ok(Some(Tried::PastRetention));
+        }
         let credential = self.credential(&generation, &request);
         Ok(Some(
             self.try_one(&generation, &route, &op, &request, credential)
