@@ -5,7 +5,8 @@
 //!
 //! The bytes are reserved from the process-wide buffer budget ([`crate::budget`]) as they arrive and
 //! stay reserved until the request ends: a body the budget has no room for is answered 503
-//! `overloaded`, one that does not arrive by the listener's body deadline 408 `body_timeout`.
+//! `overloaded`, one that does not arrive by the listener's body deadline (or within the route's
+//! `timeout`, whichever comes first) 408 `body_timeout`.
 
 use std::task::{Context, Poll};
 
@@ -58,10 +59,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let limit = req
+            let (limit, deadline, timeout) = req
                 .extensions()
                 .get::<RouteCtx>()
-                .map(|c| c.route.max_body)
+                .map(|c| (c.route.max_body, c.deadline, c.route.timeout))
                 .ok_or_else(|| ProxyError::Internal("body read before routing".into()))?;
             let declared = req
                 .headers()
@@ -70,8 +71,14 @@ where
                 .and_then(|v| v.parse::<u64>().ok());
             let listener = req.extensions().get::<ListenerCtx>().cloned();
             let (parts, body) = req.into_parts();
-            let (bytes, _reserved) = match read_body(body, limit, declared, listener.as_ref()).await
-            {
+            // The route's time bounds the body too: a body still arriving when it runs out (a slow
+            // upload that never idles long enough for the listener's deadline) is the shop's 408,
+            // not a 504 (nothing was sent to a provider).
+            let read = read_body(body, limit, declared, listener.as_ref());
+            let read = tokio::time::timeout_at(deadline, read)
+                .await
+                .unwrap_or(Err(ReadError::Timeout { timeout }));
+            let (bytes, _reserved) = match read {
                 Ok(read) => read,
                 Err(ReadError::TooLarge { limit }) => {
                     return Err(ProxyError::BodyTooLarge { limit })

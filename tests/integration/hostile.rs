@@ -97,6 +97,48 @@ async fn a_stalled_webhook_body_is_answered_408_and_closed_at_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_slow_upload_that_outlasts_the_routes_timeout_is_a_408_not_a_504() {
+    // 8 bytes a second never idles, and the listener's body deadline (30 s) is far: the route's
+    // 1 s timeout ends it, and the shop is told its body did not arrive (nothing was sent anywhere).
+    let provider = MockProvider::start(|_| Reply::ok("{}")).await;
+    let proxy = TestProxy::start(&config(&[("psp", &provider.url())], "", "timeout: 1s")).await;
+    let stream = TcpStream::connect(proxy.app().shop_addr()).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        let _ = write
+            .write_all(b"POST /v1/x HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+            .await;
+        for _ in 0..100 {
+            if write.write_all(b"aaaa").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(4), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}") {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert_eq!(provider.count(), 0);
+}
+
+#[tokio::test]
 async fn a_trickled_body_is_cut_at_the_deadline() {
     let provider = MockProvider::start(|_| Reply::ok("{}")).await;
     let yaml = with_limits(
