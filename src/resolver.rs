@@ -259,13 +259,7 @@ impl Resolver {
         let Ok(request) = kept.request.clone() else {
             return Ok(Some(Tried::Gone));
         };
-        let retention = generation
-            .snapshot
-            .providers
-            .get(&op.pinned)
-            .map_or(crate::config::DEFAULT_IDEMPOTENCY_RETENTION, |p| {
-                p.idempotency_retention
-            });
+        let retention = retention(&generation, &op.pinned);
         let now_ms = idempotency::unix_ms(SystemTime::now());
         if kept.next_ms == GAVE_UP || now_ms >= kept.deadline_ms(retention) {
             return Ok(Some(Tried::PastRetention));
@@ -419,13 +413,7 @@ impl Resolver {
         if self.lock().running.contains(&op.digest) {
             return;
         }
-        let retention = generation
-            .snapshot
-            .providers
-            .get(&op.pinned)
-            .map_or(crate::config::DEFAULT_IDEMPOTENCY_RETENTION, |p| {
-                p.idempotency_retention
-            });
+        let retention = retention(&generation, &op.pinned);
         if now_ms >= kept.deadline_ms(retention) {
             self.spawn_try(generation, route, op, move |this, generation, route, op| {
                 Box::pin(async move { this.give_up(&generation, &route, &op, &kept).await })
@@ -609,6 +597,17 @@ impl Resolver {
             tracing::error!(route = %route.name, provider = %op.pinned, key_digest = %hex::encode(op.digest), "the resolver gave up on an unknown outcome: the provider may have forgotten its key; look the payment up in the provider's dashboard");
         }
     }
+}
+
+/// How long `provider` keeps a key's answer.
+fn retention(generation: &Generation, provider: &str) -> Duration {
+    generation
+        .snapshot
+        .providers
+        .get(provider)
+        .map_or(crate::config::DEFAULT_IDEMPOTENCY_RETENTION, |p| {
+            p.idempotency_retention
+        })
 }
 
 /// The instant `ms` (Unix ms) was, given that `now` is `now_ms`.

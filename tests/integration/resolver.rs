@@ -46,6 +46,29 @@ async fn primary(healthy: &Arc<AtomicBool>) -> MockProvider {
     .await
 }
 
+/// The config of a route to `primary` then `backup` (no breaker, one attempt), its state on disk in
+/// `dir` when given.
+fn local_yaml(primary: &MockProvider, backup: &MockProvider, dir: &std::path::Path) -> String {
+    format!(
+        "{}state: {{ backend: local, dir: {}/state }}\n",
+        config(
+            &[("primary", &primary.url()), ("backup", &backup.url())],
+            NO_BREAKER,
+            ONE_TRY
+        ),
+        dir.display()
+    )
+}
+
+/// Whether any file of the state in `dir` holds `needle`.
+fn at_rest(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir.join("state"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read(e.path()).unwrap_or_default())
+        .any(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+}
+
 async fn start(primary: &MockProvider, backup: &MockProvider) -> TestProxy {
     let yaml = config(
         &[("primary", &primary.url()), ("backup", &backup.url())],
@@ -167,15 +190,7 @@ async fn a_payment_with_card_data_is_not_kept_and_waits_for_the_shop() {
     let primary = primary(&healthy).await;
     let backup = MockProvider::start(|_| Reply::ok("{}")).await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "{}state: {{ backend: local, dir: {}/state }}\n",
-        config(
-            &[("primary", &primary.url()), ("backup", &backup.url())],
-            NO_BREAKER,
-            ONE_TRY
-        ),
-        dir.path().display()
-    );
+    let yaml = local_yaml(&primary, &backup, dir.path());
     let proxy = TestProxy::start(&yaml).await;
     let body = "amount=1000&card[number]=4242424242424242&card[cvc]=123";
     let a = pay(&proxy, "order-card", body).await;
@@ -193,11 +208,7 @@ async fn a_payment_with_card_data_is_not_kept_and_waits_for_the_shop() {
         1,
         "no request with card data is kept to send"
     );
-    let at_rest = std::fs::read_dir(dir.path().join("state"))
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read(e.path()).unwrap_or_default())
-        .any(|bytes| bytes.windows(16).any(|w| w == b"4242424242424242"));
+    let at_rest = at_rest(dir.path(), b"4242424242424242");
     assert!(!at_rest, "no card number in the state on disk");
     // The shop's retry still resolves it, at the primary.
     let again = pay(&proxy, "order-card", body).await;
@@ -401,24 +412,12 @@ async fn after_a_restart_the_kept_request_is_resolved_once_the_shop_brings_its_c
     let primary = primary(&healthy).await;
     let backup = MockProvider::start(|_| Reply::ok("{}")).await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "{}state: {{ backend: local, dir: {}/state }}\n",
-        config(
-            &[("primary", &primary.url()), ("backup", &backup.url())],
-            NO_BREAKER,
-            ONE_TRY
-        ),
-        dir.path().display()
-    );
+    let yaml = local_yaml(&primary, &backup, dir.path());
     let proxy = TestProxy::start(&yaml).await;
     let a = pay(&proxy, "order-restart", FORM).await;
     assert_eq!(a.header("x-switchyard-outcome"), Some("unknown"));
     proxy.shutdown().await;
-    let on_disk = std::fs::read_dir(dir.path().join("state"))
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read(e.path()).unwrap_or_default())
-        .any(|bytes| bytes.windows(12).any(|w| w == b"sk_test_shop"));
+    let on_disk = at_rest(dir.path(), b"sk_test_shop");
     assert!(!on_disk, "the shop's credential is never written");
 
     healthy.store(true, Ordering::SeqCst);
