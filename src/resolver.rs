@@ -413,7 +413,7 @@ impl Resolver {
         if self.lock().running.contains(&op.digest) {
             return;
         }
-        let retention = retention(&generation, &op.pinned);
+        let retention = retention(generation, &op.pinned);
         if now_ms >= kept.deadline_ms(retention) {
             self.spawn_try(generation, route, op, move |this, generation, route, op| {
                 Box::pin(async move { this.give_up(&generation, &route, &op, &kept).await })
