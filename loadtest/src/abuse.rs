@@ -14,7 +14,16 @@
 //! The sidecar's resident size is sampled every 100 ms from `/proc`, and the payments' latency and
 //! failures are split into the quiet phase, the abuse window and the time after it. [`Figures`] holds
 //! them with the verdicts against the goals: p99 during ≤ 2× quiet, no failed payment, peak RSS ≤
-//! `max_buffered_bytes` + 32 MiB, RSS 10 s after the abuse within 10 % of the quiet RSS.
+//! `max_buffered_bytes` + 32 MiB, RSS 10 s after the abuse within 10 % of the quiet RSS, and within
+//! 10 % of what a run without abuse would have by then (the control).
+//!
+//! A client-measured p99 says how late the answers were, not where the time went: on one machine
+//! the sidecar, the provider sandbox, the load generator and the attackers share the same cores. So
+//! each phase also carries the sidecar's own view of the payments (the delta of its
+//! `switchyard_request_duration_seconds` histogram between scrapes at the phase's edges), how late
+//! the generator sent them, and the CPU each process used. Real attackers run on other machines: the
+//! abuse thread lowers its own scheduling priority (`--abuse-nice`), so its CPU stops competing with
+//! the sidecar's while the sidecar's work answering it still counts.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -64,6 +73,8 @@ pub struct Spec {
     pub max_buffered_mib: u64,
     /// `limits.max_connections` of the sidecar.
     pub max_connections: usize,
+    /// The nice value the abuse thread gives itself (0: left as it is).
+    pub nice: i32,
 }
 
 impl Spec {
@@ -119,9 +130,27 @@ pub fn raise_fd_limit() -> Option<u64> {
     current
 }
 
+/// Lowers the calling thread's scheduling priority to nice value `nice` (0: nothing to do), and
+/// returns the nice value it runs at. On Linux nice is per thread, and
+/// `setpriority(PRIO_PROCESS, gettid())` changes this thread's alone, not the load generator's.
+pub fn lower_priority(nice: i32) -> Result<i32, String> {
+    use rustix::process::{getpriority_process, setpriority_process};
+    let tid = rustix::thread::gettid();
+    if nice != 0 {
+        setpriority_process(Some(tid), nice).map_err(|e| format!("setpriority({nice}): {e}"))?;
+    }
+    getpriority_process(Some(tid)).map_err(|e| format!("getpriority: {e}"))
+}
+
 /// What the abusive clients did and what they got.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Clients {
+    /// The nice value the abuse thread asked for (`--abuse-nice`).
+    pub nice_asked: i32,
+    /// The nice value it ran at (`None`: it could not be read or set; see `nice_error`).
+    pub nice: Option<i32>,
+    /// Why the priority could not be lowered.
+    pub nice_error: Option<String>,
     /// Idle HTTP/2 connections asked for, and opened (bounded by the limits).
     pub idle_h2_asked: usize,
     /// Idle connections opened (the connect succeeded).
@@ -146,16 +175,238 @@ pub struct Clients {
     pub webhook_answers: BTreeMap<String, u64>,
 }
 
-/// Latency and failures of the payments in one phase.
+/// Latency and failures of the payments in one phase, as the shop saw them and as the sidecar did,
+/// and who used the CPU meanwhile.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Phase {
     /// Payments whose intended send time fell in the phase.
     pub requests: u64,
     /// Of those, non-2xx answers (or none) the shop counts as failures.
     pub failed: u64,
-    /// Their latency.
+    /// Their latency, from the intended send time to the end of the answer.
     pub latency: Latency,
+    /// p99 of how late they left the generator (its schedule, its runtime's queue), ms.
+    pub send_lag_p99_ms: f64,
+    /// The sidecar's own view (`None`: its metrics could not be read).
+    pub sidecar: Option<SidecarView>,
+    /// CPU used in the phase, in cores (CPU seconds per second), by who used it (see [`Cpu`]).
+    pub cpu_cores: BTreeMap<String, f64>,
 }
+
+/// The payments of one phase as the sidecar measured them: the delta of
+/// `switchyard_request_duration_seconds` for the payments route between the scrapes at the phase's
+/// edges (by when each request ended, not when it was planned). Its clock starts when the request
+/// head has been read and stops at the response head: time in the kernel's queues, in the shop
+/// and in the body transfers is not in it. Percentiles are bucket upper bounds, not values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SidecarView {
+    /// Requests of the route that went to a provider.
+    pub requests: u64,
+    /// Requests of the route the sidecar answered itself (provider `none`: the slow uploads' 504s
+    /// or 408s, an `overloaded` 503): not in the percentiles.
+    pub own_answers: u64,
+    /// Upper bound of the bucket holding the median, ms (`None`: over the largest finite bound).
+    pub p50_le_ms: Option<f64>,
+    /// Upper bound of the bucket holding the 99th percentile, ms (`None`: as above).
+    pub p99_le_ms: Option<f64>,
+}
+
+/// Cumulative histogram buckets: (upper bound in seconds, `f64::INFINITY` for `+Inf`; count).
+pub type Buckets = Vec<(f64, u64)>;
+
+/// The metric the sidecar's view is read from.
+pub const DURATION_BUCKET: &str = "switchyard_request_duration_seconds_bucket";
+
+/// The route whose durations are read (the one route of the generated config).
+pub const PAYMENTS_ROUTE: &str = "payments";
+
+/// The cumulative buckets of [`DURATION_BUCKET`] for `route` in a Prometheus text exposition,
+/// summed over providers: those of requests that went to a provider, and those the proxy answered
+/// itself (provider `none`).
+pub fn duration_buckets(exposition: &str, route: &str) -> (Buckets, Buckets) {
+    let mut sent: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
+    let mut own: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(DURATION_BUCKET) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.strip_prefix('{').and_then(|r| r.split_once("} ")) else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels.split(',').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k.trim() == name).then(|| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        if label("route").as_deref() != Some(route) {
+            continue;
+        }
+        let le = match label("le").as_deref() {
+            Some("+Inf") => f64::INFINITY,
+            Some(v) => match v.parse::<f64>() {
+                Ok(v) => v,
+                Err(_) => continue,
+            },
+            None => continue,
+        };
+        let Ok(count) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let into = if label("provider").as_deref() == Some("none") {
+            &mut own
+        } else {
+            &mut sent
+        };
+        // Bounds are positive: their bit patterns sort as the values do.
+        into.entry(le.to_bits()).or_insert((le, 0)).1 += count as u64;
+    }
+    (sent.into_values().collect(), own.into_values().collect())
+}
+
+/// `after` minus `before`, bucket by bucket (a bucket missing from `before` counts from 0).
+pub fn bucket_delta(after: &Buckets, before: &Buckets) -> Buckets {
+    after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(b, _)| b == le).map_or(0, |(_, n)| *n);
+            (*le, n.saturating_sub(was))
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket that holds quantile `q` of the cumulative `buckets`, seconds
+/// (`f64::INFINITY`: the `+Inf` bucket); `None` when they hold nothing.
+pub fn bucket_bound(buckets: &Buckets, q: f64) -> Option<f64> {
+    let total = buckets.iter().map(|(_, n)| *n).max()?;
+    if total == 0 {
+        return None;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    buckets.iter().find(|(_, n)| *n >= rank).map(|(le, _)| *le)
+}
+
+/// The sidecar's view of a phase, from its buckets at the phase's start and end.
+pub fn sidecar_view(before: &(Buckets, Buckets), after: &(Buckets, Buckets)) -> SidecarView {
+    let sent = bucket_delta(&after.0, &before.0);
+    let own = bucket_delta(&after.1, &before.1);
+    let ms = |s: Option<f64>| s.filter(|s| s.is_finite()).map(|s| (s * 1e6).round() / 1e3);
+    SidecarView {
+        requests: sent.iter().map(|(_, n)| *n).max().unwrap_or(0),
+        own_answers: own.iter().map(|(_, n)| *n).max().unwrap_or(0),
+        p50_le_ms: ms(bucket_bound(&sent, 0.5)),
+        p99_le_ms: ms(bucket_bound(&sent, 0.99)),
+    }
+}
+
+/// Whose CPU time a phase reports.
+#[derive(Debug, Clone)]
+pub enum Cpu {
+    /// A process and its descendants (the sidecar).
+    Tree(String, u32),
+    /// A process alone (a sandbox; the loadtest process, the abuse thread included).
+    Process(String, u32),
+    /// A thread of this process (the abuse thread), by its id.
+    OwnThread(String, u32),
+    /// The whole machine's busy time, over all cores.
+    Machine(String),
+}
+
+impl Cpu {
+    /// Its name in the report.
+    pub fn name(&self) -> &str {
+        match self {
+            Cpu::Tree(n, _) | Cpu::Process(n, _) | Cpu::OwnThread(n, _) | Cpu::Machine(n) => n,
+        }
+    }
+
+    fn read(&self) -> Option<Duration> {
+        match self {
+            Cpu::Tree(_, pid) => procfs::cpu_time_tree(*pid),
+            Cpu::Process(_, pid) => procfs::cpu_time(*pid),
+            Cpu::OwnThread(_, tid) => procfs::own_thread_cpu_time(*tid),
+            Cpu::Machine(_) => procfs::machine_busy(),
+        }
+    }
+}
+
+/// What was read at one edge of a phase: when, the sidecar's duration buckets, and CPU times.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    /// When it was read.
+    pub at: Instant,
+    /// The sidecar's buckets (`None`: its metrics could not be read).
+    pub buckets: Option<(Buckets, Buckets)>,
+    /// CPU time of each of the watched, by name.
+    pub cpu: Vec<(String, Option<Duration>)>,
+}
+
+/// Reads a [`Mark`] now: the sidecar's `/metrics` at `admin` (`http://host:port`) and the CPU
+/// times of `cpu`.
+pub async fn mark(client: &crate::control::Client, admin: Option<&str>, cpu: &[Cpu]) -> Mark {
+    let at = Instant::now();
+    let cpu = cpu
+        .iter()
+        .map(|c| (c.name().to_owned(), c.read()))
+        .collect();
+    let buckets = match admin {
+        Some(admin) => {
+            match crate::control::call(client, http::Method::GET, &format!("{admin}/metrics"), None)
+                .await
+            {
+                Ok((200, text)) => Some(duration_buckets(&text, PAYMENTS_ROUTE)),
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    Mark { at, buckets, cpu }
+}
+
+/// CPU used between two marks, in cores, by name; the loadtest process's figure has the abuse
+/// thread's taken out of it when both were read (`loadtest` then means the load generator and the
+/// tool's other threads), and `other` is the machine's busy time that none of the others used
+/// (other processes, interrupts and the kernel's network work done outside any process).
+pub fn cpu_between(before: &Mark, after: &Mark) -> BTreeMap<String, f64> {
+    let wall = after.at.saturating_duration_since(before.at).as_secs_f64();
+    let mut out = BTreeMap::new();
+    if wall <= 0.0 {
+        return out;
+    }
+    for ((name, a), (_, b)) in after.cpu.iter().zip(&before.cpu) {
+        if let (Some(a), Some(b)) = (a, b) {
+            out.insert(name.clone(), a.saturating_sub(*b).as_secs_f64() / wall);
+        }
+    }
+    if let (Some(total), Some(abuse)) = (out.get(CPU_LOADTEST).copied(), out.get(CPU_ABUSE)) {
+        out.insert(CPU_LOADTEST.into(), (total - abuse).max(0.0));
+    }
+    if let Some(machine) = out.get(CPU_MACHINE).copied() {
+        let known: f64 = out
+            .iter()
+            .filter(|(k, _)| k.as_str() != CPU_MACHINE)
+            .map(|(_, v)| v)
+            .sum();
+        out.insert(CPU_OTHER.into(), (machine - known).max(0.0));
+    }
+    for v in out.values_mut() {
+        *v = (*v * 100.0).round() / 100.0;
+    }
+    out
+}
+
+/// Names of the CPU figures.
+pub const CPU_SIDECAR: &str = "sidecar";
+/// The primary sandbox (the provider every payment goes to).
+pub const CPU_PRIMARY: &str = "primary sandbox";
+/// The loadtest process without the abuse thread: the load generator.
+pub const CPU_LOADTEST: &str = "load generator";
+/// The abuse thread.
+pub const CPU_ABUSE: &str = "abuse clients";
+/// The whole machine.
+pub const CPU_MACHINE: &str = "machine";
+/// The machine's busy time none of the others used.
+pub const CPU_OTHER: &str = "other";
 
 /// Whether a goal is met.
 #[derive(Debug, Clone, Serialize)]
@@ -194,7 +445,10 @@ pub struct Figures {
     /// How fast RSS grew in the second half of the quiet phase, MiB/s: what the payments' own
     /// records (kept 24 h) add, with no abuse at all.
     pub rss_quiet_trend_mib_per_s: Option<f64>,
-    /// `rss_after_mib` minus the quiet RSS carried forward on that trend: what the abuse left.
+    /// The control: the quiet RSS carried forward on that trend to when `rss_after_mib` was read,
+    /// i.e. what a run of the same length without abuse would have then, MiB.
+    pub rss_control_mib: Option<f64>,
+    /// `rss_after_mib` minus the control: what the abuse left.
     pub rss_after_over_trend_mib: Option<f64>,
     /// RSS samples: (seconds from the start, MiB).
     pub rss_timeline: Vec<(f64, f64)>,
@@ -239,17 +493,21 @@ pub struct Targets {
 /// the RSS samples (seconds from the start, MiB).
 pub type Run = (Clients, (f64, f64), Vec<(f64, f64)>);
 
-/// Runs the abuse on a thread of its own: RSS sampled from `t0` to `end`, the clients from
-/// `start` to `stop`. Returns the clients' figures, the actual window (seconds from `t0`) and the
-/// RSS samples.
+/// Runs the abuse on a thread of its own, at nice value `spec.nice`: RSS sampled from `t0` to
+/// `end`, the clients from `start` to `stop`. Returns the thread (which hands back the clients'
+/// figures, the actual window in seconds from `t0` and the RSS samples) and its thread id, for its
+/// CPU time (`None` if it did not say within a second).
 pub fn spawn(
     spec: Spec,
     idle: usize,
     targets: Targets,
     t0: Instant,
     (start, stop, end): (Instant, Instant, Instant),
-) -> std::thread::JoinHandle<crate::Result<Run>> {
-    std::thread::spawn(move || {
+) -> (std::thread::JoinHandle<crate::Result<Run>>, Option<u32>) {
+    let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::spawn(move || {
+        let _ = tid_tx.send(rustix::thread::gettid().as_raw_pid() as u32);
+        let priority = lower_priority(spec.nice);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -298,6 +556,9 @@ pub fn spawn(
                 |m: &Mutex<BTreeMap<String, u64>>| m.lock().map(|m| m.clone()).unwrap_or_default();
             Ok((
                 Clients {
+                    nice_asked: spec.nice,
+                    nice: priority.as_ref().ok().copied(),
+                    nice_error: priority.err(),
                     idle_h2_asked: spec.idle_h2,
                     idle_h2_opened: c.idle_opened.load(Ordering::Relaxed),
                     idle_h2_connect_failed: c.idle_connect_failed.load(Ordering::Relaxed),
@@ -313,7 +574,9 @@ pub fn spawn(
                 rss,
             ))
         })
-    })
+    });
+    let tid = tid_rx.recv_timeout(Duration::from_secs(1)).ok();
+    (handle, tid)
 }
 
 async fn sample_rss(pid: u32, t0: Instant, end: Instant) -> Vec<(f64, f64)> {
@@ -488,6 +751,7 @@ async fn webhook_flood(webhook: SocketAddr, k: usize, stop: Instant, c: Arc<Coun
 
 fn phase<'a>(samples: impl Iterator<Item = &'a Sample>) -> Phase {
     let mut h = histogram();
+    let mut lag = histogram();
     let mut p = Phase::default();
     for s in samples {
         p.requests += 1;
@@ -495,9 +759,11 @@ fn phase<'a>(samples: impl Iterator<Item = &'a Sample>) -> Phase {
             p.failed += 1;
         }
         h.saturating_record(s.latency_us.max(1));
+        lag.saturating_record(s.lag_us.max(1));
     }
     let ms = |v: u64| (v as f64 / 10.0).round() / 100.0;
     if p.requests > 0 {
+        p.send_lag_p99_ms = ms(lag.value_at_quantile(0.99));
         p.latency = Latency {
             p50_ms: ms(h.value_at_quantile(0.5)),
             p90_ms: ms(h.value_at_quantile(0.9)),
@@ -511,19 +777,34 @@ fn phase<'a>(samples: impl Iterator<Item = &'a Sample>) -> Phase {
 }
 
 /// The figures and verdicts, from the payments' samples, the window (seconds from the start),
-/// the RSS samples and the clients' counts.
+/// the RSS samples, the clients' counts and the marks read at the start of the measured time, the
+/// window's start and end, and the end of the measured time (fewer: no sidecar view and no CPU).
 pub fn figures(
     spec: &Spec,
     samples: &[Sample],
     window_s: (f64, f64),
     rss: Vec<(f64, f64)>,
     clients: Clients,
+    marks: &[Mark],
 ) -> Figures {
     let (start, end) = window_s;
     let t = |s: &&Sample| s.intended_us as f64 / 1e6;
-    let quiet = phase(samples.iter().filter(|s| t(s) < start));
-    let during = phase(samples.iter().filter(|s| (start..end).contains(&t(s))));
-    let after = phase(samples.iter().filter(|s| t(s) >= end));
+    let mut quiet = phase(samples.iter().filter(|s| t(s) < start));
+    let mut during = phase(samples.iter().filter(|s| (start..end).contains(&t(s))));
+    let mut after = phase(samples.iter().filter(|s| t(s) >= end));
+    if let [m0, m1, m2, m3] = marks {
+        for (p, (a, b)) in [
+            (&mut quiet, (m0, m1)),
+            (&mut during, (m1, m2)),
+            (&mut after, (m2, m3)),
+        ] {
+            p.sidecar = match (&a.buckets, &b.buckets) {
+                (Some(x), Some(y)) => Some(sidecar_view(x, y)),
+                _ => None,
+            };
+            p.cpu_cores = cpu_between(a, b);
+        }
+    }
     let rss_quiet_mib = rss.iter().rev().find(|(at, _)| *at < start).map(|x| x.1);
     let rss_peak_mib = rss
         .iter()
@@ -546,10 +827,13 @@ pub fn figures(
         }
     };
     let last_quiet = rss.iter().rev().find(|(at, _)| *at < start).copied();
-    let over_trend = match (rss_after, last_quiet, trend) {
-        (Some(after), Some(q), Some(slope)) => {
-            Some(((after.1 - (q.1 + slope * (after.0 - q.0))) * 10.0).round() / 10.0)
-        }
+    // The control: what a run without abuse would have when "after" was read.
+    let control = match (rss_after, last_quiet, trend) {
+        (Some(after), Some(q), Some(slope)) => Some(q.1 + slope * (after.0 - q.0)),
+        _ => None,
+    };
+    let over_trend = match (rss_after, control) {
+        (Some(after), Some(c)) => Some(((after.1 - c) * 10.0).round() / 10.0),
         _ => None,
     };
     let mut f = Figures {
@@ -564,6 +848,7 @@ pub fn figures(
         rss_after_mib: rss_after.map(|x| x.1),
         rss_after_at_s: rss_after.map(|x| ((x.0 - end) * 10.0).round() / 10.0),
         rss_quiet_trend_mib_per_s: trend.map(|t| (t * 100.0).round() / 100.0),
+        rss_control_mib: control.map(|c| (c * 10.0).round() / 10.0),
         rss_after_over_trend_mib: over_trend,
         rss_timeline: rss,
         clients,
@@ -619,6 +904,29 @@ pub fn verdicts(f: &Figures) -> Vec<Verdict> {
         },
     };
     out.push(back);
+    let control = match (f.rss_control_mib, f.rss_after_mib) {
+        (Some(c), Some(a)) => Verdict {
+            goal: format!(
+                "RSS {} s after the abuse within 10 % of the control (no abuse: the quiet RSS carried forward on the quiet phase's own growth)",
+                RSS_AFTER.as_secs()
+            ),
+            measured: format!(
+                "{a:.1} MiB vs {c:.1} MiB = {} MiB + {} MiB/s over {:.1} s ({:+.0} %)",
+                f.rss_quiet_mib.map_or("?".into(), |q| format!("{q:.1}")),
+                f.rss_quiet_trend_mib_per_s
+                    .map_or("?".into(), |t| format!("{t:.2}")),
+                f.rss_after_at_s.unwrap_or(0.0) + (f.window_s.1 - f.window_s.0),
+                (a / c - 1.0) * 100.0
+            ),
+            met: a <= c * 1.1 && f.rss_after_at_s.unwrap_or(0.0) >= RSS_AFTER.as_secs_f64() - 0.5,
+        },
+        _ => Verdict {
+            goal: "RSS after the abuse within 10 % of the control (no abuse)".into(),
+            measured: "not measured (no quiet trend: the quiet phase is under 2 s)".into(),
+            met: false,
+        },
+    };
+    out.push(control);
     out
 }
 
@@ -651,6 +959,7 @@ mod tests {
             webhook_clients: 4,
             max_buffered_mib: 64,
             max_connections: 1024,
+            nice: 19,
         };
         assert_eq!(spec.idle_bounded(None), 500);
         assert_eq!(spec.idle_bounded(Some(1024)), 1024 - 512 - 54);
@@ -671,6 +980,7 @@ mod tests {
                     p99_ms: 2.0,
                     ..Latency::default()
                 },
+                ..Phase::default()
             },
             during: Phase {
                 requests: 10,
@@ -679,22 +989,132 @@ mod tests {
                     p99_ms: 3.9,
                     ..Latency::default()
                 },
+                ..Phase::default()
             },
             max_buffered_mib: 64,
             rss_quiet_mib: Some(20.0),
             rss_peak_mib: Some(96.0),
             rss_after_mib: Some(21.9),
             rss_after_at_s: Some(10.0),
+            rss_control_mib: Some(19.95),
             ..Figures::default()
         };
         assert!(verdicts(&f).iter().all(|v| v.met), "{:?}", verdicts(&f));
+        assert_eq!(verdicts(&f).len(), 5);
         f.during.latency.p99_ms = 4.1;
         f.after.failed = 1;
         f.rss_peak_mib = Some(96.1);
         f.rss_after_mib = Some(22.1);
         assert!(verdicts(&f).iter().all(|v| !v.met), "{:?}", verdicts(&f));
+        // The payments' own growth: far over the quiet RSS, but within 10 % of the control.
+        f.rss_control_mib = Some(30.0);
+        f.rss_after_mib = Some(32.9);
+        let v = verdicts(&f);
+        assert!(!v[3].met && v[4].met, "{v:?}");
+        f.rss_after_mib = Some(33.1);
+        assert!(!verdicts(&f)[4].met);
         f.rss_after_mib = Some(20.0);
         f.rss_after_at_s = Some(4.0);
-        assert!(!verdicts(&f)[3].met, "read too early to judge");
+        let v = verdicts(&f);
+        assert!(!v[3].met && !v[4].met, "read too early to judge: {v:?}");
+        f.rss_control_mib = None;
+        assert!(!verdicts(&f)[4].met, "no control, no verdict");
+    }
+
+    const METRICS: &str = "# HELP switchyard_request_duration_seconds x\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"primary\",le=\"0.001\"} 90\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"primary\",le=\"0.0025\"} 98\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"primary\",le=\"0.005\"} 100\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"primary\",le=\"+Inf\"} 100\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"backup\",le=\"0.001\"} 0\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"backup\",le=\"0.0025\"} 0\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"backup\",le=\"0.005\"} 0\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"backup\",le=\"+Inf\"} 10\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"none\",le=\"5\"} 0\n\
+switchyard_request_duration_seconds_bucket{route=\"payments\",provider=\"none\",le=\"+Inf\"} 3\n\
+switchyard_request_duration_seconds_bucket{route=\"other\",provider=\"primary\",le=\"+Inf\"} 999\n\
+switchyard_request_duration_seconds_sum{route=\"payments\",provider=\"primary\"} 0.1\n";
+
+    #[test]
+    fn reads_the_sidecars_durations() {
+        let (sent, own) = duration_buckets(METRICS, PAYMENTS_ROUTE);
+        assert_eq!(
+            sent,
+            vec![
+                (0.001, 90),
+                (0.0025, 98),
+                (0.005, 100),
+                (f64::INFINITY, 110)
+            ]
+        );
+        assert_eq!(own, vec![(5.0, 0), (f64::INFINITY, 3)]);
+        assert_eq!(bucket_bound(&sent, 0.5), Some(0.001));
+        assert_eq!(bucket_bound(&sent, 0.85), Some(0.0025));
+        assert_eq!(bucket_bound(&sent, 0.99), Some(f64::INFINITY));
+        assert_eq!(bucket_bound(&Vec::new(), 0.5), None);
+        assert_eq!(
+            bucket_bound(&vec![(0.001, 0), (f64::INFINITY, 0)], 0.5),
+            None
+        );
+
+        // Between two scrapes: only what happened in between counts.
+        let before = (
+            vec![(0.001, 80), (0.0025, 80), (0.005, 80), (f64::INFINITY, 80)],
+            vec![(5.0, 0), (f64::INFINITY, 1)],
+        );
+        let v = sidecar_view(&before, &(sent, own));
+        assert_eq!(
+            v,
+            SidecarView {
+                requests: 30,
+                own_answers: 2,
+                p50_le_ms: Some(2.5),
+                p99_le_ms: None,
+            }
+        );
+        let quiet = sidecar_view(&before, &before);
+        assert_eq!(quiet.requests, 0);
+        assert_eq!(quiet.p99_le_ms, None);
+    }
+
+    #[test]
+    fn splits_the_cpu() {
+        let at = Instant::now();
+        let mark = |secs: f64, cpu: [u64; 5]| Mark {
+            at: at + Duration::from_secs_f64(secs),
+            buckets: None,
+            cpu: [
+                CPU_SIDECAR,
+                CPU_PRIMARY,
+                CPU_LOADTEST,
+                CPU_ABUSE,
+                CPU_MACHINE,
+            ]
+            .iter()
+            .zip(cpu)
+            .map(|(n, ms)| (n.to_string(), Some(Duration::from_millis(ms))))
+            .collect(),
+        };
+        let c = cpu_between(
+            &mark(0.0, [0, 0, 0, 0, 0]),
+            &mark(2.0, [400, 200, 1000, 600, 1800]),
+        );
+        assert_eq!(c[CPU_SIDECAR], 0.2);
+        assert_eq!(c[CPU_PRIMARY], 0.1);
+        assert_eq!(c[CPU_ABUSE], 0.3);
+        // The process's 0.5 cores less its abuse thread's 0.3.
+        assert_eq!(c[CPU_LOADTEST], 0.2);
+        assert_eq!(c[CPU_MACHINE], 0.9);
+        assert_eq!(c[CPU_OTHER], 0.1);
+    }
+
+    #[test]
+    fn lowers_only_its_own_thread() {
+        let before = lower_priority(0).expect("read this thread's priority");
+        let lowered = std::thread::spawn(|| lower_priority(19))
+            .join()
+            .expect("thread");
+        assert_eq!(lowered, Ok(19));
+        assert_eq!(lower_priority(0), Ok(before), "the caller's priority moved");
     }
 }
