@@ -187,6 +187,9 @@ pub struct Phase {
     pub latency: Latency,
     /// p99 of how late they left the generator (its schedule, its runtime's queue), ms.
     pub send_lag_p99_ms: f64,
+    /// Of the payments, those whose answer took over [`SLOW_MS`] ms (compare with the sidecar's
+    /// own count of them, [`SidecarView::over_slow`]).
+    pub over_slow: u64,
     /// The sidecar's own view (`None`: its metrics could not be read).
     pub sidecar: Option<SidecarView>,
     /// CPU used in the phase, in cores (CPU seconds per second), by who used it (see [`Cpu`]).
@@ -209,7 +212,13 @@ pub struct SidecarView {
     pub p50_le_ms: Option<f64>,
     /// Upper bound of the bucket holding the 99th percentile, ms (`None`: as above).
     pub p99_le_ms: Option<f64>,
+    /// Requests that took the sidecar over [`SLOW_MS`] ms (a bucket bound).
+    pub over_slow: u64,
 }
+
+/// The latency, ms, over which the shop's and the sidecar's counts of slow payments are compared
+/// (a bucket bound of `switchyard_request_duration_seconds`).
+pub const SLOW_MS: f64 = 10.0;
 
 /// Cumulative histogram buckets: (upper bound in seconds, `f64::INFINITY` for `+Inf`; count).
 pub type Buckets = Vec<(f64, u64)>;
@@ -286,6 +295,16 @@ pub fn bucket_bound(buckets: &Buckets, q: f64) -> Option<f64> {
     buckets.iter().find(|(_, n)| *n >= rank).map(|(le, _)| *le)
 }
 
+/// How many of the cumulative `buckets` are over `bound` seconds (`bound` must be a bucket bound;
+/// 0 if it is not one).
+pub fn over(buckets: &Buckets, bound: f64) -> u64 {
+    let total = buckets.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    buckets
+        .iter()
+        .find(|(le, _)| (*le - bound).abs() < 1e-9)
+        .map_or(0, |(_, n)| total - n)
+}
+
 /// The sidecar's view of a phase, from its buckets at the phase's start and end.
 pub fn sidecar_view(before: &(Buckets, Buckets), after: &(Buckets, Buckets)) -> SidecarView {
     let sent = bucket_delta(&after.0, &before.0);
@@ -296,6 +315,7 @@ pub fn sidecar_view(before: &(Buckets, Buckets), after: &(Buckets, Buckets)) -> 
         own_answers: own.iter().map(|(_, n)| *n).max().unwrap_or(0),
         p50_le_ms: ms(bucket_bound(&sent, 0.5)),
         p99_le_ms: ms(bucket_bound(&sent, 0.99)),
+        over_slow: over(&sent, SLOW_MS / 1000.0),
     }
 }
 
@@ -760,6 +780,9 @@ fn phase<'a>(samples: impl Iterator<Item = &'a Sample>) -> Phase {
         }
         h.saturating_record(s.latency_us.max(1));
         lag.saturating_record(s.lag_us.max(1));
+        if s.latency_us as f64 > SLOW_MS * 1000.0 {
+            p.over_slow += 1;
+        }
     }
     let ms = |v: u64| (v as f64 / 10.0).round() / 100.0;
     if p.requests > 0 {
@@ -1051,6 +1074,9 @@ switchyard_request_duration_seconds_sum{route=\"payments\",provider=\"primary\"}
         assert_eq!(bucket_bound(&sent, 0.5), Some(0.001));
         assert_eq!(bucket_bound(&sent, 0.85), Some(0.0025));
         assert_eq!(bucket_bound(&sent, 0.99), Some(f64::INFINITY));
+        assert_eq!(over(&sent, 0.0025), 12);
+        assert_eq!(over(&sent, 0.003), 0, "not a bound");
+        assert_eq!(over(&vec![(0.01, 7), (f64::INFINITY, 9)], 0.01), 2);
         assert_eq!(bucket_bound(&Vec::new(), 0.5), None);
         assert_eq!(
             bucket_bound(&vec![(0.001, 0), (f64::INFINITY, 0)], 0.5),
@@ -1070,6 +1096,8 @@ switchyard_request_duration_seconds_sum{route=\"payments\",provider=\"primary\"}
                 own_answers: 2,
                 p50_le_ms: Some(2.5),
                 p99_le_ms: None,
+                // These buckets have no 10 ms bound.
+                over_slow: 0,
             }
         );
         let quiet = sidecar_view(&before, &before);

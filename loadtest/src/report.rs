@@ -388,11 +388,14 @@ impl Report {
                 let bound = |v: Option<f64>| v.map_or("over 30 s".into(), |v| format!("≤ {v} ms"));
                 let sidecar = match &p.sidecar {
                     Some(v) if v.requests > 0 => format!(
-                        "sidecar's own p50 {}, p99 {} (bucket bounds; {} to a provider, {} answered itself)",
+                        "sidecar's own p50 {}, p99 {} (bucket bounds; {} to a provider, {} answered itself); over {} ms: shop {}, sidecar {}",
                         bound(v.p50_le_ms),
                         bound(v.p99_le_ms),
                         v.requests,
-                        v.own_answers
+                        v.own_answers,
+                        crate::abuse::SLOW_MS,
+                        p.over_slow,
+                        v.over_slow
                     ),
                     Some(v) => format!("sidecar saw none ({} answered itself)", v.own_answers),
                     None => "sidecar's metrics not read".into(),
