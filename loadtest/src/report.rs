@@ -393,7 +393,7 @@ impl Report {
                         bound(v.p99_le_ms),
                         v.requests,
                         v.own_answers,
-                        crate::abuse::SLOW_MS,
+                        crate::attribution::SLOW_MS,
                         p.over_slow,
                         v.over_slow
                     ),

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::abuse;
 use crate::analysis;
+use crate::attribution;
 use crate::bare_proxy;
 use crate::configs::{self, State, Upstreams, ATTEMPT_TIMEOUT};
 use crate::control::{self, Client, SandboxControl};
@@ -991,28 +992,34 @@ async fn run_one(
             );
             // The phases' edges, read from this runtime (the abuse thread may run at a low
             // priority): the sidecar's own durations and who used the CPU.
-            let mut cpu = vec![abuse::Cpu::Tree(abuse::CPU_SIDECAR.into(), pid)];
+            let mut cpu = vec![attribution::Cpu::Tree(attribution::CPU_SIDECAR.into(), pid)];
             if let Some(p) = providers
                 .as_ref()
                 .and_then(|(p, _)| p.process.as_ref().map(|x| x.process.pid()))
             {
-                cpu.push(abuse::Cpu::Process(abuse::CPU_PRIMARY.into(), p));
+                cpu.push(attribution::Cpu::Process(
+                    attribution::CPU_PRIMARY.into(),
+                    p,
+                ));
             }
-            cpu.push(abuse::Cpu::Process(
-                abuse::CPU_LOADTEST.into(),
+            cpu.push(attribution::Cpu::Process(
+                attribution::CPU_LOADTEST.into(),
                 std::process::id(),
             ));
             if let Some(tid) = tid {
-                cpu.push(abuse::Cpu::OwnThread(abuse::CPU_ABUSE.into(), tid));
+                cpu.push(attribution::Cpu::OwnThread(
+                    attribution::CPU_ABUSE.into(),
+                    tid,
+                ));
             }
-            cpu.push(abuse::Cpu::Machine(abuse::CPU_MACHINE.into()));
+            cpu.push(attribution::Cpu::Machine(attribution::CPU_MACHINE.into()));
             let (client, admin) = (env.control.clone(), sidecar_admins.first().cloned());
             let edges = [t0, t0 + duration / 3, t0 + duration * 2 / 3, t0 + duration];
             let marks = AbortOnDrop(tokio::spawn(async move {
                 let mut out = Vec::new();
                 for at in edges {
                     tokio::time::sleep_until(at.into()).await;
-                    out.push(abuse::mark(&client, admin.as_deref(), &cpu).await);
+                    out.push(attribution::mark(&client, admin.as_deref(), &cpu).await);
                 }
                 out
             }));
@@ -1043,7 +1050,7 @@ async fn run_one(
             if marks.iter().any(|m| m.buckets.is_none()) {
                 notes.push(format!(
                     "the sidecar's {} could not be read at every phase edge: no sidecar view of the payments",
-                    abuse::DURATION_BUCKET
+                    attribution::DURATION_BUCKET
                 ));
             }
             Some((run, marks))
