@@ -14,7 +14,16 @@
 //! The sidecar's resident size is sampled every 100 ms from `/proc`, and the payments' latency and
 //! failures are split into the quiet phase, the abuse window and the time after it. [`Figures`] holds
 //! them with the verdicts against the goals: p99 during ≤ 2× quiet, no failed payment, peak RSS ≤
-//! `max_buffered_bytes` + 32 MiB, RSS 10 s after the abuse within 10 % of the quiet RSS.
+//! `max_buffered_bytes` + 32 MiB, RSS 10 s after the abuse within 10 % of the quiet RSS, and within
+//! 10 % of what a run without abuse would have by then (the control).
+//!
+//! A client-measured p99 says how late the answers were, not where the time went: on one machine
+//! the sidecar, the provider sandbox, the load generator and the attackers share the same cores. So
+//! each phase also carries the sidecar's own view of the payments (the delta of its
+//! `switchyard_request_duration_seconds` histogram between scrapes at the phase's edges), how late
+//! the generator sent them, and the CPU each process used. Real attackers run on other machines: the
+//! abuse thread lowers its own scheduling priority (`--abuse-nice`), so its CPU stops competing with
+//! the sidecar's while the sidecar's work answering it still counts.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,6 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::analysis::{histogram, Latency};
+use crate::attribution::{cpu_between, sidecar_view, Mark, SidecarView, SLOW_MS};
 use crate::load::{Class, Sample};
 use crate::procfs;
 
@@ -64,6 +74,8 @@ pub struct Spec {
     pub max_buffered_mib: u64,
     /// `limits.max_connections` of the sidecar.
     pub max_connections: usize,
+    /// The nice value the abuse thread gives itself (0: left as it is).
+    pub nice: i32,
 }
 
 impl Spec {
@@ -119,9 +131,27 @@ pub fn raise_fd_limit() -> Option<u64> {
     current
 }
 
+/// Lowers the calling thread's scheduling priority to nice value `nice` (0: nothing to do), and
+/// returns the nice value it runs at. On Linux nice is per thread, and
+/// `setpriority(PRIO_PROCESS, gettid())` changes this thread's alone, not the load generator's.
+pub fn lower_priority(nice: i32) -> Result<i32, String> {
+    use rustix::process::{getpriority_process, setpriority_process};
+    let tid = rustix::thread::gettid();
+    if nice != 0 {
+        setpriority_process(Some(tid), nice).map_err(|e| format!("setpriority({nice}): {e}"))?;
+    }
+    getpriority_process(Some(tid)).map_err(|e| format!("getpriority: {e}"))
+}
+
 /// What the abusive clients did and what they got.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Clients {
+    /// The nice value the abuse thread asked for (`--abuse-nice`).
+    pub nice_asked: i32,
+    /// The nice value it ran at (`None`: it could not be read or set; see `nice_error`).
+    pub nice: Option<i32>,
+    /// Why the priority could not be lowered.
+    pub nice_error: Option<String>,
     /// Idle HTTP/2 connections asked for, and opened (bounded by the limits).
     pub idle_h2_asked: usize,
     /// Idle connections opened (the connect succeeded).
@@ -146,15 +176,26 @@ pub struct Clients {
     pub webhook_answers: BTreeMap<String, u64>,
 }
 
-/// Latency and failures of the payments in one phase.
+/// Latency and failures of the payments in one phase, as the shop saw them and as the sidecar did,
+/// and who used the CPU meanwhile.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Phase {
     /// Payments whose intended send time fell in the phase.
     pub requests: u64,
     /// Of those, non-2xx answers (or none) the shop counts as failures.
     pub failed: u64,
-    /// Their latency.
+    /// Their latency, from the intended send time to the end of the answer.
     pub latency: Latency,
+    /// p99 of how late they left the generator (its schedule, its runtime's queue), ms.
+    pub send_lag_p99_ms: f64,
+    /// Of the payments, those whose answer took over [`SLOW_MS`] ms (compare with the sidecar's
+    /// own count of them, [`SidecarView::over_slow`]).
+    pub over_slow: u64,
+    /// The sidecar's own view (`None`: its metrics could not be read).
+    pub sidecar: Option<SidecarView>,
+    /// CPU used in the phase, in cores (CPU seconds per second), by who used it (see
+    /// [`crate::attribution::Cpu`]).
+    pub cpu_cores: BTreeMap<String, f64>,
 }
 
 /// Whether a goal is met.
@@ -194,7 +235,10 @@ pub struct Figures {
     /// How fast RSS grew in the second half of the quiet phase, MiB/s: what the payments' own
     /// records (kept 24 h) add, with no abuse at all.
     pub rss_quiet_trend_mib_per_s: Option<f64>,
-    /// `rss_after_mib` minus the quiet RSS carried forward on that trend: what the abuse left.
+    /// The control: the quiet RSS carried forward on that trend to when `rss_after_mib` was read,
+    /// i.e. what a run of the same length without abuse would have then, MiB.
+    pub rss_control_mib: Option<f64>,
+    /// `rss_after_mib` minus the control: what the abuse left.
     pub rss_after_over_trend_mib: Option<f64>,
     /// RSS samples: (seconds from the start, MiB).
     pub rss_timeline: Vec<(f64, f64)>,
@@ -239,17 +283,21 @@ pub struct Targets {
 /// the RSS samples (seconds from the start, MiB).
 pub type Run = (Clients, (f64, f64), Vec<(f64, f64)>);
 
-/// Runs the abuse on a thread of its own: RSS sampled from `t0` to `end`, the clients from
-/// `start` to `stop`. Returns the clients' figures, the actual window (seconds from `t0`) and the
-/// RSS samples.
+/// Runs the abuse on a thread of its own, at nice value `spec.nice`: RSS sampled from `t0` to
+/// `end`, the clients from `start` to `stop`. Returns the thread (which hands back the clients'
+/// figures, the actual window in seconds from `t0` and the RSS samples) and its thread id, for its
+/// CPU time (`None` if it did not say within a second).
 pub fn spawn(
     spec: Spec,
     idle: usize,
     targets: Targets,
     t0: Instant,
     (start, stop, end): (Instant, Instant, Instant),
-) -> std::thread::JoinHandle<crate::Result<Run>> {
-    std::thread::spawn(move || {
+) -> (std::thread::JoinHandle<crate::Result<Run>>, Option<u32>) {
+    let (tid_tx, tid_rx) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::spawn(move || {
+        let _ = tid_tx.send(rustix::thread::gettid().as_raw_pid() as u32);
+        let priority = lower_priority(spec.nice);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -298,6 +346,9 @@ pub fn spawn(
                 |m: &Mutex<BTreeMap<String, u64>>| m.lock().map(|m| m.clone()).unwrap_or_default();
             Ok((
                 Clients {
+                    nice_asked: spec.nice,
+                    nice: priority.as_ref().ok().copied(),
+                    nice_error: priority.err(),
                     idle_h2_asked: spec.idle_h2,
                     idle_h2_opened: c.idle_opened.load(Ordering::Relaxed),
                     idle_h2_connect_failed: c.idle_connect_failed.load(Ordering::Relaxed),
@@ -313,7 +364,9 @@ pub fn spawn(
                 rss,
             ))
         })
-    })
+    });
+    let tid = tid_rx.recv_timeout(Duration::from_secs(1)).ok();
+    (handle, tid)
 }
 
 async fn sample_rss(pid: u32, t0: Instant, end: Instant) -> Vec<(f64, f64)> {
@@ -488,6 +541,7 @@ async fn webhook_flood(webhook: SocketAddr, k: usize, stop: Instant, c: Arc<Coun
 
 fn phase<'a>(samples: impl Iterator<Item = &'a Sample>) -> Phase {
     let mut h = histogram();
+    let mut lag = histogram();
     let mut p = Phase::default();
     for s in samples {
         p.requests += 1;
@@ -495,9 +549,14 @@ fn phase<'a>(samples: impl Iterator<Item = &'a Sample>) -> Phase {
             p.failed += 1;
         }
         h.saturating_record(s.latency_us.max(1));
+        lag.saturating_record(s.lag_us.max(1));
+        if s.latency_us as f64 > SLOW_MS * 1000.0 {
+            p.over_slow += 1;
+        }
     }
     let ms = |v: u64| (v as f64 / 10.0).round() / 100.0;
     if p.requests > 0 {
+        p.send_lag_p99_ms = ms(lag.value_at_quantile(0.99));
         p.latency = Latency {
             p50_ms: ms(h.value_at_quantile(0.5)),
             p90_ms: ms(h.value_at_quantile(0.9)),
@@ -511,19 +570,34 @@ fn phase<'a>(samples: impl Iterator<Item = &'a Sample>) -> Phase {
 }
 
 /// The figures and verdicts, from the payments' samples, the window (seconds from the start),
-/// the RSS samples and the clients' counts.
+/// the RSS samples, the clients' counts and the marks read at the start of the measured time, the
+/// window's start and end, and the end of the measured time (fewer: no sidecar view and no CPU).
 pub fn figures(
     spec: &Spec,
     samples: &[Sample],
     window_s: (f64, f64),
     rss: Vec<(f64, f64)>,
     clients: Clients,
+    marks: &[Mark],
 ) -> Figures {
     let (start, end) = window_s;
     let t = |s: &&Sample| s.intended_us as f64 / 1e6;
-    let quiet = phase(samples.iter().filter(|s| t(s) < start));
-    let during = phase(samples.iter().filter(|s| (start..end).contains(&t(s))));
-    let after = phase(samples.iter().filter(|s| t(s) >= end));
+    let mut quiet = phase(samples.iter().filter(|s| t(s) < start));
+    let mut during = phase(samples.iter().filter(|s| (start..end).contains(&t(s))));
+    let mut after = phase(samples.iter().filter(|s| t(s) >= end));
+    if let [m0, m1, m2, m3] = marks {
+        for (p, (a, b)) in [
+            (&mut quiet, (m0, m1)),
+            (&mut during, (m1, m2)),
+            (&mut after, (m2, m3)),
+        ] {
+            p.sidecar = match (&a.buckets, &b.buckets) {
+                (Some(x), Some(y)) => Some(sidecar_view(x, y)),
+                _ => None,
+            };
+            p.cpu_cores = cpu_between(a, b);
+        }
+    }
     let rss_quiet_mib = rss.iter().rev().find(|(at, _)| *at < start).map(|x| x.1);
     let rss_peak_mib = rss
         .iter()
@@ -546,10 +620,13 @@ pub fn figures(
         }
     };
     let last_quiet = rss.iter().rev().find(|(at, _)| *at < start).copied();
-    let over_trend = match (rss_after, last_quiet, trend) {
-        (Some(after), Some(q), Some(slope)) => {
-            Some(((after.1 - (q.1 + slope * (after.0 - q.0))) * 10.0).round() / 10.0)
-        }
+    // The control: what a run without abuse would have when "after" was read.
+    let control = match (rss_after, last_quiet, trend) {
+        (Some(after), Some(q), Some(slope)) => Some(q.1 + slope * (after.0 - q.0)),
+        _ => None,
+    };
+    let over_trend = match (rss_after, control) {
+        (Some(after), Some(c)) => Some(((after.1 - c) * 10.0).round() / 10.0),
         _ => None,
     };
     let mut f = Figures {
@@ -564,6 +641,7 @@ pub fn figures(
         rss_after_mib: rss_after.map(|x| x.1),
         rss_after_at_s: rss_after.map(|x| ((x.0 - end) * 10.0).round() / 10.0),
         rss_quiet_trend_mib_per_s: trend.map(|t| (t * 100.0).round() / 100.0),
+        rss_control_mib: control.map(|c| (c * 10.0).round() / 10.0),
         rss_after_over_trend_mib: over_trend,
         rss_timeline: rss,
         clients,
@@ -619,6 +697,29 @@ pub fn verdicts(f: &Figures) -> Vec<Verdict> {
         },
     };
     out.push(back);
+    let control = match (f.rss_control_mib, f.rss_after_mib) {
+        (Some(c), Some(a)) => Verdict {
+            goal: format!(
+                "RSS {} s after the abuse within 10 % of the control (no abuse: the quiet RSS carried forward on the quiet phase's own growth)",
+                RSS_AFTER.as_secs()
+            ),
+            measured: format!(
+                "{a:.1} MiB vs {c:.1} MiB = {} MiB + {} MiB/s over {:.1} s ({:+.0} %)",
+                f.rss_quiet_mib.map_or("?".into(), |q| format!("{q:.1}")),
+                f.rss_quiet_trend_mib_per_s
+                    .map_or("?".into(), |t| format!("{t:.2}")),
+                f.rss_after_at_s.unwrap_or(0.0) + (f.window_s.1 - f.window_s.0),
+                (a / c - 1.0) * 100.0
+            ),
+            met: a <= c * 1.1 && f.rss_after_at_s.unwrap_or(0.0) >= RSS_AFTER.as_secs_f64() - 0.5,
+        },
+        _ => Verdict {
+            goal: "RSS after the abuse within 10 % of the control (no abuse)".into(),
+            measured: "not measured (no quiet trend: the quiet phase is under 2 s)".into(),
+            met: false,
+        },
+    };
+    out.push(control);
     out
 }
 
@@ -651,6 +752,7 @@ mod tests {
             webhook_clients: 4,
             max_buffered_mib: 64,
             max_connections: 1024,
+            nice: 19,
         };
         assert_eq!(spec.idle_bounded(None), 500);
         assert_eq!(spec.idle_bounded(Some(1024)), 1024 - 512 - 54);
@@ -671,6 +773,7 @@ mod tests {
                     p99_ms: 2.0,
                     ..Latency::default()
                 },
+                ..Phase::default()
             },
             during: Phase {
                 requests: 10,
@@ -679,22 +782,45 @@ mod tests {
                     p99_ms: 3.9,
                     ..Latency::default()
                 },
+                ..Phase::default()
             },
             max_buffered_mib: 64,
             rss_quiet_mib: Some(20.0),
             rss_peak_mib: Some(96.0),
             rss_after_mib: Some(21.9),
             rss_after_at_s: Some(10.0),
+            rss_control_mib: Some(19.95),
             ..Figures::default()
         };
         assert!(verdicts(&f).iter().all(|v| v.met), "{:?}", verdicts(&f));
+        assert_eq!(verdicts(&f).len(), 5);
         f.during.latency.p99_ms = 4.1;
         f.after.failed = 1;
         f.rss_peak_mib = Some(96.1);
         f.rss_after_mib = Some(22.1);
         assert!(verdicts(&f).iter().all(|v| !v.met), "{:?}", verdicts(&f));
+        // The payments' own growth: far over the quiet RSS, but within 10 % of the control.
+        f.rss_control_mib = Some(30.0);
+        f.rss_after_mib = Some(32.9);
+        let v = verdicts(&f);
+        assert!(!v[3].met && v[4].met, "{v:?}");
+        f.rss_after_mib = Some(33.1);
+        assert!(!verdicts(&f)[4].met);
         f.rss_after_mib = Some(20.0);
         f.rss_after_at_s = Some(4.0);
-        assert!(!verdicts(&f)[3].met, "read too early to judge");
+        let v = verdicts(&f);
+        assert!(!v[3].met && !v[4].met, "read too early to judge: {v:?}");
+        f.rss_control_mib = None;
+        assert!(!verdicts(&f)[4].met, "no control, no verdict");
+    }
+
+    #[test]
+    fn lowers_only_its_own_thread() {
+        let before = lower_priority(0).expect("read this thread's priority");
+        let lowered = std::thread::spawn(|| lower_priority(19))
+            .join()
+            .expect("thread");
+        assert_eq!(lowered, Ok(19));
+        assert_eq!(lower_priority(0), Ok(before), "the caller's priority moved");
     }
 }

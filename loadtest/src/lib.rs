@@ -18,6 +18,7 @@
 
 pub mod abuse;
 pub mod analysis;
+pub mod attribution;
 pub mod bare_proxy;
 pub mod chart;
 pub mod configs;

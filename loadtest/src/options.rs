@@ -205,6 +205,11 @@ pub struct Options {
     /// `abuse`: the sidecar's `limits.max_connections`.
     #[arg(long, default_value_t = 1024)]
     pub abuse_max_connections: usize,
+    /// `abuse`: the nice value (0–19) the abuse clients' thread gives itself, so that their own CPU,
+    /// which real attackers spend on other machines, yields to the sidecar's; 0 leaves it at the
+    /// generator's priority (the harsher same-machine figure).
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub abuse_nice: i32,
     /// Let the started proxy log one line per request (off by default, as Envoy's access log is).
     #[arg(long)]
     pub proxy_request_log: bool,

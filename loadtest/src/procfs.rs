@@ -15,6 +15,12 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     parse_stat_cpu(&text)
 }
 
+/// User plus system CPU time of thread `tid` of this process, or `None` where `/proc` cannot tell.
+pub fn own_thread_cpu_time(tid: u32) -> Option<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    parse_stat_cpu(&text)
+}
+
 /// Parses utime + stime out of a `/proc/PID/stat` line.
 pub fn parse_stat_cpu(stat: &str) -> Option<Duration> {
     // The command name (field 2) is in parentheses and may hold spaces: count fields after its end.

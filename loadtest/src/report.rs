@@ -367,18 +367,65 @@ impl Report {
                 phase("after", &a.after)
             ));
             out.push(format!(
-                "abuse / {}: RSS quiet {}, peak {}, after {} ({} s after the window; the quiet phase's own growth {} MiB/s, after minus that trend {}); limits.max_buffered_bytes {} MiB, max_connections {}",
+                "abuse / {}: RSS quiet {}, peak {}, after {} ({} s after the window; the quiet phase's own growth {} MiB/s; control, i.e. no abuse, at that moment {}; after minus control {}); limits.max_buffered_bytes {} MiB, max_connections {}",
                 r.label(),
                 mib(a.rss_quiet_mib),
                 mib(a.rss_peak_mib),
                 mib(a.rss_after_mib),
                 a.rss_after_at_s.map_or("?".into(), |s| format!("{s:.1}")),
                 a.rss_quiet_trend_mib_per_s.map_or("?".into(), |s| format!("{s:.2}")),
+                mib(a.rss_control_mib),
                 mib(a.rss_after_over_trend_mib),
                 a.max_buffered_mib,
                 a.max_connections
             ));
+            // Where the time went: the sidecar's own view and who used the CPU, phase by phase.
+            for (name, p) in [
+                ("quiet", &a.quiet),
+                ("during", &a.during),
+                ("after", &a.after),
+            ] {
+                let bound = |v: Option<f64>| v.map_or("over 30 s".into(), |v| format!("≤ {v} ms"));
+                let sidecar = match &p.sidecar {
+                    Some(v) if v.requests > 0 => format!(
+                        "sidecar's own p50 {}, p99 {} (bucket bounds; {} to a provider, {} answered itself); over {} ms: shop {}, sidecar {}",
+                        bound(v.p50_le_ms),
+                        bound(v.p99_le_ms),
+                        v.requests,
+                        v.own_answers,
+                        crate::attribution::SLOW_MS,
+                        p.over_slow,
+                        v.over_slow
+                    ),
+                    Some(v) => format!("sidecar saw none ({} answered itself)", v.own_answers),
+                    None => "sidecar's metrics not read".into(),
+                };
+                let cpu = if p.cpu_cores.is_empty() {
+                    "not read".into()
+                } else {
+                    p.cpu_cores
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                out.push(format!(
+                    "abuse / {}: {name}: client p99 {:.2} ms (send lag p99 {:.2} ms); {sidecar}; CPU in cores: {cpu}",
+                    r.label(),
+                    p.latency.p99_ms,
+                    p.send_lag_p99_ms,
+                ));
+            }
             let c = &a.clients;
+            out.push(format!(
+                "abuse / {}: the abuse clients' thread ran at nice {} (asked {}{})",
+                r.label(),
+                c.nice.map_or("?".into(), |n| n.to_string()),
+                c.nice_asked,
+                c.nice_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("; not lowered: {e}"))
+            ));
             let answers = |m: &BTreeMap<String, u64>| {
                 m.iter()
                     .map(|(k, v)| format!("{k} {v}"))
@@ -537,7 +584,7 @@ impl Report {
         }
         let abuse = self.abuse_lines();
         if !abuse.is_empty() {
-            out.push_str("\n## Abuse: issue 17's goals\n\nPayments split by their intended send time into the quiet phase, the abuse window and the time after it; the sidecar's RSS (`VmRSS`, sampled every 100 ms) just before the window, its largest sample from the window on, and 10 s after the window.\n\n");
+            out.push_str("\n## Abuse: issue 17's goals\n\nPayments split by their intended send time into the quiet phase, the abuse window and the time after it; the sidecar's RSS (`VmRSS`, sampled every 100 ms) just before the window, its largest sample from the window on, and 10 s after the window. Per phase, where the time went: the shop's p99 and how late the generator sent, the sidecar's own p50/p99 from its `switchyard_request_duration_seconds` histogram (bucket upper bounds, scraped at the phase's edges), and the CPU each process used, in cores.\n\n");
             for line in abuse {
                 let _ = writeln!(out, "- {line}");
             }

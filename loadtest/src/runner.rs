@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::abuse;
 use crate::analysis;
+use crate::attribution;
 use crate::bare_proxy;
 use crate::configs::{self, State, Upstreams, ATTEMPT_TIMEOUT};
 use crate::control::{self, Client, SandboxControl};
@@ -647,6 +648,7 @@ async fn run_one(
         webhook_clients: opts.abuse_webhook_clients,
         max_buffered_mib: opts.abuse_max_buffered_mib,
         max_connections: opts.abuse_max_connections,
+        nice: opts.abuse_nice,
     });
     let mut config_extra = opts.config_extra.clone();
     if let (Some(spec), Some((p, _))) = (&abuse_spec, &providers) {
@@ -981,13 +983,47 @@ async fn run_one(
                 webhook: webhook_listener,
                 pid,
             };
-            Some(abuse::spawn(
+            let (handle, tid) = abuse::spawn(
                 spec.clone(),
                 idle,
                 targets,
                 t0,
                 (t0 + duration / 3, t0 + duration * 2 / 3, t0 + duration),
-            ))
+            );
+            // The phases' edges, read from this runtime (the abuse thread may run at a low
+            // priority): the sidecar's own durations and who used the CPU.
+            let mut cpu = vec![attribution::Cpu::Tree(attribution::CPU_SIDECAR.into(), pid)];
+            if let Some(p) = providers
+                .as_ref()
+                .and_then(|(p, _)| p.process.as_ref().map(|x| x.process.pid()))
+            {
+                cpu.push(attribution::Cpu::Process(
+                    attribution::CPU_PRIMARY.into(),
+                    p,
+                ));
+            }
+            cpu.push(attribution::Cpu::Process(
+                attribution::CPU_LOADTEST.into(),
+                std::process::id(),
+            ));
+            if let Some(tid) = tid {
+                cpu.push(attribution::Cpu::OwnThread(
+                    attribution::CPU_ABUSE.into(),
+                    tid,
+                ));
+            }
+            cpu.push(attribution::Cpu::Machine(attribution::CPU_MACHINE.into()));
+            let (client, admin) = (env.control.clone(), sidecar_admins.first().cloned());
+            let edges = [t0, t0 + duration / 3, t0 + duration * 2 / 3, t0 + duration];
+            let marks = AbortOnDrop(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for at in edges {
+                    tokio::time::sleep_until(at.into()).await;
+                    out.push(attribution::mark(&client, admin.as_deref(), &cpu).await);
+                }
+                out
+            }));
+            Some((handle, marks))
         }
         _ => None,
     };
@@ -1005,12 +1041,20 @@ async fn run_one(
     });
     let samples = drive(env, &load, t0, duration).await;
     let abuse_run = match abuse_task {
-        Some(handle) => Some(
-            tokio::task::spawn_blocking(move || handle.join())
+        Some((handle, mut marks)) => {
+            let run = tokio::task::spawn_blocking(move || handle.join())
                 .await
                 .map_err(|e| err!("abuse thread: {e}"))?
-                .map_err(|_| err!("abuse thread panicked"))??,
-        ),
+                .map_err(|_| err!("abuse thread panicked"))??;
+            let marks = (&mut marks.0).await.unwrap_or_default();
+            if marks.iter().any(|m| m.buckets.is_none()) {
+                notes.push(format!(
+                    "the sidecar's {} could not be read at every phase edge: no sidecar view of the payments",
+                    attribution::DURATION_BUCKET
+                ));
+            }
+            Some((run, marks))
+        }
         None => None,
     };
     let state_ops = match (
@@ -1039,7 +1083,7 @@ async fn run_one(
 
     let fault_window = match fault_task {
         Some(task) => Some(task.await.map_err(|e| err!("fault task: {e}"))??),
-        None => abuse_run.as_ref().map(|(_, window, _)| *window),
+        None => abuse_run.as_ref().map(|((_, window, _), _)| *window),
     };
     let rewrites = match reload_task {
         Some(task) => Some(task.await.map_err(|e| err!("reload task: {e}"))??),
@@ -1266,8 +1310,8 @@ async fn run_one(
     let duration_s = duration.as_secs_f64();
     let shop = analysis::shop(&samples, duration_s, fault_window);
     let abuse = match (abuse_run, &abuse_spec) {
-        (Some((clients, window, rss)), Some(spec)) => {
-            Some(abuse::figures(spec, &samples, window, rss, clients))
+        (Some(((clients, window, rss), marks)), Some(spec)) => {
+            Some(abuse::figures(spec, &samples, window, rss, clients, &marks))
         }
         _ => None,
     };

@@ -567,11 +567,31 @@ fn abuse_runs_and_measures() {
     assert!(a.rss_peak_mib >= a.rss_quiet_mib, "{a:?}");
     assert!(a.rss_after_mib.is_some(), "{a:?}");
     assert!(a.rss_timeline.len() > 50, "{}", a.rss_timeline.len());
-    assert_eq!(a.verdicts.len(), 4, "{:?}", a.verdicts);
+    assert_eq!(a.verdicts.len(), 5, "{:?}", a.verdicts);
+    // Each phase has the sidecar's own view of the payments and the CPU each process used.
+    for (name, p) in [
+        ("quiet", &a.quiet),
+        ("during", &a.during),
+        ("after", &a.after),
+    ] {
+        let v = p
+            .sidecar
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: {p:?}"));
+        assert!(v.requests > 100, "{name}: {v:?}");
+        assert!(v.p99_le_ms.is_some_and(|b| b > 0.0), "{name}: {v:?}");
+        for who in ["sidecar", "load generator", "abuse clients", "machine"] {
+            assert!(p.cpu_cores.contains_key(who), "{name}: {who}: {p:?}");
+        }
+    }
+    assert!(a.during.cpu_cores["abuse clients"] > 0.0, "{:?}", a.during);
+    assert_eq!((c.nice_asked, c.nice), (19, Some(19)), "{c:?}");
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     assert!(md.contains("## Abuse"), "{md}");
     assert!(
         md.contains("peak RSS ≤ max_buffered_bytes + 32 MiB"),
         "{md}"
     );
+    assert!(md.contains("sidecar's own p50"), "{md}");
+    assert!(md.contains("within 10 % of the control"), "{md}");
 }
