@@ -118,6 +118,22 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Asks it to stop with SIGTERM and waits up to `grace` for it to exit; whether it exited (a
+    /// profiler it runs under writes its figures as the process ends).
+    pub fn stop(&mut self, grace: Duration) -> bool {
+        if !signal(self.pid(), "TERM") {
+            return !self.running();
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !self.running() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Appends its current child processes to `pidfile` as `ROLE-worker PID`, and returns them.
     pub fn note_workers(&self, pidfile: &Path) -> Result<Vec<u32>> {
         let workers = procfs::descendants(self.pid());

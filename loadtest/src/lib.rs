@@ -28,6 +28,7 @@ pub mod load;
 pub mod options;
 pub mod plan;
 pub mod procfs;
+pub mod profile;
 pub mod redis;
 pub mod report;
 pub mod resolution;

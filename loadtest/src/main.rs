@@ -25,6 +25,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if opts.profile {
+        let result = runtime.block_on(loadtest::profile::run(&opts));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return match result {
+            Ok(results) => {
+                print!("{}", loadtest::profile::table(&results));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = runtime.block_on(async {
         tokio::select! {
             r = loadtest::run(&opts) => r,

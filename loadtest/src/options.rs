@@ -213,6 +213,11 @@ pub struct Options {
     /// Let the started proxy log one line per request (off by default, as Envoy's access log is).
     #[arg(long)]
     pub proxy_request_log: bool,
+    /// Instead of a load run: instructions and allocations per payment of switchyard (state
+    /// backends of `--state`, default memory and local) and of the bare hyper proxy, counted by
+    /// valgrind's callgrind over 1 000 sequential keyed payments on one connection (needs valgrind).
+    #[arg(long)]
+    pub profile: bool,
     /// Print only the final report.
     #[arg(long)]
     pub quiet: bool,

@@ -21,6 +21,7 @@ use crate::outcome::{BreakerEffect, RetryHint};
 
 use breaker::{Admission, Breaker, BreakerState, CallResult, Transition};
 use checks::CheckTracker;
+pub use score::PerTarget;
 use score::TargetInput;
 
 /// The floor of the slow-start ramp and of the success-rate factor: a provider that is not out gets at
@@ -474,7 +475,7 @@ impl States {
     }
 }
 
-fn inputs(route: &Route, states: &States, now: Instant) -> Vec<TargetInput> {
+fn inputs(route: &Route, states: &States, now: Instant) -> PerTarget<TargetInput> {
     route
         .targets
         .iter()
@@ -488,7 +489,7 @@ fn inputs(route: &Route, states: &States, now: Instant) -> Vec<TargetInput> {
 
 /// Each target's share of `route`'s traffic now.
 pub fn route_shares(route: &Route, states: &States, now: Instant) -> Vec<f64> {
-    score::shares(&inputs(route, states, now), route.overprovisioning)
+    score::shares(&inputs(route, states, now), route.overprovisioning).into_vec()
 }
 
 /// The order in which to try `route`'s targets (indexes into `route.targets`): a probe for a provider
@@ -503,7 +504,7 @@ pub fn plan(
     states: &States,
     now: Instant,
     unit: f64,
-) -> Result<Vec<usize>, Duration> {
+) -> Result<PerTarget<usize>, Duration> {
     let inputs = inputs(route, states, now);
     let shares = score::shares(&inputs, route.overprovisioning);
     let picked = score::pick(&shares, unit);
@@ -512,7 +513,7 @@ pub fn plan(
             .get(&route.targets[i].provider)
             .is_some_and(|s| s.probe_ready(now))
     };
-    let mut order = Vec::with_capacity(route.targets.len());
+    let mut order = PerTarget::new();
     let first_probe = (0..route.targets.len())
         .filter(|&i| probe_ready(i))
         .min_by_key(|&i| (route.targets[i].priority, i));
@@ -524,7 +525,7 @@ pub fn plan(
     if let Some(k) = picked {
         order.push(k);
     }
-    let mut rest: Vec<usize> = (0..route.targets.len())
+    let mut rest: PerTarget<usize> = (0..route.targets.len())
         .filter(|&i| inputs[i].health > 0.0 && !order.contains(&i))
         .collect();
     rest.sort_by(|&a, &b| {
@@ -613,7 +614,7 @@ mod tests {
         let states = States::build(&snap, None, &metrics, t0);
         let route = &snap.routes[0];
         assert_eq!(
-            plan(route, &states, t0, 0.5),
+            plan(route, &states, t0, 0.5).map(|p| p.into_vec()),
             Ok(vec![0, 1, 2]),
             "all healthy"
         );
@@ -621,11 +622,17 @@ mod tests {
         // A trips: it is left out, B leads, C is the fallback.
         let a = states.get("a").unwrap();
         a.record(t0, false, Outcome::Failed, Duration::ZERO);
-        assert_eq!(plan(route, &states, t0, 0.5), Ok(vec![1, 2]));
+        assert_eq!(
+            plan(route, &states, t0, 0.5).map(|p| p.into_vec()),
+            Ok(vec![1, 2])
+        );
 
         // After open_for, A waits for a probe: it goes first, being the most preferred.
         let later = t0 + Duration::from_secs(2);
-        assert_eq!(plan(route, &states, later, 0.5), Ok(vec![0, 1, 2]));
+        assert_eq!(
+            plan(route, &states, later, 0.5).map(|p| p.into_vec()),
+            Ok(vec![0, 1, 2])
+        );
 
         // Everything out: no plan, and a Retry-After from the soonest recovery.
         let b = states.get("b").unwrap();

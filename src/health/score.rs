@@ -7,6 +7,11 @@
 //! half-healthy primary with a dead backup still gets everything, rather than refusing requests. Within a
 //! level, traffic is split by `weight × health`.
 
+use smallvec::SmallVec;
+
+/// Per-target values of a route, inline up to 4 targets (no heap allocation per request).
+pub type PerTarget<T> = SmallVec<[T; 4]>;
+
 /// One target's inputs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TargetInput {
@@ -19,28 +24,24 @@ pub struct TargetInput {
 }
 
 /// Each target's share of the route's traffic, in input order. All zero when no target has health.
-pub fn shares(targets: &[TargetInput], overprovisioning: f64) -> Vec<f64> {
-    let mut out = vec![0.0; targets.len()];
-    let mut priorities: Vec<u32> = targets.iter().map(|t| t.priority).collect();
-    priorities.sort_unstable();
-    priorities.dedup();
-
+pub fn shares(targets: &[TargetInput], overprovisioning: f64) -> PerTarget<f64> {
+    let mut out: PerTarget<f64> = smallvec::smallvec![0.0; targets.len()];
     let mut left = 1.0_f64;
-    for p in priorities {
-        let level: Vec<usize> = (0..targets.len())
-            .filter(|&i| targets[i].priority == p)
-            .collect();
-        let total_weight: f64 = level.iter().map(|&i| f64::from(targets[i].weight)).sum();
-        let weighted_health: f64 = level
-            .iter()
-            .map(|&i| f64::from(targets[i].weight) * targets[i].health.clamp(0.0, 1.0))
+    // Priority levels in ascending order, each once, without sorting a copy.
+    let mut next = targets.iter().map(|t| t.priority).min();
+    while let Some(p) = next {
+        next = targets.iter().map(|t| t.priority).filter(|&q| q > p).min();
+        let level = || (0..targets.len()).filter(move |&i| targets[i].priority == p);
+        let total_weight: f64 = level().map(|i| f64::from(targets[i].weight)).sum();
+        let weighted_health: f64 = level()
+            .map(|i| f64::from(targets[i].weight) * targets[i].health.clamp(0.0, 1.0))
             .sum();
         if total_weight <= 0.0 || weighted_health <= 0.0 {
             continue;
         }
         let level_health = weighted_health / total_weight;
         let load = left * (overprovisioning * level_health).min(1.0);
-        for &i in &level {
+        for i in level() {
             out[i] = load * f64::from(targets[i].weight) * targets[i].health.clamp(0.0, 1.0)
                 / weighted_health;
         }

@@ -15,7 +15,7 @@ use crate::body::ProxyBody;
 use crate::config::Provider;
 use crate::error::{ProxyError, Reached};
 use crate::health::breaker::Admission;
-use crate::health::{self, Admitted};
+use crate::health::{self, Admitted, PerTarget};
 use crate::idempotency::PinStore;
 use crate::idempotency::Store;
 use crate::metrics::InFlight;
@@ -51,9 +51,9 @@ impl<S: SendAttempt> Operation<S> {
         &self,
         pinned: Option<&Arc<str>>,
         now: Instant,
-    ) -> Result<Vec<Arc<str>>, ProxyError> {
+    ) -> Result<PerTarget<Arc<str>>, ProxyError> {
         if let Some(p) = pinned {
-            return Ok(vec![Arc::clone(p)]);
+            return Ok(smallvec::smallvec![Arc::clone(p)]);
         }
         let plan = health::plan(
             &self.route,
@@ -72,7 +72,7 @@ impl<S: SendAttempt> Operation<S> {
     pub(super) async fn attempts(
         &self,
         resumed: Option<Arc<str>>,
-        plan: Result<Vec<Arc<str>>, ProxyError>,
+        plan: Result<PerTarget<Arc<str>>, ProxyError>,
         mut prepaid: Option<(Arc<str>, Result<(), std::time::Duration>)>,
         mut settle: Option<&mut Settle<'_>>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -108,7 +108,7 @@ impl<S: SendAttempt> Operation<S> {
                 .inspect(|_| state.pinned = Some(PinReason::PaymentObject)),
         };
         let order = match &pin {
-            Some(p) => vec![Arc::clone(p)],
+            Some(p) => smallvec::smallvec![Arc::clone(p)],
             // The store cannot vouch that no other sidecar sent this key: its first-priority provider
             // only, never a backup.
             None if self.key.as_ref().is_some_and(|k| k.store.degraded()) => {
@@ -119,7 +119,7 @@ impl<S: SendAttempt> Operation<S> {
                     .targets
                     .iter()
                     .min_by_key(|t| t.priority)
-                    .map(|t| vec![Arc::clone(&t.provider)])
+                    .map(|t| smallvec::smallvec![Arc::clone(&t.provider)])
                     .unwrap_or_default()
             }
             None => plan?,

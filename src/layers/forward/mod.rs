@@ -90,7 +90,7 @@ pub async fn resend(
 impl<S: SendAttempt + Clone> Service<Request<Bytes>> for Forward<S> {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
@@ -99,13 +99,42 @@ impl<S: SendAttempt + Clone> Service<Request<Bytes>> for Forward<S> {
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let op = match Operation::new(req, self.metrics.clone(), self.sender.clone()) {
             Ok(op) => op,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
+            Err(e) => return ResponseFuture(Inner::Refused(Some(e))),
         };
         if op.is_keyed() {
             // The operation ends (and its record is settled) even if the shop hangs up.
-            Box::pin(Detachable::new(Box::pin(op.run())))
+            ResponseFuture(Inner::Keyed(Detachable::new(Box::pin(op.run()))))
         } else {
-            Box::pin(op.run())
+            ResponseFuture(Inner::Unkeyed(Box::pin(op.run())))
+        }
+    }
+}
+
+/// The future of [`Forward`]: named rather than boxed, so that a keyed operation (already boxed, to
+/// be movable to a task of its own) costs one allocation, not two.
+pub struct ResponseFuture(Inner);
+
+enum Inner {
+    /// A keyed operation, detached if the shop hangs up.
+    Keyed(Detachable<Result<Response<ProxyBody>, ProxyError>>),
+    /// An operation without a key.
+    Unkeyed(BoxFuture<Result<Response<ProxyBody>, ProxyError>>),
+    /// The request was refused before any operation began; `None` once returned.
+    Refused(Option<ProxyError>),
+}
+
+impl std::future::Future for ResponseFuture {
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every variant is `Unpin` (the operations are boxed).
+        match &mut self.get_mut().0 {
+            Inner::Keyed(op) => std::pin::Pin::new(op).poll(cx),
+            Inner::Unkeyed(op) => op.as_mut().poll(cx),
+            Inner::Refused(e) => match e.take() {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
         }
     }
 }

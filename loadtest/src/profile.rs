@@ -1,0 +1,402 @@
+//! `--profile`: instructions and allocations per payment, for switchyard and for the bare hyper proxy,
+//! counted by valgrind's callgrind. Counts are the same on every run and every machine load, where
+//! wall-clock figures on a shared two-core machine move by ±30 % (issue 16).
+//!
+//! Each proxy runs under `valgrind --tool=callgrind` with the loadtest's config (switchyard: the
+//! default policies, [`crate::configs::switchyard_yaml`], with the state backends asked for) in
+//! front of a mock provider of this process (hyper's HTTP/1.1 server answering 200 with a small JSON
+//! body). One keep-alive connection sends [`WARM_UP`] keyed payments, then [`PAYMENTS`] more, one
+//! after another; then the proxy is stopped with SIGTERM and callgrind writes its totals. Each proxy
+//! runs twice, once with only the warm-up, and the per-payment figures are the differences divided by
+//! [`PAYMENTS`], so start-up, warm-up and shutdown cancel out:
+//! - instructions: callgrind's `Ir` total over every thread of the proxy;
+//! - allocations: calls to the C allocator's `malloc`, `calloc`, `realloc`, `posix_memalign`,
+//!   `aligned_alloc` and `memalign` (what Rust's global allocator calls), from callgrind's call counts.
+//!
+//! Only the proxy runs under valgrind: the client and the mock provider are not counted. What runs
+//! on a timer in the proxy (health checks every second) falls partly into the difference: the
+//! longer run lasts a few seconds more under valgrind, so a few probes more (about 1 % of the figure).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::configs::{self, State, Upstreams};
+use crate::fleet::{self, Process, Stream};
+use crate::options::StateArg;
+use crate::{err, Options, Result};
+
+/// Payments counted.
+pub const PAYMENTS: u64 = 1_000;
+
+/// Payments sent before, in both runs of a proxy.
+pub const WARM_UP: u64 = 100;
+
+/// How long a proxy under valgrind may take to start, or to stop and write its figures.
+const VALGRIND_GRACE: Duration = Duration::from_secs(120);
+
+/// The mock provider's answer body.
+const CHARGE: &[u8] = br#"{"id":"ch_1","object":"charge","paid":true}"#;
+
+/// The C allocator's entry points, as callgrind names them.
+const ALLOCATOR: [&str; 7] = [
+    "malloc",
+    "calloc",
+    "realloc",
+    "posix_memalign",
+    "aligned_alloc",
+    "memalign",
+    "__libc_malloc",
+];
+
+/// What callgrind counted in one run of a proxy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Instructions executed, every thread.
+    pub instructions: u64,
+    /// Calls to the C allocator.
+    pub allocations: u64,
+}
+
+/// The per-payment figures of one proxy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerPayment {
+    /// `switchyard (state local)`, `bare hyper proxy`.
+    pub target: String,
+    /// Instructions per payment.
+    pub instructions: f64,
+    /// Allocations per payment.
+    pub allocations: f64,
+}
+
+impl PerPayment {
+    fn from_runs(target: String, short: Counts, long: Counts) -> Self {
+        let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / PAYMENTS as f64;
+        Self {
+            target,
+            instructions: per(short.instructions, long.instructions),
+            allocations: per(short.allocations, long.allocations),
+        }
+    }
+}
+
+/// Reads the totals of a callgrind output file written with `--compress-strings=no`: the `totals:`
+/// (or `summary:`) line, and the `calls=` lines under a `cfn=` that names an allocator function.
+pub fn parse_callgrind(text: &str) -> Result<Counts> {
+    let mut counts = Counts::default();
+    let mut total = None;
+    let mut callee_is_allocator = false;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("cfn=") {
+            // With compressed strings a name is `(id) name`; without, just the name.
+            let name = name.rsplit(") ").next().unwrap_or(name).trim();
+            callee_is_allocator = ALLOCATOR.contains(&name);
+        } else if let Some(calls) = line.strip_prefix("calls=") {
+            if callee_is_allocator {
+                let n = calls.split_whitespace().next().unwrap_or("0");
+                counts.allocations += n.parse::<u64>().unwrap_or(0);
+            }
+        } else if let Some(t) = line
+            .strip_prefix("totals:")
+            .or_else(|| line.strip_prefix("summary:"))
+        {
+            let n = t.split_whitespace().next().unwrap_or("");
+            total = n.parse::<u64>().ok();
+        }
+    }
+    counts.instructions = total.ok_or("callgrind output without totals")?;
+    Ok(counts)
+}
+
+/// Fails with a clear message when valgrind is not installed.
+fn check_valgrind() -> Result<()> {
+    match Command::new("valgrind")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => Err(err!(
+            "--profile needs valgrind (callgrind counts the instructions and allocations): \
+             install it (`apt-get install valgrind`) and run again"
+        )),
+    }
+}
+
+/// A mock provider on 127.0.0.1:0, a task of this runtime: 200 and [`CHARGE`] to every request.
+async fn mock_provider() -> Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let mut answer = Response::new(Full::new(Bytes::from_static(CHARGE)));
+                    answer.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(answer)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Sends `n` keyed payments (keys `tag-FROM`...) one after another on one connection to `proxy`;
+/// every answer must be the provider's 200.
+async fn pay(proxy: SocketAddr, tag: &str, n: u64) -> Result<()> {
+    let stream = TcpStream::connect(proxy).await?;
+    stream.set_nodelay(true)?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| err!("handshake with {proxy}: {e}"))?;
+    let conn = tokio::spawn(conn);
+    for i in 0..n {
+        let req = Request::post("/v1/charges")
+            .header(http::header::HOST, "psp")
+            .header("idempotency-key", format!("{tag}-{i:08}"))
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(Full::new(Bytes::from_static(b"amount=1000&currency=eur")))
+            .map_err(|e| err!("request: {e}"))?;
+        send.ready()
+            .await
+            .map_err(|e| err!("payment {i} to {proxy}: {e}"))?;
+        let answer = send
+            .send_request(req)
+            .await
+            .map_err(|e| err!("payment {i} to {proxy}: {e}"))?;
+        let status = answer.status();
+        let body = answer
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| err!("payment {i} to {proxy}: {e}"))?
+            .to_bytes();
+        if status != StatusCode::OK || body != CHARGE {
+            return Err(err!(
+                "payment {i} to {proxy}: {status} {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+    }
+    drop(send);
+    let _ = conn.await;
+    Ok(())
+}
+
+/// `valgrind --tool=callgrind` writing to `out`, before the proxy's own command line.
+fn under_callgrind(out: &Path, program: &Path) -> Command {
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .args(["--compress-strings=no", "--compress-pos=no"])
+        .arg(program);
+    cmd
+}
+
+/// Runs `proxy` (started by `start`, which returns the process and its shop address), sends
+/// [`WARM_UP`] and `extra` payments, stops it and reads callgrind's file.
+async fn one_run<F, Fut>(dir: &Path, role: &str, extra: u64, start: F) -> Result<Counts>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<(Process, SocketAddr)>>,
+{
+    let out = dir.join(format!("{role}.callgrind"));
+    let _ = std::fs::remove_file(&out);
+    let (mut process, listen) = start(out.clone()).await?;
+    pay(listen, role, WARM_UP + extra).await?;
+    if !process.stop(VALGRIND_GRACE) {
+        return Err(err!(
+            "{role} did not stop within {VALGRIND_GRACE:?}: {}",
+            process.log_tail()
+        ));
+    }
+    let text = std::fs::read_to_string(&out)
+        .map_err(|e| err!("{role}: no callgrind output {}: {e}", out.display()))?;
+    parse_callgrind(&text).map_err(|e| err!("{role}: {}: {e}", out.display()))
+}
+
+/// Profiles switchyard on each state backend of `--state` (default: `memory`, the loadtest's default,
+/// and `local`, switchyard's) and the bare hyper proxy; prints one line each and returns them.
+pub async fn run(opts: &Options) -> Result<Vec<PerPayment>> {
+    check_valgrind()?;
+    let release = !cfg!(debug_assertions);
+    let switchyard = fleet::find_switchyard(opts.switchyard_bin.as_deref(), release, opts.quiet)?;
+    let bare = fleet::find_bare_proxy(opts.bare_proxy_bin.as_deref(), release, opts.quiet)?;
+    let dir = opts.out.join("profile");
+    std::fs::create_dir_all(&dir)?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let pidfile = dir.join("pids");
+    let primary = mock_provider().await?;
+    let backup = mock_provider().await?;
+    let states = if opts.state.is_empty() {
+        vec![StateArg::Memory, StateArg::Local]
+    } else {
+        opts.state.clone()
+    };
+    let mut results = Vec::new();
+    for state in states {
+        let target = format!("switchyard (state {})", state.name());
+        let mut counts = Vec::new();
+        for (i, extra) in [0, PAYMENTS].into_iter().enumerate() {
+            let role = format!("switchyard-{}-{i}", state.name());
+            let config = dir.join(format!("{role}.yaml"));
+            let state_dir = dir.join(format!("{role}.state"));
+            let _ = std::fs::remove_dir_all(&state_dir);
+            let backend = match state {
+                StateArg::Memory => State::Memory,
+                StateArg::Local => State::Local {
+                    dir: state_dir.display().to_string(),
+                },
+                StateArg::Redis => {
+                    return Err("--profile measures the memory and local backends".into())
+                }
+            };
+            let upstreams = Upstreams {
+                primary: (opts.primary.clone(), primary),
+                backup: (opts.backup.clone(), backup),
+                attempt_timeout: configs::ATTEMPT_TIMEOUT,
+                route_extra: opts.route_extra.clone(),
+                config_extra: opts.config_extra.clone(),
+            };
+            std::fs::write(&config, configs::switchyard_yaml(&upstreams, &backend, 0))?;
+            if !opts.quiet {
+                eprintln!(
+                    "loadtest: profile: {target}, {} payments ...",
+                    WARM_UP + extra
+                );
+            }
+            let (switchyard, dir_, pidfile_) = (&switchyard, &dir, &pidfile);
+            counts.push(
+                one_run(&dir, &role.clone(), extra, |out| async move {
+                    let mut cmd = under_callgrind(&out, switchyard);
+                    cmd.arg("run")
+                        .arg("--config")
+                        .arg(&config)
+                        .args(["--log-format", "json"])
+                        .env("RUST_LOG", "warn,switchyard::app=info");
+                    let mut process = Process::spawn(&role, cmd, dir_, pidfile_)?;
+                    let (listen, _) = process
+                        .wait_for_line(Stream::Stderr, VALGRIND_GRACE, fleet::serving_line)
+                        .await?;
+                    Ok((process, listen))
+                })
+                .await?,
+            );
+        }
+        results.push(PerPayment::from_runs(target, counts[0], counts[1]));
+    }
+    let mut counts = Vec::new();
+    for (i, extra) in [0, PAYMENTS].into_iter().enumerate() {
+        let role = format!("bare-proxy-{i}");
+        if !opts.quiet {
+            eprintln!(
+                "loadtest: profile: bare hyper proxy, {} payments ...",
+                WARM_UP + extra
+            );
+        }
+        let (bare, dir_, pidfile_) = (&bare, &dir, &pidfile);
+        counts.push(
+            one_run(&dir, &role.clone(), extra, |out| async move {
+                let mut cmd = under_callgrind(&out, bare);
+                cmd.args(["--listen", "127.0.0.1:0", "--upstream"])
+                    .arg(primary.to_string());
+                let mut process = Process::spawn(&role, cmd, dir_, pidfile_)?;
+                let listen = process
+                    .wait_for_line(Stream::Stdout, VALGRIND_GRACE, |l| {
+                        l.strip_prefix(crate::bare_proxy::READY_PREFIX)?
+                            .trim()
+                            .parse::<SocketAddr>()
+                            .ok()
+                    })
+                    .await?;
+                Ok((process, listen))
+            })
+            .await?,
+        );
+    }
+    results.push(PerPayment::from_runs(
+        "bare hyper proxy".into(),
+        counts[0],
+        counts[1],
+    ));
+    Ok(results)
+}
+
+/// The printed table: one line per proxy, and each switchyard's ratio to the bare proxy.
+pub fn table(results: &[PerPayment]) -> String {
+    let bare = results.iter().find(|r| r.target == "bare hyper proxy");
+    let mut out = format!(
+        "per payment ({PAYMENTS} keyed payments, one connection, callgrind):\n{:<28} {:>14} {:>12}\n",
+        "target", "instructions", "allocations"
+    );
+    for r in results {
+        let ratio = match bare {
+            Some(b) if b.instructions > 0.0 && r.target != b.target => {
+                format!(
+                    "  ({:.2}× the bare proxy's instructions)",
+                    r.instructions / b.instructions
+                )
+            }
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<28} {:>14.0} {:>12.1}{ratio}\n",
+            r.target, r.instructions, r.allocations
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_totals_and_allocator_calls() {
+        let text = "events: Ir\nfn=main\n0 10\ncfn=malloc\ncalls=3 0\n0 300\ncfn=free\ncalls=3 0\n0 90\n\
+                    cfn=(12) realloc\ncalls=2 0\n0 50\ncfn=(13) malloc_usable_size\ncalls=7 0\n0 1\ntotals: 12345\n";
+        assert_eq!(
+            parse_callgrind(text).unwrap(),
+            Counts {
+                instructions: 12345,
+                allocations: 5
+            }
+        );
+        assert!(parse_callgrind("events: Ir\n").is_err());
+    }
+
+    #[test]
+    fn per_payment_is_the_difference_of_the_runs() {
+        let short = Counts {
+            instructions: 1_000_000,
+            allocations: 500,
+        };
+        let long = Counts {
+            instructions: 1_000_000 + 90_000 * PAYMENTS,
+            allocations: 500 + 60 * PAYMENTS,
+        };
+        let p = PerPayment::from_runs("x".into(), short, long);
+        assert_eq!(p.instructions, 90_000.0);
+        assert_eq!(p.allocations, 60.0);
+    }
+}
