@@ -12,6 +12,13 @@ use switchyard::error::Human;
 use switchyard::sandbox::{self, Registry, Sandbox};
 use switchyard::upstream::Upstreams;
 
+/// jemalloc, with its background thread on: memory a burst of connections freed goes back to the
+/// system about 10 s later (`dirty_decay_ms`), where the system allocator kept it (Cargo.toml says
+/// what was measured). Set `_RJEM_MALLOC_CONF` to tune it (jemalloc's `MALLOC_CONF` options).
+#[cfg(all(unix, not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A payment-safe sidecar proxy between a shop and its payment providers.
 #[derive(Parser)]
 #[command(version)]

@@ -11,7 +11,8 @@
 //! [`PAYMENTS`], so start-up, warm-up and shutdown cancel out:
 //! - instructions: callgrind's `Ir` total over every thread of the proxy;
 //! - allocations: calls to the C allocator's `malloc`, `calloc`, `realloc`, `posix_memalign`,
-//!   `aligned_alloc` and `memalign` (what Rust's global allocator calls), from callgrind's call counts.
+//!   `aligned_alloc` and `memalign` (what Rust's global allocator calls), or jemalloc's (switchyard's
+//!   binary), from callgrind's call counts.
 //!
 //! Only the proxy runs under valgrind: the client and the mock provider are not counted. What runs
 //! on a timer in the proxy (health checks every second) falls partly into the difference: the
@@ -48,7 +49,10 @@ const VALGRIND_GRACE: Duration = Duration::from_secs(120);
 const CHARGE: &[u8] = br#"{"id":"ch_1","object":"charge","paid":true}"#;
 
 /// The C allocator's entry points, as callgrind names them.
-const ALLOCATOR: [&str; 7] = [
+/// The switchyard binary's allocator is jemalloc, whose entry points carry the `_rjem_` prefix
+/// (tikv-jemallocator; `mallocx` and `rallocx` for alignments above 16); the bare hyper proxy uses
+/// the system's.
+const ALLOCATOR: [&str; 14] = [
     "malloc",
     "calloc",
     "realloc",
@@ -56,6 +60,13 @@ const ALLOCATOR: [&str; 7] = [
     "aligned_alloc",
     "memalign",
     "__libc_malloc",
+    "_rjem_malloc",
+    "_rjem_mallocx",
+    "_rjem_calloc",
+    "_rjem_realloc",
+    "_rjem_rallocx",
+    "_rjem_posix_memalign",
+    "_rjem_aligned_alloc",
 ];
 
 /// What callgrind counted in one run of a proxy.
@@ -383,6 +394,11 @@ mod tests {
             }
         );
         assert!(parse_callgrind("events: Ir\n").is_err());
+        // jemalloc's prefixed entry points count; its frees and internals do not.
+        let text = "events: Ir\nfn=main\ncfn=(1) _rjem_malloc\ncalls=4 0\n0 80\ncfn=(2) _rjem_sdallocx\n\
+                    calls=4 0\n0 40\ncfn=(3) _rjem_rallocx\ncalls=1 0\n0 9\ncfn=(4) _rjem_je_arena_ralloc\n\
+                    calls=1 0\n0 9\ntotals: 99\n";
+        assert_eq!(parse_callgrind(text).unwrap().allocations, 5);
     }
 
     #[test]

@@ -653,9 +653,21 @@ async fn run_one(
     let mut config_extra = opts.config_extra.clone();
     if let (Some(spec), Some((p, _))) = (&abuse_spec, &providers) {
         // The webhook's secret: no event of the flood is signed with it.
-        let secret = dir.join("webhook-secret");
+        // Written absolute: the sidecar reads a relative path against its config file's folder,
+        // which is this same `dir` (a relative `--out` would be joined twice).
+        let secret = std::path::absolute(dir.join("webhook-secret"))?;
         std::fs::write(&secret, "whsec_loadtest_abuse_never_used_by_the_flood\n")?;
         config_extra.extend(spec.config_lines(&secret, p.addr));
+        if !opts
+            .config_extra
+            .iter()
+            .any(|l| l.trim_start().starts_with("pins:"))
+        {
+            config_extra.push(format!(
+                "pins: {{ max_entries: {} }}",
+                Scenario::ABUSE_STORE_ENTRIES
+            ));
+        }
     }
     let upstreams = providers.as_ref().map(|(p, b)| Upstreams {
         primary: (p.control.name.clone(), p.addr),

@@ -204,11 +204,25 @@ impl Scenario {
     /// same sidecar, and the path where a second sidecar must know the key would seldom be taken.
     pub fn route_extra(self, user: &[String]) -> Vec<String> {
         let mut lines = user.to_vec();
-        if self == Scenario::Fleet && !user.iter().any(|l| l.trim_start().starts_with("retry:")) {
+        let has = |key: &str| user.iter().any(|l| l.trim_start().starts_with(key));
+        if self == Scenario::Fleet && !has("retry:") {
             lines.push("retry: { attempts: 1 }".into());
+        }
+        if self == Scenario::Abuse && !has("idempotency:") {
+            // A sidecar in its steady state: the store full before the window opens, so the RSS
+            // before and 10 s after the abuse compare what the abuse left, not the records the
+            // payments added in between (uncapped, they grow RSS by about 0.85 MiB/s).
+            lines.push(format!(
+                "idempotency: {{ max_entries: {} }}",
+                Self::ABUSE_STORE_ENTRIES
+            ));
         }
         lines
     }
+
+    /// The abuse scenario's cap on stored answers and on object pins (unless `--route-extra` or
+    /// `--config-extra` set them): reached in the quiet phase's first 5 s at 1 000/s.
+    pub const ABUSE_STORE_ENTRIES: usize = 5_000;
 
     /// How the shop retries a failed payment (`None`: it does not).
     pub fn shop_retry(self) -> Option<ShopRetry> {
@@ -295,5 +309,13 @@ mod tests {
             ["retry: { attempts: 2 }"]
         );
         assert!(Scenario::Error500.route_extra(&[]).is_empty());
+        assert_eq!(
+            Scenario::Abuse.route_extra(&[]),
+            ["idempotency: { max_entries: 5000 }"]
+        );
+        assert_eq!(
+            Scenario::Abuse.route_extra(&["idempotency: { max_entries: 9 }".into()]),
+            ["idempotency: { max_entries: 9 }"]
+        );
     }
 }
