@@ -1,11 +1,12 @@
-//! Connections to providers: one pooled hyper-util client per provider, over rustls.
+//! Connections to providers: one connection pool per provider ([`pool`]), over rustls.
 //!
-//! [`Upstreams`] holds a client per provider name. A config reload builds a new set, reusing the
-//! client (and its warm connection pool) of every provider whose transport settings and TLS files are
+//! [`Upstreams`] holds a pool per provider name. A config reload builds a new set, reusing the pool
+//! (and its warm connections) of every provider whose transport settings and TLS files are
 //! unchanged; per-provider state that later policies keep is keyed the same way, by name.
 
 mod body;
 pub mod headers;
+mod pool;
 mod request;
 mod tls;
 
@@ -13,11 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::ServerName;
 
 use crate::config::{Problem, Provider, Snapshot};
@@ -25,9 +22,10 @@ use crate::error::ProxyError;
 
 pub use crate::outcome::SendFailure;
 pub use body::TrackedBody;
+pub use pool::PooledBody;
 pub use request::{provider_request, provider_uri, ProviderKey};
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, TrackedBody>;
+use pool::{Pool, PoolError};
 
 /// A failed attempt: what kind of failure, and the error to answer with.
 #[derive(Debug)]
@@ -42,7 +40,7 @@ pub struct SendError {
 pub type AttemptResult<B> = Result<Response<B>, SendError>;
 
 /// Sends one attempt to a provider. The proxy's own sender is [`UpstreamClient`] (each provider's
-/// pooled client); tests script one, so the attempt loop runs without a network. Generic rather than
+/// connection pool); tests script one, so the attempt loop runs without a network. Generic rather than
 /// boxed: choosing the sender costs nothing per request.
 pub trait SendAttempt: Send + Sync + 'static {
     /// The body of a provider's answer.
@@ -60,30 +58,30 @@ pub trait SendAttempt: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = AttemptResult<Self::Body>> + Send;
 }
 
-/// The proxy's sender: each provider's pooled client ([`Upstream::send`]).
+/// The proxy's sender: each provider's connection pool ([`Upstream::send`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UpstreamClient;
 
 impl SendAttempt for UpstreamClient {
-    type Body = Incoming;
+    type Body = PooledBody;
 
     fn send(
         &self,
         upstream: &Upstream,
         req: Request<Bytes>,
         timeout: std::time::Duration,
-    ) -> impl std::future::Future<Output = AttemptResult<Incoming>> + Send {
+    ) -> impl std::future::Future<Output = AttemptResult<PooledBody>> + Send {
         upstream.send(req, timeout)
     }
 }
 
-/// One provider's endpoint and client.
+/// One provider's endpoint and connection pool.
 pub struct Upstream {
     /// The provider's config.
     pub config: Arc<Provider>,
     /// Its name as a header value (for `x-switchyard-provider`), made once per config.
     pub name_value: Option<http::HeaderValue>,
-    client: HttpsClient,
+    pool: Pool,
     transport_key: [u8; 32],
 }
 
@@ -124,10 +122,10 @@ impl Upstreams {
             let reused = previous
                 .and_then(|p| p.by_name.get(name))
                 .filter(|old| old.transport_key == key)
-                .map(|old| old.client.clone());
-            let client = match reused {
-                Some(c) => c,
-                None => match new_client(provider, built.config) {
+                .map(|old| old.pool.clone());
+            let pool = match reused {
+                Some(p) => p,
+                None => match new_pool(provider, built.config) {
                     Ok(c) => c,
                     Err(message) => {
                         problems.push(Problem {
@@ -144,7 +142,7 @@ impl Upstreams {
                 Arc::new(Upstream {
                     config: Arc::clone(provider),
                     name_value: http::HeaderValue::from_str(name).ok(),
-                    client,
+                    pool,
                     transport_key: key,
                 }),
             );
@@ -162,21 +160,23 @@ impl Upstreams {
     }
 }
 
+/// What a pool is built from: a provider whose key is unchanged by a reload keeps its pool. The pool
+/// connects to one scheme and authority, so both are part of it.
 fn transport_key(p: &Provider, tls_digest: &[u8; 32]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(tls_digest);
     h.update(
         format!(
-            "{:?}|{:?}|{:?}|{}",
-            p.scheme, p.connect_timeout, p.pool_idle_timeout, p.pool_max_idle
+            "{:?}|{}|{:?}|{:?}|{}",
+            p.scheme, p.authority, p.connect_timeout, p.pool_idle_timeout, p.pool_max_idle
         )
         .as_bytes(),
     );
     h.finalize().into()
 }
 
-fn new_client(p: &Provider, tls: rustls::ClientConfig) -> Result<HttpsClient, String> {
+fn new_pool(p: &Provider, tls: rustls::ClientConfig) -> Result<Pool, String> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -193,12 +193,13 @@ fn new_client(p: &Provider, tls: rustls::ClientConfig) -> Result<HttpsClient, St
         None => builder,
     };
     let connector = builder.enable_all_versions().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(p.pool_idle_timeout)
-        .pool_max_idle_per_host(p.pool_max_idle)
-        .build(connector))
+    Pool::new(
+        connector,
+        p.scheme.clone(),
+        p.authority.clone(),
+        p.pool_idle_timeout,
+        p.pool_max_idle,
+    )
 }
 
 impl Upstream {
@@ -222,7 +223,7 @@ impl Upstream {
             req.headers_mut()
                 .insert(auth.header.clone(), auth.value.header_value().clone());
         }
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        match tokio::time::timeout(timeout, self.pool.send(req)).await {
             Err(_) => Err(format!("no answer within {}", crate::error::Human(timeout))),
             Ok(Err(e)) => Err(root_cause(&e)),
             Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
@@ -236,7 +237,7 @@ impl Upstream {
         &self,
         req: Request<Bytes>,
         timeout: std::time::Duration,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<PooledBody>, SendError> {
         let provider = &self.config.name;
         let (parts, body) = req.into_parts();
         let had_body = !body.is_empty();
@@ -244,7 +245,7 @@ impl Upstream {
         let req = Request::from_parts(parts, body);
         // Without a body there is no read to watch: after connecting, assume it may have been written.
         let may_have_written = || !had_body || written.load(std::sync::atomic::Ordering::Acquire);
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        match tokio::time::timeout(timeout, self.pool.send(req)).await {
             Err(_) if may_have_written() => Err(SendError {
                 failure: SendFailure::TimeoutAfterWrite,
                 error: ProxyError::ProviderTimeout {
@@ -266,17 +267,12 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 let error = classify(provider, &e);
-                let failure = match error.kind() {
-                    crate::error::ErrorKind::ProviderUnreachable => SendFailure::Connect,
-                    crate::error::ErrorKind::ProviderTls => SendFailure::Tls,
-                    _ => match h2_refusal(&e) {
-                        Some(f) => f,
-                        None if is_canceled_unsent(&e) || !may_have_written() => {
-                            SendFailure::BeforeWrite
-                        }
-                        None => SendFailure::AfterWrite,
-                    },
-                };
+                let failure = failure_of(
+                    error.kind(),
+                    h2_refusal(&e),
+                    matches!(e, PoolError::Unsent(_)),
+                    may_have_written(),
+                );
                 // Errors before the request was written must not read as "may have been charged".
                 let error = match failure {
                     SendFailure::BeforeWrite => ProxyError::ProviderUnreachable {
@@ -297,16 +293,37 @@ impl Upstream {
     }
 }
 
-/// Maps a client error to the proxy's error: connect failures and TLS failures are told apart, since
+/// How far a failed send got: before the request was written (connect, TLS, or a connection that gave
+/// the request back, `unsent`, or a body the connection never asked for, `!may_have_written`), refused
+/// by HTTP/2 (`refusal`, not processed), or after it may have been written.
+fn failure_of(
+    kind: crate::error::ErrorKind,
+    refusal: Option<SendFailure>,
+    unsent: bool,
+    may_have_written: bool,
+) -> SendFailure {
+    match kind {
+        crate::error::ErrorKind::ProviderUnreachable => SendFailure::Connect,
+        crate::error::ErrorKind::ProviderTls => SendFailure::Tls,
+        _ => match refusal {
+            Some(f) => f,
+            None if unsent || !may_have_written => SendFailure::BeforeWrite,
+            None => SendFailure::AfterWrite,
+        },
+    }
+}
+
+/// Maps a pool error to the proxy's error: connect failures and TLS failures are told apart, since
 /// neither sent a byte of the request, unlike a failure of an established exchange.
 ///
 /// Under TLS 1.3 a provider that refuses the client certificate says so with an alert after the client
 /// finished its handshake, so the error arrives after the request was written; such handshake alerts
 /// still mean the request was never processed, and are reported as TLS failures too.
-fn classify(provider: &str, e: &hyper_util::client::legacy::Error) -> ProxyError {
+fn classify(provider: &str, e: &PoolError) -> ProxyError {
+    let is_connect = matches!(e, PoolError::Connect(_));
     let provider = provider.to_owned();
     let refused_handshake = match tls_error(e) {
-        Some(t) => e.is_connect() || is_handshake_refusal(t),
+        Some(t) => is_connect || is_handshake_refusal(t),
         None => is_handshake_refusal_text(&root_cause(e)),
     };
     if refused_handshake {
@@ -315,7 +332,7 @@ fn classify(provider: &str, e: &hyper_util::client::legacy::Error) -> ProxyError
             source: root_cause(e).into(),
         };
     }
-    if e.is_connect() {
+    if is_connect {
         return ProxyError::ProviderUnreachable {
             provider,
             source: root_cause(e).into(),
@@ -343,12 +360,6 @@ fn h2_refusal(e: &(dyn std::error::Error + 'static)) -> Option<SendFailure> {
         cur = err.source();
     }
     None
-}
-
-/// hyper-util hands back a request that never left (a pooled connection closed before it was
-/// written) as a `Canceled` error; its only public trace is the error's text.
-fn is_canceled_unsent(e: &hyper_util::client::legacy::Error) -> bool {
-    e.to_string() == "client error (Canceled)"
 }
 
 /// The rustls error in `e`'s chain. hyper-rustls wraps it in an `io::Error` inside another `io::Error`,
@@ -406,8 +417,8 @@ fn is_handshake_refusal_text(text: &str) -> bool {
         .any(|a| rustls::Error::AlertReceived(*a).to_string() == text)
 }
 
-/// The innermost cause's text: hyper-util's outer errors ("client error (Connect)") say little.
-fn root_cause(e: &hyper_util::client::legacy::Error) -> String {
+/// The innermost cause's text: the outer errors ("connect error", "request failed") say little.
+fn root_cause(e: &PoolError) -> String {
     let mut last: &(dyn std::error::Error + 'static) = e;
     while let Some(next) = last.source() {
         last = next;
@@ -427,6 +438,44 @@ mod tests {
         assert_eq!(h2_refusal(&other), None);
         let io = std::io::Error::other("reset");
         assert_eq!(h2_refusal(&io), None);
+    }
+
+    #[test]
+    fn only_a_request_no_connection_kept_is_before_write() {
+        use crate::error::ErrorKind::{ProviderFailed, ProviderTls, ProviderUnreachable};
+        use SendFailure::*;
+        let refused = Some(RefusedStream);
+        // (kind, HTTP/2 refusal, given back unsent, body may have been written) -> failure
+        let table = [
+            (ProviderUnreachable, None, false, true, Connect),
+            (ProviderTls, None, false, true, Tls),
+            (ProviderTls, None, true, true, Tls),
+            (ProviderFailed, refused, false, true, RefusedStream),
+            (ProviderFailed, Some(GoAway), false, true, GoAway),
+            (ProviderFailed, None, true, true, BeforeWrite),
+            (ProviderFailed, None, false, false, BeforeWrite),
+            (ProviderFailed, None, false, true, AfterWrite),
+        ];
+        for (kind, refusal, unsent, written, want) in table {
+            assert_eq!(
+                failure_of(kind, refusal, unsent, written),
+                want,
+                "{kind:?} {refusal:?} unsent={unsent} written={written}"
+            );
+        }
+    }
+
+    #[test]
+    fn pool_errors_are_classified_by_how_far_the_request_got() {
+        let io = |m: &str| Box::new(std::io::Error::other(m.to_owned()));
+        let e = classify("psp", &PoolError::Connect(io("connection refused")));
+        assert_eq!(e.kind(), crate::error::ErrorKind::ProviderUnreachable);
+        assert_eq!(root_cause(&PoolError::Connect(io("refused"))), "refused");
+        let tls = Box::new(std::io::Error::other(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA,
+        )));
+        let e = classify("psp", &PoolError::Connect(tls));
+        assert_eq!(e.kind(), crate::error::ErrorKind::ProviderTls);
     }
 
     #[test]
