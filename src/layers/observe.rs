@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use crate::ctx::{RequestId, RequestInfo};
+use crate::ctx::{RequestCtx, RequestInfo};
 use crate::metrics::{Metrics, NONE};
 use crate::redact::redact_text;
 
@@ -62,9 +62,10 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let info = Arc::new(RequestInfo::default());
-        req.extensions_mut().insert(Arc::clone(&info));
+        let ctx = RequestCtx::of_mut(req.extensions_mut());
+        ctx.info = Some(Arc::clone(&info));
+        let request_id = ctx.request_id.clone();
         let method = req.method().clone();
-        let request_id = req.extensions().get::<RequestId>().cloned();
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -88,7 +89,7 @@ where
                 .observe(elapsed.as_secs_f64());
             let request_id = request_id
                 .as_ref()
-                .and_then(|r| r.0.to_str().ok())
+                .and_then(|r| r.to_str().ok())
                 .unwrap_or("");
             tracing::info!(
                 target: "switchyard::access",

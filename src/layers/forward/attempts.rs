@@ -749,7 +749,7 @@ routes:
         let mut req = Request::new(Bytes::from_static(b"amount=100"));
         *req.method_mut() = method;
         *req.uri_mut() = http::Uri::from_static("/v1/charges");
-        req.extensions_mut().insert(RouteCtx {
+        crate::ctx::RequestCtx::of_mut(req.extensions_mut()).route = Some(RouteCtx {
             generation,
             route,
             deadline,

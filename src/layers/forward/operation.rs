@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use crate::audit::Audit;
 use crate::body::{full, BoxError, ProxyBody};
 use crate::config::{IdempotencyMode, Route};
-use crate::ctx::{RequestId, RequestInfo, RouteCtx};
+use crate::ctx::{RequestCtx, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Generation;
 use crate::idempotency::{
@@ -289,15 +289,15 @@ impl<S: SendAttempt> Operation<S> {
         metrics: Metrics,
         sender: S,
     ) -> Result<Self, ProxyError> {
-        let ctx = req.extensions().get::<RouteCtx>().cloned().ok_or_else(|| {
+        let request = RequestCtx::of(req.extensions());
+        let ctx = request.and_then(|c| c.route.clone()).ok_or_else(|| {
             ProxyError::Internal("request reached forwarding without a route".into())
         })?;
-        let info = req.extensions().get::<Arc<RequestInfo>>().cloned();
-        let audit = req.extensions().get::<Audit>().cloned().unwrap_or_default();
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .and_then(|r| r.0.to_str().ok())
+        let info = request.and_then(|c| c.info.clone());
+        let audit = request.and_then(|c| c.audit.clone()).unwrap_or_default();
+        let request_id = request
+            .and_then(|c| c.request_id.as_ref())
+            .and_then(|r| r.to_str().ok())
             .unwrap_or("")
             .to_owned();
         let started = tokio::time::Instant::now();
