@@ -17,6 +17,7 @@ use crate::budget::ListenerCtx;
 use crate::config::Route;
 use crate::error::ErrorKind;
 use crate::generation::Generation;
+use crate::meters::RouteMeter;
 
 /// What the layers know about one request: one extension, filled in place as the request goes down
 /// the stack. Each field is `None` until the layer that knows it sets it.
@@ -78,6 +79,7 @@ pub struct RequestInfo {
 #[derive(Debug, Default, Clone)]
 struct InfoFields {
     route: Option<Arc<str>>,
+    meter: Option<Arc<RouteMeter>>,
     provider: Option<Arc<str>>,
     error: Option<ErrorKind>,
     attempts: u32,
@@ -93,9 +95,29 @@ impl RequestInfo {
         f(&mut guard)
     }
 
-    /// Records the matched route.
+    /// Records the name the request is counted under when it matched no route (a webhook's).
     pub fn set_route(&self, route: Arc<str>) {
-        self.with(|f| f.route = Some(route));
+        self.with(|f| {
+            f.route = Some(route);
+            f.meter = None;
+        });
+    }
+
+    /// Records the matched route, by its meter (which holds its name).
+    pub fn set_route_meter(&self, meter: Arc<RouteMeter>) {
+        self.with(|f| {
+            f.route = Some(Arc::clone(meter.name()));
+            f.meter = Some(meter);
+        });
+    }
+
+    /// The route, its meter and the provider, read together.
+    pub fn labels(&self) -> Labels {
+        self.with(|f| Labels {
+            route: f.route.clone(),
+            meter: f.meter.clone(),
+            provider: f.provider.clone(),
+        })
     }
 
     /// Records the provider that answered (or was last tried).
@@ -167,9 +189,22 @@ impl RequestInfo {
     }
 }
 
+/// What a request is counted under: see [`RequestInfo::labels`].
+#[derive(Debug, Clone)]
+pub struct Labels {
+    /// The route (or webhook) name.
+    pub route: Option<Arc<str>>,
+    /// The route's meter, when the request matched a route of the config.
+    pub meter: Option<Arc<RouteMeter>>,
+    /// The provider that answered (or was last tried).
+    pub provider: Option<Arc<str>>,
+}
+
 /// The route a request matched, with the generation it matched in.
 #[derive(Debug, Clone)]
 pub struct RouteCtx {
+    /// The route's metric handles in that generation.
+    pub meter: Arc<RouteMeter>,
     /// The generation the request runs on, start to end.
     pub generation: Arc<Generation>,
     /// The matched route.
@@ -177,4 +212,20 @@ pub struct RouteCtx {
     /// When the route's `timeout` runs out: computed once where the route is picked, and the one
     /// instant both the deadline layer and the attempt loop bound the request by.
     pub deadline: tokio::time::Instant,
+}
+
+impl RouteCtx {
+    /// `route` of `generation`, bounded by `deadline`, with the route's meter.
+    pub fn new(
+        generation: Arc<Generation>,
+        route: Arc<Route>,
+        deadline: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            meter: generation.meters.route(&route),
+            generation,
+            route,
+            deadline,
+        }
+    }
 }

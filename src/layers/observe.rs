@@ -71,22 +71,32 @@ where
         Box::pin(async move {
             let result = fut.await;
             let elapsed = start.elapsed();
-            let route = info.route();
-            let provider = info.provider();
+            let crate::ctx::Labels {
+                route,
+                meter,
+                provider,
+            } = info.labels();
             let route_label = route.as_deref().unwrap_or(NONE);
             let provider_label = provider.as_deref().unwrap_or(NONE);
             let status = result
                 .as_ref()
                 .map(|r| r.status())
                 .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-            metrics
-                .requests_total
-                .with_label_values(&[route_label, provider_label, status.as_str()])
-                .inc();
-            metrics
-                .request_duration_seconds
-                .with_label_values(&[route_label, provider_label])
-                .observe(elapsed.as_secs_f64());
+            match &meter {
+                // A route of the config: its handles, resolved once per generation.
+                Some(m) => m.request(provider.as_deref(), status, elapsed),
+                // No route (404, a webhook): by label.
+                None => {
+                    metrics
+                        .requests_total
+                        .with_label_values(&[route_label, provider_label, status.as_str()])
+                        .inc();
+                    metrics
+                        .request_duration_seconds
+                        .with_label_values(&[route_label, provider_label])
+                        .observe(elapsed.as_secs_f64());
+                }
+            }
             let request_id = request_id
                 .as_ref()
                 .and_then(|r| r.to_str().ok())

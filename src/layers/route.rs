@@ -101,16 +101,13 @@ where
                 path: req.uri().path().to_owned(),
             })));
         };
+        let deadline = tokio::time::Instant::now() + route.timeout;
+        let route = RouteCtx::new(generation, route, deadline);
         let ctx = RequestCtx::of_mut(req.extensions_mut());
         if let Some(info) = &ctx.info {
-            info.set_route(Arc::clone(&route.name));
+            info.set_route_meter(Arc::clone(&route.meter));
         }
-        let deadline = tokio::time::Instant::now() + route.timeout;
-        ctx.route = Some(RouteCtx {
-            generation,
-            route,
-            deadline,
-        });
+        ctx.route = Some(route);
         Either::Left(self.inner.call(req))
     }
 }

@@ -18,6 +18,7 @@ use crate::idempotency::{
     StoredAnswer,
 };
 use crate::layers::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER, X_SWITCHYARD_STATE};
+use crate::meters::RouteMeter;
 use crate::metrics::Metrics;
 use crate::upstream::{headers, ProviderKey, SendAttempt};
 
@@ -233,6 +234,8 @@ pub(super) struct Operation<S> {
     pub(super) request_id: String,
     pub(super) generation: Arc<Generation>,
     pub(super) route: Arc<Route>,
+    /// The route's metric handles.
+    pub(super) meter: Arc<RouteMeter>,
     pub(super) info: Option<Arc<RequestInfo>>,
     pub(super) parts: http::request::Parts,
     pub(super) body: Bytes,
@@ -313,6 +316,7 @@ impl<S: SendAttempt> Operation<S> {
             request_id,
             generation: ctx.generation,
             route: ctx.route,
+            meter: ctx.meter,
             info,
             parts,
             body,
@@ -371,6 +375,7 @@ impl<S: SendAttempt> Operation<S> {
             deadline: ctx.deadline,
             generation: ctx.generation,
             route: ctx.route,
+            meter: ctx.meter,
             info: None,
             parts,
             body: kept.body.clone(),
@@ -450,10 +455,7 @@ impl<S: SendAttempt> Operation<S> {
     }
 
     fn count_idempotency(&self, result: &str) {
-        self.metrics
-            .idempotency_total
-            .with_label_values(&[&*self.route.name, result])
-            .inc();
+        self.meter.idempotency(result);
     }
 
     pub(super) async fn run(self) -> Result<Response<ProxyBody>, ProxyError> {
