@@ -153,7 +153,8 @@ impl RequestInfo {
         self.with(|f| f.maybe_sent = maybe);
     }
 
-    /// Records the operation's idempotency key (the shop's, or the one the proxy made).
+    /// Records the operation's idempotency key (the shop's, or the one the proxy made), for the
+    /// audit's shop-request record (set only when the audit is enabled).
     pub fn set_idempotency_key(&self, key: Arc<str>) {
         self.with(|f| f.idempotency_key = Some(key));
     }

@@ -322,7 +322,7 @@ impl<S: SendAttempt> Operation<S> {
             if let Some(start) = audited {
                 self.audit.record(
                     start.finish(AttemptEnd {
-                        request_id: &self.request_id,
+                        request_id: self.request_id.to_str().unwrap_or(""),
                         route: &route.name,
                         provider: &provider,
                         attempt: sent,

@@ -231,7 +231,9 @@ impl Drop for Settle<'_> {
 pub(super) struct Operation<S> {
     pub(super) metrics: Metrics,
     pub(super) audit: Audit,
-    pub(super) request_id: String,
+    /// The request id, for the audit's attempt records (shared, not copied: most payments are not
+    /// audited).
+    pub(super) request_id: HeaderValue,
     pub(super) generation: Arc<Generation>,
     pub(super) route: Arc<Route>,
     /// The route's metric handles.
@@ -299,15 +301,14 @@ impl<S: SendAttempt> Operation<S> {
         let info = request.and_then(|c| c.info.clone());
         let audit = request.and_then(|c| c.audit.clone()).unwrap_or_default();
         let request_id = request
-            .and_then(|c| c.request_id.as_ref())
-            .and_then(|r| r.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+            .and_then(|c| c.request_id.clone())
+            .unwrap_or(HeaderValue::from_static(""));
         let started = tokio::time::Instant::now();
         let deadline = ctx.deadline;
         let (parts, body) = req.into_parts();
         let key = Self::key(&ctx, &parts)?;
-        if let (Some(info), Some(k)) = (&info, &key) {
+        // Only the shop-request audit record reads it back: no copy of the key when there is none.
+        if let (Some(info), Some(k), true) = (&info, &key, audit.is_enabled()) {
             info.set_idempotency_key(Arc::from(k.record.key.as_str()));
         }
         Ok(Self {
@@ -371,7 +372,8 @@ impl<S: SendAttempt> Operation<S> {
         Ok(Self {
             metrics,
             audit,
-            request_id,
+            // The resolver's ids are ASCII (`resolver-` and a UUID); no copy is made of the bytes.
+            request_id: HeaderValue::try_from(request_id).unwrap_or(HeaderValue::from_static("")),
             deadline: ctx.deadline,
             generation: ctx.generation,
             route: ctx.route,
