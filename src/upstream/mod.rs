@@ -5,6 +5,7 @@
 //! unchanged; per-provider state that later policies keep is keyed the same way, by name.
 
 mod body;
+mod connect;
 pub mod headers;
 mod request;
 mod tls;
@@ -22,12 +23,13 @@ use rustls_pki_types::ServerName;
 
 use crate::config::{Problem, Provider, Snapshot};
 use crate::error::ProxyError;
+use connect::PlainConnector;
 
 pub use crate::outcome::SendFailure;
 pub use body::TrackedBody;
 pub use request::{provider_request, provider_uri, ProviderKey};
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, TrackedBody>;
+type HttpsClient = Client<HttpsConnector<PlainConnector>, TrackedBody>;
 
 /// A failed attempt: what kind of failure, and the error to answer with.
 #[derive(Debug)]
@@ -192,7 +194,9 @@ fn new_client(p: &Provider, tls: rustls::ClientConfig) -> Result<HttpsClient, St
         }
         None => builder,
     };
-    let connector = builder.enable_all_versions().wrap_connector(http);
+    let connector = builder
+        .enable_all_versions()
+        .wrap_connector(PlainConnector(http));
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
