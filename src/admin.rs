@@ -18,7 +18,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{full, ProxyBody};
-use crate::budget::{read_body, ListenerCtx, ReadError};
+use crate::budget::{read_body, ReadError};
 use crate::generation::Current;
 use crate::health;
 use crate::layers::BoxFuture;
@@ -77,7 +77,8 @@ impl AdminState {
                 return Ok(denied);
             }
         }
-        let listener = parts.extensions.get::<ListenerCtx>();
+        let listener =
+            crate::ctx::RequestCtx::of(&parts.extensions).and_then(|c| c.listener.as_ref());
         let body = match read_body(body, MAX_ADMIN_BODY, None, listener).await {
             Ok((b, _)) => b,
             Err(ReadError::Timeout { .. }) => {

@@ -157,7 +157,7 @@ impl Cutoff {
     }
 }
 
-/// Put on every request by the listener that accepted it.
+/// Put on every request (in its [`crate::ctx::RequestCtx`]) by the listener that accepted it.
 #[derive(Debug, Clone)]
 pub struct ListenerCtx {
     /// The listener's name (`shop`, `webhooks`, `admin`): a metric label.

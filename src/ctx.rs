@@ -1,12 +1,72 @@
-//! Small request-context types that layers share through request extensions.
+//! Small request-context types that layers share, in ONE request extension: [`RequestCtx`].
+//!
+//! Every `Extensions::insert` of a type of its own costs the request a heap allocation (a box per
+//! value, and the map's own table as it grows), so the layers do not each add one: the server puts one
+//! [`RequestCtx`] on the request where it is first seen, and each layer fills its field of it in place.
+//! A request that arrives without one (a test building its request by hand) gets an empty one from the
+//! first layer that writes to it, and a layer that only reads finds the field missing, as it found the
+//! extension missing before.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use http::HeaderValue;
+use http::{Extensions, HeaderValue};
 
+use crate::audit::Audit;
+use crate::budget::ListenerCtx;
 use crate::config::Route;
 use crate::error::ErrorKind;
 use crate::generation::Generation;
+use crate::meters::RouteMeter;
+
+/// What the layers know about one request: one extension, filled in place as the request goes down
+/// the stack. Each field is `None` until the layer that knows it sets it.
+#[derive(Clone, Default)]
+pub struct RequestCtx {
+    /// The shop connection's peer address (the server).
+    pub client: Option<SocketAddr>,
+    /// The listener that accepted the request: its body deadline, the buffer budget, the drain's
+    /// cutoff (the server).
+    pub listener: Option<ListenerCtx>,
+    /// The request id, as accepted from the shop or generated (`RequestId`).
+    pub request_id: Option<HeaderValue>,
+    /// What the access log and metrics read once the answer is ready (`Observe`).
+    pub info: Option<Arc<RequestInfo>>,
+    /// The config generation the request runs on, loaded once where it enters the stack
+    /// (`Webhooks`): every layer after it sees the same generation even when a reload lands
+    /// meanwhile. The router takes it out and keeps it in [`RouteCtx`].
+    pub entered: Option<Arc<Generation>>,
+    /// The audit trail handle, for the layers below that write attempt records (`Audit`).
+    pub audit: Option<Audit>,
+    /// The matched route (`Route`).
+    pub route: Option<RouteCtx>,
+}
+
+impl RequestCtx {
+    /// The request's context, when it has one.
+    pub fn of(extensions: &Extensions) -> Option<&Self> {
+        extensions.get::<Self>()
+    }
+
+    /// The request's context to fill in, an empty one put on the request first when it has none.
+    pub fn of_mut(extensions: &mut Extensions) -> &mut Self {
+        extensions.get_or_insert_default::<Self>()
+    }
+}
+
+impl std::fmt::Debug for RequestCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestCtx")
+            .field("client", &self.client)
+            .field("listener", &self.listener)
+            .field("request_id", &self.request_id)
+            .field("info", &self.info)
+            .field("entered", &self.entered.as_ref().map(|g| g.number))
+            .field("audit", &self.audit.as_ref().map(Audit::is_enabled))
+            .field("route", &self.route)
+            .finish()
+    }
+}
 
 /// What is learned about a request as it goes through the stack, read by the access log and metrics
 /// once the response is ready. Shared (`Arc`) so that an inner layer can fill it even when it answers
@@ -19,6 +79,7 @@ pub struct RequestInfo {
 #[derive(Debug, Default, Clone)]
 struct InfoFields {
     route: Option<Arc<str>>,
+    meter: Option<Arc<RouteMeter>>,
     provider: Option<Arc<str>>,
     error: Option<ErrorKind>,
     attempts: u32,
@@ -34,9 +95,29 @@ impl RequestInfo {
         f(&mut guard)
     }
 
-    /// Records the matched route.
+    /// Records the name the request is counted under when it matched no route (a webhook's).
     pub fn set_route(&self, route: Arc<str>) {
-        self.with(|f| f.route = Some(route));
+        self.with(|f| {
+            f.route = Some(route);
+            f.meter = None;
+        });
+    }
+
+    /// Records the matched route, by its meter (which holds its name).
+    pub fn set_route_meter(&self, meter: Arc<RouteMeter>) {
+        self.with(|f| {
+            f.route = Some(Arc::clone(meter.name()));
+            f.meter = Some(meter);
+        });
+    }
+
+    /// The route, its meter and the provider, read together.
+    pub fn labels(&self) -> Labels {
+        self.with(|f| Labels {
+            route: f.route.clone(),
+            meter: f.meter.clone(),
+            provider: f.provider.clone(),
+        })
     }
 
     /// Records the provider that answered (or was last tried).
@@ -72,7 +153,8 @@ impl RequestInfo {
         self.with(|f| f.maybe_sent = maybe);
     }
 
-    /// Records the operation's idempotency key (the shop's, or the one the proxy made).
+    /// Records the operation's idempotency key (the shop's, or the one the proxy made), for the
+    /// audit's shop-request record (set only when the audit is enabled).
     pub fn set_idempotency_key(&self, key: Arc<str>) {
         self.with(|f| f.idempotency_key = Some(key));
     }
@@ -108,19 +190,22 @@ impl RequestInfo {
     }
 }
 
-/// The request id, as accepted from the shop or generated.
+/// What a request is counted under: see [`RequestInfo::labels`].
 #[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
-
-/// The config generation a request runs on, loaded once where it enters the stack: one `ArcSwap`
-/// load per request, and every layer after it sees the same generation even when a reload lands
-/// meanwhile. The router takes it out and keeps it in [`RouteCtx`].
-#[derive(Debug, Clone)]
-pub struct Entered(pub Arc<Generation>);
+pub struct Labels {
+    /// The route (or webhook) name.
+    pub route: Option<Arc<str>>,
+    /// The route's meter, when the request matched a route of the config.
+    pub meter: Option<Arc<RouteMeter>>,
+    /// The provider that answered (or was last tried).
+    pub provider: Option<Arc<str>>,
+}
 
 /// The route a request matched, with the generation it matched in.
 #[derive(Debug, Clone)]
 pub struct RouteCtx {
+    /// The route's metric handles in that generation.
+    pub meter: Arc<RouteMeter>,
     /// The generation the request runs on, start to end.
     pub generation: Arc<Generation>,
     /// The matched route.
@@ -130,6 +215,18 @@ pub struct RouteCtx {
     pub deadline: tokio::time::Instant,
 }
 
-/// The shop connection's peer address.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub std::net::SocketAddr);
+impl RouteCtx {
+    /// `route` of `generation`, bounded by `deadline`, with the route's meter.
+    pub fn new(
+        generation: Arc<Generation>,
+        route: Arc<Route>,
+        deadline: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            meter: generation.meters.route(&route),
+            generation,
+            route,
+            deadline,
+        }
+    }
+}

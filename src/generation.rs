@@ -13,6 +13,7 @@ use crate::config::{Problem, Snapshot};
 use crate::health::States;
 use crate::idempotency::RouteStores;
 use crate::limits::RouteLimits;
+use crate::meters::Meters;
 use crate::metrics::Metrics;
 use crate::retry::RouteBudgets;
 use crate::state::{Pins, Stores};
@@ -39,6 +40,9 @@ pub struct Generation {
     pub state: Arc<Stores>,
     /// Each route's retry budget (kept across reloads while unchanged).
     pub retry_budgets: RouteBudgets,
+    /// Each route's metric handles, made on its first request (never carried over: a reload drops
+    /// the series of what it removed).
+    pub meters: Meters,
     /// SHA-256 of the file's bytes, hex.
     pub sha256: String,
     /// When it was loaded.
@@ -89,6 +93,7 @@ impl Generation {
             pins,
             state: Arc::clone(state),
             retry_budgets: RouteBudgets::build(&snapshot, previous.map(|p| &p.retry_budgets), now),
+            meters: Meters::new(metrics),
             snapshot: Arc::new(snapshot),
             upstreams,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),

@@ -22,6 +22,7 @@ pub mod health;
 pub mod idempotency;
 pub mod layers;
 pub mod limits;
+pub mod meters;
 pub mod metrics;
 pub mod outcome;
 pub mod redact;

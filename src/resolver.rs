@@ -500,11 +500,11 @@ impl Resolver {
         request: &KeptRequest,
         credential: Option<http::HeaderValue>,
     ) -> Tried {
-        let ctx = RouteCtx {
-            generation: Arc::clone(generation),
-            route: Arc::clone(route),
-            deadline: tokio::time::Instant::now() + route.timeout,
-        };
+        let ctx = RouteCtx::new(
+            Arc::clone(generation),
+            Arc::clone(route),
+            tokio::time::Instant::now() + route.timeout,
+        );
         let request_id = format!("resolver-{}", uuid::Uuid::new_v4());
         let result = crate::layers::resend(
             ctx,

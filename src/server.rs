@@ -7,8 +7,9 @@
 //! `preface_timeout` to say which protocol it speaks (the whole HTTP/2 preface), HTTP/1.1 has
 //! `header_read_timeout` for each request head, and an HTTP/2 connection with no request for
 //! `h2_idle_timeout` is closed with a GOAWAY (keep-alive pings close a dead peer's sooner). Every
-//! request carries a [`ListenerCtx`]: its body deadline and the buffer budget. Failed accepts (out of
-//! file descriptors) back off instead of spinning, and are logged at most once per interval.
+//! request carries a [`RequestCtx`] with its peer and [`ListenerCtx`]: its body deadline and the
+//! buffer budget. Failed accepts (out of file descriptors) back off instead of spinning, and are
+//! logged at most once per interval.
 //!
 //! Stopping a server closes its listener at once (new connections are refused), asks every connection
 //! to finish (GOAWAY, or `Connection: close` after the request in flight), and lets in-flight requests
@@ -38,7 +39,7 @@ use tower::{Service, ServiceExt};
 use crate::body::ProxyBody;
 use crate::budget::{BufferBudget, Cutoff, ListenerCtx, REASON_CONNECTIONS};
 use crate::config::{Limits as LimitsConfig, ListenerLimits};
-use crate::ctx::ClientAddr;
+use crate::ctx::RequestCtx;
 use crate::metrics::Metrics;
 
 /// How long the answers to cut requests get to be written before the connections are closed.
@@ -310,13 +311,17 @@ async fn run<S>(
                 let cutoff = Cutoff::new(cut_rx.clone());
                 let body_read_timeout = limits.body_read_timeout;
                 let svc = service.clone().map_request(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    req.extensions_mut().insert(ListenerCtx {
-                        name,
-                        body_deadline: Instant::now() + body_read_timeout,
-                        body_read_timeout,
-                        budget: budget.clone(),
-                        cutoff: cutoff.clone(),
+                    // The one extension the layers fill in place (see `crate::ctx`).
+                    req.extensions_mut().insert(RequestCtx {
+                        client: Some(peer),
+                        listener: Some(ListenerCtx {
+                            name,
+                            body_deadline: Instant::now() + body_read_timeout,
+                            body_read_timeout,
+                            budget: budget.clone(),
+                            cutoff: cutoff.clone(),
+                        }),
+                        ..RequestCtx::default()
                     });
                     req
                 });

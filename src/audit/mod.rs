@@ -20,11 +20,12 @@
 //! - **Flushed on shutdown**: [`Audit::close`] writes everything queued and syncs the file.
 //!
 //! # For layers that write records
-//! The [`Audit`] handle is in every shop request's extensions (a disabled one when `audit:` is not
-//! configured), put there by the audit layer, which also writes the [`ShopRequestRecord`]s:
+//! The [`Audit`] handle is in every shop request's context ([`crate::ctx::RequestCtx`]; a disabled
+//! one when `audit:` is not configured), put there by the audit layer, which also writes the
+//! [`ShopRequestRecord`]s:
 //!
 //! ```ignore
-//! let audit = req.extensions().get::<Audit>().cloned().unwrap_or_default();
+//! let audit = RequestCtx::of(req.extensions()).and_then(|c| c.audit.clone()).unwrap_or_default();
 //! let started = audit.now();
 //! // ... send the attempt ...
 //! audit.record(AttemptRecord {

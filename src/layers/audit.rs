@@ -7,7 +7,6 @@
 //! this layer sits above `Rescue`, so the shop's problem+json answers are recorded too.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,7 +18,7 @@ use crate::audit::{
     content_type, provider_request_id, Audit, Capture, Captured, RecordedBody, ShopRequestRecord,
 };
 use crate::body::ProxyBody;
-use crate::ctx::{RequestId, RequestInfo};
+use crate::ctx::RequestCtx;
 
 /// The header a shop (or the proxy) names the idempotency key with, unless a route says otherwise.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -78,7 +77,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let audit = self.audit.clone();
         let (mut parts, body) = req.into_parts();
-        parts.extensions.insert(audit.clone());
+        RequestCtx::of_mut(&mut parts.extensions).audit = Some(audit.clone());
         if !audit.is_enabled() {
             let fut = self
                 .inner
@@ -90,11 +89,11 @@ where
         let request_slot = audit
             .keeps_bodies()
             .then(|| Captured::slot(content_type(&parts.headers), audit.max_body()));
-        let info = parts.extensions.get::<Arc<RequestInfo>>().cloned();
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .and_then(|r| r.0.to_str().ok())
+        let ctx = RequestCtx::of(&parts.extensions);
+        let info = ctx.and_then(|c| c.info.clone());
+        let request_id = ctx
+            .and_then(|c| c.request_id.as_ref())
+            .and_then(|r| r.to_str().ok())
             .unwrap_or("")
             .to_owned();
         let method = parts.method.clone();

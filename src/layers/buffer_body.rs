@@ -17,8 +17,8 @@ use tower::{Layer, Service};
 
 use super::BoxFuture;
 use crate::body::BoxError;
-use crate::budget::{read_body, ListenerCtx, ReadError, REASON_BUFFERED_BYTES};
-use crate::ctx::RouteCtx;
+use crate::budget::{read_body, ReadError, REASON_BUFFERED_BYTES};
+use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 
 /// Buffers request bodies.
@@ -59,9 +59,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let (limit, deadline, timeout) = req
-                .extensions()
-                .get::<RouteCtx>()
+            let (limit, deadline, timeout) = RequestCtx::of(req.extensions())
+                .and_then(|c| c.route.as_ref())
                 .map(|c| (c.route.max_body, c.deadline, c.route.timeout))
                 .ok_or_else(|| ProxyError::Internal("body read before routing".into()))?;
             let declared = req
@@ -69,12 +68,12 @@ where
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            let listener = req.extensions().get::<ListenerCtx>().cloned();
             let (parts, body) = req.into_parts();
+            let listener = RequestCtx::of(&parts.extensions).and_then(|c| c.listener.as_ref());
             // The route's time bounds the body too: a body still arriving when it runs out (a slow
             // upload that never idles long enough for the listener's deadline) is the shop's 408,
             // not a 504 (nothing was sent to a provider).
-            let read = read_body(body, limit, declared, listener.as_ref());
+            let read = read_body(body, limit, declared, listener);
             let read = tokio::time::timeout_at(deadline, read)
                 .await
                 .unwrap_or(Err(ReadError::Timeout { timeout }));

@@ -10,8 +10,7 @@ use http::Request;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use crate::budget::ListenerCtx;
-use crate::ctx::{RequestInfo, RouteCtx};
+use crate::ctx::{RequestCtx, RequestInfo};
 use crate::error::{ProxyError, Reached};
 
 /// Applies the route timeout.
@@ -45,19 +44,15 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let deadline = req
-            .extensions()
-            .get::<RouteCtx>()
+        let ctx = RequestCtx::of(req.extensions());
+        let deadline = ctx
+            .and_then(|c| c.route.as_ref())
             .map(|c| (c.deadline, c.route.timeout));
         // What the attempt loop knew when the deadline (or the drain) cut it short (it may go on in a
         // task of its own): whether an attempt may have reached a provider.
-        let info = req
-            .extensions()
-            .get::<std::sync::Arc<RequestInfo>>()
-            .cloned();
-        let cutoff = req
-            .extensions()
-            .get::<ListenerCtx>()
+        let info = ctx.and_then(|c| c.info.clone());
+        let cutoff = ctx
+            .and_then(|c| c.listener.as_ref())
             .map(|l| l.cutoff.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {

@@ -106,10 +106,8 @@ pub fn webhook_stack(
         .layer(ObserveLayer::new(metrics))
         .layer(WebhookLayer::new(current, webhooks, Some(listen)))
         .service(tower::service_fn(|req: Request<Incoming>| {
-            let id = req
-                .extensions()
-                .get::<crate::ctx::RequestId>()
-                .map(|r| r.0.clone());
+            let id =
+                crate::ctx::RequestCtx::of(req.extensions()).and_then(|c| c.request_id.clone());
             std::future::ready(Ok::<_, Infallible>(rescue::problem(
                 crate::error::ErrorKind::NoRoute,
                 "no webhook is served at this path",

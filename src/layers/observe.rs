@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use crate::ctx::{RequestId, RequestInfo};
+use crate::ctx::{RequestCtx, RequestInfo};
 use crate::metrics::{Metrics, NONE};
 use crate::redact::redact_text;
 
@@ -62,33 +62,44 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let info = Arc::new(RequestInfo::default());
-        req.extensions_mut().insert(Arc::clone(&info));
+        let ctx = RequestCtx::of_mut(req.extensions_mut());
+        ctx.info = Some(Arc::clone(&info));
+        let request_id = ctx.request_id.clone();
         let method = req.method().clone();
-        let request_id = req.extensions().get::<RequestId>().cloned();
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
             let elapsed = start.elapsed();
-            let route = info.route();
-            let provider = info.provider();
+            let crate::ctx::Labels {
+                route,
+                meter,
+                provider,
+            } = info.labels();
             let route_label = route.as_deref().unwrap_or(NONE);
             let provider_label = provider.as_deref().unwrap_or(NONE);
             let status = result
                 .as_ref()
                 .map(|r| r.status())
                 .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-            metrics
-                .requests_total
-                .with_label_values(&[route_label, provider_label, status.as_str()])
-                .inc();
-            metrics
-                .request_duration_seconds
-                .with_label_values(&[route_label, provider_label])
-                .observe(elapsed.as_secs_f64());
+            match &meter {
+                // A route of the config: its handles, resolved once per generation.
+                Some(m) => m.request(provider.as_deref(), status, elapsed),
+                // No route (404, a webhook): by label.
+                None => {
+                    metrics
+                        .requests_total
+                        .with_label_values(&[route_label, provider_label, status.as_str()])
+                        .inc();
+                    metrics
+                        .request_duration_seconds
+                        .with_label_values(&[route_label, provider_label])
+                        .observe(elapsed.as_secs_f64());
+                }
+            }
             let request_id = request_id
                 .as_ref()
-                .and_then(|r| r.0.to_str().ok())
+                .and_then(|r| r.to_str().ok())
                 .unwrap_or("");
             tracing::info!(
                 target: "switchyard::access",

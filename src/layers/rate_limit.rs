@@ -7,7 +7,7 @@ use http::Request;
 use tower::{Layer, Service};
 
 use crate::config::RateLimitKey;
-use crate::ctx::{ClientAddr, RouteCtx};
+use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -58,14 +58,14 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         use futures_util::future::Either;
-        if let Some(ctx) = req.extensions().get::<RouteCtx>() {
+        let request = RequestCtx::of(req.extensions());
+        if let Some(ctx) = request.and_then(|c| c.route.as_ref()) {
             if let Some(limiter) = ctx.generation.route_limits.get(&ctx.route.name) {
                 let key = match &limiter.config().by {
                     RateLimitKey::None => String::new(),
-                    RateLimitKey::ClientIp => req
-                        .extensions()
-                        .get::<ClientAddr>()
-                        .map(|a| a.0.ip().to_string())
+                    RateLimitKey::ClientIp => request
+                        .and_then(|c| c.client)
+                        .map(|a| a.ip().to_string())
                         .unwrap_or_default(),
                     RateLimitKey::Header(name) => req
                         .headers()

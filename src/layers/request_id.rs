@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use crate::ctx::RequestId;
+use crate::ctx::RequestCtx;
 
 /// The request id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,7 +47,7 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = accepted(req.headers()).unwrap_or_else(generate);
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
-        req.extensions_mut().insert(RequestId(id.clone()));
+        RequestCtx::of_mut(req.extensions_mut()).request_id = Some(id.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;

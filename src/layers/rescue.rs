@@ -8,7 +8,6 @@
 use std::any::Any;
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
@@ -20,7 +19,7 @@ pub mod dialect;
 use super::BoxFuture;
 use crate::body::{full, ProxyBody};
 use crate::config::ErrorDialect;
-use crate::ctx::{Entered, RequestId, RequestInfo};
+use crate::ctx::RequestCtx;
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::metrics::{Metrics, NONE};
 use crate::redact::redact_text;
@@ -216,9 +215,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let info = req.extensions().get::<Arc<RequestInfo>>().cloned();
-        let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
-        let generation = req.extensions().get::<Entered>().map(|e| e.0.clone());
+        let ctx = RequestCtx::of(req.extensions());
+        let info = ctx.and_then(|c| c.info.clone());
+        let request_id = ctx.and_then(|c| c.request_id.clone());
+        let generation = ctx.and_then(|c| c.entered.clone());
         let metrics = self.metrics.clone();
         // A panic below (a bug) becomes a 500 here instead of a dropped connection.
         let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {

@@ -9,7 +9,7 @@ use http::uri::PathAndQuery;
 use http::{header, Request, Uri};
 use tower::{Layer, Service};
 
-use crate::ctx::{Entered, RequestInfo, RouteCtx};
+use crate::ctx::{RequestCtx, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Current;
 use crate::routing::path;
@@ -63,8 +63,8 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::future::Either;
-        let generation = match req.extensions_mut().remove::<Entered>() {
-            Some(Entered(g)) => g,
+        let generation = match RequestCtx::of_mut(req.extensions_mut()).entered.take() {
+            Some(g) => g,
             None => self.current.load_full(),
         };
         if let Err(e) = crate::routing::admissible(req.method(), req.version(), req.headers()) {
@@ -101,15 +101,13 @@ where
                 path: req.uri().path().to_owned(),
             })));
         };
-        if let Some(info) = req.extensions().get::<Arc<RequestInfo>>() {
-            info.set_route(Arc::clone(&route.name));
-        }
         let deadline = tokio::time::Instant::now() + route.timeout;
-        req.extensions_mut().insert(RouteCtx {
-            generation,
-            route,
-            deadline,
-        });
+        let route = RouteCtx::new(generation, route, deadline);
+        let ctx = RequestCtx::of_mut(req.extensions_mut());
+        if let Some(info) = &ctx.info {
+            info.set_route_meter(Arc::clone(&route.meter));
+        }
+        ctx.route = Some(route);
         Either::Left(self.inner.call(req))
     }
 }

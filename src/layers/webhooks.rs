@@ -13,7 +13,7 @@ use tower::{Layer, Service};
 
 use super::BoxFuture;
 use crate::body::{BoxError, ProxyBody};
-use crate::ctx::{ClientAddr, Entered, RequestId, RequestInfo};
+use crate::ctx::RequestCtx;
 use crate::generation::Current;
 use crate::webhooks::{Origin, Webhooks};
 
@@ -78,18 +78,18 @@ where
             .find(|w| w.listen == self.layer.listener && w.path == req.uri().path())
             .cloned();
         let Some(hook) = hook else {
-            req.extensions_mut().insert(Entered(generation));
+            RequestCtx::of_mut(req.extensions_mut()).entered = Some(generation);
             return Box::pin(self.inner.call(req));
         };
-        if let Some(info) = req.extensions().get::<Arc<RequestInfo>>() {
+        let ctx = RequestCtx::of(req.extensions());
+        if let Some(info) = ctx.and_then(|c| c.info.as_ref()) {
             info.set_route(Arc::clone(&hook.name));
         }
         let origin = Origin {
-            peer: req.extensions().get::<ClientAddr>().map(|a| a.0.ip()),
-            request_id: req
-                .extensions()
-                .get::<RequestId>()
-                .and_then(|r| r.0.to_str().ok())
+            peer: ctx.and_then(|c| c.client).map(|a| a.ip()),
+            request_id: ctx
+                .and_then(|c| c.request_id.as_ref())
+                .and_then(|r| r.to_str().ok())
                 .unwrap_or("")
                 .to_owned(),
         };

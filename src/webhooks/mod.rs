@@ -40,7 +40,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::audit::{Audit, BodyDigest, RecordedBody, WebhookRecord};
 use crate::body::{full, BoxError, ProxyBody};
-use crate::budget::{read_body, ListenerCtx, ReadError};
+use crate::budget::{read_body, ReadError};
 use crate::config::{SignatureScheme, Webhook};
 use crate::metrics::Metrics;
 use crate::redact::mask_pans;
@@ -345,7 +345,8 @@ impl Webhooks {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let listener = parts.extensions.get::<ListenerCtx>();
+        let listener =
+            crate::ctx::RequestCtx::of(&parts.extensions).and_then(|c| c.listener.as_ref());
         // `_reserved` holds the body's share of the buffer budget until the event is dealt with.
         let (body, _reserved) = match read_body(body, hook.max_body, declared, listener).await {
             Ok(read) => read,

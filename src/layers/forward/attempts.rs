@@ -296,11 +296,7 @@ impl<S: SendAttempt> Operation<S> {
             }
             sent += 1;
             state.sent = sent;
-            let in_flight = InFlight::start(
-                self.metrics
-                    .upstream_requests_in_flight
-                    .with_label_values(&[&*provider]),
-            );
+            let in_flight = InFlight::start(self.meter.in_flight(&provider));
             let t0 = Instant::now();
             let mut result = self
                 .sender
@@ -323,14 +319,10 @@ impl<S: SendAttempt> Operation<S> {
             let answered_at = Instant::now();
             let latency = answered_at.saturating_duration_since(t0);
             admitted.finish(c.breaker, c.hint, latency, answered_at.into_std());
-            self.metrics
-                .attempt_duration_seconds
-                .with_label_values(&[&*route.name, &*provider])
-                .observe(latency.as_secs_f64());
             if let Some(start) = audited {
                 self.audit.record(
                     start.finish(AttemptEnd {
-                        request_id: &self.request_id,
+                        request_id: self.request_id.to_str().unwrap_or(""),
                         route: &route.name,
                         provider: &provider,
                         attempt: sent,
@@ -347,10 +339,7 @@ impl<S: SendAttempt> Operation<S> {
                 );
             }
             previous_provider = Some(Arc::clone(&provider));
-            self.metrics
-                .attempts_total
-                .with_label_values(&[&*route.name, &*provider, c.class.as_str()])
-                .inc();
+            self.meter.attempt(&provider, c.class, latency);
             if c.class.reached() == Reached::Maybe {
                 unsettled = true;
                 if pin.is_none() {
@@ -691,6 +680,7 @@ routes:
             pins: Arc::new(state.pins(snapshot.pins.ttl, snapshot.pins.max_entries)),
             state,
             retry_budgets: RouteBudgets::build(&snapshot, None, now),
+            meters: crate::meters::Meters::new(metrics),
             snapshot: Arc::new(snapshot),
             sha256: String::new(),
             loaded_at: std::time::SystemTime::now(),
@@ -749,11 +739,8 @@ routes:
         let mut req = Request::new(Bytes::from_static(b"amount=100"));
         *req.method_mut() = method;
         *req.uri_mut() = http::Uri::from_static("/v1/charges");
-        req.extensions_mut().insert(RouteCtx {
-            generation,
-            route,
-            deadline,
-        });
+        crate::ctx::RequestCtx::of_mut(req.extensions_mut()).route =
+            Some(RouteCtx::new(generation, route, deadline));
         Forward::with_sender(metrics, script.clone())
             .call(req)
             .await

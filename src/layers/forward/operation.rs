@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use crate::audit::Audit;
 use crate::body::{full, BoxError, ProxyBody};
 use crate::config::{IdempotencyMode, Route};
-use crate::ctx::{RequestId, RequestInfo, RouteCtx};
+use crate::ctx::{RequestCtx, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Generation;
 use crate::idempotency::{
@@ -18,6 +18,7 @@ use crate::idempotency::{
     StoredAnswer,
 };
 use crate::layers::rescue::{X_SWITCHYARD_ATTEMPTS, X_SWITCHYARD_PROVIDER, X_SWITCHYARD_STATE};
+use crate::meters::RouteMeter;
 use crate::metrics::Metrics;
 use crate::upstream::{headers, ProviderKey, SendAttempt};
 
@@ -230,9 +231,13 @@ impl Drop for Settle<'_> {
 pub(super) struct Operation<S> {
     pub(super) metrics: Metrics,
     pub(super) audit: Audit,
-    pub(super) request_id: String,
+    /// The request id, for the audit's attempt records (shared, not copied: most payments are not
+    /// audited).
+    pub(super) request_id: HeaderValue,
     pub(super) generation: Arc<Generation>,
     pub(super) route: Arc<Route>,
+    /// The route's metric handles.
+    pub(super) meter: Arc<RouteMeter>,
     pub(super) info: Option<Arc<RequestInfo>>,
     pub(super) parts: http::request::Parts,
     pub(super) body: Bytes,
@@ -289,22 +294,21 @@ impl<S: SendAttempt> Operation<S> {
         metrics: Metrics,
         sender: S,
     ) -> Result<Self, ProxyError> {
-        let ctx = req.extensions().get::<RouteCtx>().cloned().ok_or_else(|| {
+        let request = RequestCtx::of(req.extensions());
+        let ctx = request.and_then(|c| c.route.clone()).ok_or_else(|| {
             ProxyError::Internal("request reached forwarding without a route".into())
         })?;
-        let info = req.extensions().get::<Arc<RequestInfo>>().cloned();
-        let audit = req.extensions().get::<Audit>().cloned().unwrap_or_default();
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .and_then(|r| r.0.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
+        let info = request.and_then(|c| c.info.clone());
+        let audit = request.and_then(|c| c.audit.clone()).unwrap_or_default();
+        let request_id = request
+            .and_then(|c| c.request_id.clone())
+            .unwrap_or(HeaderValue::from_static(""));
         let started = tokio::time::Instant::now();
         let deadline = ctx.deadline;
         let (parts, body) = req.into_parts();
         let key = Self::key(&ctx, &parts)?;
-        if let (Some(info), Some(k)) = (&info, &key) {
+        // Only the shop-request audit record reads it back: no copy of the key when there is none.
+        if let (Some(info), Some(k), true) = (&info, &key, audit.is_enabled()) {
             info.set_idempotency_key(Arc::from(k.record.key.as_str()));
         }
         Ok(Self {
@@ -313,6 +317,7 @@ impl<S: SendAttempt> Operation<S> {
             request_id,
             generation: ctx.generation,
             route: ctx.route,
+            meter: ctx.meter,
             info,
             parts,
             body,
@@ -367,10 +372,12 @@ impl<S: SendAttempt> Operation<S> {
         Ok(Self {
             metrics,
             audit,
-            request_id,
+            // The resolver's ids are ASCII (`resolver-` and a UUID); no copy is made of the bytes.
+            request_id: HeaderValue::try_from(request_id).unwrap_or(HeaderValue::from_static("")),
             deadline: ctx.deadline,
             generation: ctx.generation,
             route: ctx.route,
+            meter: ctx.meter,
             info: None,
             parts,
             body: kept.body.clone(),
@@ -450,10 +457,7 @@ impl<S: SendAttempt> Operation<S> {
     }
 
     fn count_idempotency(&self, result: &str) {
-        self.metrics
-            .idempotency_total
-            .with_label_values(&[&*self.route.name, result])
-            .inc();
+        self.meter.idempotency(result);
     }
 
     pub(super) async fn run(self) -> Result<Response<ProxyBody>, ProxyError> {
