@@ -8,7 +8,16 @@ use clap::Parser;
 use loadtest::Options;
 
 fn main() -> ExitCode {
-    let opts = Options::parse();
+    let mut opts = Options::parse();
+    // Made absolute once: the configs written under it name files (nginx's prefix, the abuse
+    // webhook's secret) that each proxy would otherwise read against its own folder, joined twice.
+    match std::path::absolute(&opts.out) {
+        Ok(out) => opts.out = out,
+        Err(e) => {
+            eprintln!("loadtest: --out {}: {e}", opts.out.display());
+            return ExitCode::FAILURE;
+        }
+    }
     // One thread by default: the generator shares the machine with what it measures, and a single
     // thread needs no cross-thread wake-ups per request.
     let mut builder = if opts.threads <= 1 {
