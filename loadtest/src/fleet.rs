@@ -330,12 +330,32 @@ pub async fn start_bare_proxy(
     dir: &Path,
     pidfile: &Path,
 ) -> Result<(Process, SocketAddr)> {
-    let mut cmd = Command::new(bin);
+    spawn_bare_proxy(
+        Command::new(bin),
+        "bare-proxy",
+        upstream,
+        dir,
+        pidfile,
+        START_TIMEOUT,
+    )
+    .await
+}
+
+/// Runs `cmd` (the bare proxy's binary, or a wrapper such as valgrind in front of it) with the
+/// bare proxy's arguments, and waits up to `grace` for the address it listens on.
+pub async fn spawn_bare_proxy(
+    mut cmd: Command,
+    role: &str,
+    upstream: SocketAddr,
+    dir: &Path,
+    pidfile: &Path,
+    grace: Duration,
+) -> Result<(Process, SocketAddr)> {
     cmd.args(["--listen", "127.0.0.1:0", "--upstream"])
         .arg(upstream.to_string());
-    let mut process = Process::spawn("bare-proxy", cmd, dir, pidfile)?;
+    let mut process = Process::spawn(role, cmd, dir, pidfile)?;
     let listen = process
-        .wait_for_line(Stream::Stdout, START_TIMEOUT, |l| {
+        .wait_for_line(Stream::Stdout, grace, |l| {
             l.strip_prefix(crate::bare_proxy::READY_PREFIX)?
                 .trim()
                 .parse::<SocketAddr>()

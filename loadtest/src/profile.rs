@@ -328,19 +328,8 @@ pub async fn run(opts: &Options) -> Result<Vec<PerPayment>> {
         let (bare, dir_, pidfile_) = (&bare, &dir, &pidfile);
         counts.push(
             one_run(&dir, &role.clone(), extra, |out| async move {
-                let mut cmd = under_callgrind(&out, bare);
-                cmd.args(["--listen", "127.0.0.1:0", "--upstream"])
-                    .arg(primary.to_string());
-                let mut process = Process::spawn(&role, cmd, dir_, pidfile_)?;
-                let listen = process
-                    .wait_for_line(Stream::Stdout, VALGRIND_GRACE, |l| {
-                        l.strip_prefix(crate::bare_proxy::READY_PREFIX)?
-                            .trim()
-                            .parse::<SocketAddr>()
-                            .ok()
-                    })
-                    .await?;
-                Ok((process, listen))
+                let cmd = under_callgrind(&out, bare);
+                fleet::spawn_bare_proxy(cmd, &role, primary, dir_, pidfile_, VALGRIND_GRACE).await
             })
             .await?,
         );
