@@ -197,6 +197,7 @@ fn new_pool(p: &Provider, tls: rustls::ClientConfig) -> Result<Pool, String> {
         connector,
         p.scheme.clone(),
         p.authority.clone(),
+        p.connect_timeout,
         p.pool_idle_timeout,
         p.pool_max_idle,
     )

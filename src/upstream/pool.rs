@@ -58,6 +58,9 @@ pub(crate) struct Pool {
 
 struct Shared {
     connector: Connector,
+    /// The whole of a new connection, TCP and TLS handshake: a provider that accepts and then never
+    /// finishes the handshake costs this long, not the route's whole timeout.
+    connect_timeout: Duration,
     scheme: Scheme,
     authority: Authority,
     /// The `Host` header of HTTP/1.1 requests (host, and the port unless the scheme's default).
@@ -93,6 +96,7 @@ impl Pool {
         connector: Connector,
         scheme: Scheme,
         authority: Authority,
+        connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
     ) -> Result<Self, String> {
@@ -103,6 +107,7 @@ impl Pool {
                 scheme,
                 authority,
                 host,
+                connect_timeout,
                 idle_timeout,
                 max_idle,
                 state: Mutex::new(State::default()),
@@ -221,11 +226,17 @@ impl Shared {
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
         let uri = Uri::from_parts(parts).map_err(|e| PoolError::Connect(e.into()))?;
-        let io = self
-            .connector
-            .clone()
-            .oneshot(uri)
+        let io = tokio::time::timeout(self.connect_timeout, self.connector.clone().oneshot(uri))
             .await
+            .map_err(|_| {
+                PoolError::Connect(
+                    format!(
+                        "TCP and TLS connect did not finish within connect_timeout ({:?})",
+                        self.connect_timeout
+                    )
+                    .into(),
+                )
+            })?
             .map_err(PoolError::Connect)?;
         if io.connected().is_negotiated_h2() {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
@@ -450,6 +461,7 @@ mod tests {
             connector,
             Scheme::HTTP,
             authority,
+            Duration::from_secs(1),
             Duration::from_secs(60),
             max_idle,
         )

@@ -321,3 +321,41 @@ async fn a_missing_ca_file_stops_the_start_and_names_the_provider_and_file() {
     assert!(err.contains("providers.psp-missing.tls"), "{err}");
     assert!(err.contains(path_str(&missing)), "{err}");
 }
+
+#[tokio::test]
+async fn a_provider_that_never_finishes_the_tls_handshake_costs_connect_timeout_then_fails_over() {
+    // Accepts TCP and then says nothing: the TLS handshake never finishes. The sockets are held (not
+    // closed) until the test ends, so the proxy sees neither an answer nor a reset.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            sockets.push(tcp);
+        }
+    });
+    let backup = MockProvider::start(|_| Reply::ok(OK_BODY)).await;
+
+    // The route's 3 s deadline ends long before the providers' 30 s attempt timeout: only
+    // connect_timeout (300 ms, TCP and TLS) can free the payment for the backup in time.
+    let yaml = config(
+        &[
+            ("psp-stuck", &format!("https://{stuck}")),
+            ("psp-backup", &backup.url()),
+        ],
+        "connect_timeout: 300ms\ntimeout: 30s",
+        "timeout: 3s",
+    );
+    let proxy = TestProxy::start(&yaml).await;
+    let answer = post_with_key(
+        &proxy.url("/v1/payment_intents"),
+        "order-tls-stuck",
+        PAYMENT,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "body: {}", answer.text());
+    assert_eq!(answer.header("x-switchyard-provider"), Some("psp-backup"));
+    assert_eq!(backup.count(), 1);
+    proxy.shutdown().await;
+    held.abort();
+}
