@@ -349,7 +349,10 @@ fn hyper_bare_proxy() {
     check_run(r, &out);
     fault_window(r);
     let proxy = r.proxy.as_ref().expect("proxy figures");
-    assert!(proxy.cpu_s > 0.0 && proxy.cpu_us_per_request > 0.0);
+    // The kernel counts CPU in ticks of 10 ms, and the bare proxy serves this smoke load in about
+    // that: 0 ticks is a real reading (it failed CI once). That it was read at all is the check.
+    assert!(proxy.cpu_s >= 0.0 && proxy.cpu_us_per_request >= 0.0);
+    assert!(proxy.peak_rss_mib > 0.0, "{proxy:?}");
     assert!(r.processes.iter().any(|(role, _)| role == "bare-proxy"));
     let local = r
         .shop
