@@ -170,10 +170,12 @@ impl QuotaGate {
         let mut waited = Duration::ZERO;
         if let Some(s) = &self.shared {
             loop {
-                match s
-                    .store
-                    .acquire(&s.provider, self.quota.rps, self.quota.burst)
-                    .await
+                // Boxed: a Redis exchange inline would make every payment's future larger.
+                match Box::pin(
+                    s.store
+                        .acquire(&s.provider, self.quota.rps, self.quota.burst),
+                )
+                .await
                 {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(wait)) => {

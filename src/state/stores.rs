@@ -195,7 +195,9 @@ pub enum Records {
     Memory(MemoryStore),
     /// In the local journal.
     Local(Arc<LocalRecords>, Arc<Meter>),
-    /// In Redis.
+    /// In Redis. Its calls' futures are boxed (here and in `Pins`, `Events`): a Redis exchange is
+    /// a network round trip, and inline they would make every payment's future kilobytes larger on
+    /// every backend (moved on each `.await`), where one allocation per call costs nothing beside it.
     Redis(RedisRecords),
     /// In memory, every call written to a log and `attempt` failing when told (tests of the loop).
     #[cfg(test)]
@@ -279,7 +281,7 @@ impl Store for Records {
             Self::Local(s, m) => {
                 metered(m, Op::Begin, s.begin(key, fingerprint, lease, first)).await
             }
-            Self::Redis(s) => s.begin(key, fingerprint, lease, first).await,
+            Self::Redis(s) => Box::pin(s.begin(key, fingerprint, lease, first)).await,
             #[cfg(test)]
             Self::Recording(r) => {
                 r.note(format!("begin:{}", first.map_or("-", |p| &**p)));
@@ -297,7 +299,7 @@ impl Store for Records {
         match self {
             Self::Memory(s) => s.attempt(key, lease, provider).await,
             Self::Local(s, m) => metered(m, Op::Attempt, s.attempt(key, lease, provider)).await,
-            Self::Redis(s) => s.attempt(key, lease, provider).await,
+            Self::Redis(s) => Box::pin(s.attempt(key, lease, provider)).await,
             #[cfg(test)]
             Self::Recording(r) => {
                 if r.refuse_attempts.load(std::sync::atomic::Ordering::SeqCst) {
@@ -319,7 +321,7 @@ impl Store for Records {
         match self {
             Self::Memory(s) => s.finish(key, lease, finish).await,
             Self::Local(s, m) => metered(m, Op::Finish, s.finish(key, lease, finish)).await,
-            Self::Redis(s) => s.finish(key, lease, finish).await,
+            Self::Redis(s) => Box::pin(s.finish(key, lease, finish)).await,
             #[cfg(test)]
             Self::Recording(r) => {
                 r.note(format!("finish:{}", finish_name(&finish)));
@@ -358,7 +360,7 @@ impl Store for Records {
         match self {
             Self::Memory(s) => s.unknowns(limit).await,
             Self::Local(s, _) => s.unknowns(limit).await,
-            Self::Redis(s) => s.unknowns(limit).await,
+            Self::Redis(s) => Box::pin(s.unknowns(limit)).await,
             #[cfg(test)]
             Self::Recording(r) => r.inner.unknowns(limit).await,
         }
@@ -392,7 +394,7 @@ impl PinStore for Pins {
         match self {
             Self::Memory(p) => p.remember(id, provider).await,
             Self::Local(p, m) => metered(m, Op::PinRemember, p.remember(id, provider)).await,
-            Self::Redis(p) => p.remember(id, provider).await,
+            Self::Redis(p) => Box::pin(p.remember(id, provider)).await,
         }
     }
 
@@ -400,7 +402,7 @@ impl PinStore for Pins {
         match self {
             Self::Memory(p) => p.find_any(ids).await,
             Self::Local(p, m) => metered(m, Op::PinFind, p.find_any(ids)).await,
-            Self::Redis(p) => p.find_any(ids).await,
+            Self::Redis(p) => Box::pin(p.find_any(ids)).await,
         }
     }
 }
@@ -421,7 +423,7 @@ impl EventStore for Events {
         match self {
             Self::Memory(e) => e.begin(id).await,
             Self::Local(e, m) => metered(m, Op::EventBegin, e.begin(id)).await,
-            Self::Redis(e) => e.begin(id).await,
+            Self::Redis(e) => Box::pin(e.begin(id)).await,
         }
     }
 
@@ -434,7 +436,7 @@ impl EventStore for Events {
         match self {
             Self::Memory(e) => e.finish(id, token, delivered).await,
             Self::Local(e, m) => metered(m, Op::EventFinish, e.finish(id, token, delivered)).await,
-            Self::Redis(e) => e.finish(id, token, delivered).await,
+            Self::Redis(e) => Box::pin(e.finish(id, token, delivered)).await,
         }
     }
 

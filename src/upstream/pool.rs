@@ -131,7 +131,9 @@ impl Pool {
         loop {
             let (conn, reused) = match self.shared.checkout().await {
                 Some(conn) => (conn, true),
-                None => (self.shared.connect().await?, false),
+                // Boxed: the TCP, TLS and HTTP handshakes' futures are kilobytes, and inline they would
+                // be moved with every attempt's future, new connection or not.
+                None => (Box::pin(self.shared.connect()).await?, false),
             };
             let mut err = match conn {
                 Conn::H1(mut tx) => {
