@@ -5,18 +5,21 @@
 //! Each proxy runs under `valgrind --tool=callgrind` with the loadtest's config (switchyard: the
 //! default policies, [`crate::configs::switchyard_yaml`], with the state backends asked for) in
 //! front of a mock provider of this process (hyper's HTTP/1.1 server answering 200 with a small JSON
-//! body). One keep-alive connection sends [`WARM_UP`] keyed payments, then [`PAYMENTS`] more, one
-//! after another; then the proxy is stopped with SIGTERM and callgrind writes its totals. Each proxy
-//! runs twice, once with only the warm-up, and the per-payment figures are the differences divided by
-//! [`PAYMENTS`], so start-up, warm-up and shutdown cancel out:
+//! body). One keep-alive connection sends [`WARM_UP`] keyed payments; then callgrind's counters are
+//! zeroed (`callgrind_control --zero`), [`PAYMENTS`] more are sent one after another, and the counters
+//! are dumped (`callgrind_control --dump`). The per-payment figures are the dump's totals divided by
+//! [`PAYMENTS`]: start-up, warm-up and shutdown are outside the window. (An earlier version ran each
+//! proxy twice and subtracted; once-per-process work whose length depends on timing, such as the
+//! clock calibration of `quanta`, then fell into the difference, by up to 7k instructions per
+//! payment.)
 //! - instructions: callgrind's `Ir` total over every thread of the proxy;
 //! - allocations: calls to the C allocator's `malloc`, `calloc`, `realloc`, `posix_memalign`,
 //!   `aligned_alloc` and `memalign` (what Rust's global allocator calls), or jemalloc's (switchyard's
 //!   binary), from callgrind's call counts.
 //!
 //! Only the proxy runs under valgrind: the client and the mock provider are not counted. What runs
-//! on a timer in the proxy (health checks every second) falls partly into the difference: the
-//! longer run lasts a few seconds more under valgrind, so a few probes more (about 1 % of the figure).
+//! on a timer in the proxy (health checks every second) is counted when it falls in the window: a
+//! few probes over its few seconds under valgrind (about 1 % of the figure).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -90,12 +93,12 @@ pub struct PerPayment {
 }
 
 impl PerPayment {
-    fn from_runs(target: String, short: Counts, long: Counts) -> Self {
-        let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / PAYMENTS as f64;
+    fn from_window(target: String, window: Counts) -> Self {
+        let per = |n: u64| n as f64 / PAYMENTS as f64;
         Self {
             target,
-            instructions: per(short.instructions, long.instructions),
-            allocations: per(short.allocations, long.allocations),
+            instructions: per(window.instructions),
+            allocations: per(window.allocations),
         }
     }
 }
@@ -224,26 +227,50 @@ fn under_callgrind(out: &Path, program: &Path) -> Command {
     cmd
 }
 
-/// Runs `proxy` (started by `start`, which returns the process and its shop address), sends
-/// [`WARM_UP`] and `extra` payments, stops it and reads callgrind's file.
-async fn one_run<F, Fut>(dir: &Path, role: &str, extra: u64, start: F) -> Result<Counts>
+/// Runs `callgrind_control` with `args` for the proxy `pid`.
+fn callgrind_control(role: &str, pid: u32, what: &str) -> Result<()> {
+    let out = Command::new("callgrind_control")
+        .arg(format!("--{what}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| err!("{role}: callgrind_control --{what}: {e}"))?;
+    if !out.status.success() {
+        return Err(err!(
+            "{role}: callgrind_control --{what} {pid} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a proxy (started by `start`, which returns the process and its shop address): [`WARM_UP`]
+/// payments, the counters zeroed, [`PAYMENTS`] payments, the counters dumped; then stops it and
+/// reads the dump.
+async fn one_run<F, Fut>(dir: &Path, role: &str, start: F) -> Result<Counts>
 where
     F: FnOnce(PathBuf) -> Fut,
     Fut: std::future::Future<Output = Result<(Process, SocketAddr)>>,
 {
     let out = dir.join(format!("{role}.callgrind"));
+    // The dump of the window: callgrind numbers the dumps it is asked for, from 1.
+    let window = dir.join(format!("{role}.callgrind.1"));
     let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&window);
     let (mut process, listen) = start(out.clone()).await?;
-    pay(listen, role, WARM_UP + extra).await?;
+    pay(listen, &format!("{role}-warm"), WARM_UP).await?;
+    callgrind_control(role, process.pid(), "zero")?;
+    pay(listen, &format!("{role}-counted"), PAYMENTS).await?;
+    callgrind_control(role, process.pid(), "dump")?;
     if !process.stop(VALGRIND_GRACE) {
         return Err(err!(
             "{role} did not stop within {VALGRIND_GRACE:?}: {}",
             process.log_tail()
         ));
     }
-    let text = std::fs::read_to_string(&out)
-        .map_err(|e| err!("{role}: no callgrind output {}: {e}", out.display()))?;
-    parse_callgrind(&text).map_err(|e| err!("{role}: {}: {e}", out.display()))
+    let text = std::fs::read_to_string(&window)
+        .map_err(|e| err!("{role}: no callgrind dump {}: {e}", window.display()))?;
+    parse_callgrind(&text).map_err(|e| err!("{role}: {}: {e}", window.display()))
 }
 
 /// Profiles switchyard on each state backend of `--state` (default: `memory`, the loadtest's default,
@@ -267,78 +294,58 @@ pub async fn run(opts: &Options) -> Result<Vec<PerPayment>> {
     let mut results = Vec::new();
     for state in states {
         let target = format!("switchyard (state {})", state.name());
-        let mut counts = Vec::new();
-        for (i, extra) in [0, PAYMENTS].into_iter().enumerate() {
-            let role = format!("switchyard-{}-{i}", state.name());
-            let config = dir.join(format!("{role}.yaml"));
-            let state_dir = dir.join(format!("{role}.state"));
-            let _ = std::fs::remove_dir_all(&state_dir);
-            let backend = match state {
-                StateArg::Memory => State::Memory,
-                StateArg::Local => State::Local {
-                    dir: state_dir.display().to_string(),
-                },
-                StateArg::Redis => {
-                    return Err("--profile measures the memory and local backends".into())
-                }
-            };
-            let upstreams = Upstreams {
-                primary: (opts.primary.clone(), primary),
-                backup: (opts.backup.clone(), backup),
-                attempt_timeout: configs::ATTEMPT_TIMEOUT,
-                route_extra: opts.route_extra.clone(),
-                config_extra: opts.config_extra.clone(),
-            };
-            std::fs::write(&config, configs::switchyard_yaml(&upstreams, &backend, 0))?;
-            if !opts.quiet {
-                eprintln!(
-                    "loadtest: profile: {target}, {} payments ...",
-                    WARM_UP + extra
-                );
+        let role = format!("switchyard-{}", state.name());
+        let config = dir.join(format!("{role}.yaml"));
+        let state_dir = dir.join(format!("{role}.state"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let backend = match state {
+            StateArg::Memory => State::Memory,
+            StateArg::Local => State::Local {
+                dir: state_dir.display().to_string(),
+            },
+            StateArg::Redis => {
+                return Err("--profile measures the memory and local backends".into())
             }
-            let (switchyard, dir_, pidfile_) = (&switchyard, &dir, &pidfile);
-            counts.push(
-                one_run(&dir, &role.clone(), extra, |out| async move {
-                    let mut cmd = under_callgrind(&out, switchyard);
-                    cmd.arg("run")
-                        .arg("--config")
-                        .arg(&config)
-                        .args(["--log-format", "json"])
-                        .env("RUST_LOG", "warn,switchyard::app=info");
-                    let mut process = Process::spawn(&role, cmd, dir_, pidfile_)?;
-                    let (listen, _) = process
-                        .wait_for_line(Stream::Stderr, VALGRIND_GRACE, fleet::serving_line)
-                        .await?;
-                    Ok((process, listen))
-                })
-                .await?,
-            );
-        }
-        results.push(PerPayment::from_runs(target, counts[0], counts[1]));
-    }
-    let mut counts = Vec::new();
-    for (i, extra) in [0, PAYMENTS].into_iter().enumerate() {
-        let role = format!("bare-proxy-{i}");
+        };
+        let upstreams = Upstreams {
+            primary: (opts.primary.clone(), primary),
+            backup: (opts.backup.clone(), backup),
+            attempt_timeout: configs::ATTEMPT_TIMEOUT,
+            route_extra: opts.route_extra.clone(),
+            config_extra: opts.config_extra.clone(),
+        };
+        std::fs::write(&config, configs::switchyard_yaml(&upstreams, &backend, 0))?;
         if !opts.quiet {
-            eprintln!(
-                "loadtest: profile: bare hyper proxy, {} payments ...",
-                WARM_UP + extra
-            );
+            eprintln!("loadtest: profile: {target} ...");
         }
-        let (bare, dir_, pidfile_) = (&bare, &dir, &pidfile);
-        counts.push(
-            one_run(&dir, &role.clone(), extra, |out| async move {
-                let cmd = under_callgrind(&out, bare);
-                fleet::spawn_bare_proxy(cmd, &role, primary, dir_, pidfile_, VALGRIND_GRACE).await
-            })
-            .await?,
-        );
+        let (switchyard, dir_, pidfile_) = (&switchyard, &dir, &pidfile);
+        let window = one_run(&dir, &role.clone(), |out| async move {
+            let mut cmd = under_callgrind(&out, switchyard);
+            cmd.arg("run")
+                .arg("--config")
+                .arg(&config)
+                .args(["--log-format", "json"])
+                .env("RUST_LOG", "warn,switchyard::app=info");
+            let mut process = Process::spawn(&role, cmd, dir_, pidfile_)?;
+            let (listen, _) = process
+                .wait_for_line(Stream::Stderr, VALGRIND_GRACE, fleet::serving_line)
+                .await?;
+            Ok((process, listen))
+        })
+        .await?;
+        results.push(PerPayment::from_window(target, window));
     }
-    results.push(PerPayment::from_runs(
-        "bare hyper proxy".into(),
-        counts[0],
-        counts[1],
-    ));
+    let role = "bare-proxy".to_owned();
+    if !opts.quiet {
+        eprintln!("loadtest: profile: bare hyper proxy ...");
+    }
+    let (bare, dir_, pidfile_) = (&bare, &dir, &pidfile);
+    let window = one_run(&dir, &role.clone(), |out| async move {
+        let cmd = under_callgrind(&out, bare);
+        fleet::spawn_bare_proxy(cmd, &role, primary, dir_, pidfile_, VALGRIND_GRACE).await
+    })
+    .await?;
+    results.push(PerPayment::from_window("bare hyper proxy".into(), window));
     Ok(results)
 }
 
@@ -391,17 +398,13 @@ mod tests {
     }
 
     #[test]
-    fn per_payment_is_the_difference_of_the_runs() {
-        let short = Counts {
-            instructions: 1_000_000,
-            allocations: 500,
+    fn per_payment_is_the_window_divided_by_its_payments() {
+        let window = Counts {
+            instructions: 90_000 * PAYMENTS,
+            allocations: 60 * PAYMENTS + PAYMENTS / 2,
         };
-        let long = Counts {
-            instructions: 1_000_000 + 90_000 * PAYMENTS,
-            allocations: 500 + 60 * PAYMENTS,
-        };
-        let p = PerPayment::from_runs("x".into(), short, long);
+        let p = PerPayment::from_window("x".into(), window);
         assert_eq!(p.instructions, 90_000.0);
-        assert_eq!(p.allocations, 60.0);
+        assert_eq!(p.allocations, 60.5);
     }
 }
