@@ -140,13 +140,36 @@ pub fn answer_id(body: &[u8]) -> Option<Cow<'_, str>> {
     // Only the top-level "id" is read: no tree of the whole answer is built on the request path.
     #[derive(serde::Deserialize)]
     struct Answer<'a> {
-        #[serde(borrow)]
-        id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        id: Option<Id<'a>>,
     }
-    let Ok(Answer { id: Some(id) }) = serde_json::from_slice::<Answer<'_>>(body) else {
+    let Ok(Answer { id: Some(Id(id)) }) = serde_json::from_slice::<Answer<'_>>(body) else {
         return None;
     };
     (id.len() >= MIN_ID_LEN && id.bytes().all(is_id_byte)).then_some(id)
+}
+
+/// A JSON string borrowed from the answer when it has no escapes (serde's `Cow<str>` inside an
+/// `Option` is always copied), copied only when it has.
+struct Id<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Id<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Id<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Id<'de>, E> {
+                Ok(Id(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Id<'de>, E> {
+                Ok(Id(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Visit)
+    }
 }
 
 /// A store of object pins: object id → provider, each for the store's ttl.
@@ -394,6 +417,16 @@ mod tests {
         assert_eq!(answer_id(br#"{"id":"has space 12345"}"#), None);
         assert_eq!(answer_id(br#"{"data":{"id":"pi_nested_123"}}"#), None);
         assert_eq!(answer_id(b"not json"), None);
+        assert_eq!(answer_id(br#"{"id":null}"#), None);
+        assert_eq!(answer_id(br#"{"id":12345678}"#), None);
+        assert_eq!(answer_id(br#"{"object":"charge"}"#), None);
+        // Borrowed from the answer when it can be; an escaped id is decoded (and copied).
+        let body = br#"{"id":"ch_plain_123"}"#;
+        assert!(matches!(answer_id(body), Some(Cow::Borrowed("ch_plain_123"))));
+        assert_eq!(
+            answer_id(br#"{"id":"ch_\u0031escaped"}"#).as_deref(),
+            Some("ch_1escaped")
+        );
     }
 
     #[test]

@@ -45,23 +45,30 @@ fn is_end_to_end_for_us(name: &HeaderName) -> bool {
         || name.as_str() == "x-request-id"
 }
 
+/// The headers the `Connection` header names (and the proxy does not rely on end to end): they are
+/// hop-by-hop too. Nothing is allocated when there are none, as in most requests.
+fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for name in value.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(name.trim().as_bytes()) {
+                if !named.contains(&name) && !is_end_to_end_for_us(&name) {
+                    named.push(name);
+                }
+            }
+        }
+    }
+    named
+}
+
 /// Removes every header for which `drop` holds, plus those the `Connection` header names. One pass over
 /// the names (a `HeaderName` is already lower case); nothing is allocated unless something goes.
 fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut doomed = named_by_connection(headers);
     for name in headers.keys() {
         if drop(name) && !doomed.contains(name) {
             doomed.push(name.clone());
-        }
-    }
-    for value in headers.get_all(header::CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for named in value.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(named.trim().as_bytes()) {
-                if !doomed.contains(&name) && !is_end_to_end_for_us(&name) {
-                    doomed.push(name);
-                }
-            }
         }
     }
     for name in doomed {
@@ -74,17 +81,38 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, |n| is_hop_by_hop(n.as_str()));
 }
 
-/// Prepares the shop's headers for a provider: hop-by-hop and shop-private headers removed, `Host`
-/// removed (the client sets it from the provider URL), and credentials removed when `replace_auth`
-/// names the header the sidecar will set.
+/// Whether a header of the shop's stays off a provider request: hop-by-hop, shop-private, `Host`
+/// (the client sets it from the provider URL), and credentials when `replace_auth` names the header the
+/// sidecar will set.
+fn not_for_provider(name: &HeaderName, replace_auth: Option<&HeaderName>) -> bool {
+    name == header::HOST
+        || is_hop_by_hop(name.as_str())
+        || is_shop_private(name.as_str())
+        || replace_auth.is_some_and(|auth| name == header::AUTHORIZATION || name == auth)
+}
+
+/// Prepares the shop's headers for a provider, in place: see [`copy_for_provider`].
 pub fn for_provider(headers: &mut HeaderMap, replace_auth: Option<&HeaderName>) {
-    // Every shop request has a Host: removed by its constant, the common case allocates nothing.
-    headers.remove(header::HOST);
-    remove_where(headers, |n| {
-        is_hop_by_hop(n.as_str())
-            || is_shop_private(n.as_str())
-            || replace_auth.is_some_and(|auth| n == header::AUTHORIZATION || n == auth)
-    });
+    remove_where(headers, |n| not_for_provider(n, replace_auth));
+}
+
+/// The shop's headers as a provider gets them, in a new map with room for `room` more (the
+/// credential, the idempotency key) that will not grow: the same headers [`for_provider`] keeps, in
+/// their order, copied one by one (names and values share their bytes with the shop's) rather than
+/// cloned whole and then removed from.
+pub fn copy_for_provider(
+    shop: &HeaderMap,
+    replace_auth: Option<&HeaderName>,
+    room: usize,
+) -> HeaderMap {
+    let named = named_by_connection(shop);
+    let mut out = HeaderMap::with_capacity(shop.len() + room);
+    for (name, value) in shop {
+        if !not_for_provider(name, replace_auth) && !named.contains(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -176,5 +204,37 @@ mod tests {
             h["authorization"], "Bearer shop-key",
             "kept when the sidecar injects none"
         );
+    }
+
+    #[test]
+    fn the_copy_for_a_provider_keeps_what_the_in_place_cleaning_keeps() {
+        let shop = map(&[
+            ("host", "sidecar"),
+            ("connection", "keep-alive, x-secret-hop, x-request-id"),
+            ("x-secret-hop", "1"),
+            ("authorization", "Bearer shop"),
+            ("x-api-key", "shop"),
+            ("cookie", "s=1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("content-type", "application/json"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("x-request-id", "r-1"),
+            ("idempotency-key", "k-1"),
+        ]);
+        let auth = HeaderName::from_static("x-api-key");
+        for replace in [None, Some(&auth)] {
+            let mut in_place = shop.clone();
+            for_provider(&mut in_place, replace);
+            let copy = copy_for_provider(&shop, replace, 2);
+            assert_eq!(copy, in_place, "replace_auth {replace:?}");
+            let values: Vec<_> = copy.get_all("accept").iter().collect();
+            assert_eq!(values, ["a", "b"], "multi-valued headers keep their order");
+            assert!(copy.capacity() >= copy.len() + 2, "room for the credential and the key");
+        }
+        let copy = copy_for_provider(&shop, Some(&auth), 0);
+        assert!(!copy.contains_key("authorization") && !copy.contains_key("x-api-key"));
+        assert!(copy.contains_key("x-request-id"), "Connection may not name it away");
+        assert!(!copy.contains_key("x-secret-hop") && !copy.contains_key("host"));
     }
 }
