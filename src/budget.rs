@@ -8,14 +8,19 @@
 //! the budget when dropped, so the total held by all requests together never passes
 //! `limits.max_buffered_bytes`, whatever many slow or large uploads are open at once.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::Body;
-use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
 use prometheus::{IntCounterVec, IntGauge};
+use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::body::BoxError;
 
@@ -140,20 +145,22 @@ impl Drop for Reservation {
 }
 
 /// Resolves when the server's drain timeout has run out while the request was in flight.
+///
+/// A cancellation token rather than a `watch` channel: its wait is a named future
+/// ([`WaitForCancellationFutureOwned`]), so the `Deadline` layer can hold it without a box.
 #[derive(Debug, Clone)]
-pub struct Cutoff(tokio::sync::watch::Receiver<bool>);
+pub struct Cutoff(CancellationToken);
 
 impl Cutoff {
-    /// A cutoff that comes when `cut` turns true.
-    pub fn new(cut: tokio::sync::watch::Receiver<bool>) -> Self {
+    /// A cutoff that comes when `cut` is cancelled; never, if it is dropped without being cancelled
+    /// (the server is gone already).
+    pub fn new(cut: CancellationToken) -> Self {
         Self(cut)
     }
 
-    /// Waits until requests in flight must be cut; never, when the server is gone already.
-    pub async fn cut(mut self) {
-        if self.0.wait_for(|cut| *cut).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+    /// Waits until requests in flight must be cut.
+    pub fn cut(&self) -> WaitForCancellationFutureOwned {
+        self.0.clone().cancelled_owned()
     }
 }
 
@@ -198,89 +205,149 @@ pub enum ReadError {
 /// Reads `body` in full, up to `limit` bytes (a `declared` length over it is refused before reading),
 /// reserving every byte from the budget of `ctx` and giving up at its body deadline. Without a `ctx`
 /// (a service used outside a listener) only the limit applies.
-pub async fn read_body<B>(
+///
+/// A named future ([`ReadBody`]), so that the `BufferBody` layer holds it without a box.
+pub fn read_body<B>(
     body: B,
     limit: usize,
     declared: Option<u64>,
     ctx: Option<&ListenerCtx>,
-) -> Result<(Bytes, Option<Reservation>), ReadError>
+) -> ReadBody<B>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
+    let mut refused = None;
+    let mut reservation = None;
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ReadError::TooLarge { limit });
+        refused = Some(ReadError::TooLarge { limit });
+    } else {
+        reservation = ctx.map(|c| c.budget.reservation(c.name));
+        if let (Some(r), Some(n)) = (reservation.as_mut(), declared) {
+            // Known up front: take it all now, so a burst of large uploads is refused before any
+            // is read.
+            refused = r.grow(n as usize).err().map(ReadError::from);
+        }
     }
-    let mut reservation = ctx.map(|c| c.budget.reservation(c.name));
-    if let (Some(r), Some(n)) = (reservation.as_mut(), declared) {
-        // Known up front: take it all now, so a burst of large uploads is refused before any is read.
-        r.grow(n as usize)?;
+    ReadBody {
+        body,
+        deadline: ctx.map(|c| tokio::time::sleep_until(c.body_deadline)),
+        timeout: ctx.map_or(Duration::ZERO, |c| c.body_read_timeout),
+        refused,
+        reservation,
+        collected: Collected {
+            limit,
+            declared,
+            ..Collected::default()
+        },
     }
-    let read = collect(body, limit, declared, &mut reservation);
-    let bytes = match ctx {
-        Some(c) => tokio::time::timeout_at(c.body_deadline, read)
-            .await
-            .map_err(|_| ReadError::Timeout {
-                timeout: c.body_read_timeout,
-            })??,
-        None => read.await?,
-    };
-    Ok((bytes, reservation))
 }
 
-/// Reads the frames into one buffer. With a declared length the buffer is allocated once at that size:
-/// growing it by doubling would hold up to twice the bytes for a while, and leave the allocator with
-/// freed blocks of every size.
-async fn collect<B>(
-    body: B,
-    limit: usize,
-    declared: Option<u64>,
-    reservation: &mut Option<Reservation>,
-) -> Result<Bytes, ReadError>
+pin_project! {
+    /// The future of [`read_body`]: the body's bytes and their reservation.
+    pub struct ReadBody<B> {
+        #[pin]
+        body: B,
+        #[pin]
+        deadline: Option<Sleep>,
+        timeout: Duration,
+        refused: Option<ReadError>,
+        reservation: Option<Reservation>,
+        collected: Collected,
+    }
+}
+
+impl<B> Future for ReadBody<B>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
-    let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ReadError::Failed(e.into()))?;
-        let Ok(mut data) = frame.into_data() else {
-            continue; // trailers
-        };
-        // Zero-copy for hyper's `Bytes` chunks.
-        let data = data.copy_to_bytes(data.remaining());
-        if data.is_empty() {
-            continue;
+    type Output = Result<(Bytes, Option<Reservation>), ReadError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(refused) = this.refused.take() {
+            return Poll::Ready(Err(refused));
         }
-        len += data.len();
-        if len > limit {
-            return Err(ReadError::TooLarge { limit });
-        }
-        if let Some(r) = reservation.as_mut() {
-            if len > r.held() {
-                r.grow(len - r.held())?;
+        // The frames that are there first, then the deadline (as `tokio::time::timeout` does).
+        loop {
+            match this.body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(mut data) = frame.into_data() else {
+                        continue; // trailers
+                    };
+                    // Zero-copy for hyper's `Bytes` chunks.
+                    let data = data.copy_to_bytes(data.remaining());
+                    this.collected.push(data, this.reservation)?;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(ReadError::Failed(e.into()))),
+                Poll::Ready(None) => {
+                    let bytes = std::mem::take(this.collected).into_bytes();
+                    return Poll::Ready(Ok((bytes, this.reservation.take())));
+                }
+                Poll::Pending => break,
             }
         }
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
+        match this.deadline.as_pin_mut().map(|d| d.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(ReadError::Timeout {
+                timeout: *this.timeout,
+            })),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// The frames read so far, in one buffer. With a declared length the buffer is allocated once at
+/// that size: growing it by doubling would hold up to twice the bytes for a while, and leave the
+/// allocator with freed blocks of every size.
+#[derive(Default)]
+struct Collected {
+    limit: usize,
+    declared: Option<u64>,
+    /// The first chunk, kept as it came (a body of one chunk is never copied).
+    first: Option<Bytes>,
+    /// The chunks from the second on, with the first copied in front.
+    rest: Option<BytesMut>,
+    len: usize,
+}
+
+impl Collected {
+    /// Adds `data`, reserving its bytes first.
+    fn push(&mut self, data: Bytes, reservation: &mut Option<Reservation>) -> Result<(), ReadError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.len += data.len();
+        if self.len > self.limit {
+            return Err(ReadError::TooLarge { limit: self.limit });
+        }
+        if let Some(r) = reservation.as_mut() {
+            if self.len > r.held() {
+                r.grow(self.len - r.held())?;
+            }
+        }
+        match (&mut self.first, &mut self.rest) {
+            (None, _) => self.first = Some(data),
             (Some(f), None) => {
-                let expected = declared.map_or(0, |n| n as usize).min(limit);
+                let expected = self.declared.map_or(0, |n| n as usize).min(self.limit);
                 let mut buf = BytesMut::with_capacity(expected.max(f.len() + data.len()));
                 buf.extend_from_slice(f);
                 buf.extend_from_slice(&data);
-                rest = Some(buf);
+                self.rest = Some(buf);
             }
             (Some(_), Some(buf)) => buf.extend_from_slice(&data),
         }
+        Ok(())
     }
-    Ok(match (first, rest) {
-        (_, Some(buf)) => buf.freeze(),
-        (Some(f), None) => f,
-        (None, None) => Bytes::new(),
-    })
+
+    /// The whole body.
+    fn into_bytes(self) -> Bytes {
+        match (self.first, self.rest) {
+            (_, Some(buf)) => buf.freeze(),
+            (Some(f), None) => f,
+            (None, None) => Bytes::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -300,7 +367,7 @@ mod tests {
             body_deadline: tokio::time::Instant::now() + within,
             body_read_timeout: within,
             budget: budget.clone(),
-            cutoff: Cutoff::new(tokio::sync::watch::channel(false).1),
+            cutoff: Cutoff::new(CancellationToken::new()),
         }
     }
 

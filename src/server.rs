@@ -251,7 +251,7 @@ async fn run<S>(
     let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(Semaphore::new(max as usize));
     let (phase, phase_rx) = watch::channel(Phase::Serving);
-    let (cut, cut_rx) = watch::channel(false);
+    let cut = tokio_util::sync::CancellationToken::new();
     let gauge = shared
         .metrics
         .listener_connections
@@ -308,7 +308,7 @@ async fn run<S>(
                 };
                 let _ = stream.set_nodelay(true);
                 let budget = shared.budget.clone();
-                let cutoff = Cutoff::new(cut_rx.clone());
+                let cutoff = Cutoff::new(cut.clone());
                 let body_read_timeout = limits.body_read_timeout;
                 let svc = service.clone().map_request(move |mut req: Request<Incoming>| {
                     // The one extension the layers fill in place (see `crate::ctx`).
@@ -386,7 +386,7 @@ async fn run<S>(
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(server = name, ?drain, "drain timeout reached; answering the requests still in flight and closing");
             let _ = phase.send(Phase::Cut);
-            let _ = cut.send(true);
+            cut.cancel();
             let _ = tokio::time::timeout(CUT_GRACE, all_closed()).await;
             let _ = phase.send(Phase::Closed);
             let _ = tokio::time::timeout(Duration::from_millis(100), all_closed()).await;

@@ -87,12 +87,14 @@ const PAYMENTS: u64 = 200;
 const WARM_UP: u64 = 50;
 
 /// The most allocations per payment the sidecar may make. Issue 16 asks for 25 (its goal is 20);
-/// the sidecar measured 54.02 when the guard was written, and 37.02 since its own provider pool
-/// replaced hyper-util's legacy client, one request context replaced seven extensions and provider
-/// connections dropped their `HttpInfo`, so the limit is that figure plus 2, rounded up, until the
-/// remaining cuts (named futures in the layers, the provider request's header copy) bring it under
-/// 25: lower it with every cut.
-const LIMIT: f64 = 40.0;
+/// the sidecar measured 54.02 when the guard was written; 37.02 once its own provider pool replaced
+/// hyper-util's legacy client, one request context replaced seven extensions and provider
+/// connections dropped their `HttpInfo`; 28.02 once six layers' futures were named instead of boxed,
+/// the body read became a named future too, the provider's headers were copied into a map with room
+/// for what the sidecar adds and the answer's object id was borrowed. The limit is that figure plus 2,
+/// until the remaining cuts (the request context outside `http::Extensions`) bring it under 25: lower
+/// it with every cut.
+const LIMIT: f64 = 30.0;
 
 /// The mock provider's answer body.
 const CHARGE: &[u8] = br#"{"id":"ch_1","object":"charge","paid":1}"#;

@@ -7,10 +7,13 @@
 //! this layer sits above `Rescue`, so the shop's problem+json answers are recorded too.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{HeaderMap, Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
@@ -68,7 +71,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -79,10 +82,11 @@ where
         let (mut parts, body) = req.into_parts();
         RequestCtx::of_mut(&mut parts.extensions).audit = Some(audit.clone());
         if !audit.is_enabled() {
-            let fut = self
-                .inner
-                .call(Request::from_parts(parts, Capture::plain(body)));
-            return Box::pin(fut);
+            return ResponseFuture::Plain {
+                inner: self
+                    .inner
+                    .call(Request::from_parts(parts, Capture::plain(body))),
+            };
         }
         let started = Instant::now();
         let timestamp = audit.now();
@@ -104,7 +108,7 @@ where
         let key = header_text(&parts.headers, IDEMPOTENCY_KEY);
         let body = Capture::new(body, request_slot.clone(), None);
         let fut = self.inner.call(Request::from_parts(parts, body));
-        Box::pin(async move {
+        let recorded = Box::pin(async move {
             let Ok(resp) = fut.await;
             let latency = started.elapsed();
             let (route, provider, error, operation_key) = match &info {
@@ -149,6 +153,38 @@ where
                 .into()
             });
             Ok(Response::from_parts(parts, body))
-        })
+        });
+        ResponseFuture::Recorded { recorded }
+    }
+}
+
+pin_project! {
+    /// The future of [`AuditShop`]: the answer as it is, when the audit is off (no allocation); the
+    /// answer with its record, when it is on (boxed).
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        /// The audit is off.
+        Plain {
+            #[pin]
+            inner: F,
+        },
+        /// The answer, recorded.
+        Recorded {
+            recorded: BoxFuture<Result<Response<ProxyBody>, Infallible>>,
+        },
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Plain { inner } => inner.poll(cx),
+            Proj::Recorded { recorded } => recorded.as_mut().poll(cx),
+        }
     }
 }

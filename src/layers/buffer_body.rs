@@ -8,16 +8,20 @@
 //! `overloaded`, one that does not arrive by the listener's body deadline (or within the route's
 //! `timeout`, whichever comes first) 408 `body_timeout`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request};
 use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower::{Layer, Service};
 
-use super::BoxFuture;
 use crate::body::BoxError;
-use crate::budget::{read_body, ReadError, REASON_BUFFERED_BYTES};
+use crate::budget::{read_body, ReadBody, ReadError, Reservation, REASON_BUFFERED_BYTES};
 use crate::ctx::RequestCtx;
 use crate::error::ProxyError;
 
@@ -40,15 +44,13 @@ pub struct BufferBody<S> {
 
 impl<S, B> Service<Request<B>> for BufferBody<S>
 where
-    S: Service<Request<Bytes>, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    S: Service<Request<Bytes>, Error = ProxyError> + Clone,
+    B: Body,
     B::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<S::Response, ProxyError>>;
+    type Future = ResponseFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -57,47 +59,143 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // The ready clone is the one we call later; the fresh clone stays behind (tower's idiom).
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let (limit, deadline, timeout) = RequestCtx::of(req.extensions())
-                .and_then(|c| c.route.as_ref())
-                .map(|c| (c.route.max_body, c.deadline, c.route.timeout))
-                .ok_or_else(|| ProxyError::Internal("body read before routing".into()))?;
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            let (parts, body) = req.into_parts();
-            let listener = RequestCtx::of(&parts.extensions).and_then(|c| c.listener.as_ref());
-            // The route's time bounds the body too: a body still arriving when it runs out (a slow
-            // upload that never idles long enough for the listener's deadline) is the shop's 408,
-            // not a 504 (nothing was sent to a provider).
-            let read = read_body(body, limit, declared, listener);
-            let read = tokio::time::timeout_at(deadline, read)
-                .await
-                .unwrap_or(Err(ReadError::Timeout { timeout }));
-            let (bytes, _reserved) = match read {
-                Ok(read) => read,
-                Err(ReadError::TooLarge { limit }) => {
-                    return Err(ProxyError::BodyTooLarge { limit })
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let ctx = RequestCtx::of(req.extensions());
+        let Some((limit, deadline, timeout)) = ctx
+            .and_then(|c| c.route.as_ref())
+            .map(|c| (c.route.max_body, c.deadline, c.route.timeout))
+        else {
+            let err = ProxyError::Internal("body read before routing".into());
+            return ResponseFuture {
+                state: State::Refused { err: Some(err) },
+            };
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let (parts, body) = req.into_parts();
+        let listener = RequestCtx::of(&parts.extensions).and_then(|c| c.listener.as_ref());
+        let read = read_body(body, limit, declared, listener);
+        ResponseFuture {
+            state: State::Reading {
+                read,
+                // The route's time bounds the body too: a body still arriving when it runs out (a
+                // slow upload that never idles long enough for the listener's deadline) is the
+                // shop's 408, not a 504 (nothing was sent to a provider).
+                deadline: tokio::time::sleep_until(deadline),
+                timeout,
+                parts: Some(parts),
+                inner: Some(inner),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`BufferBody`]: the body read, then the request passed on with it.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<Bytes>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<Bytes>>,
+    {
+        // Reading the body, within the route's deadline.
+        Reading {
+            #[pin]
+            read: ReadBody<B>,
+            #[pin]
+            deadline: Sleep,
+            timeout: Duration,
+            parts: Option<http::request::Parts>,
+            inner: Option<S>,
+        },
+        // Passed on; `_reserved` holds the bytes' share of the budget until the request has its
+        // answer.
+        Called {
+            #[pin]
+            answer: S::Future,
+            _reserved: Option<Reservation>,
+        },
+        // Refused before anything was read; `None` once returned.
+        Refused {
+            err: Option<ProxyError>,
+        },
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<Bytes>, Error = ProxyError>,
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<S::Response, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let (bytes, reserved, parts, mut inner) = match state.as_mut().project() {
+                StateProj::Reading {
+                    read,
+                    deadline,
+                    timeout,
+                    parts,
+                    inner,
+                } => {
+                    let read = match read.poll(cx) {
+                        Poll::Ready(read) => read,
+                        Poll::Pending => match deadline.poll(cx) {
+                            Poll::Ready(()) => Err(ReadError::Timeout { timeout: *timeout }),
+                            Poll::Pending => return Poll::Pending,
+                        },
+                    };
+                    let (bytes, reserved) = match read {
+                        Ok(read) => read,
+                        Err(e) => return Poll::Ready(Err(refusal(e))),
+                    };
+                    match (parts.take(), inner.take()) {
+                        (Some(parts), Some(inner)) => (bytes, reserved, parts, inner),
+                        _ => return Poll::Pending, // polled again after its answer
+                    }
                 }
-                Err(ReadError::Timeout { timeout }) => {
-                    return Err(ProxyError::BodyTimeout { timeout })
-                }
-                Err(ReadError::Overloaded(_)) => {
-                    return Err(ProxyError::Overloaded {
-                        reason: REASON_BUFFERED_BYTES,
-                    })
-                }
-                Err(ReadError::Failed(_)) => {
-                    return Err(ProxyError::BadRequest {
-                        reason: "the request body could not be read to its end".into(),
-                    })
+                StateProj::Called { answer, .. } => return answer.poll(cx),
+                StateProj::Refused { err } => {
+                    return match err.take() {
+                        Some(err) => Poll::Ready(Err(err)),
+                        None => Poll::Pending,
+                    }
                 }
             };
-            // `_reserved` holds the bytes' share of the budget until the request has its answer.
-            inner.call(Request::from_parts(parts, bytes)).await
-        })
+            let answer = inner.call(Request::from_parts(parts, bytes));
+            state.set(State::Called {
+                answer,
+                _reserved: reserved,
+            });
+        }
+    }
+}
+
+/// The shop's answer to a body that could not be read.
+fn refusal(e: ReadError) -> ProxyError {
+    match e {
+        ReadError::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
+        ReadError::Timeout { timeout } => ProxyError::BodyTimeout { timeout },
+        ReadError::Overloaded(_) => ProxyError::Overloaded {
+            reason: REASON_BUFFERED_BYTES,
+        },
+        ReadError::Failed(_) => ProxyError::BadRequest {
+            reason: "the request body could not be read to its end".into(),
+        },
     }
 }

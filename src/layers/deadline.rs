@@ -4,12 +4,18 @@
 //! shutdown's drain: a request still in flight when the drain timeout runs out is answered here
 //! (`shutting_down`), above the layers that log and audit it, instead of being cut with its connection.
 
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use http::Request;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower::{Layer, Service};
 
-use super::BoxFuture;
 use crate::ctx::{RequestCtx, RequestInfo};
 use crate::error::{ProxyError, Reached};
 
@@ -33,11 +39,10 @@ pub struct Deadline<S> {
 impl<S, B> Service<Request<B>> for Deadline<S>
 where
     S: Service<Request<B>, Error = ProxyError>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = ProxyError;
-    type Future = BoxFuture<Result<S::Response, ProxyError>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -45,44 +50,65 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ctx = RequestCtx::of(req.extensions());
-        let deadline = ctx
-            .and_then(|c| c.route.as_ref())
-            .map(|c| (c.deadline, c.route.timeout));
+        let (sleep, timeout) = match ctx.and_then(|c| c.route.as_ref()) {
+            Some(c) => (Some(tokio::time::sleep_until(c.deadline)), c.route.timeout),
+            None => (None, Duration::ZERO),
+        };
         // What the attempt loop knew when the deadline (or the drain) cut it short (it may go on in a
         // task of its own): whether an attempt may have reached a provider.
         let info = ctx.and_then(|c| c.info.clone());
         let cutoff = ctx
             .and_then(|c| c.listener.as_ref())
-            .map(|l| l.cutoff.clone());
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let reached = |info: &Option<std::sync::Arc<RequestInfo>>| {
-                Reached::maybe(info.as_ref().is_some_and(|i| i.maybe_sent()))
-            };
-            let info_cut = info.clone();
-            let bounded = async move {
-                match deadline {
-                    None => fut.await,
-                    Some((deadline, timeout)) => {
-                        match tokio::time::timeout_at(deadline, fut).await {
-                            Ok(answer) => answer,
-                            Err(_) => Err(ProxyError::DeadlineExceeded {
-                                timeout,
-                                reached: reached(&info),
-                            }),
-                        }
-                    }
-                }
-            };
-            match cutoff {
-                None => bounded.await,
-                Some(cutoff) => tokio::select! {
-                    answer = bounded => answer,
-                    () = cutoff.cut() => Err(ProxyError::ShuttingDown {
-                        reached: reached(&info_cut),
-                    }),
-                },
+            .map(|l| l.cutoff.cut());
+        ResponseFuture {
+            inner: self.inner.call(req),
+            sleep,
+            cutoff,
+            timeout,
+            info,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Deadline`]: the answer, unless the route's deadline or the drain's cutoff
+    /// comes first (polled in that order, so an answer that is ready wins).
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        #[pin]
+        cutoff: Option<WaitForCancellationFutureOwned>,
+        timeout: Duration,
+        info: Option<Arc<RequestInfo>>,
+    }
+}
+
+impl<F, T> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, ProxyError>>,
+{
+    type Output = Result<T, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(answer) = this.inner.poll(cx) {
+            return Poll::Ready(answer);
+        }
+        let reached = || Reached::maybe(this.info.as_ref().is_some_and(|i| i.maybe_sent()));
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            if sleep.poll(cx).is_ready() {
+                return Poll::Ready(Err(ProxyError::DeadlineExceeded {
+                    timeout: *this.timeout,
+                    reached: reached(),
+                }));
             }
-        })
+        }
+        if let Some(cutoff) = this.cutoff.as_pin_mut() {
+            ready!(cutoff.poll(cx));
+            return Poll::Ready(Err(ProxyError::ShuttingDown { reached: reached() }));
+        }
+        Poll::Pending
     }
 }

@@ -3,14 +3,16 @@
 //! The log line names the route, provider, status, duration, request id and the proxy's error kind if it
 //! answered itself; it never holds a path, a query, a body or a header value other than the request id.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{HeaderValue, Method, Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::BoxFuture;
 use crate::ctx::{RequestCtx, RequestInfo};
 use crate::metrics::{Metrics, NONE};
 use crate::redact::redact_text;
@@ -48,12 +50,10 @@ pub struct Observe<S> {
 impl<S, B, RB> Service<Request<B>> for Observe<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
-    S::Error: std::fmt::Display,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -66,53 +66,104 @@ where
         ctx.info = Some(Arc::clone(&info));
         let request_id = ctx.request_id.clone();
         let method = req.method().clone();
-        let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let result = fut.await;
-            let elapsed = start.elapsed();
-            let crate::ctx::Labels {
-                route,
-                meter,
-                provider,
-            } = info.labels();
-            let route_label = route.as_deref().unwrap_or(NONE);
-            let provider_label = provider.as_deref().unwrap_or(NONE);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            seen: Some(Seen {
+                start,
+                info,
+                request_id,
+                method,
+                metrics: self.metrics.clone(),
+            }),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Observe`]: the answer, recorded (metrics, access log) when it is ready.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        seen: Option<Seen>,
+    }
+}
+
+/// What [`Observe`] knew of the request when it passed it on.
+struct Seen {
+    start: Instant,
+    info: Arc<RequestInfo>,
+    request_id: Option<HeaderValue>,
+    method: Method,
+    metrics: Metrics,
+}
+
+impl<F, RB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Some(seen) = this.seen.take() {
             let status = result
                 .as_ref()
                 .map(|r| r.status())
                 .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-            match &meter {
-                // A route of the config: its handles, resolved once per generation.
-                Some(m) => m.request(provider.as_deref(), status, elapsed),
-                // No route (404, a webhook): by label.
-                None => {
-                    metrics
-                        .requests_total
-                        .with_label_values(&[route_label, provider_label, status.as_str()])
-                        .inc();
-                    metrics
-                        .request_duration_seconds
-                        .with_label_values(&[route_label, provider_label])
-                        .observe(elapsed.as_secs_f64());
-                }
+            seen.record(status);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl Seen {
+    /// The request's metrics and its access log line.
+    fn record(self, status: http::StatusCode) {
+        let Seen {
+            start,
+            info,
+            request_id,
+            method,
+            metrics,
+        } = self;
+        let elapsed = start.elapsed();
+        let crate::ctx::Labels {
+            route,
+            meter,
+            provider,
+        } = info.labels();
+        let route_label = route.as_deref().unwrap_or(NONE);
+        let provider_label = provider.as_deref().unwrap_or(NONE);
+        match &meter {
+            // A route of the config: its handles, resolved once per generation.
+            Some(m) => m.request(provider.as_deref(), status, elapsed),
+            // No route (404, a webhook): by label.
+            None => {
+                metrics
+                    .requests_total
+                    .with_label_values(&[route_label, provider_label, status.as_str()])
+                    .inc();
+                metrics
+                    .request_duration_seconds
+                    .with_label_values(&[route_label, provider_label])
+                    .observe(elapsed.as_secs_f64());
             }
-            let request_id = request_id
-                .as_ref()
-                .and_then(|r| r.to_str().ok())
-                .unwrap_or("");
-            tracing::info!(
-                target: "switchyard::access",
-                request_id = %redact_text(request_id),
-                method = %method,
-                route = route_label,
-                provider = provider_label,
-                status = status.as_u16(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                error = info.error().map(|k| k.as_str()).unwrap_or(""),
-                "request"
-            );
-            result
-        })
+        }
+        let request_id = request_id
+            .as_ref()
+            .and_then(|r| r.to_str().ok())
+            .unwrap_or("");
+        tracing::info!(
+            target: "switchyard::access",
+            request_id = %redact_text(request_id),
+            method = %method,
+            route = route_label,
+            provider = provider_label,
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            error = info.error().map(|k| k.as_str()).unwrap_or(""),
+            "request"
+        );
     }
 }

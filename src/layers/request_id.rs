@@ -1,12 +1,14 @@
 //! Accepts the shop's `x-request-id` (or the trace id of a W3C `traceparent`), or makes one, and puts it
 //! on the request to the provider and on every answer to the shop.
 
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::BoxFuture;
 use crate::ctx::RequestCtx;
 
 /// The request id header.
@@ -34,11 +36,10 @@ pub struct SetRequestId<S> {
 impl<S, B, RB> Service<Request<B>> for SetRequestId<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -48,12 +49,35 @@ where
         let id = accepted(req.headers()).unwrap_or_else(generate);
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
         RequestCtx::of_mut(req.extensions_mut()).request_id = Some(id.clone());
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut resp = fut.await?;
+        ResponseFuture {
+            inner: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`SetRequestId`]: the answer, with the request id on it.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, RB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
             resp.headers_mut().insert(X_REQUEST_ID, id);
-            Ok(resp)
-        })
+        }
+        Poll::Ready(Ok(resp))
     }
 }
 

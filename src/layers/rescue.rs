@@ -7,20 +7,25 @@
 
 use std::any::Any;
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
+use futures_util::future::CatchUnwind;
 use futures_util::FutureExt;
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 pub mod dialect;
 
-use super::BoxFuture;
 use crate::body::{full, ProxyBody};
 use crate::config::ErrorDialect;
-use crate::ctx::RequestCtx;
+use crate::ctx::{RequestCtx, RequestInfo};
 use crate::error::{ErrorKind, Origin, ProxyError};
+use crate::generation::Generation;
 use crate::metrics::{Metrics, NONE};
 use crate::redact::redact_text;
 
@@ -200,11 +205,10 @@ pub struct Rescue<S> {
 impl<S, B> Service<Request<B>> for Rescue<S>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The inner services are always ready (they hold no capacity of their own).
@@ -216,87 +220,162 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ctx = RequestCtx::of(req.extensions());
-        let info = ctx.and_then(|c| c.info.clone());
-        let request_id = ctx.and_then(|c| c.request_id.clone());
-        let generation = ctx.and_then(|c| c.entered.clone());
-        let metrics = self.metrics.clone();
-        // A panic below (a bug) becomes a 500 here instead of a dropped connection.
-        let fut = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(fut) => fut,
-            Err(panic) => return Box::pin(std::future::ready(Ok(panic_response(panic)))),
+        let seen = Seen {
+            info: ctx.and_then(|c| c.info.clone()),
+            request_id: ctx.and_then(|c| c.request_id.clone()),
+            generation: ctx.and_then(|c| c.entered.clone()),
+            metrics: self.metrics.clone(),
         };
-        Box::pin(async move {
-            let err = match AssertUnwindSafe(fut).catch_unwind().await {
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) => e,
-                Err(panic) => {
-                    if let Some(info) = &info {
-                        info.set_error(ErrorKind::Internal);
+        // A panic below (a bug) becomes a 500 here instead of a dropped connection.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(fut) => ResponseFuture {
+                state: State::Running {
+                    inner: AssertUnwindSafe(fut).catch_unwind(),
+                    seen: Some(seen),
+                },
+            },
+            Err(panic) => ResponseFuture {
+                state: State::Answered {
+                    answer: Some(panic_response(panic)),
+                },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`Rescue`]: the answer below, or the answer made of its error or panic.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project! {
+    #[project = Proj]
+    enum State<F> {
+        // The request is below this layer; `seen` is `None` once the answer is returned.
+        Running {
+            #[pin]
+            inner: CatchUnwind<AssertUnwindSafe<F>>,
+            seen: Option<Seen>,
+        },
+        // Answered already (a panic in the inner `call`); `None` once returned.
+        Answered {
+            answer: Option<Response<ProxyBody>>,
+        },
+    }
+}
+
+/// What [`Rescue`] needs to make an answer of an error.
+struct Seen {
+    info: Option<Arc<RequestInfo>>,
+    request_id: Option<HeaderValue>,
+    generation: Option<Arc<Generation>>,
+    metrics: Metrics,
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+{
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            Proj::Running { inner, seen } => {
+                let out = ready!(inner.poll(cx));
+                let Some(seen) = seen.take() else {
+                    return Poll::Pending; // polled again after its answer
+                };
+                Poll::Ready(Ok(match out {
+                    Ok(Ok(resp)) => resp,
+                    Ok(Err(err)) => seen.answer(err),
+                    Err(panic) => {
+                        if let Some(info) = &seen.info {
+                            info.set_error(ErrorKind::Internal);
+                        }
+                        panic_response(panic)
                     }
-                    return Ok(panic_response(panic));
-                }
-            };
-            let kind = err.kind();
-            let route = info.as_ref().and_then(|i| i.route());
-            metrics
-                .proxy_errors_total
-                .with_label_values(&[route.as_deref().unwrap_or(NONE), kind.as_str()])
-                .inc();
-            let request_id_text = request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            match kind.origin() {
-                Origin::Shop => {
-                    tracing::debug!(request_id = %redact_text(request_id_text), error = %redact_text(&err.to_string()), "rejected")
-                }
-                Origin::Proxy | Origin::Provider => {
-                    tracing::warn!(request_id = %redact_text(request_id_text), error = %redact_text(&err.to_string()), "request failed")
-                }
+                }))
             }
-            let detail = match kind {
-                ErrorKind::Internal => "the proxy failed to handle this request".to_owned(),
-                _ => redact_text(&err.to_string()).into_owned(),
-            };
-            let dialect = route
-                .as_ref()
-                .zip(generation.as_ref())
-                .and_then(|(name, g)| g.snapshot.routes.iter().find(|r| r.name == *name))
-                .map(|r| r.errors)
-                .unwrap_or_default();
-            let mut resp = answer(dialect, kind, &detail, request_id.as_ref());
-            if let Some(wait) = err.retry_after() {
-                // Whole seconds, rounded up, never 0: a client must not retry at once in a loop.
-                resp.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(crate::error::RetryIn(wait).secs()),
-                );
+            Proj::Answered { answer } => match answer.take() {
+                Some(resp) => Poll::Ready(Ok(resp)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl Seen {
+    /// The answer to `err`, counted and logged.
+    fn answer(self, err: ProxyError) -> Response<ProxyBody> {
+        let Seen {
+            info,
+            request_id,
+            generation,
+            metrics,
+        } = self;
+        let kind = err.kind();
+        let route = info.as_ref().and_then(|i| i.route());
+        metrics
+            .proxy_errors_total
+            .with_label_values(&[route.as_deref().unwrap_or(NONE), kind.as_str()])
+            .inc();
+        let request_id_text = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        match kind.origin() {
+            Origin::Shop => {
+                tracing::debug!(request_id = %redact_text(request_id_text), error = %redact_text(&err.to_string()), "rejected")
             }
-            if let Some(info) = &info {
-                info.set_error(kind);
-                if let Some(p) = info.provider().and_then(|p| HeaderValue::from_str(&p).ok()) {
-                    resp.headers_mut().insert(X_SWITCHYARD_PROVIDER, p);
-                }
+            Origin::Proxy | Origin::Provider => {
+                tracing::warn!(request_id = %redact_text(request_id_text), error = %redact_text(&err.to_string()), "request failed")
+            }
+        }
+        let detail = match kind {
+            ErrorKind::Internal => "the proxy failed to handle this request".to_owned(),
+            _ => redact_text(&err.to_string()).into_owned(),
+        };
+        let dialect = route
+            .as_ref()
+            .zip(generation.as_ref())
+            .and_then(|(name, g)| g.snapshot.routes.iter().find(|r| r.name == *name))
+            .map(|r| r.errors)
+            .unwrap_or_default();
+        let mut resp = answer(dialect, kind, &detail, request_id.as_ref());
+        if let Some(wait) = err.retry_after() {
+            // Whole seconds, rounded up, never 0: a client must not retry at once in a loop.
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::error::RetryIn(wait).secs()),
+            );
+        }
+        if let Some(info) = &info {
+            info.set_error(kind);
+            if let Some(p) = info.provider().and_then(|p| HeaderValue::from_str(&p).ok()) {
+                resp.headers_mut().insert(X_SWITCHYARD_PROVIDER, p);
+            }
+            resp.headers_mut()
+                .insert(X_SWITCHYARD_ATTEMPTS, HeaderValue::from(info.attempts()));
+            if info.state_degraded() {
                 resp.headers_mut()
-                    .insert(X_SWITCHYARD_ATTEMPTS, HeaderValue::from(info.attempts()));
-                if info.state_degraded() {
-                    resp.headers_mut()
-                        .insert(X_SWITCHYARD_STATE, HeaderValue::from_static("degraded"));
-                }
+                    .insert(X_SWITCHYARD_STATE, HeaderValue::from_static("degraded"));
             }
-            // An answer that may hide a charge says so: the shop must retry with the same key or
-            // reconcile, never re-send the payment under a new key.
-            let unknown = err.reached() == crate::error::Reached::Maybe;
-            if unknown {
-                resp.headers_mut()
-                    .insert(X_SWITCHYARD_OUTCOME, HeaderValue::from_static("unknown"));
-            }
-            if matches!(kind, ErrorKind::BodyTimeout | ErrorKind::ShuttingDown) {
-                // The rest of a slow body is not worth waiting for, and a drained server ends here.
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            Ok(resp)
-        })
+        }
+        // An answer that may hide a charge says so: the shop must retry with the same key or
+        // reconcile, never re-send the payment under a new key.
+        let unknown = err.reached() == crate::error::Reached::Maybe;
+        if unknown {
+            resp.headers_mut()
+                .insert(X_SWITCHYARD_OUTCOME, HeaderValue::from_static("unknown"));
+        }
+        if matches!(kind, ErrorKind::BodyTimeout | ErrorKind::ShuttingDown) {
+            // The rest of a slow body is not worth waiting for, and a drained server ends here.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }

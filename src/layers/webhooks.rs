@@ -3,12 +3,15 @@
 //! listener, only those with that `listen`, and everything else is 404.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
@@ -56,14 +59,13 @@ pub struct WebhookIngress<S> {
 impl<S, B> Service<Request<B>> for WebhookIngress<S>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>, Error = Infallible>,
-    S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -79,7 +81,9 @@ where
             .cloned();
         let Some(hook) = hook else {
             RequestCtx::of_mut(req.extensions_mut()).entered = Some(generation);
-            return Box::pin(self.inner.call(req));
+            return ResponseFuture::Route {
+                inner: self.inner.call(req),
+            };
         };
         let ctx = RequestCtx::of(req.extensions());
         if let Some(info) = ctx.and_then(|c| c.info.as_ref()) {
@@ -94,6 +98,39 @@ where
                 .to_owned(),
         };
         let webhooks = Arc::clone(&self.layer.webhooks);
-        Box::pin(async move { Ok(webhooks.handle(hook, req, origin).await) })
+        ResponseFuture::Webhook {
+            handled: Box::pin(async move { Ok(webhooks.handle(hook, req, origin).await) }),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`WebhookIngress`]: a request for the routes, unboxed; a webhook's handling
+    /// (boxed: it is off the payment path).
+    #[project = Proj]
+    pub enum ResponseFuture<F> {
+        /// Passed on to the routes.
+        Route {
+            #[pin]
+            inner: F,
+        },
+        /// Handled by the webhook runtime.
+        Webhook {
+            handled: BoxFuture<Result<Response<ProxyBody>, Infallible>>,
+        },
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Route { inner } => inner.poll(cx),
+            Proj::Webhook { handled } => handled.as_mut().poll(cx),
+        }
     }
 }
