@@ -30,7 +30,7 @@ pub enum RecordState {
         kept: Option<Arc<Kept>>,
     },
     /// The final answer, for replay.
-    Done(Arc<StoredAnswer>),
+    Done(StoredAnswer),
     /// The outcome at `pinned` is unknown.
     Unknown {
         /// The provider the key is pinned to.
@@ -335,7 +335,7 @@ impl<C: Clock> MemoryStore<C> {
                     None => Found::Free,
                 },
                 RecordState::InFlight { .. } => Found::Begin(Begin::InFlight),
-                RecordState::Done(answer) => Found::Begin(Begin::Replay(Arc::clone(answer))),
+                RecordState::Done(answer) => Found::Begin(Begin::Replay(answer.clone())),
                 RecordState::Unknown { pinned, kept } => {
                     Found::Resume(Arc::clone(pinned), kept.clone())
                 }
@@ -436,7 +436,7 @@ impl<C: Clock> MemoryStore<C> {
                 pinned: provider,
                 kept: kept.or(had),
             }),
-            Finish::Final(answer) => Some(RecordState::Done(Arc::new(answer))),
+            Finish::Final(answer) => Some(RecordState::Done(answer)),
         };
         match next {
             Some(state) => Self::write(&mut inner, key, state, fingerprint, now + limits.ttl),

@@ -182,7 +182,7 @@ pub enum Begin {
     /// The key was used with another payload: 422.
     Mismatch,
     /// The final answer, to replay.
-    Replay(Arc<StoredAnswer>),
+    Replay(StoredAnswer),
     /// An earlier attempt's outcome is unknown (settled so, or its holder's lease ran out after it
     /// recorded an attempt): go to this provider only. The record is in flight again under `lease`.
     Resume {

@@ -188,7 +188,7 @@ impl<C: Clock + Clone> LocalRecords<C> {
                     blob,
                     *body_at as usize,
                 )?;
-                RecordState::Done(Arc::new(answer))
+                RecordState::Done(answer)
             }
             journal::State::Unknown { pinned, kept } => RecordState::Unknown {
                 pinned: Arc::from(*pinned),

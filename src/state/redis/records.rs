@@ -181,9 +181,9 @@ fn parse_begin(answer: Value, token: u64) -> Result<Begin, StateError> {
         ("new", _) => Begin::New(lease),
         ("inflight", _) => Begin::InFlight,
         ("mismatch", _) => Begin::Mismatch,
-        ("replay", Some(Value::BulkString(bytes))) => Begin::Replay(Arc::new(
+        ("replay", Some(Value::BulkString(bytes))) => Begin::Replay(
             StoredAnswer::from_bytes(bytes).ok_or_else(|| bad_reply("a stored answer"))?,
-        )),
+        ),
         ("resume", Some(p)) => Begin::Resume {
             kept: items.get(2).and_then(kept_of),
             pinned: Arc::from(text(p).ok_or_else(|| bad_reply("a pinned provider"))?),
