@@ -108,7 +108,14 @@ pub struct Classified {
     pub hint: RetryHint,
 }
 
-fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
+/// Stripe's retry advice on an answer.
+const STRIPE_SHOULD_RETRY: http::HeaderName = http::HeaderName::from_static("stripe-should-retry");
+/// Adyen's mark of a transient error.
+const TRANSIENT_ERROR: http::HeaderName = http::HeaderName::from_static("transient-error");
+
+/// Whether header `name` is `value` (ASCII case ignored). `name` is a `HeaderName`: a `&str` would be
+/// parsed and hashed again at each lookup.
+fn header_is(headers: &HeaderMap, name: &http::HeaderName, value: &str) -> bool {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -166,7 +173,7 @@ pub fn classify(seen: Seen<'_>, retry_of_unknown: bool, now: std::time::SystemTi
             plain(OutcomeClass::Unknown, BreakerEffect::Failure)
         }
         Ok((status, headers)) => {
-            let hint = if header_is(headers, "stripe-should-retry", "false") {
+            let hint = if header_is(headers, &STRIPE_SHOULD_RETRY, "false") {
                 RetryHint::DoNotRetry
             } else {
                 retry_after(headers, now).map_or(RetryHint::None, RetryHint::After)
@@ -176,7 +183,7 @@ pub fn classify(seen: Seen<'_>, retry_of_unknown: bool, now: std::time::SystemTi
             } else if status == StatusCode::CONFLICT && retry_of_unknown {
                 // In progress: the earlier attempt may still charge. Not an outage either.
                 (OutcomeClass::Unknown, BreakerEffect::None)
-            } else if header_is(headers, "transient-error", "true") {
+            } else if header_is(headers, &TRANSIENT_ERROR, "true") {
                 // Adyen: the request was not executed and may be sent again.
                 let breaker = if status.is_server_error() {
                     BreakerEffect::Failure
@@ -185,7 +192,7 @@ pub fn classify(seen: Seen<'_>, retry_of_unknown: bool, now: std::time::SystemTi
                 };
                 (OutcomeClass::NotProcessed, breaker)
             } else if status == StatusCode::CONFLICT
-                && header_is(headers, "stripe-should-retry", "true")
+                && header_is(headers, &STRIPE_SHOULD_RETRY, "true")
             {
                 // Stripe: a concurrent request with the same key was in progress; nothing was executed.
                 (OutcomeClass::NotProcessed, BreakerEffect::None)

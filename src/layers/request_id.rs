@@ -13,7 +13,7 @@ use crate::ctx::RequestCtx;
 
 /// The request id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const TRACEPARENT: &str = "traceparent";
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const MAX_LEN: usize = 128;
 
 /// Sets the request id.
@@ -90,7 +90,7 @@ fn accepted(headers: &HeaderMap) -> Option<HeaderValue> {
             return Some(v.clone());
         }
     }
-    let tp = headers.get(TRACEPARENT)?.to_str().ok()?;
+    let tp = headers.get(&TRACEPARENT)?.to_str().ok()?;
     let mut parts = tp.split('-');
     let (version, trace_id, parent, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
