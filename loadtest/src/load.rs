@@ -169,8 +169,9 @@ pub struct Sample {
     pub slot: u64,
     /// Its key (the slot that first used it).
     pub key: u64,
-    /// Whether its key is sent by another request too (a late re-send, or either request of a
-    /// concurrent pair): a 409 "key in flight" is then the expected answer.
+    /// Whether its key is sent by another request too (a late re-send, either request of a
+    /// concurrent pair, or the first request of a key a later slot re-sends, when it got a 409):
+    /// a 409 "key in flight" is then the expected answer.
     pub duplicate: bool,
     /// Intended send time, µs after the start of the run.
     pub intended_us: u64,
@@ -360,6 +361,10 @@ impl Load {
         .await
         .unwrap_or(Err(Transport::Timeout));
         let latency = intended.elapsed();
+        // The first request of a key that a later slot re-sends may meet that re-send in flight
+        // (or be overtaken by it): its 409 is the expected answer too.
+        let duplicate = duplicate
+            || (matches!(&outcome, Ok((409, _))) && self.plan.is_resent(slot.key));
         let (status, class, kind, unknown, via) = match &outcome {
             Ok((status, headers)) => {
                 let (class, kind, unknown) =

@@ -93,6 +93,17 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Whether a later slot, within four re-send windows, re-sends key `key`. Its first request may
+    /// then meet that re-send in flight (a stall can even let the re-send overtake it, when it goes
+    /// out a few slots later on another connection), so a 409 "key in flight" to it is expected, not
+    /// a failure. Asked only for a 409: it looks at up to 4 000 slots.
+    pub fn is_resent(&self, key: u64) -> bool {
+        (key + 1..=key + 4 * RESEND_WINDOW)
+            .any(|j| self.kind(j) == SlotKind::Resend && self.slot(j).key == key)
+    }
+}
+
 /// The amount charged for a key: the same on every re-send, so a provider sees the same body.
 pub fn amount(key: u64) -> u64 {
     100 + key % 9_900
@@ -144,6 +155,26 @@ mod tests {
         (0..n)
             .filter(|&i| plan.slot(i).kind == SlotKind::Pair)
             .count() as i32
+    }
+
+    #[test]
+    fn a_key_is_resent_when_a_later_slot_sends_it_again() {
+        let plan = Plan::new(7, 0.3, 0.5);
+        let resent: Vec<u64> = (1..5_000)
+            .filter(|&i| plan.slot(i).kind == SlotKind::Resend)
+            .map(|i| plan.slot(i).key)
+            .collect();
+        assert!(!resent.is_empty());
+        for &k in &resent {
+            assert!(plan.is_resent(k), "key {k} is re-sent");
+        }
+        // A fresh key no slot sends again.
+        let lonely = (0..1_000)
+            .filter(|&k| plan.slot(k).kind == SlotKind::Fresh)
+            .find(|&k| !((k + 1)..(k + 4_001)).any(|j| plan.slot(j).key == k))
+            .expect("some key is sent once");
+        assert!(!plan.is_resent(lonely));
+        assert!(!Plan::new(1, 0.0, 0.5).is_resent(3));
     }
 
     #[test]
