@@ -313,7 +313,11 @@ struct Collected {
 
 impl Collected {
     /// Adds `data`, reserving its bytes first.
-    fn push(&mut self, data: Bytes, reservation: &mut Option<Reservation>) -> Result<(), ReadError> {
+    fn push(
+        &mut self,
+        data: Bytes,
+        reservation: &mut Option<Reservation>,
+    ) -> Result<(), ReadError> {
         if data.is_empty() {
             return Ok(());
         }

@@ -363,8 +363,8 @@ impl Load {
         let latency = intended.elapsed();
         // The first request of a key that a later slot re-sends may meet that re-send in flight
         // (or be overtaken by it): its 409 is the expected answer too.
-        let duplicate = duplicate
-            || (matches!(&outcome, Ok((409, _))) && self.plan.is_resent(slot.key));
+        let duplicate =
+            duplicate || (matches!(&outcome, Ok((409, _))) && self.plan.is_resent(slot.key));
         let (status, class, kind, unknown, via) = match &outcome {
             Ok((status, headers)) => {
                 let (class, kind, unknown) =

@@ -422,7 +422,10 @@ mod tests {
         assert_eq!(answer_id(br#"{"object":"charge"}"#), None);
         // Borrowed from the answer when it can be; an escaped id is decoded (and copied).
         let body = br#"{"id":"ch_plain_123"}"#;
-        assert!(matches!(answer_id(body), Some(Cow::Borrowed("ch_plain_123"))));
+        assert!(matches!(
+            answer_id(body),
+            Some(Cow::Borrowed("ch_plain_123"))
+        ));
         assert_eq!(
             answer_id(br#"{"id":"ch_\u0031escaped"}"#).as_deref(),
             Some("ch_1escaped")

@@ -230,11 +230,17 @@ mod tests {
             assert_eq!(copy, in_place, "replace_auth {replace:?}");
             let values: Vec<_> = copy.get_all("accept").iter().collect();
             assert_eq!(values, ["a", "b"], "multi-valued headers keep their order");
-            assert!(copy.capacity() >= copy.len() + 2, "room for the credential and the key");
+            assert!(
+                copy.capacity() >= copy.len() + 2,
+                "room for the credential and the key"
+            );
         }
         let copy = copy_for_provider(&shop, Some(&auth), 0);
         assert!(!copy.contains_key("authorization") && !copy.contains_key("x-api-key"));
-        assert!(copy.contains_key("x-request-id"), "Connection may not name it away");
+        assert!(
+            copy.contains_key("x-request-id"),
+            "Connection may not name it away"
+        );
         assert!(!copy.contains_key("x-secret-hop") && !copy.contains_key("host"));
     }
 }

@@ -37,11 +37,8 @@ pub fn provider_request(
 ) -> Result<Request<Bytes>, ProxyError> {
     let uri = provider_uri(provider, strip_prefix, &shop.uri)?;
     // Room for the credential and the key: the map is not grown after the copy.
-    let mut h = headers::copy_for_provider(
-        &shop.headers,
-        provider.auth.as_ref().map(|a| &a.header),
-        2,
-    );
+    let mut h =
+        headers::copy_for_provider(&shop.headers, provider.auth.as_ref().map(|a| &a.header), 2);
     if let Some(auth) = &provider.auth {
         h.insert(auth.header.clone(), auth.value.header_value().clone());
     }
