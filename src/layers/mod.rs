@@ -116,5 +116,8 @@ pub fn webhook_stack(
         }))
 }
 
-/// A boxed, sendable future, as the layers' `ResponseFuture`s are.
+/// A boxed, sendable future. The layers' own futures are named (one allocation and one dynamic call
+/// less per layer and payment); a box is kept where a future must be movable to a task of its own
+/// (a keyed operation) or sits off the payment path (a webhook's handling, an audit record, a
+/// config reload).
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
