@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{full, ProxyBody};
 use crate::budget::{read_body, ReadError};
+use crate::ctx::Req;
 use crate::generation::Current;
 use crate::health;
 use crate::layers::BoxFuture;
@@ -68,8 +69,9 @@ pub struct AdminState {
 
 impl AdminState {
     /// Answers one admin request.
-    pub async fn handle(self, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-        let (parts, body) = req.into_parts();
+    pub async fn handle(self, req: Req<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+        let Req { http, ctx } = req;
+        let (parts, body) = http.into_parts();
         let path = parts.uri.path().to_owned();
         let method = parts.method.clone();
         if method == Method::POST {
@@ -77,9 +79,7 @@ impl AdminState {
                 return Ok(denied);
             }
         }
-        let listener =
-            crate::ctx::RequestCtx::of(&parts.extensions).and_then(|c| c.listener.as_ref());
-        let body = match read_body(body, MAX_ADMIN_BODY, None, listener).await {
+        let body = match read_body(body, MAX_ADMIN_BODY, None, ctx.listener.as_ref()).await {
             Ok((b, _)) => b,
             Err(ReadError::Timeout { .. }) => {
                 let mut r = problem(StatusCode::REQUEST_TIMEOUT, "the body arrived too slowly");

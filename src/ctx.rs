@@ -1,16 +1,15 @@
-//! Small request-context types that layers share, in ONE request extension: [`RequestCtx`].
+//! What the layers share about one request: its [`RequestCtx`], carried beside the request in a
+//! [`Req`], not in `http::Extensions`.
 //!
-//! Every `Extensions::insert` of a type of its own costs the request a heap allocation (a box per
-//! value, and the map's own table as it grows), so the layers do not each add one: the server puts one
-//! [`RequestCtx`] on the request where it is first seen, and each layer fills its field of it in place.
-//! A request that arrives without one (a test building its request by hand) gets an empty one from the
-//! first layer that writes to it, and a layer that only reads finds the field missing, as it found the
-//! extension missing before.
+//! The server puts a [`RequestCtx`] with the connection's peer and listener beside every request it
+//! reads, and each layer fills its field in place as the request goes down the stack. It is not an
+//! `http::Extensions` value: the first insert into a request's extensions costs three allocations
+//! (the map's box, its table and the value's box), and every read hashes a `TypeId` (issue 16).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use http::{Extensions, HeaderValue};
+use http::{HeaderValue, Request};
 
 use crate::audit::Audit;
 use crate::budget::ListenerCtx;
@@ -42,15 +41,30 @@ pub struct RequestCtx {
     pub route: Option<RouteCtx>,
 }
 
-impl RequestCtx {
-    /// The request's context, when it has one.
-    pub fn of(extensions: &Extensions) -> Option<&Self> {
-        extensions.get::<Self>()
+/// A request on its way down the stack, with its context beside it.
+#[derive(Debug)]
+pub struct Req<B> {
+    /// The shop's request.
+    pub http: Request<B>,
+    /// What the layers know about it.
+    pub ctx: RequestCtx,
+}
+
+impl<B> Req<B> {
+    /// `http` with an empty context (a request that no server read: tests, the resolver).
+    pub fn new(http: Request<B>) -> Self {
+        Self {
+            http,
+            ctx: RequestCtx::default(),
+        }
     }
 
-    /// The request's context to fill in, an empty one put on the request first when it has none.
-    pub fn of_mut(extensions: &mut Extensions) -> &mut Self {
-        extensions.get_or_insert_default::<Self>()
+    /// The same request and context with the body `f` makes of this one's.
+    pub fn map_body<C>(self, f: impl FnOnce(B) -> C) -> Req<C> {
+        Req {
+            http: self.http.map(f),
+            ctx: self.ctx,
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! `preface_timeout` to say which protocol it speaks (the whole HTTP/2 preface), HTTP/1.1 has
 //! `header_read_timeout` for each request head, and an HTTP/2 connection with no request for
 //! `h2_idle_timeout` is closed with a GOAWAY (keep-alive pings close a dead peer's sooner). Every
-//! request carries a [`RequestCtx`] with its peer and [`ListenerCtx`]: its body deadline and the
+//! request goes down the stack beside a [`RequestCtx`] ([`Req`]) with its peer and [`ListenerCtx`]: its body deadline and the
 //! buffer budget. Failed accepts (out of file descriptors) back off instead of spinning, and are
 //! logged at most once per interval.
 //!
@@ -34,12 +34,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::body::ProxyBody;
 use crate::budget::{BufferBudget, Cutoff, ListenerCtx, REASON_CONNECTIONS};
 use crate::config::{Limits as LimitsConfig, ListenerLimits};
-use crate::ctx::RequestCtx;
+use crate::ctx::{Req, RequestCtx};
 use crate::metrics::Metrics;
 
 /// How long the answers to cut requests get to be written before the connections are closed.
@@ -131,7 +132,7 @@ impl Server {
         shared: Shared,
     ) -> Self
     where
-        S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        S: Service<Req<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
             + Clone
             + Send
             + 'static,
@@ -157,7 +158,7 @@ impl Server {
         shared: Shared,
     ) -> Self
     where
-        S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        S: Service<Req<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
             + Clone
             + Send
             + 'static,
@@ -230,7 +231,7 @@ async fn run<S>(
     name: &'static str,
     shared: Shared,
 ) where
-    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+    S: Service<Req<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -310,21 +311,30 @@ async fn run<S>(
                 let budget = shared.budget.clone();
                 let cutoff = Cutoff::new(cut.clone());
                 let body_read_timeout = limits.body_read_timeout;
-                let svc = service.clone().map_request(move |mut req: Request<Incoming>| {
-                    // The one extension the layers fill in place (see `crate::ctx`).
-                    req.extensions_mut().insert(RequestCtx {
-                        client: Some(peer),
-                        listener: Some(ListenerCtx {
-                            name,
-                            body_deadline: Instant::now() + body_read_timeout,
-                            body_read_timeout,
-                            budget: budget.clone(),
-                            cutoff: cutoff.clone(),
-                        }),
-                        ..RequestCtx::default()
-                    });
-                    req
-                });
+                // The shop's credentials are marked sensitive first, so no log or HPACK table ever
+                // keeps them; then each request gets the context the layers fill in place (see
+                // `crate::ctx`).
+                let svc = ServiceBuilder::new()
+                    .layer(SetSensitiveRequestHeadersLayer::new([
+                        http::header::AUTHORIZATION,
+                        http::header::PROXY_AUTHORIZATION,
+                        http::header::COOKIE,
+                    ]))
+                    .map_request(move |req: Request<Incoming>| Req {
+                        http: req,
+                        ctx: RequestCtx {
+                            client: Some(peer),
+                            listener: Some(ListenerCtx {
+                                name,
+                                body_deadline: Instant::now() + body_read_timeout,
+                                body_read_timeout,
+                                budget: budget.clone(),
+                                cutoff: cutoff.clone(),
+                            }),
+                            ..RequestCtx::default()
+                        },
+                    })
+                    .service(service.clone());
                 let (h1, h2) = (h1.clone(), h2.clone());
                 let mut phase = phase_rx.clone();
                 tokio::spawn(async move {

@@ -86,15 +86,16 @@ const PAYMENTS: u64 = 200;
 /// Payments sent through the sidecar before counting starts.
 const WARM_UP: u64 = 50;
 
-/// The most allocations per payment the sidecar may make. Issue 16 asks for 25 (its goal is 20);
-/// the sidecar measured 54.02 when the guard was written; 37.02 once its own provider pool replaced
-/// hyper-util's legacy client, one request context replaced seven extensions and provider
-/// connections dropped their `HttpInfo`; 28.02 once six layers' futures were named instead of boxed,
-/// the body read became a named future too, the provider's headers were copied into a map with room
-/// for what the sidecar adds and the answer's object id was borrowed. The limit is that figure plus 2,
-/// until the remaining cuts (the request context outside `http::Extensions`) bring it under 25: lower
-/// it with every cut.
-const LIMIT: f64 = 30.0;
+/// The most allocations per payment the sidecar may make: 25, as issue 16 asks (its goal is 20,
+/// which the profile's count of the sidecar alone meets on `memory`: 19.0). The sidecar measured
+/// 54.02 when the guard was written; 37.02 once its own provider pool replaced hyper-util's legacy
+/// client and one request context replaced seven extensions; 28.02 once six layers' futures and the
+/// body read were named instead of boxed and the provider's headers copied into a map with room;
+/// 24.02 once the request context went beside the request (`ctx::Req`) instead of into
+/// `http::Extensions` and the shop's key header stopped being copied only to be replaced. (This
+/// count is a little over the sidecar's own: the mock provider also parses the headers the sidecar
+/// adds.)
+const LIMIT: f64 = 25.0;
 
 /// The mock provider's answer body.
 const CHARGE: &[u8] = br#"{"id":"ch_1","object":"charge","paid":1}"#;

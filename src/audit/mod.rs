@@ -25,7 +25,7 @@
 //! [`ShopRequestRecord`]s:
 //!
 //! ```ignore
-//! let audit = RequestCtx::of(req.extensions()).and_then(|c| c.audit.clone()).unwrap_or_default();
+//! let audit = req.ctx.audit.clone().unwrap_or_default(); // req: crate::ctx::Req<B>
 //! let started = audit.now();
 //! // ... send the attempt ...
 //! audit.record(AttemptRecord {

@@ -21,7 +21,7 @@ use crate::audit::{
     content_type, provider_request_id, Audit, Capture, Captured, RecordedBody, ShopRequestRecord,
 };
 use crate::body::ProxyBody;
-use crate::ctx::RequestCtx;
+use crate::ctx::Req;
 
 /// The header a shop (or the proxy) names the idempotency key with, unless a route says otherwise.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -64,9 +64,9 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-impl<S, B> Service<Request<B>> for AuditShop<S>
+impl<S, B> Service<Req<B>> for AuditShop<S>
 where
-    S: Service<Request<Capture<B>>, Response = Response<ProxyBody>, Error = Infallible>,
+    S: Service<Req<Capture<B>>, Response = Response<ProxyBody>, Error = Infallible>,
     S::Future: Send + 'static,
 {
     type Response = Response<ProxyBody>;
@@ -77,15 +77,17 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Req<B>) -> Self::Future {
         let audit = self.audit.clone();
-        let (mut parts, body) = req.into_parts();
-        RequestCtx::of_mut(&mut parts.extensions).audit = Some(audit.clone());
+        let Req { http, mut ctx } = req;
+        ctx.audit = Some(audit.clone());
+        let (parts, body) = http.into_parts();
         if !audit.is_enabled() {
             return ResponseFuture::Plain {
-                inner: self
-                    .inner
-                    .call(Request::from_parts(parts, Capture::plain(body))),
+                inner: self.inner.call(Req {
+                    http: Request::from_parts(parts, Capture::plain(body)),
+                    ctx,
+                }),
             };
         }
         let started = Instant::now();
@@ -93,10 +95,10 @@ where
         let request_slot = audit
             .keeps_bodies()
             .then(|| Captured::slot(content_type(&parts.headers), audit.max_body()));
-        let ctx = RequestCtx::of(&parts.extensions);
-        let info = ctx.and_then(|c| c.info.clone());
+        let info = ctx.info.clone();
         let request_id = ctx
-            .and_then(|c| c.request_id.as_ref())
+            .request_id
+            .as_ref()
             .and_then(|r| r.to_str().ok())
             .unwrap_or("")
             .to_owned();
@@ -107,7 +109,10 @@ where
             .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
         let key = header_text(&parts.headers, IDEMPOTENCY_KEY);
         let body = Capture::new(body, request_slot.clone(), None);
-        let fut = self.inner.call(Request::from_parts(parts, body));
+        let fut = self.inner.call(Req {
+            http: Request::from_parts(parts, body),
+            ctx,
+        });
         let recorded = Box::pin(async move {
             let Ok(resp) = fut.await;
             let latency = started.elapsed();

@@ -22,7 +22,7 @@ use tower::{Layer, Service};
 
 use crate::body::BoxError;
 use crate::budget::{read_body, ReadBody, ReadError, Reservation, REASON_BUFFERED_BYTES};
-use crate::ctx::RequestCtx;
+use crate::ctx::{Req, RequestCtx};
 use crate::error::ProxyError;
 
 /// Buffers request bodies.
@@ -42,9 +42,9 @@ pub struct BufferBody<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for BufferBody<S>
+impl<S, B> Service<Req<B>> for BufferBody<S>
 where
-    S: Service<Request<Bytes>, Error = ProxyError> + Clone,
+    S: Service<Req<Bytes>, Error = ProxyError> + Clone,
     B: Body,
     B::Error: Into<BoxError>,
 {
@@ -56,13 +56,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Req<B>) -> Self::Future {
         // The ready clone is the one we call later; the fresh clone stays behind (tower's idiom).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let ctx = RequestCtx::of(req.extensions());
+        let Req { http, ctx } = req;
         let Some((limit, deadline, timeout)) = ctx
-            .and_then(|c| c.route.as_ref())
+            .route
+            .as_ref()
             .map(|c| (c.route.max_body, c.deadline, c.route.timeout))
         else {
             let err = ProxyError::Internal("body read before routing".into());
@@ -70,14 +71,13 @@ where
                 state: State::Refused { err: Some(err) },
             };
         };
-        let declared = req
+        let declared = http
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let (parts, body) = req.into_parts();
-        let listener = RequestCtx::of(&parts.extensions).and_then(|c| c.listener.as_ref());
-        let read = read_body(body, limit, declared, listener);
+        let (parts, body) = http.into_parts();
+        let read = read_body(body, limit, declared, ctx.listener.as_ref());
         ResponseFuture {
             state: State::Reading {
                 read,
@@ -86,7 +86,7 @@ where
                 // shop's 408, not a 504 (nothing was sent to a provider).
                 deadline: tokio::time::sleep_until(deadline),
                 timeout,
-                parts: Some(parts),
+                rest: Some((parts, ctx)),
                 inner: Some(inner),
             },
         }
@@ -97,7 +97,7 @@ pin_project! {
     /// The future of [`BufferBody`]: the body read, then the request passed on with it.
     pub struct ResponseFuture<S, B>
     where
-        S: Service<Request<Bytes>>,
+        S: Service<Req<Bytes>>,
     {
         #[pin]
         state: State<S, B>,
@@ -108,7 +108,7 @@ pin_project! {
     #[project = StateProj]
     enum State<S, B>
     where
-        S: Service<Request<Bytes>>,
+        S: Service<Req<Bytes>>,
     {
         // Reading the body, within the route's deadline.
         Reading {
@@ -117,7 +117,7 @@ pin_project! {
             #[pin]
             deadline: Sleep,
             timeout: Duration,
-            parts: Option<http::request::Parts>,
+            rest: Option<(http::request::Parts, RequestCtx)>,
             inner: Option<S>,
         },
         // Passed on; `_reserved` holds the bytes' share of the budget until the request has its
@@ -136,7 +136,7 @@ pin_project! {
 
 impl<S, B> Future for ResponseFuture<S, B>
 where
-    S: Service<Request<Bytes>, Error = ProxyError>,
+    S: Service<Req<Bytes>, Error = ProxyError>,
     B: Body,
     B::Error: Into<BoxError>,
 {
@@ -145,12 +145,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
-            let (bytes, reserved, parts, mut inner) = match state.as_mut().project() {
+            let (bytes, reserved, (parts, ctx), mut inner) = match state.as_mut().project() {
                 StateProj::Reading {
                     read,
                     deadline,
                     timeout,
-                    parts,
+                    rest,
                     inner,
                 } => {
                     let read = match read.poll(cx) {
@@ -164,8 +164,8 @@ where
                         Ok(read) => read,
                         Err(e) => return Poll::Ready(Err(refusal(e))),
                     };
-                    match (parts.take(), inner.take()) {
-                        (Some(parts), Some(inner)) => (bytes, reserved, parts, inner),
+                    match (rest.take(), inner.take()) {
+                        (Some(rest), Some(inner)) => (bytes, reserved, rest, inner),
                         _ => return Poll::Pending, // polled again after its answer
                     }
                 }
@@ -177,7 +177,10 @@ where
                     }
                 }
             };
-            let answer = inner.call(Request::from_parts(parts, bytes));
+            let answer = inner.call(Req {
+                http: Request::from_parts(parts, bytes),
+                ctx,
+            });
             state.set(State::Called {
                 answer,
                 _reserved: reserved,

@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::Request;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tower::{Layer, Service};
 
-use crate::ctx::{RequestCtx, RequestInfo};
+use crate::ctx::{Req, RequestInfo};
 use crate::error::{ProxyError, Reached};
 
 /// Applies the route timeout.
@@ -36,9 +35,9 @@ pub struct Deadline<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for Deadline<S>
+impl<S, B> Service<Req<B>> for Deadline<S>
 where
-    S: Service<Request<B>, Error = ProxyError>,
+    S: Service<Req<B>, Error = ProxyError>,
 {
     type Response = S::Response;
     type Error = ProxyError;
@@ -48,18 +47,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let ctx = RequestCtx::of(req.extensions());
-        let (sleep, timeout) = match ctx.and_then(|c| c.route.as_ref()) {
+    fn call(&mut self, req: Req<B>) -> Self::Future {
+        let ctx = &req.ctx;
+        let (sleep, timeout) = match &ctx.route {
             Some(c) => (Some(tokio::time::sleep_until(c.deadline)), c.route.timeout),
             None => (None, Duration::ZERO),
         };
         // What the attempt loop knew when the deadline (or the drain) cut it short (it may go on in a
         // task of its own): whether an attempt may have reached a provider.
-        let info = ctx.and_then(|c| c.info.clone());
-        let cutoff = ctx
-            .and_then(|c| c.listener.as_ref())
-            .map(|l| l.cutoff.cut());
+        let info = ctx.info.clone();
+        let cutoff = ctx.listener.as_ref().map(|l| l.cutoff.cut());
         ResponseFuture {
             inner: self.inner.call(req),
             sleep,

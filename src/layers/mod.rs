@@ -1,9 +1,11 @@
 //! The request path: one tower layer per policy. This file is the one place their order is written.
 //!
 //! ```text
-//! shop ─▶ Sensitive ─▶ RequestId ─▶ Observe ─▶ Webhooks ─▶ Audit ─▶ Rescue ─▶ Route ─▶ RateLimit ─▶ Deadline ─▶ BufferBody ─▶ Forward ─▶ provider
+//! shop ─▶ (server: Sensitive, context) ─▶ RequestId ─▶ Observe ─▶ Webhooks ─▶ Audit ─▶ Rescue ─▶ Route ─▶ RateLimit ─▶ Deadline ─▶ BufferBody ─▶ Forward ─▶ provider
 //! ```
-//! - `Sensitive` (tower-http) marks the shop's credentials so no log or HPACK table ever keeps them.
+//! - The server (`crate::server`), in front of every listener's service, marks the shop's credentials
+//!   sensitive (tower-http's `Sensitive`) so no log or HPACK table ever keeps them, and puts the
+//!   request beside its context ([`Req`]: the peer and the listener), which each layer below fills.
 //! - `RequestId` accepts or makes the request id first, so every answer (errors included) carries it.
 //! - `Observe` writes the access log line and the request metrics for every answer, errors included.
 //! - `Webhooks` takes the requests to a webhook's path off the payment path: they are verified,
@@ -32,10 +34,9 @@ mod webhooks;
 
 use std::convert::Infallible;
 
-use http::{Request, Response};
+use http::Response;
 use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 pub use audit::{AuditLayer, AuditShop};
 pub use buffer_body::{BufferBody, BufferBodyLayer};
@@ -50,6 +51,7 @@ pub use webhooks::{WebhookIngress, WebhookLayer};
 
 use crate::audit::Audit;
 use crate::body::ProxyBody;
+use crate::ctx::Req;
 use crate::generation::Current;
 use crate::metrics::Metrics;
 use crate::webhooks::Webhooks;
@@ -61,7 +63,7 @@ pub fn stack(
     audit: Audit,
     webhooks: std::sync::Arc<Webhooks>,
 ) -> impl Service<
-    Request<Incoming>,
+    Req<Incoming>,
     Response = Response<ProxyBody>,
     Error = Infallible,
     Future = impl Send + 'static,
@@ -69,11 +71,6 @@ pub fn stack(
        + Send
        + 'static {
     ServiceBuilder::new()
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            http::header::AUTHORIZATION,
-            http::header::PROXY_AUTHORIZATION,
-            http::header::COOKIE,
-        ]))
         .layer(RequestIdLayer)
         .layer(ObserveLayer::new(metrics.clone()))
         .layer(WebhookLayer::new(current.clone(), webhooks, None))
@@ -94,7 +91,7 @@ pub fn webhook_stack(
     webhooks: std::sync::Arc<Webhooks>,
     listen: std::net::SocketAddr,
 ) -> impl Service<
-    Request<Incoming>,
+    Req<Incoming>,
     Response = Response<ProxyBody>,
     Error = Infallible,
     Future = impl Send + 'static,
@@ -105,9 +102,8 @@ pub fn webhook_stack(
         .layer(RequestIdLayer)
         .layer(ObserveLayer::new(metrics))
         .layer(WebhookLayer::new(current, webhooks, Some(listen)))
-        .service(tower::service_fn(|req: Request<Incoming>| {
-            let id =
-                crate::ctx::RequestCtx::of(req.extensions()).and_then(|c| c.request_id.clone());
+        .service(tower::service_fn(|req: Req<Incoming>| {
+            let id = req.ctx.request_id;
             std::future::ready(Ok::<_, Infallible>(rescue::problem(
                 crate::error::ErrorKind::NoRoute,
                 "no webhook is served at this path",

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::ctx::{RequestCtx, RequestInfo};
+use crate::ctx::{Req, RequestInfo};
 use crate::metrics::{Metrics, NONE};
 use crate::redact::redact_text;
 
@@ -47,9 +47,9 @@ pub struct Observe<S> {
     metrics: Metrics,
 }
 
-impl<S, B, RB> Service<Request<B>> for Observe<S>
+impl<S, B, RB> Service<Req<B>> for Observe<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Req<B>, Response = Response<RB>>,
 {
     type Response = Response<RB>;
     type Error = S::Error;
@@ -59,13 +59,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Req<B>) -> Self::Future {
         let start = Instant::now();
         let info = Arc::new(RequestInfo::default());
-        let ctx = RequestCtx::of_mut(req.extensions_mut());
-        ctx.info = Some(Arc::clone(&info));
-        let request_id = ctx.request_id.clone();
-        let method = req.method().clone();
+        req.ctx.info = Some(Arc::clone(&info));
+        let request_id = req.ctx.request_id.clone();
+        let method = req.http.method().clone();
         ResponseFuture {
             inner: self.inner.call(req),
             seen: Some(Seen {

@@ -3,11 +3,10 @@
 
 use std::task::{Context, Poll};
 
-use http::Request;
 use tower::{Layer, Service};
 
 use crate::config::RateLimitKey;
-use crate::ctx::RequestCtx;
+use crate::ctx::Req;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 
@@ -41,9 +40,9 @@ pub struct RateLimit<S> {
     metrics: Metrics,
 }
 
-impl<S, B> Service<Request<B>> for RateLimit<S>
+impl<S, B> Service<Req<B>> for RateLimit<S>
 where
-    S: Service<Request<B>, Error = ProxyError>,
+    S: Service<Req<B>, Error = ProxyError>,
 {
     type Response = S::Response;
     type Error = ProxyError;
@@ -56,18 +55,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Req<B>) -> Self::Future {
         use futures_util::future::Either;
-        let request = RequestCtx::of(req.extensions());
-        if let Some(ctx) = request.and_then(|c| c.route.as_ref()) {
+        if let Some(ctx) = &req.ctx.route {
             if let Some(limiter) = ctx.generation.route_limits.get(&ctx.route.name) {
                 let key = match &limiter.config().by {
                     RateLimitKey::None => String::new(),
-                    RateLimitKey::ClientIp => request
-                        .and_then(|c| c.client)
+                    RateLimitKey::ClientIp => req
+                        .ctx
+                        .client
                         .map(|a| a.ip().to_string())
                         .unwrap_or_default(),
                     RateLimitKey::Header(name) => req
+                        .http
                         .headers()
                         .get(name)
                         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())

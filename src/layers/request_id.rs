@@ -5,11 +5,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::ctx::RequestCtx;
+use crate::ctx::Req;
 
 /// The request id header.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -33,9 +33,9 @@ pub struct SetRequestId<S> {
     inner: S,
 }
 
-impl<S, B, RB> Service<Request<B>> for SetRequestId<S>
+impl<S, B, RB> Service<Req<B>> for SetRequestId<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Req<B>, Response = Response<RB>>,
 {
     type Response = Response<RB>;
     type Error = S::Error;
@@ -45,10 +45,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = accepted(req.headers()).unwrap_or_else(generate);
-        req.headers_mut().insert(X_REQUEST_ID, id.clone());
-        RequestCtx::of_mut(req.extensions_mut()).request_id = Some(id.clone());
+    fn call(&mut self, mut req: Req<B>) -> Self::Future {
+        let id = accepted(req.http.headers()).unwrap_or_else(generate);
+        req.http.headers_mut().insert(X_REQUEST_ID, id.clone());
+        req.ctx.request_id = Some(id.clone());
         ResponseFuture {
             inner: self.inner.call(req),
             id: Some(id),

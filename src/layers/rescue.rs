@@ -15,7 +15,7 @@ use std::task::{ready, Context, Poll};
 
 use futures_util::future::CatchUnwind;
 use futures_util::FutureExt;
-use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -23,7 +23,7 @@ pub mod dialect;
 
 use crate::body::{full, ProxyBody};
 use crate::config::ErrorDialect;
-use crate::ctx::{RequestCtx, RequestInfo};
+use crate::ctx::{Req, RequestInfo};
 use crate::error::{ErrorKind, Origin, ProxyError};
 use crate::generation::Generation;
 use crate::metrics::{Metrics, NONE};
@@ -202,9 +202,9 @@ pub struct Rescue<S> {
     metrics: Metrics,
 }
 
-impl<S, B> Service<Request<B>> for Rescue<S>
+impl<S, B> Service<Req<B>> for Rescue<S>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S: Service<Req<B>, Response = Response<ProxyBody>, Error = ProxyError>,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
@@ -218,12 +218,12 @@ where
         }
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let ctx = RequestCtx::of(req.extensions());
+    fn call(&mut self, req: Req<B>) -> Self::Future {
+        let ctx = &req.ctx;
         let seen = Seen {
-            info: ctx.and_then(|c| c.info.clone()),
-            request_id: ctx.and_then(|c| c.request_id.clone()),
-            generation: ctx.and_then(|c| c.entered.clone()),
+            info: ctx.info.clone(),
+            request_id: ctx.request_id.clone(),
+            generation: ctx.entered.clone(),
             metrics: self.metrics.clone(),
         };
         // A panic below (a bug) becomes a 500 here instead of a dropped connection.

@@ -9,7 +9,7 @@ use http::uri::PathAndQuery;
 use http::{header, Request, Uri};
 use tower::{Layer, Service};
 
-use crate::ctx::{RequestCtx, RouteCtx};
+use crate::ctx::{Req, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Current;
 use crate::routing::path;
@@ -44,9 +44,9 @@ pub struct Router<S> {
     current: Current,
 }
 
-impl<S, B> Service<Request<B>> for Router<S>
+impl<S, B> Service<Req<B>> for Router<S>
 where
-    S: Service<Request<B>, Error = ProxyError>,
+    S: Service<Req<B>, Error = ProxyError>,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
 {
@@ -61,9 +61,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Req<B>) -> Self::Future {
         use futures_util::future::Either;
-        let generation = match RequestCtx::of_mut(req.extensions_mut()).entered.take() {
+        let Req {
+            http: mut req,
+            mut ctx,
+        } = req;
+        let generation = match ctx.entered.take() {
             Some(g) => g,
             None => self.current.load_full(),
         };
@@ -103,12 +107,11 @@ where
         };
         let deadline = tokio::time::Instant::now() + route.timeout;
         let route = RouteCtx::new(generation, route, deadline);
-        let ctx = RequestCtx::of_mut(req.extensions_mut());
         if let Some(info) = &ctx.info {
             info.set_route_meter(Arc::clone(&route.meter));
         }
         ctx.route = Some(route);
-        Either::Left(self.inner.call(req))
+        Either::Left(self.inner.call(Req { http: req, ctx }))
     }
 }
 

@@ -9,14 +9,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::Response;
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
 use crate::body::{BoxError, ProxyBody};
-use crate::ctx::RequestCtx;
+use crate::ctx::Req;
 use crate::generation::Current;
 use crate::webhooks::{Origin, Webhooks};
 
@@ -56,9 +56,9 @@ pub struct WebhookIngress<S> {
     layer: WebhookLayer,
 }
 
-impl<S, B> Service<Request<B>> for WebhookIngress<S>
+impl<S, B> Service<Req<B>> for WebhookIngress<S>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = Infallible>,
+    S: Service<Req<B>, Response = Response<ProxyBody>, Error = Infallible>,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -71,35 +71,37 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Req<B>) -> Self::Future {
         let generation = self.layer.current.load_full();
         let hook = generation
             .snapshot
             .webhooks
             .iter()
-            .find(|w| w.listen == self.layer.listener && w.path == req.uri().path())
+            .find(|w| w.listen == self.layer.listener && w.path == req.http.uri().path())
             .cloned();
         let Some(hook) = hook else {
-            RequestCtx::of_mut(req.extensions_mut()).entered = Some(generation);
+            req.ctx.entered = Some(generation);
             return ResponseFuture::Route {
                 inner: self.inner.call(req),
             };
         };
-        let ctx = RequestCtx::of(req.extensions());
-        if let Some(info) = ctx.and_then(|c| c.info.as_ref()) {
+        let Req { http, ctx } = req;
+        if let Some(info) = &ctx.info {
             info.set_route(Arc::clone(&hook.name));
         }
         let origin = Origin {
-            peer: ctx.and_then(|c| c.client).map(|a| a.ip()),
+            peer: ctx.client.map(|a| a.ip()),
             request_id: ctx
-                .and_then(|c| c.request_id.as_ref())
+                .request_id
+                .as_ref()
                 .and_then(|r| r.to_str().ok())
                 .unwrap_or("")
                 .to_owned(),
+            listener: ctx.listener,
         };
         let webhooks = Arc::clone(&self.layer.webhooks);
         ResponseFuture::Webhook {
-            handled: Box::pin(async move { Ok(webhooks.handle(hook, req, origin).await) }),
+            handled: Box::pin(async move { Ok(webhooks.handle(hook, http, origin).await) }),
         }
     }
 }

@@ -99,16 +99,20 @@ pub fn for_provider(headers: &mut HeaderMap, replace_auth: Option<&HeaderName>) 
 /// The shop's headers as a provider gets them, in a new map with room for `room` more (the
 /// credential, the idempotency key) that will not grow: the same headers [`for_provider`] keeps, in
 /// their order, copied one by one (names and values share their bytes with the shop's) rather than
-/// cloned whole and then removed from.
+/// cloned whole and then removed from. `replaced` (the shop's idempotency key header, which the
+/// caller sets anew) is left out too: a header name hyper parsed is copied into a block of its own on
+/// its first clone.
 pub fn copy_for_provider(
     shop: &HeaderMap,
     replace_auth: Option<&HeaderName>,
+    replaced: Option<&HeaderName>,
     room: usize,
 ) -> HeaderMap {
     let named = named_by_connection(shop);
     let mut out = HeaderMap::with_capacity(shop.len() + room);
     for (name, value) in shop {
-        if !not_for_provider(name, replace_auth) && !named.contains(name) {
+        if !not_for_provider(name, replace_auth) && !named.contains(name) && replaced != Some(name)
+        {
             out.append(name.clone(), value.clone());
         }
     }
@@ -226,7 +230,7 @@ mod tests {
         for replace in [None, Some(&auth)] {
             let mut in_place = shop.clone();
             for_provider(&mut in_place, replace);
-            let copy = copy_for_provider(&shop, replace, 2);
+            let copy = copy_for_provider(&shop, replace, None, 2);
             assert_eq!(copy, in_place, "replace_auth {replace:?}");
             let values: Vec<_> = copy.get_all("accept").iter().collect();
             assert_eq!(values, ["a", "b"], "multi-valued headers keep their order");
@@ -235,8 +239,12 @@ mod tests {
                 "room for the credential and the key"
             );
         }
-        let copy = copy_for_provider(&shop, Some(&auth), 0);
+        let copy = copy_for_provider(&shop, Some(&auth), None, 0);
         assert!(!copy.contains_key("authorization") && !copy.contains_key("x-api-key"));
+        let key = HeaderName::from_static("idempotency-key");
+        let without_key = copy_for_provider(&shop, Some(&auth), Some(&key), 0);
+        assert!(!without_key.contains_key("idempotency-key"));
+        assert_eq!(without_key.len(), copy.len() - 1);
         assert!(
             copy.contains_key("x-request-id"),
             "Connection may not name it away"

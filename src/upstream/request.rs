@@ -37,13 +37,17 @@ pub fn provider_request(
 ) -> Result<Request<Bytes>, ProxyError> {
     let uri = provider_uri(provider, strip_prefix, &shop.uri)?;
     // Room for the credential and the key: the map is not grown after the copy.
-    let mut h =
-        headers::copy_for_provider(&shop.headers, provider.auth.as_ref().map(|a| &a.header), 2);
+    // The shop's key header is left out when the key is set below (in the provider's header).
+    let mut h = headers::copy_for_provider(
+        &shop.headers,
+        provider.auth.as_ref().map(|a| &a.header),
+        key.as_ref().map(|k| k.shop_header),
+        2,
+    );
     if let Some(auth) = &provider.auth {
         h.insert(auth.header.clone(), auth.value.header_value().clone());
     }
     if let Some(k) = key {
-        h.remove(k.shop_header);
         // One provider account for every client (the credential is the sidecar's): the key is
         // derived from the client's scope too, so tenants never share a payment at the provider.
         let derived = match &provider.auth {

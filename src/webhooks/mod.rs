@@ -195,6 +195,8 @@ pub struct Origin {
     pub peer: Option<IpAddr>,
     /// The request id.
     pub request_id: String,
+    /// The listener that read the request: its body deadline and the buffer budget.
+    pub listener: Option<crate::budget::ListenerCtx>,
 }
 
 impl Webhooks {
@@ -254,7 +256,7 @@ impl Webhooks {
             body: None,
             body_digest: None,
         };
-        let (resp, result) = self.run(&hook, req, origin.peer, &mut record).await;
+        let (resp, result) = self.run(&hook, req, &origin, &mut record).await;
         if let (Some(peer), true) = (origin.peer, result.is_refusal()) {
             self.refusals
                 .count(peer.to_canonical(), std::time::Instant::now());
@@ -282,7 +284,7 @@ impl Webhooks {
         &self,
         hook: &Arc<Webhook>,
         req: Request<B>,
-        peer: Option<IpAddr>,
+        origin: &Origin,
         record: &mut WebhookRecord,
     ) -> (Response<ProxyBody>, WebhookResult)
     where
@@ -298,7 +300,8 @@ impl Webhooks {
             return (resp, r);
         }
         if let Some(nets) = &hook.allow_from {
-            let allowed = peer
+            let allowed = origin
+                .peer
                 .map(|ip| ip.to_canonical())
                 .is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)));
             if !allowed {
@@ -317,7 +320,7 @@ impl Webhooks {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             (resp, r)
         };
-        if peer.is_some_and(|ip| {
+        if origin.peer.is_some_and(|ip| {
             self.refusals
                 .over(ip.to_canonical(), std::time::Instant::now())
         }) {
@@ -345,8 +348,7 @@ impl Webhooks {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let listener =
-            crate::ctx::RequestCtx::of(&parts.extensions).and_then(|c| c.listener.as_ref());
+        let listener = origin.listener.as_ref();
         // `_reserved` holds the body's share of the buffer budget until the event is dealt with.
         let (body, _reserved) = match read_body(body, hook.max_body, declared, listener).await {
             Ok(read) => read,

@@ -739,8 +739,8 @@ routes:
         let mut req = Request::new(Bytes::from_static(b"amount=100"));
         *req.method_mut() = method;
         *req.uri_mut() = http::Uri::from_static("/v1/charges");
-        crate::ctx::RequestCtx::of_mut(req.extensions_mut()).route =
-            Some(RouteCtx::new(generation, route, deadline));
+        let mut req = crate::ctx::Req::new(req);
+        req.ctx.route = Some(RouteCtx::new(generation, route, deadline));
         Forward::with_sender(metrics, script.clone())
             .call(req)
             .await

@@ -30,11 +30,12 @@ mod operation;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use tower::Service;
 
 use super::BoxFuture;
 use crate::body::ProxyBody;
+use crate::ctx::Req;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::upstream::{SendAttempt, UpstreamClient};
@@ -87,7 +88,7 @@ pub async fn resend(
     .await
 }
 
-impl<S: SendAttempt + Clone> Service<Request<Bytes>> for Forward<S> {
+impl<S: SendAttempt + Clone> Service<Req<Bytes>> for Forward<S> {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
     type Future = ResponseFuture;
@@ -96,7 +97,7 @@ impl<S: SendAttempt + Clone> Service<Request<Bytes>> for Forward<S> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+    fn call(&mut self, req: Req<Bytes>) -> Self::Future {
         let op = match Operation::new(req, self.metrics.clone(), self.sender.clone()) {
             Ok(op) => op,
             Err(e) => return ResponseFuture(Inner::Refused(Some(e))),

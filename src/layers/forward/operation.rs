@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use crate::audit::Audit;
 use crate::body::{full, BoxError, ProxyBody};
 use crate::config::{IdempotencyMode, Route};
-use crate::ctx::{RequestCtx, RequestInfo, RouteCtx};
+use crate::ctx::{Req, RequestInfo, RouteCtx};
 use crate::error::ProxyError;
 use crate::generation::Generation;
 use crate::idempotency::{
@@ -289,23 +289,17 @@ impl<S: SendAttempt> Operation<S> {
         })
     }
 
-    pub(super) fn new(
-        req: Request<Bytes>,
-        metrics: Metrics,
-        sender: S,
-    ) -> Result<Self, ProxyError> {
-        let request = RequestCtx::of(req.extensions());
-        let ctx = request.and_then(|c| c.route.clone()).ok_or_else(|| {
+    pub(super) fn new(req: Req<Bytes>, metrics: Metrics, sender: S) -> Result<Self, ProxyError> {
+        let Req { http, ctx: request } = req;
+        let ctx = request.route.ok_or_else(|| {
             ProxyError::Internal("request reached forwarding without a route".into())
         })?;
-        let info = request.and_then(|c| c.info.clone());
-        let audit = request.and_then(|c| c.audit.clone()).unwrap_or_default();
-        let request_id = request
-            .and_then(|c| c.request_id.clone())
-            .unwrap_or(HeaderValue::from_static(""));
+        let info = request.info;
+        let audit = request.audit.unwrap_or_default();
+        let request_id = request.request_id.unwrap_or(HeaderValue::from_static(""));
         let started = tokio::time::Instant::now();
         let deadline = ctx.deadline;
-        let (parts, body) = req.into_parts();
+        let (parts, body) = http.into_parts();
         let key = Self::key(&ctx, &parts)?;
         // Only the shop-request audit record reads it back: no copy of the key when there is none.
         if let (Some(info), Some(k), true) = (&info, &key, audit.is_enabled()) {
