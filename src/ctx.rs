@@ -18,8 +18,8 @@ use crate::error::ErrorKind;
 use crate::generation::Generation;
 use crate::meters::RouteMeter;
 
-/// What the layers know about one request: one extension, filled in place as the request goes down
-/// the stack. Each field is `None` until the layer that knows it sets it.
+/// What the layers know about one request: carried beside it in a [`Req`], filled in place as the
+/// request goes down the stack. Each field is `None` until the layer that knows it sets it.
 #[derive(Clone, Default)]
 pub struct RequestCtx {
     /// The shop connection's peer address (the server).
