@@ -7,13 +7,11 @@
 //! this layer sits above `Rescue`, so the shop's problem+json answers are recorded too.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use futures_util::future::Either;
 use http::{HeaderMap, Request, Response};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
@@ -71,7 +69,9 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = ResponseFuture<S::Future>;
+    /// The answer as it is when the audit is off (no allocation); with its record when it is on
+    /// (boxed).
+    type Future = Either<S::Future, BoxFuture<Result<Response<ProxyBody>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -83,12 +83,10 @@ where
         ctx.audit = Some(audit.clone());
         let (parts, body) = http.into_parts();
         if !audit.is_enabled() {
-            return ResponseFuture::Plain {
-                inner: self.inner.call(Req {
-                    http: Request::from_parts(parts, Capture::plain(body)),
-                    ctx,
-                }),
-            };
+            return Either::Left(self.inner.call(Req {
+                http: Request::from_parts(parts, Capture::plain(body)),
+                ctx,
+            }));
         }
         let started = Instant::now();
         let timestamp = audit.now();
@@ -159,37 +157,6 @@ where
             });
             Ok(Response::from_parts(parts, body))
         });
-        ResponseFuture::Recorded { recorded }
-    }
-}
-
-pin_project! {
-    /// The future of [`AuditShop`]: the answer as it is, when the audit is off (no allocation); the
-    /// answer with its record, when it is on (boxed).
-    #[project = Proj]
-    pub enum ResponseFuture<F> {
-        /// The audit is off.
-        Plain {
-            #[pin]
-            inner: F,
-        },
-        /// The answer, recorded.
-        Recorded {
-            recorded: BoxFuture<Result<Response<ProxyBody>, Infallible>>,
-        },
-    }
-}
-
-impl<F> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            Proj::Plain { inner } => inner.poll(cx),
-            Proj::Recorded { recorded } => recorded.as_mut().poll(cx),
-        }
+        Either::Right(recorded)
     }
 }

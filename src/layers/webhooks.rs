@@ -3,15 +3,13 @@
 //! listener, only those with that `listen`, and everything else is 404.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures_util::future::Either;
 use http::Response;
 use http_body::Body;
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::BoxFuture;
@@ -65,7 +63,9 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = ResponseFuture<S::Future>;
+    /// A request for the routes goes on unboxed; a webhook's handling is boxed (it is off the
+    /// payment path).
+    type Future = Either<S::Future, BoxFuture<Result<Response<ProxyBody>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -81,9 +81,7 @@ where
             .cloned();
         let Some(hook) = hook else {
             req.ctx.entered = Some(generation);
-            return ResponseFuture::Route {
-                inner: self.inner.call(req),
-            };
+            return Either::Left(self.inner.call(req));
         };
         let Req { http, ctx } = req;
         if let Some(info) = &ctx.info {
@@ -100,39 +98,8 @@ where
             listener: ctx.listener,
         };
         let webhooks = Arc::clone(&self.layer.webhooks);
-        ResponseFuture::Webhook {
-            handled: Box::pin(async move { Ok(webhooks.handle(hook, http, origin).await) }),
-        }
-    }
-}
-
-pin_project! {
-    /// The future of [`WebhookIngress`]: a request for the routes, unboxed; a webhook's handling
-    /// (boxed: it is off the payment path).
-    #[project = Proj]
-    pub enum ResponseFuture<F> {
-        /// Passed on to the routes.
-        Route {
-            #[pin]
-            inner: F,
-        },
-        /// Handled by the webhook runtime.
-        Webhook {
-            handled: BoxFuture<Result<Response<ProxyBody>, Infallible>>,
-        },
-    }
-}
-
-impl<F> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<ProxyBody>, Infallible>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            Proj::Route { inner } => inner.poll(cx),
-            Proj::Webhook { handled } => handled.as_mut().poll(cx),
-        }
+        Either::Right(Box::pin(async move {
+            Ok(webhooks.handle(hook, http, origin).await)
+        }))
     }
 }
