@@ -58,14 +58,6 @@ impl<B> Req<B> {
             ctx: RequestCtx::default(),
         }
     }
-
-    /// The same request and context with the body `f` makes of this one's.
-    pub fn map_body<C>(self, f: impl FnOnce(B) -> C) -> Req<C> {
-        Req {
-            http: self.http.map(f),
-            ctx: self.ctx,
-        }
-    }
 }
 
 impl std::fmt::Debug for RequestCtx {
